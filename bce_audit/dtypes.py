@@ -1,0 +1,213 @@
+"""The dtype registry: numpy and ml_dtypes floats, their limits, and the grid of representable values.
+
+Every dtype value has an *ordinal*: an integer that counts representable values in order
+(0 is +0, 1 the smallest positive subnormal, -1 its negative). Key-point searches walk
+ordinals, so they visit exactly the values the dtype can hold and nothing in between.
+
+>>> info = get("float32")
+>>> info.eps == float.fromhex("0x1p-23")
+True
+>>> int(info.ordinal(info.value(12345)))
+12345
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cached_property
+
+import ml_dtypes
+import numpy as np
+
+_LD = np.finfo(np.longdouble)
+_LD_KIND = {
+    63: "x87 80-bit extended",
+    52: "only float64 here",
+    112: "IEEE binary128 (quad precision)",
+    105: "double-double (IBM extended)",
+}.get(_LD.nmant, f"{_LD.nmant + 1}-bit significand")
+
+
+@dataclass(frozen=True)
+class DtypeInfo:
+    """One audited floating-point format and the facts about it that the audit needs."""
+
+    name: str
+    type: type
+    bits: int          # storage width of the value itself (80 for x87 longdouble)
+    nmant: int         # explicit fraction bits; precision is nmant + 1
+    minexp: int        # exponent of the smallest normal number
+    maxexp: int        # 2**maxexp is the first power of two that overflows
+    has_inf: bool
+    description: str
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.type)
+
+    @property
+    def precision(self) -> int:
+        """Significand bits, counting the implicit leading bit."""
+        return self.nmant + 1
+
+    @cached_property
+    def eps(self) -> float:
+        """Machine epsilon: the gap between 1 and the next larger value."""
+        return math.ldexp(1.0, -self.nmant)
+
+    @cached_property
+    def tiny(self) -> Fraction:
+        """Smallest positive normal number, exact."""
+        return Fraction(2) ** self.minexp
+
+    @cached_property
+    def smallest_subnormal(self) -> Fraction:
+        return Fraction(2) ** (self.minexp - self.nmant)
+
+    @cached_property
+    def max(self) -> Fraction:
+        """Largest finite value, exact (read from the format, not assumed IEEE)."""
+        return Fraction(self.finfo.max.item()) if self.bits <= 64 else _ld_to_fraction(_LD.max)
+
+    @cached_property
+    def finfo(self):
+        return ml_dtypes.finfo(self.type) if self.type.__module__.startswith("ml_dtypes") else np.finfo(self.type)
+
+    @property
+    def narrow(self) -> bool:
+        """Narrower than float32: frameworks compute these in float32 "opmath"."""
+        return self.precision < 24
+
+    @cached_property
+    def max_ordinal(self) -> int:
+        """Ordinal of the largest finite value."""
+        return int(self.ordinal(self.type(self.finfo.max)))
+
+    @property
+    def exhaustive(self) -> bool:
+        """Small enough to evaluate every finite value (8- and 16-bit formats)."""
+        return self.bits <= 16
+
+    def ulp(self, magnitude: Fraction) -> Fraction:
+        """Gap between consecutive dtype values at |magnitude| (subnormal spacing near zero)."""
+        if magnitude == 0:
+            return self.smallest_subnormal
+        e = _floor_log2(abs(magnitude))
+        return Fraction(2) ** (max(e, self.minexp) - self.nmant)
+
+    def ordinal(self, values):
+        """Ordinals of dtype values (array in, int64 array out; Python int for longdouble)."""
+        if self.bits > 64:
+            return _ld_ordinal(values)
+        arr = np.asarray(values, dtype=self.dtype)
+        raw = arr.view(_UINT[self.bits]).astype(np.int64)
+        sign = np.int64(1) << (self.bits - 1)
+        return np.where(raw & sign, -(raw & (sign - 1)), raw)
+
+    def value(self, ordinals):
+        """Dtype values at the given ordinals (inverse of `ordinal`)."""
+        if self.bits > 64:
+            return _ld_value(ordinals)
+        o = np.asarray(ordinals, dtype=np.int64)
+        sign = np.int64(1) << (self.bits - 1)
+        raw = np.where(o < 0, (-o) | sign, o).astype(_UINT[self.bits])
+        return raw.view(self.dtype)
+
+    def finite_values(self) -> np.ndarray:
+        """Every finite value of an 8- or 16-bit dtype, in increasing order."""
+        if not self.exhaustive:
+            raise ValueError(f"{self.name} has too many values to enumerate")
+        return self.value(np.arange(-self.max_ordinal, self.max_ordinal + 1))
+
+    def round(self, x: float):
+        """The dtype value nearest to x (round to nearest even), as a numpy scalar."""
+        return np.asarray(x, dtype=np.float64).astype(self.dtype)[()] if self.bits <= 64 else np.longdouble(x)
+
+
+_UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
+
+
+def _floor_log2(q: Fraction) -> int:
+    e = q.numerator.bit_length() - q.denominator.bit_length()
+    return e if Fraction(2) ** e <= q else e - 1
+
+
+def _ld_to_fraction(v) -> Fraction:
+    """Exact rational value of a finite longdouble."""
+    m, e = np.frexp(np.longdouble(v))
+    mi = int(np.ldexp(m, _LD.nmant + 1))  # exact: the significand has nmant + 1 bits
+    return Fraction(mi) * Fraction(2) ** (int(e) - _LD.nmant - 1)
+
+
+def _ld_ordinal(values):
+    """Ordinal of longdouble values: exponent field * 2**nmant + fraction, signed."""
+    out = []
+    emin = _LD.minexp
+    for v in np.atleast_1d(np.asarray(values, dtype=np.longdouble)):
+        if v == 0:
+            out.append(0)
+            continue
+        mag = abs(v)
+        m, e = np.frexp(mag)
+        e = int(e) - 1  # mag = (2m) * 2**e with 2m in [1, 2)
+        if e < emin:  # subnormal: fixed spacing 2**(emin - nmant)
+            n = int(np.ldexp(mag, _LD.nmant - emin))
+        else:
+            frac = int(np.ldexp(m * 2 - 1, _LD.nmant))
+            n = (e - emin + 1) * (1 << _LD.nmant) + frac
+        out.append(-n if v < 0 else n)
+    return out if np.ndim(values) else out[0]
+
+
+def _ld_value(ordinals):
+    out = []
+    emin = _LD.minexp
+    for o in np.atleast_1d(np.asarray(ordinals, dtype=object)):
+        n = abs(int(o))
+        field, frac = divmod(n, 1 << _LD.nmant)
+        if field == 0:
+            v = np.ldexp(np.longdouble(frac), emin - _LD.nmant)
+        else:
+            v = np.ldexp(np.longdouble((1 << _LD.nmant) + frac), field - 1 + emin - _LD.nmant)
+        out.append(-v if o < 0 else v)
+    arr = np.array(out, dtype=np.longdouble)
+    return arr if np.ndim(ordinals) else arr[0]
+
+
+def _make(name: str, typ: type, description: str) -> DtypeInfo:
+    fi = ml_dtypes.finfo(typ) if typ.__module__.startswith("ml_dtypes") else np.finfo(typ)
+    bits = fi.bits if typ is not np.longdouble else 1 + fi.nexp + fi.nmant + (1 if fi.nmant == 63 else 0)
+    has_inf = bool(np.isinf(np.asarray(np.inf, dtype=np.float64).astype(typ)))
+    return DtypeInfo(name, typ, bits, fi.nmant, fi.minexp, fi.maxexp, has_inf, description)
+
+
+DTYPES: dict[str, DtypeInfo] = {
+    d.name: d
+    for d in (
+        _make("float8_e4m3fn", ml_dtypes.float8_e4m3fn, "OCP FP8 E4M3, no inf"),
+        _make("float8_e5m2", ml_dtypes.float8_e5m2, "OCP FP8 E5M2"),
+        _make("float16", np.float16, "IEEE binary16 (half)"),
+        _make("bfloat16", ml_dtypes.bfloat16, "brain float"),
+        _make("float32", np.float32, "IEEE binary32 (single)"),
+        _make("float64", np.float64, "IEEE binary64 (double)"),
+        _make("longdouble", np.longdouble, f"C long double: {_LD_KIND}"),
+    )
+}
+NAMES: tuple[str, ...] = tuple(DTYPES)
+
+
+def get(name: str) -> DtypeInfo:
+    """Look a dtype up by name; raises KeyError naming the valid choices."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown dtype {name!r}; choose from {', '.join(NAMES)}") from None
+
+
+def to_fraction(v) -> Fraction:
+    """Exact rational value of a finite dtype scalar (any registered dtype)."""
+    if isinstance(v, np.longdouble):
+        return _ld_to_fraction(v)
+    return Fraction(float(v))

@@ -1,0 +1,268 @@
+"""Each audited formula, written once, evaluated in the audited dtype.
+
+Formulas take numpy arrays of the audited dtype and an `Evaluator`, which decides how a
+framework-level op is rounded:
+
+- ``per-op``: every elementary operation rounds to the dtype (numpy's semantics);
+- ``upcast``: for dtypes narrower than float32, each framework-level op (sigmoid, logit,
+  log_sigmoid, a fused loss kernel) runs in float32 and rounds once (PyTorch "opmath",
+  aten ``cpu/UnaryOpsKernel.cpp``). Elementary ops on narrow dtypes already compute in float32
+  and round once in numpy and ml_dtypes, so only kernels differ between the modes.
+
+Constants are cast to the dtype before use, as frameworks cast ``epsilon()``; a bare Python
+float would silently promote an ml_dtypes array to float32.
+
+>>> import numpy as np
+>>> ev = Evaluator("float32", "per-op")
+>>> x = np.array([20.0], dtype=np.float32)
+>>> float(roundtrip(x, ev)[0])
+inf
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bce_audit import dtypes
+
+MODES = ("per-op", "upcast")
+
+
+class Evaluator:
+    """Rounding semantics for one dtype and mode."""
+
+    def __init__(self, dtype: str, mode: str = "per-op"):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        self.info = dtypes.get(dtype)
+        self.mode = mode
+        self.dtype = self.info.dtype
+
+    def c(self, value) -> np.ndarray:
+        """A constant rounded to the dtype (0-d array, so it never promotes)."""
+        return np.asarray(value, dtype=np.float64 if not isinstance(value, np.generic) else None).astype(
+            self.dtype
+        )
+
+    def arr(self, values) -> np.ndarray:
+        return np.asarray(values).astype(self.dtype)
+
+    def kernel(self, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
+        """Run a framework-level op: in float32 and rounded once when upcasting a narrow dtype."""
+        if self.mode == "upcast" and self.info.narrow:
+            ev32 = Evaluator("float32", "per-op")
+            out = fn(ev32, *(np.asarray(a).astype(np.float32) for a in args))
+            return out.astype(self.dtype)
+        return fn(self, *args)
+
+    # Framework-level ops shared by several formulas.
+    def sigmoid(self, x: np.ndarray) -> np.ndarray:
+        return self.kernel(_sigmoid, x)
+
+    def logit(self, p: np.ndarray) -> np.ndarray:
+        return self.kernel(_logit, p)
+
+    def log_sigmoid(self, x: np.ndarray) -> np.ndarray:
+        return self.kernel(_log_sigmoid, x)
+
+    def clip(self, p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """clip_by_value; np.clip would promote ml_dtypes arrays to float32."""
+        return np.minimum(np.maximum(p, lo), hi)
+
+
+def _sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
+    """Naive sigmoid ``1 / (1 + exp(-x))`` (numpy, jax ``lax.logistic``, scipy ``expit``)."""
+    one = ev.c(1.0)
+    return one / (one + np.exp(-x))
+
+
+def _logit(ev: Evaluator, p: np.ndarray) -> np.ndarray:
+    """Naive logit ``log(p / (1 - p))`` (jax.scipy.special.logit, torch.logit with eps=None)."""
+    return np.log(p / (ev.c(1.0) - p))
+
+
+def _log_sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
+    """``min(x, 0) - log1p(exp(-|x|))`` (aten ``cpu/Activation.cpp`` log_sigmoid)."""
+    zero = ev.c(0.0)
+    return np.minimum(x, zero) - np.log1p(np.exp(-np.abs(x)))
+
+
+def sigmoid(x: np.ndarray, ev: Evaluator) -> np.ndarray:
+    """The probability every probability-based formula receives."""
+    return ev.sigmoid(x)
+
+
+def roundtrip(x: np.ndarray, ev: Evaluator) -> np.ndarray:
+    """``logit(sigmoid(x))`` with the naive formulas; its exact value is x."""
+    return ev.logit(ev.sigmoid(x))
+
+
+# ---------------------------------------------------------------- the BCE formulas
+
+
+def naive(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """Textbook ``-(y*log(p) + (1-y)*log(1-p))`` on ``p = sigmoid(x)``."""
+    p = ev.sigmoid(x)
+    one = ev.c(1.0)
+    return -(y * np.log(p) + (one - y) * np.log(one - p))
+
+
+def keras2_logits(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """Multi-backend Keras <= 2.2.4 ``keras/backend/tensorflow_backend.py`` binary_crossentropy.
+
+    Clips p to [eps, 1-eps], goes back to logits with ``log(p/(1-p))`` (three TF ops) and
+    feeds ``tf.nn.sigmoid_cross_entropy_with_logits``.
+    """
+    p = ev.sigmoid(x)
+    one, e = ev.c(1.0), ev.c(eps)
+    p = ev.clip(p, e, one - e)
+    z = np.log(p / (one - p))
+    return logits_stable(z, y, None, ev)
+
+
+def tf_keras(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """tf.keras 2.x ``tf_keras/backend.py`` (and Keras 3 ``keras/src/legacy/backend.py``).
+
+    ``clip(p, eps, 1-eps)`` then ``-(y*log(p+eps) + (1-y)*log(1-p+eps))``: eps applied twice.
+    """
+    p = ev.sigmoid(x)
+    one, e = ev.c(1.0), ev.c(eps)
+    p = ev.clip(p, e, one - e)
+    bce = y * np.log(p + e)
+    bce = bce + (one - y) * np.log(one - p + e)
+    return -bce
+
+
+def keras3(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """Keras 3 ``keras/src/backend/{numpy,tensorflow,jax}/nn.py`` binary_crossentropy.
+
+    ``np.clip(output, epsilon(), 1.0 - epsilon())``: the bound ``1.0 - eps`` is a Python float
+    rounded to the dtype afterwards (float16: exactly 1, so the upper clip does nothing).
+    """
+    p = ev.sigmoid(x)
+    one = ev.c(1.0)
+    p = ev.clip(p, ev.c(eps), ev.c(1.0 - eps))
+    bce = y * np.log(p)
+    bce = bce + (one - y) * np.log(one - p)
+    return -bce
+
+
+def _torch_bce_kernel(ev: Evaluator, p, y) -> np.ndarray:
+    floor, one = ev.c(-100.0), ev.c(1.0)
+    return (y - one) * np.maximum(np.log1p(-p), floor) - y * np.maximum(np.log(p), floor)
+
+
+def torch_bce(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """``torch.nn.functional.binary_cross_entropy`` on ``torch.sigmoid(x)`` (aten ``native/Loss.cpp``).
+
+    ``(y-1)*max(log1p(-p), -100) - y*max(log(p), -100)``, one fused kernel.
+    """
+    return ev.kernel(_torch_bce_kernel, ev.sigmoid(x), y)
+
+
+def logits_stable(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """``tf.nn.sigmoid_cross_entropy_with_logits`` (``tensorflow/python/ops/nn_impl.py``).
+
+    ``max(x, 0) - x*y + log1p(exp(-|x|))``, written as TF's separate ops.
+    """
+    zero = ev.c(0.0)
+    return (np.maximum(x, zero) - x * y) + np.log1p(np.exp(-np.abs(x)))
+
+
+def torch_bce_logits(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """``binary_cross_entropy_with_logits`` (aten ``native/Loss.cpp``): ``(1-y)*x - log_sigmoid(x)``."""
+    return (ev.c(1.0) - y) * x - ev.log_sigmoid(x)
+
+
+def _jax_log_sigmoid(ev: Evaluator, x) -> np.ndarray:
+    """``jax.nn.log_sigmoid(x) = -softplus(-x)``, ``softplus(x) = jnp.logaddexp(x, 0)``.
+
+    ``jnp.logaddexp(a, b) = max(a, b) + log1p(exp(-|a - b|))`` (jax ``_src/numpy/ufuncs.py``).
+    """
+    t = -x
+    zero = ev.c(0.0)
+    softplus = np.maximum(t, zero) + np.log1p(np.exp(-np.abs(t - zero)))
+    return -softplus
+
+
+def optax(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """``optax.sigmoid_binary_cross_entropy``: ``-y*log_sigmoid(x) - (1-y)*log_sigmoid(-x)``."""
+    one = ev.c(1.0)
+    return -y * ev.kernel(_jax_log_sigmoid, x) - (one - y) * ev.kernel(_jax_log_sigmoid, -x)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What a clipping formula does to p, as data, so the exact baseline can do it too.
+
+    ``hi_in_dtype``: the upper bound is ``1 - eps`` computed in the dtype (True) or as a
+    Python float rounded afterwards (False). ``shift`` adds eps inside both logs (tf-keras);
+    ``log_floor`` clamps each log from below (torch: -100).
+    """
+
+    uses_eps: bool = True
+    hi_in_dtype: bool = True
+    shift: bool = False
+    log_floor: float | None = None
+
+
+@dataclass(frozen=True)
+class Formula:
+    name: str
+    fn: Callable[..., np.ndarray]
+    framework: str
+    clip: Clip | None = None
+
+    @property
+    def uses_eps(self) -> bool:
+        return self.clip is not None and self.clip.uses_eps
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, eps: float | None, ev: Evaluator) -> np.ndarray:
+        """Evaluate on dtype arrays; overflow and log(0) are deliberate, so warnings are off."""
+        with np.errstate(all="ignore"):
+            out = self.fn(ev.arr(x), ev.arr(y), eps, ev)
+        return np.asarray(out).astype(ev.dtype, copy=False)
+
+
+FORMULAS: dict[str, Formula] = {
+    f.name: f
+    for f in (
+        Formula("naive", naive, "textbook"),
+        Formula("keras2-logits", keras2_logits, "Keras <= 2.2.4", Clip()),
+        Formula("tf-keras", tf_keras, "tf.keras 2.x", Clip(shift=True)),
+        Formula("keras3", keras3, "Keras 3", Clip(hi_in_dtype=False)),
+        Formula("torch-bce", torch_bce, "torch BCELoss", Clip(uses_eps=False, log_floor=-100.0)),
+        Formula("logits-stable", logits_stable, "tf sigmoid_cross_entropy_with_logits"),
+        Formula("torch-bce-logits", torch_bce_logits, "torch BCEWithLogitsLoss"),
+        Formula("optax", optax, "optax sigmoid_binary_cross_entropy"),
+    )
+}
+NAMES: tuple[str, ...] = tuple(FORMULAS)
+
+
+def get(name: str) -> Formula:
+    try:
+        return FORMULAS[name]
+    except KeyError:
+        raise KeyError(f"unknown formula {name!r}; choose from {', '.join(NAMES)}") from None
+
+
+def clip_bounds(formula: Formula, eps: float, ev: Evaluator) -> tuple[np.generic, np.generic]:
+    """The clip bounds as the framework really uses them, rounded to the dtype."""
+    lo = ev.c(eps)
+    with np.errstate(all="ignore"):
+        hi = ev.c(1.0) - lo if formula.clip.hi_in_dtype else ev.c(1.0 - eps)
+    return lo[()], np.asarray(hi).astype(ev.dtype)[()]
+
+
+def evaluate_sigmoid(x: np.ndarray, ev: Evaluator) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return ev.sigmoid(ev.arr(x))
+
+
+def evaluate_roundtrip(x: np.ndarray, ev: Evaluator) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return roundtrip(ev.arr(x), ev)

@@ -1,0 +1,418 @@
+"""Key points: where overflow, floors, ceilings, zeros and error onsets fall, on the dtype grid.
+
+Searches walk *ordinals* (see `dtypes`), so every reported x is a representable value and the
+property flips exactly there: the value one step closer to the start of the walk does not
+have it. 8- and 16-bit dtypes are searched exhaustively; wider ones by a coarse scan of
+`COARSE` evenly spaced ordinals (about log-spaced in x), bisection inside the bracket where
+the property first shows, and an exhaustive scan of the last `WINDOW` values.
+The ``method`` field of each record says which was used.
+
+>>> [kp.x for kp in roundtrip_points("float16", "per-op", ()) if kp.name == "roundtrip_overflow"]
+[7.625]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from mpmath import mp, mpf
+
+from bce_audit import dtypes, formulas, metrics, reference
+from bce_audit.formulas import Evaluator, Formula
+
+Label = int | str  # 1, 0 or "pair"
+
+NAMES = (
+    "roundtrip_overflow",
+    "roundtrip_underflow",
+    "roundtrip_rel_err_onset",
+    "roundtrip_small_x_limit",
+    "bce_floor",
+    "bce_ceiling",
+    "bce_zero",
+    "bce_nonfinite",
+)
+
+
+@dataclass(frozen=True)
+class KeyPoint:
+    """One key point: a flat record, the JSON schema's unit."""
+
+    dtype: str
+    mode: str
+    formula: str | None
+    eps: float | None
+    label: Label | None
+    name: str
+    threshold: float | None
+    x: float
+    value: float
+    predicted: float | None
+    predicts: str | None  # "x" or "value": which field `predicted` stands beside
+    method: str
+
+
+# ---------------------------------------------------------------- searching the grid
+
+COARSE = {"default": 1 << 14, "longdouble": 1 << 9}
+WINDOW = {"default": 1 << 16, "longdouble": 1 << 8}
+
+
+def _policy(info: dtypes.DtypeInfo) -> tuple[int, int]:
+    key = "longdouble" if info.bits > 64 else "default"
+    return COARSE[key], WINDOW[key]
+
+
+def _ords(info: dtypes.DtypeInfo, ords: list[int] | range):
+    return list(ords) if info.bits > 64 else np.asarray(ords, dtype=np.int64)
+
+
+Pred = Callable[[np.ndarray], np.ndarray]
+
+
+def first_hit(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int | None:
+    """First ordinal on the walk start -> end (inclusive) whose value satisfies pred."""
+    step = 1 if end >= start else -1
+    n = abs(end - start) + 1
+    coarse, window = _policy(info)
+    if n <= max(window, coarse):
+        ords = _ords(info, range(start, end + step, step))
+        hits = np.flatnonzero(pred(info.value(ords)))
+        return int(ords[hits[0]]) if hits.size else None
+    samples = [start + step * (i * (n - 1) // (coarse - 1)) for i in range(coarse)]
+    hits = np.flatnonzero(pred(info.value(_ords(info, samples))))
+    if not hits.size:
+        return None
+    k = int(hits[0])
+    if k == 0:
+        return start
+    lo, hi = samples[k - 1], samples[k]  # pred(lo) false, pred(hi) true
+    while abs(hi - lo) > window:
+        mid = (lo + hi) // 2
+        if pred(info.value(_ords(info, [mid])))[0]:
+            hi = mid
+        else:
+            lo = mid
+    return first_hit(info, pred, lo + step, hi)
+
+
+def run_start(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int | None:
+    """First ordinal on the walk start -> end from which pred holds all the way to end."""
+    if not pred(info.value(_ords(info, [end])))[0]:
+        return None
+    miss = first_hit(info, lambda v: ~pred(v), end, start)
+    if miss is None:
+        return start
+    return miss + (1 if end >= start else -1)
+
+
+def _method(info: dtypes.DtypeInfo) -> str:
+    return "exhaustive" if info.exhaustive else "bisection"
+
+
+def _scalar(info: dtypes.DtypeInfo, ordinal: int):
+    return info.value(_ords(info, [ordinal]))[0]
+
+
+def _num(v) -> float:
+    return float(v)
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def _compute_info(info: dtypes.DtypeInfo, mode: str) -> dtypes.DtypeInfo:
+    """The dtype a framework-level op really computes in."""
+    return dtypes.get("float32") if mode == "upcast" and info.narrow else info
+
+
+def predicted_overflow(info: dtypes.DtypeInfo, mode: str) -> float:
+    """``-ln(eps/2)``: exp(-x) falls below half an ULP of 1, so 1 + exp(-x) rounds to 1.
+
+    Upcast rounds the float32 sigmoid once: it reaches 1 when ``1 - p`` falls below half the
+    spacing just below 1, ``eps/4``.
+    """
+    q = info.eps / 4 if mode == "upcast" and info.narrow else info.eps / 2
+    return -math.log(q)
+
+
+def predicted_underflow(info: dtypes.DtypeInfo, mode: str) -> float:
+    """exp(-x) overflows the compute dtype, or sigmoid drops below half the smallest subnormal."""
+    c = _compute_info(info, mode)
+    return -min(_ln(c.max), _ln(2 / info.smallest_subnormal))
+
+
+def _ln(q) -> float:
+    """Natural log of a positive Fraction of any size (math.log takes big ints exactly)."""
+    return math.log(q.numerator) - math.log(q.denominator)
+
+
+def predicted_onset(info: dtypes.DtypeInfo, mode: str, threshold: float) -> float | None:
+    """Where the quantisation envelope ``q * e**x / x`` of the round trip reaches threshold.
+
+    ``1 + exp(-x)`` is stored with absolute error up to ``q = eps/2``, a relative error of
+    ``q * e**x`` in ``exp(-x)`` and so an absolute error of about that in the logit.
+    """
+    q = info.eps / 4 if mode == "upcast" and info.narrow else info.eps / 2
+    if threshold <= q * math.e or threshold < 8 * info.eps:
+        return None  # the envelope is above threshold at x = 1, or final rounding dominates
+    t = max(1.0, math.log(threshold / q))
+    for _ in range(60):  # t = ln(thr/q) + ln(t): a contraction for t > 1
+        t = math.log(threshold / q) + math.log(t)
+    return t
+
+
+def predicted_zero(info: dtypes.DtypeInfo) -> float:
+    """Where even a correctly rounded BCE is 0: softplus(-x) below half the smallest subnormal."""
+    with mp.workprec(reference.PREC):
+        return float(-mp.log(mp.expm1(mpf(info.smallest_subnormal) / 2)))
+
+
+_LIMIT_HI = reference.Exact(mp.inf, mpf(1), mpf(0), mpf(0), mp.inf)   # x -> +inf
+_LIMIT_LO = reference.Exact(-mp.inf, mpf(0), mpf(1), mp.inf, mpf(0))  # x -> -inf
+
+
+def clip_args(formula: Formula, eps: float | None, ev: Evaluator):
+    if formula.uses_eps:
+        lo, hi = formulas.clip_bounds(formula, eps, ev)
+        return lo, hi, (lo if formula.clip.shift else None)
+    return None, None, None
+
+
+def predicted_limit(formula: Formula, eps: float | None, label: Label, ev: Evaluator, good: bool):
+    """The clipped-exact value a clipping formula tends to at one tail (None if it does not clip)."""
+    if formula.clip is None:
+        return None
+    lo, hi, shift = clip_args(formula, eps, ev)
+
+    def one(lab: int) -> mpf:
+        toward_hi = (lab == 1) == good  # label 1 improves as x -> +inf
+        limit = _LIMIT_HI if toward_hi else _LIMIT_LO
+        return reference.clipped_exact(limit, lab, formula.clip, lo, hi, shift)
+
+    with mp.workprec(reference.PREC):
+        v = (one(0) + one(1)) / 2 if label == "pair" else one(label)
+    return float(v)
+
+
+# ---------------------------------------------------------------- the key points
+
+
+def _vsearch(info: dtypes.DtypeInfo, pred: Pred, lo, hi):
+    """Vectorised bisection: for each element, the first ordinal in (lo, hi] where pred holds.
+
+    pred must be monotone (false, then true) on each element's range and true at hi.
+    """
+    lo, hi = np.array(lo, dtype=object), np.array(hi, dtype=object)
+    while True:
+        open_ = (hi - lo) > 1
+        if not open_.any():
+            return hi
+        mid = np.where(open_, (lo + hi) // 2, hi)
+        t = pred(info.value(_ords(info, list(mid))))
+        hi = np.where(open_ & t, mid, hi)
+        lo = np.where(open_ & ~t, mid, lo)
+
+
+MAX_PLATEAUS = 1 << 17
+
+
+def _plateaus(info: dtypes.DtypeInfo, ev: Evaluator, o_lo: int, o_hi: int):
+    """Runs of x on [o_lo, o_hi] over which sigmoid(x), and so the round trip, is constant.
+
+    sigmoid is monotone, so each representable p in range starts at most one run; the starts
+    are found by one vectorised bisection. Returns (starts, ends) as object arrays, or None
+    when the window holds too many runs to enumerate.
+    """
+    def p(o):
+        return formulas.evaluate_sigmoid(info.value(_ords(info, list(o))), ev)
+
+    p_lo, p_hi = p([o_lo, o_hi])
+    t_lo, t_hi = (int(np.asarray(info.ordinal(np.asarray([q], dtype=info.dtype)))[0]) for q in (p_lo, p_hi))
+    if t_hi - t_lo > MAX_PLATEAUS:
+        return None
+    targets = info.value(_ords(info, range(t_lo + 1, t_hi + 1)))
+    starts = _vsearch(info, lambda v: formulas.evaluate_sigmoid(v, ev) >= targets,
+                      [o_lo] * len(targets), [o_hi] * len(targets))
+    starts = np.array(sorted(set([o_lo, *starts.tolist()])), dtype=object)
+    ends = np.append(starts[1:] - 1, o_hi)
+    return starts, ends
+
+
+def _rel_err(info, ev, o) -> np.ndarray:
+    v = info.value(_ords(info, list(o)))
+    return metrics.rel_err_exact_x(formulas.evaluate_roundtrip(v, ev), v)
+
+
+def _first_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
+    """Smallest x in [o_lo, o_hi] with round-trip relative error >= thr, plateau by plateau.
+
+    On a plateau the round trip is a constant c, so the error |c - x|/x falls while x < c and
+    rises after: it is >= thr at the start, or from one point on, or nowhere.
+    """
+    runs = _plateaus(info, ev, o_lo, o_hi)
+    if runs is None:
+        return None
+    starts, ends = runs
+    e_s, e_e = _rel_err(info, ev, starts), _rel_err(info, ev, ends)
+    cand = [int(o) for o in starts[e_s >= thr]]
+    mid = (e_s < thr) & (e_e >= thr)
+    if mid.any():
+        found = _vsearch(info, lambda v: metrics.rel_err_exact_x(formulas.evaluate_roundtrip(v, ev), v) >= thr,
+                         starts[mid], ends[mid])
+        cand += [int(o) for o in found]
+    return min(cand) if cand else None
+
+
+def _last_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
+    """Largest x in [o_lo, o_hi] with round-trip relative error >= thr, plateau by plateau."""
+    runs = _plateaus(info, ev, o_lo, o_hi)
+    if runs is None:
+        return None
+    starts, ends = runs
+    e_s, e_e = _rel_err(info, ev, starts), _rel_err(info, ev, ends)
+    cand = [int(o) for o in ends[e_e >= thr]]
+    mid = (e_e < thr) & (e_s >= thr)
+    if mid.any():
+        found = _vsearch(info, lambda v: metrics.rel_err_exact_x(formulas.evaluate_roundtrip(v, ev), v) < thr,
+                         starts[mid], ends[mid])
+        cand += [int(o) - 1 for o in found]
+    return max(cand) if cand else None
+
+
+def _ord(info: dtypes.DtypeInfo, x: float) -> int:
+    o = info.ordinal(np.asarray([info.round(x)], dtype=info.dtype))
+    return int(o[0])
+
+
+def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float]) -> list[KeyPoint]:
+    """Overflow, underflow, error onsets and small-x limits of ``logit(sigmoid(x))``.
+
+    The error key points of wide dtypes walk the plateaus of sigmoid (method "plateaus") in a
+    window that the coarse scan and the quantisation envelope bracket.
+    """
+    info = dtypes.get(dtype)
+    ev = Evaluator(dtype, mode)
+    top, one = info.max_ordinal, _ord(info, 1.0)
+
+    def rt(v):
+        return formulas.evaluate_roundtrip(v, ev)
+
+    def bad(v):
+        return ~np.isfinite(rt(v))
+
+    def rel(v):
+        return float(metrics.rel_err_exact_x(rt(np.asarray([v])), np.asarray([v]))[0])
+
+    out: list[KeyPoint] = []
+
+    def add(name, o, threshold=None, predicted=None, value=None, method=_method(info)):
+        if o is None:
+            return
+        v = _scalar(info, o)
+        val = value(v) if value else _num(rt(np.asarray([v]))[0])
+        out.append(KeyPoint(dtype, mode, None, None, None, name, threshold, _num(v), val,
+                            predicted, "x" if predicted is not None else None, method))
+
+    add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, mode))
+    add("roundtrip_underflow", first_hit(info, bad, -1, -top), predicted=predicted_underflow(info, mode))
+    for thr in thresholds:
+        def over(v, thr=thr):
+            return metrics.rel_err_exact_x(rt(v), v) >= thr
+
+        pred = predicted_onset(info, mode, thr)
+        onset = first_hit(info, over, one, top)
+        small = first_hit(info, over, one - 1, 1)
+        method = _method(info)
+        if not info.exhaustive:
+            method = "plateaus"
+            if onset is not None:
+                lo = max(one, min(_ord(info, (pred or 1.0) - 4.0), onset))
+                onset = _first_bad(info, ev, thr, lo, onset)
+            if small is not None:
+                hi = min(one - 1, max(_ord(info, 16 * info.eps / thr), small))
+                small = _last_bad(info, ev, thr, small, hi)
+        add("roundtrip_rel_err_onset", onset, thr, pred, value=rel, method=method)
+        add("roundtrip_small_x_limit", small, thr, value=rel, method=method)
+    return out
+
+
+def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) -> Callable:
+    if label == "pair":
+        def pair(a):
+            zero, one = np.zeros(np.shape(a)), np.ones(np.shape(a))
+            l0 = formula(-np.asarray(a), zero, eps, ev)
+            l1 = formula(a, one, eps, ev)
+            with np.errstate(all="ignore"):
+                return (l0 + l1) * ev.c(0.5)
+        return pair
+    return lambda v: formula(v, np.full(np.shape(v), label), eps, ev)
+
+
+def _exact_at(v, label: Label) -> mpf:
+    e = reference.exact(v)
+    return e.sp_neg if label in (1, "pair") else e.sp_pos
+
+
+def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label: Label) -> list[KeyPoint]:
+    """Floor, ceiling, zero and non-finite points of one formula for one label (or the pair)."""
+    info = dtypes.get(dtype)
+    ev = Evaluator(dtype, mode)
+    f = formulas.get(formula)
+    loss = loss_fn(f, eps, label, ev)
+    top = info.max_ordinal
+    sign = -1 if label == 0 else 1  # label 0 improves toward -inf
+    good_end, bad_end = sign * top, -sign * top
+    method = _method(info)
+    rec_eps = eps if f.uses_eps else None
+    out: list[KeyPoint] = []
+
+    def add(name, o, value, predicted=None, predicts=None):
+        if o is not None:
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, name, None,
+                                _num(_scalar(info, o)), value, predicted, predicts, method))
+
+    def at(o):
+        return loss(np.asarray([_scalar(info, o)], dtype=info.dtype))[0]
+
+    for end in (good_end, bad_end):
+        o = first_hit(info, lambda v: ~np.isfinite(loss(v)), 0, end)
+        if o is not None:
+            add("bce_nonfinite", o, _num(at(o)))
+
+    v_good = at(good_end)
+    if np.isfinite(v_good) and v_good == 0:
+        add("bce_zero", run_start(info, lambda v: loss(v) == 0, 0, good_end), 0.0,
+            predicted_zero(info), "x")
+    elif np.isfinite(v_good) and reference.to_mpf(v_good) > 2 * _exact_at(_scalar(info, good_end), label):
+        o = run_start(info, lambda v: loss(v) == v_good, 0, good_end)
+        add("bce_floor", o, _num(v_good), predicted_limit(f, eps, label, ev, good=True), "value")
+
+    v_bad = at(bad_end)
+    if np.isfinite(v_bad) and 2 * reference.to_mpf(v_bad) < _exact_at(_scalar(info, bad_end), label):
+        o = run_start(info, lambda v: loss(v) == v_bad, 0, bad_end)
+        add("bce_ceiling", o, _num(v_bad), predicted_limit(f, eps, label, ev, good=False), "value")
+    return out
+
+
+def keypoints(
+    dtypes_: Sequence[str],
+    mode: str,
+    formula_names: Sequence[str],
+    eps_list: Sequence[float],
+    labels: Sequence[Label],
+    thresholds: Sequence[float],
+) -> list[KeyPoint]:
+    """Every key point for a selection, in a stable order."""
+    out: list[KeyPoint] = []
+    for d in dtypes_:
+        out += roundtrip_points(d, mode, thresholds)
+        for name in formula_names:
+            f = formulas.get(name)
+            for eps in eps_list if f.uses_eps else [None]:
+                for label in labels:
+                    out += formula_points(d, mode, name, eps, label)
+    return out

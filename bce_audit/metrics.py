@@ -1,0 +1,89 @@
+"""Error measures, pure functions: absolute, relative, ULPs of the audited dtype, bits of error.
+
+A ULP is the gap between consecutive values of the audited dtype at the *exact* value (the
+subnormal spacing below the smallest normal), so "0.5 ULP" means correctly rounded.
+Bits of error are ``log2(1 + ULPs)``: 0 for an exact result, 1 for one ULP off.
+Non-finite results give inf (an infinity where a finite value was due) or nan, never a number.
+
+>>> from mpmath import mpf
+>>> from bce_audit import dtypes
+>>> e = errors(1.0 + 2**-23, mpf(1), dtypes.get("float32"))
+>>> (e.ulp, e.bits)
+(1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from mpmath import mp, mpf
+
+from bce_audit.dtypes import DtypeInfo
+from bce_audit.reference import PREC, to_mpf
+
+
+@dataclass(frozen=True)
+class Errors:
+    abs: float
+    rel: float
+    ulp: float
+    bits: float
+
+
+NONFINITE_INF = Errors(math.inf, math.inf, math.inf, math.inf)
+NONFINITE_NAN = Errors(math.nan, math.nan, math.nan, math.nan)
+
+
+def ulp_of(exact: mpf, info: DtypeInfo) -> mpf:
+    """The dtype's spacing at |exact|, as an exact power of two."""
+    with mp.workprec(PREC):
+        a = abs(exact)
+        if a == 0:
+            e = info.minexp
+        else:
+            man, exp = a.man_exp
+            e = max(exp + int(man).bit_length() - 1, info.minexp)
+        return mpf((1, e - info.nmant))
+
+
+def bits(ulps: float) -> float:
+    """Bits of error from ULPs: ``log2(1 + ulps)``."""
+    return math.log2(1.0 + ulps) if math.isfinite(ulps) else ulps
+
+
+def errors(computed, exact: mpf, info: DtypeInfo) -> Errors:
+    """All four measures of one computed dtype value against its exact value."""
+    c = float(computed) if not isinstance(computed, np.longdouble) else computed
+    if np.isnan(c):
+        return NONFINITE_NAN
+    if np.isinf(c):
+        return NONFINITE_INF
+    with mp.workprec(PREC):
+        diff = abs(to_mpf(computed) - exact)
+        if exact == 0:
+            rel = 0.0 if diff == 0 else math.inf
+        else:
+            rel = float(diff / abs(exact))
+        ulps = float(diff / ulp_of(exact, info))
+        return Errors(float(diff), rel, ulps, bits(ulps))
+
+
+def rel_err_exact_x(computed: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Vectorised relative error of a round trip whose exact value is x itself.
+
+    For dtypes of 32 bits or fewer the float64 difference of two dtype values is exact, so
+    only the final division rounds (relative error 2**-53, far below any threshold); wider
+    dtypes work in longdouble.
+    Non-finite results give inf.
+    """
+    wide = np.asarray(x).dtype in (np.float64, np.longdouble)
+    work = np.longdouble if wide else np.float64
+    c = np.asarray(computed).astype(work)
+    xf = np.asarray(x).astype(work)
+    with np.errstate(all="ignore"):
+        out = np.abs(c - xf) / np.abs(xf)
+    out[xf == 0] = np.where(c[xf == 0] == 0, 0.0, np.inf)
+    out[~np.isfinite(c)] = np.inf
+    return out

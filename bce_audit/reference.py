@@ -1,0 +1,97 @@
+"""The mpmath baseline: exact values at the exact value of the dtype-rounded input.
+
+Precision is scoped with ``mp.workprec`` and never leaks. 128 bits is twice the widest
+significand audited (x87 longdouble, 64 bits), so every exact value here is far more accurate
+than any ULP it is compared against.
+
+>>> from mpmath import mp
+>>> before = mp.prec
+>>> float(exact_bce(to_mpf(0.0), 1))  # ln 2
+0.6931471805599453
+>>> mp.prec == before
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpmath import mp, mpf
+
+from bce_audit import dtypes
+from bce_audit.formulas import Clip
+
+PREC = 128  # bits; at least twice the widest audited significand (longdouble: 64)
+
+
+def to_mpf(v) -> mpf:
+    """Exact mpf of a finite dtype value (no decimal round trip)."""
+    with mp.workprec(PREC):
+        if isinstance(v, np.longdouble):
+            fr = dtypes.to_fraction(v)
+            return mpf((fr.numerator, -(fr.denominator.bit_length() - 1)))
+        return mpf(float(v))
+
+
+def softplus(t: mpf) -> mpf:
+    """``log(1 + exp(t))`` without cancellation at either tail (caller sets precision)."""
+    if t > 0:
+        return t + mp.log1p(mp.exp(-t))
+    return mp.log1p(mp.exp(t))
+
+
+def exact_sigmoid(x: mpf, prec: int = PREC) -> mpf:
+    with mp.workprec(prec):
+        return 1 / (1 + mp.exp(-x)) if x >= 0 else mp.exp(x) / (1 + mp.exp(x))
+
+
+def exact_bce(x: mpf, label: int, prec: int = PREC) -> mpf:
+    """``y*softplus(-x) + (1-y)*softplus(x)`` for a 0/1 label."""
+    with mp.workprec(prec):
+        return softplus(-x) if label == 1 else softplus(x)
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Everything exact about one input: x, sigmoid and both softplus terms."""
+
+    x: mpf
+    p: mpf        # sigmoid(x)
+    q: mpf        # 1 - sigmoid(x) = sigmoid(-x), without cancellation
+    sp_neg: mpf   # softplus(-x) = BCE for label 1
+    sp_pos: mpf   # softplus(x)  = BCE for label 0
+
+    def bce(self, label: int) -> mpf:
+        return self.sp_neg if label == 1 else self.sp_pos
+
+
+def exact(v, prec: int = PREC) -> Exact:
+    """The baseline at one dtype value v, computed once and shared by every formula and label."""
+    with mp.workprec(prec):
+        x = to_mpf(v)
+        sp_neg, sp_pos = softplus(-x), softplus(x)
+        # sigmoid(x) = exp(-softplus(-x)): one exp each, no cancellation.
+        return Exact(x, mp.exp(-sp_neg), mp.exp(-sp_pos), sp_neg, sp_pos)
+
+
+def clipped_exact(e: Exact, label: int, clip: Clip, lo, hi, shift, prec: int = PREC) -> mpf:
+    """A clipping formula evaluated in exact arithmetic on the exact sigmoid.
+
+    ``lo``, ``hi`` and ``shift`` are the dtype values the framework really uses (or None), so
+    the difference from the exact BCE is the part of the error the clipping causes.
+    """
+    with mp.workprec(prec):
+        p, q = e.p, e.q
+        if lo is not None:
+            mlo, mhi = to_mpf(lo), to_mpf(hi)
+            if p < mlo:
+                p, q = mlo, 1 - mlo
+            elif p > mhi:
+                p, q = mhi, 1 - mhi
+        s = to_mpf(shift) if shift is not None else 0
+        t = p if label == 1 else q
+        log_t = mp.log(t + s) if t + s > 0 else mp.ninf
+        if clip.log_floor is not None:
+            log_t = max(log_t, mpf(clip.log_floor))
+        return -log_t

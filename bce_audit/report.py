@@ -1,0 +1,387 @@
+"""Renderers: rich tables, JSON, CSV and markdown from result records. No math here.
+
+Every renderer returns a renderable or a string; only the CLI prints. Cells are colour-coded
+by error class, and degraded cells also carry a ``*`` so the class survives a log without
+colour.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from bce_audit import __version__
+from bce_audit.dtypes import DtypeInfo
+from bce_audit.keypoints import KeyPoint
+from bce_audit.sweep import Row, SweepResult, Worst
+
+SCHEMA = "bce-audit/1"
+# Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
+
+SHORT = {
+    "naive": "naive", "keras2-logits": "keras2", "tf-keras": "tf-keras", "keras3": "keras3",
+    "torch-bce": "torch", "logits-stable": "stable", "torch-bce-logits": "torch-l", "optax": "optax",
+    "float8_e4m3fn": "e4m3fn", "float8_e5m2": "e5m2", "float16": "f16", "bfloat16": "bf16",
+    "float32": "f32", "float64": "f64", "longdouble": "ldouble",
+}
+CLASSES = (  # (name, style, marker); thresholds in ULPs of the audited dtype
+    ("exact", "green", ""),        # correctly rounded: at most 0.5 ULP
+    ("few-ulp", "", ""),           # within 4 ULP
+    ("degraded", "yellow", "*"),   # more than 4 ULP
+    ("non-finite", "bold red", ""),
+)
+LEGEND = ("green: correctly rounded (<= 0.5 ULP) | plain: <= 4 ULP | yellow *: degraded (> 4 ULP)"
+          " | red: inf/nan")
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def fmt(v: float | None, digits: int = 4) -> str:
+    """Compact number: ``1.192e-7``, ``16.64``, ``inf``; '-' for None."""
+    if v is None:
+        return "-"
+    v = float(v)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    s = f"{v:.{digits}g}"
+    if "e" in s:
+        mant, exp = s.split("e")
+        s = f"{mant}e{int(exp)}"
+    return s
+
+
+def fmt_x(v: float | None) -> str:
+    """Inputs and key-point positions: enough digits to tell neighbours apart."""
+    return fmt(v, 8)
+
+
+def error_class(ulp: float, value: float) -> int:
+    if not math.isfinite(value):
+        return 3
+    if math.isnan(ulp) or ulp > 4:
+        return 2
+    return 0 if ulp <= 0.5 else 1
+
+
+def cell(value: float, ulp: float, digits: int = 4) -> Text:
+    name, style, marker = CLASSES[error_class(ulp, value)]
+    return Text(fmt(value, digits) + marker, style=style)
+
+
+def _eps(e: float | None) -> str:
+    return "-" if e is None else fmt(e, 3)
+
+
+def _label(label) -> str:
+    return "-" if label is None else str(label)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _table(title: str | None = None) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                 title_justify="left", title_style="bold")
+
+
+def _pred(k: KeyPoint) -> str:
+    if k.predicted is None:
+        return "-"
+    return ("x " + fmt_x(k.predicted)) if k.predicts == "x" else fmt(k.predicted, 5)
+
+
+def _value(k: KeyPoint) -> Text:
+    return Text(fmt(k.value, 5), style="bold red" if not math.isfinite(k.value) else "")
+
+
+def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
+    """Per dtype and mode: the round trip's key points, then each formula's; measured beside predicted."""
+    tables = []
+    for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
+        rt = [k for k in group if k.formula is None]
+        if rt:
+            t = _table(f"Round-trip key points: {dtype}, {mode}")
+            t.add_column("key point", no_wrap=True)
+            for name in ("rel err", "x", "value", "predicted"):
+                t.add_column(name, justify="right", no_wrap=True)
+            for k in rt:
+                thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
+                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k))
+            tables.append(t)
+        bce = [k for k in group if k.formula is not None]
+        if bce:
+            t = _table(f"BCE key points: {dtype}, {mode}")
+            for name in ("key point", "formula", "label", "eps"):
+                t.add_column(name, no_wrap=True)
+            for name in ("x", "value", "predicted"):
+                t.add_column(name, justify="right", no_wrap=True)
+            for k in bce:
+                t.add_row(k.name, k.formula, _label(k.label), _eps(k.eps), fmt_x(k.x), _value(k), _pred(k))
+            tables.append(t)
+    return tables
+
+
+def _group(items: Iterable, key) -> list[tuple]:
+    out: dict = {}
+    for it in items:
+        out.setdefault(key(it), []).append(it)
+    return list(out.items())
+
+
+def sample_indices(n: int, show: int) -> list[int]:
+    """Evenly spread row indices, always including both ends."""
+    if n <= show:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
+
+
+def sample_tables(rows: Sequence[Row], show: int = 17) -> list[Table]:
+    """Sampled rows: the round trip, then each label's BCE under every formula."""
+    tables = []
+    for (dtype, mode), group in _group(rows, lambda r: (r.dtype, r.mode)):
+        sig = [r for r in group if r.quantity == "sigmoid"]
+        rt = [r for r in group if r.quantity == "roundtrip"]
+        idx = sample_indices(len(sig), show)
+        t = _table(f"Sampled: sigmoid and round trip, {dtype}, {mode}")
+        for name in ("x", f"x in {SHORT[dtype]}", "sigmoid", "exact", "logit(sig)", "rel err", "ULP"):
+            t.add_column(name, justify="right", no_wrap=True)
+        for i in idx:
+            s, r = sig[i], rt[i]
+            t.add_row(fmt(s.x, 6), fmt_x(s.x_dtype), cell(s.value, s.ulp_err, 8), fmt(s.exact, 8),
+                      cell(r.value, r.ulp_err, 8), fmt(r.rel_err, 3), fmt(r.ulp_err, 3))
+        tables.append(t)
+        bce = [r for r in group if r.quantity == "bce"]
+        labels = list(dict.fromkeys(r.label for r in bce))
+        eps_values = list(dict.fromkeys(r.eps for r in bce if r.eps is not None)) or [None]
+        for label in labels:
+            for eps in eps_values:
+                cols = [r for r in bce if r.label == label and (r.eps is None or r.eps == eps)]
+                by_formula = _group(cols, lambda r: r.formula)
+                title = f"Sampled: BCE, label {label}, {dtype}, {mode}"
+                if eps is not None:
+                    title += f", eps {fmt(eps, 3)}"
+                t = _table(title)
+                t.add_column("x", justify="right", no_wrap=True)
+                t.add_column("exact", justify="right", no_wrap=True)
+                for f, _ in by_formula:
+                    t.add_column(SHORT.get(f, f), justify="right", no_wrap=True)
+                for i in idx:
+                    first = by_formula[0][1][i]
+                    t.add_row(fmt(first.x, 6), fmt(first.exact, 3),
+                              *(cell(fr[i].value, fr[i].ulp_err, 3) for _, fr in by_formula))
+                tables.append(t)
+    return tables
+
+
+def worst_table(worst: Sequence[Worst]) -> Table:
+    """The largest error per formula over the grid."""
+    t = _table("Worst error over the grid")
+    for name in ("dtype", "quantity", "formula", "label", "eps"):
+        t.add_column(name, no_wrap=True)
+    for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
+        t.add_column(name, justify="right", no_wrap=True)
+    for w in worst:
+        t.add_row(SHORT.get(w.dtype, w.dtype), w.quantity, w.formula or "-", _label(w.label), _eps(w.eps),
+                  cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
+                  Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
+    return t
+
+
+def sweep_view(result: SweepResult, show: int = 17) -> Group:
+    """The table view of a sweep: key points first, then sampled rows and worst errors."""
+    parts = [*keypoint_tables(result.keypoints)]
+    if result.rows:
+        parts += sample_tables(result.rows, show)
+        parts.append(worst_table(result.worst))
+        parts.append(Text(LEGEND, style="dim"))
+    return Group(*parts)
+
+
+def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Table:
+    t = _table("Dtypes")
+    t.add_column("dtype", no_wrap=True)
+    for name in ("bits", "mant", "eps", "tiny", "max", "rt overflow"):
+        t.add_column(name, justify="right", no_wrap=True)
+    t.add_column("what it is")
+    for i in infos:
+        t.add_row(i.name, str(i.bits), str(i.nmant), fmt(i.eps, 4), _fmt_exact(i.tiny),
+                  _fmt_exact(i.max), fmt(overflow[i.name], 6), i.description)
+    return t
+
+
+def check_tables(rows: Sequence[Row]) -> list[Table]:
+    """`check`: for each logit, every dtype side by side with the exact value."""
+    tables = []
+    for x, group in _group(rows, lambda r: r.x):
+        dts = list(dict.fromkeys(r.dtype for r in group))
+        t = _table(f"x = {fmt_x(x)}")
+        t.add_column("quantity", no_wrap=True)
+        t.add_column("exact", justify="right", no_wrap=True)
+        for d in dts:
+            t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
+        keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
+        t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
+        for q, f, eps, label in keys:
+            cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == (q, f, eps, label)}
+            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or f"{SHORT[f]} y={label}"
+            any_row = next(iter(cells.values()))
+            t.add_row(name, fmt(any_row.exact, 4),
+                      *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
+        tables.append(t)
+    return tables
+
+
+def check_view(rows: Sequence[Row]) -> Group:
+    return Group(*check_tables(rows), Text(LEGEND, style="dim"))
+
+
+def check_markdown(rows: Sequence[Row]) -> str:
+    """`check` as markdown: one table per logit, dtypes side by side."""
+    out = []
+    for x, group in _group(rows, lambda r: r.x):
+        dts = list(dict.fromkeys(r.dtype for r in group))
+        keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
+        body = []
+        for key in keys:
+            cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
+            q, f, _, label = key
+            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or f"{f} y={label}"
+            first = next(iter(cells.values()))
+            body.append([name, fmt(first.exact, 4),
+                         *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
+        out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
+    return "\n".join(out)
+
+
+def exact_number(q: Fraction) -> float | str:
+    """A float where it represents q exactly enough, else a decimal string (longdouble limits)."""
+    try:
+        f = float(q)
+    except OverflowError:
+        f = math.inf
+    if f != 0 and math.isfinite(f):
+        return f
+    d = Decimal(q.numerator) / Decimal(q.denominator)
+    return f"{d:.10e}"
+
+
+def _fmt_exact(q: Fraction) -> str:
+    n = exact_number(q)
+    if isinstance(n, str):
+        mant, exp = n.split("e")
+        return f"{float(mant):.4g}e{int(exp)}"
+    return fmt(n, 4)
+
+
+def dtypes_records(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> list[dict]:
+    return [{"name": i.name, "bits": i.bits, "mantissa_bits": i.nmant, "precision": i.precision, "eps": i.eps,
+             "tiny": exact_number(i.tiny), "smallest_subnormal": exact_number(i.smallest_subnormal),
+             "max": exact_number(i.max), "predicted_roundtrip_overflow": overflow[i.name],
+             "description": i.description} for i in infos]
+
+
+def print_view(view, file=None) -> None:
+    """Print a renderable: to the terminal, or to a file as plain text 100 columns wide."""
+    if file is None:
+        Console(highlight=False).print(view)
+    else:
+        Console(file=file, width=100, color_system=None, highlight=False).print(view)
+
+
+def _first(rows, dtype):
+    return next(r for r in rows if r.dtype == dtype)
+
+
+# ---------------------------------------------------------------- machine formats
+
+
+def _clean(v):
+    """inf/nan as strings (strict JSON has no NaN), numpy scalars as Python numbers."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    return v
+
+
+def to_json(doc: dict) -> str:
+    """Deterministic, strictly valid JSON: sorted keys, inf/nan as strings."""
+    return json.dumps(_clean(doc), sort_keys=True, indent=1, allow_nan=False) + "\n"
+
+
+def document(settings: dict, kps: Sequence[KeyPoint], rows: Sequence[Row] | None = None,
+             worst: Sequence[Worst] | None = None) -> dict:
+    doc = {"schema": SCHEMA, "version": __version__, "settings": settings,
+           "keypoints": [asdict(k) for k in kps]}
+    if rows is not None:
+        doc["rows"] = [asdict(r) for r in rows]
+    if worst is not None:
+        doc["worst"] = [asdict(w) for w in worst]
+    return doc
+
+
+def to_csv(records: Sequence, cls) -> str:
+    """One record a line; header from the dataclass fields; inf/nan as words, None empty."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = [f.name for f in fields(cls)]
+    w.writerow(names)
+    for r in records:
+        w.writerow(["" if (v := getattr(r, n)) is None else _csv_cell(v) for n in names])
+    return buf.getvalue()
+
+
+def _csv_cell(v):
+    c = _clean(v)
+    return repr(c) if isinstance(c, float) else c
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def to_markdown(result: SweepResult) -> str:
+    """A compact report for a PR comment: key points, then worst errors."""
+    s = result.settings
+    out = [f"## bce-audit {__version__}: {', '.join(s.dtypes)} ({s.mode})", ""]
+    out += _md_table(
+        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted"],
+        ([k.dtype, k.name, k.formula or "round trip", _label(k.label),
+          fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_x(k.x),
+          fmt(k.value, 5), fmt(k.predicted, 8) if k.predicted is not None else "-"]
+         for k in result.keypoints),
+    )
+    if result.worst:
+        out += ["", "### Worst error over the grid", ""]
+        out += _md_table(
+            ["dtype", "quantity", "formula", "label", "eps", "max ULP", "bits", "at x", "inf/nan"],
+            ([w.dtype, w.quantity, w.formula or "-", _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
+              fmt(w.max_bits, 3), fmt(w.x, 6), f"{w.nonfinite}/{w.points}"] for w in result.worst),
+        )
+    return "\n".join(out) + "\n"
