@@ -266,7 +266,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
             _fail(f"{text!r} is not a finite logit")
         xs.append(x)
     s = _settings(kw, default_dtypes=dtypes.NAMES)
-    rows = sweep.check_rows(xs, s)
+    rows, exact = sweep.check_rows(xs, s)
 
     def render(fmt: str):
         if fmt == "json":
@@ -274,8 +274,8 @@ def check(logits: tuple[str, ...], **kw) -> int:
         if fmt == "csv":
             return report.to_csv(rows, sweep.Row)
         if fmt == "markdown":
-            return report.check_markdown(rows)
-        return report.check_view(rows)
+            return report.check_markdown(rows, exact)
+        return report.check_view(rows, exact)
 
     _emit(kw, render)
     return 0

@@ -42,8 +42,7 @@ CLASSES = (  # (name, style, marker); thresholds in ULPs of the audited dtype
     ("degraded", "yellow", "*"),   # more than 4 ULP
     ("non-finite", "bold red", ""),
 )
-LEGEND = ("green: correctly rounded (<= 0.5 ULP) | plain: <= 4 ULP | yellow *: degraded (> 4 ULP)"
-          " | red: inf/nan")
+LEGEND = "green: <= 0.5 ULP (correctly rounded) | plain: <= 4 ULP | yellow *: > 4 ULP | red: inf/nan"
 
 
 # ---------------------------------------------------------------- numbers
@@ -226,8 +225,11 @@ def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Tabl
     return t
 
 
-def check_tables(rows: Sequence[Row]) -> list[Table]:
-    """`check`: for each logit, every dtype side by side with the exact value."""
+def check_tables(rows: Sequence[Row], exact: dict[tuple, float]) -> list[Table]:
+    """`check`: for each logit, every dtype side by side with the exact value at that logit.
+
+    Each dtype's cell is classed against the exact value at *its* rounded input.
+    """
     tables = []
     for x, group in _group(rows, lambda r: r.x):
         dts = list(dict.fromkeys(r.dtype for r in group))
@@ -240,19 +242,26 @@ def check_tables(rows: Sequence[Row]) -> list[Table]:
         t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
         for q, f, eps, label in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == (q, f, eps, label)}
-            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or f"{SHORT[f]} y={label}"
-            any_row = next(iter(cells.values()))
-            t.add_row(name, fmt(any_row.exact, 4),
+            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or _check_name(SHORT[f], label)
+            t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
                       *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
         tables.append(t)
     return tables
 
 
-def check_view(rows: Sequence[Row]) -> Group:
-    return Group(*check_tables(rows), Text(LEGEND, style="dim"))
+def _unlabel(label: str):
+    return {"None": None, "1": 1, "0": 0}.get(label, label)
 
 
-def check_markdown(rows: Sequence[Row]) -> str:
+def _check_name(formula: str, label: str) -> str:
+    return f"{formula} pair" if label == "pair" else f"{formula} y={label}"
+
+
+def check_view(rows: Sequence[Row], exact: dict[tuple, float]) -> Group:
+    return Group(*check_tables(rows, exact), Text(LEGEND, style="dim"))
+
+
+def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
     """`check` as markdown: one table per logit, dtypes side by side."""
     out = []
     for x, group in _group(rows, lambda r: r.x):
@@ -262,9 +271,8 @@ def check_markdown(rows: Sequence[Row]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or f"{f} y={label}"
-            first = next(iter(cells.values()))
-            body.append([name, fmt(first.exact, 4),
+            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or _check_name(f, label)
+            body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
                          *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
     return "\n".join(out)

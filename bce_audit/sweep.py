@@ -226,10 +226,15 @@ def run_sweep(s: Settings, with_rows: bool = True) -> SweepResult:
     return result
 
 
-def check_rows(xs: Sequence[float], s: Settings) -> list[Row]:
-    """Rows for a few single logits across the selected dtypes (the `check` command)."""
+def check_rows(xs: Sequence[float], s: Settings) -> tuple[list[Row], dict[tuple, float]]:
+    """Rows for a few single logits across the selected dtypes (the `check` command).
+
+    Also returns the exact values at the logits as given (before rounding to any narrower
+    dtype), keyed by (x, quantity, formula, eps, label).
+    """
     arr = np.asarray(xs, dtype=np.float64)
     rows: list[Row] = []
     for d in s.dtypes:
         rows += _rows_for_dtype(s, d, arr)
-    return rows
+    exact = {(r.x, r.quantity, r.formula, r.eps, r.label): r.exact for r in _rows_for_dtype(s, "float64", arr)}
+    return rows, exact
