@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 
 import click
+
 from bce_audit import __version__, dtypes, formulas, keypoints, report, sweep
 from bce_audit.sweep import MAX_POINTS, Settings
 
@@ -176,7 +177,10 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
             report.print_view(out)
         return
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", dir=directory)
+    except OSError as e:
+        _fail(f"cannot write --output {path!r}: {e.strerror or e}")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             if isinstance(out, str):

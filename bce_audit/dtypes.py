@@ -73,7 +73,7 @@ class DtypeInfo:
 
     @cached_property
     def finfo(self):
-        return ml_dtypes.finfo(self.type) if self.type.__module__.startswith("ml_dtypes") else np.finfo(self.type)
+        return _finfo(self.type)
 
     @property
     def narrow(self) -> bool:
@@ -176,8 +176,12 @@ def _ld_value(ordinals):
     return arr if np.ndim(ordinals) else arr[0]
 
 
+def _finfo(typ: type):
+    return ml_dtypes.finfo(typ) if typ.__module__.startswith("ml_dtypes") else np.finfo(typ)
+
+
 def _make(name: str, typ: type, description: str) -> DtypeInfo:
-    fi = ml_dtypes.finfo(typ) if typ.__module__.startswith("ml_dtypes") else np.finfo(typ)
+    fi = _finfo(typ)
     bits = fi.bits if typ is not np.longdouble else 1 + fi.nexp + fi.nmant + (1 if fi.nmant == 63 else 0)
     has_inf = bool(np.isinf(np.asarray(np.inf, dtype=np.float64).astype(typ)))
     return DtypeInfo(name, typ, bits, fi.nmant, fi.minexp, fi.maxexp, has_inf, description)

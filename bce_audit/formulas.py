@@ -15,7 +15,7 @@ float would silently promote an ml_dtypes array to float32.
 >>> import numpy as np
 >>> ev = Evaluator("float32", "per-op")
 >>> x = np.array([20.0], dtype=np.float32)
->>> float(roundtrip(x, ev)[0])
+>>> float(evaluate_roundtrip(x, ev)[0])
 inf
 """
 

@@ -242,9 +242,12 @@ def _plateaus(info: dtypes.DtypeInfo, ev: Evaluator, o_lo: int, o_hi: int):
     return starts, ends
 
 
-def _rel_err(info, ev, o) -> np.ndarray:
-    v = info.value(_ords(info, list(o)))
+def _rel_err_at(ev: Evaluator, v) -> np.ndarray:
     return metrics.rel_err_exact_x(formulas.evaluate_roundtrip(v, ev), v)
+
+
+def _rel_err(info, ev, o) -> np.ndarray:
+    return _rel_err_at(ev, info.value(_ords(info, list(o))))
 
 
 def _first_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
@@ -261,8 +264,7 @@ def _first_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
     cand = [int(o) for o in starts[e_s >= thr]]
     mid = (e_s < thr) & (e_e >= thr)
     if mid.any():
-        found = _vsearch(info, lambda v: metrics.rel_err_exact_x(formulas.evaluate_roundtrip(v, ev), v) >= thr,
-                         starts[mid], ends[mid])
+        found = _vsearch(info, lambda v: _rel_err_at(ev, v) >= thr, starts[mid], ends[mid])
         cand += [int(o) for o in found]
     return min(cand) if cand else None
 
@@ -277,8 +279,7 @@ def _last_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
     cand = [int(o) for o in ends[e_e >= thr]]
     mid = (e_e < thr) & (e_s >= thr)
     if mid.any():
-        found = _vsearch(info, lambda v: metrics.rel_err_exact_x(formulas.evaluate_roundtrip(v, ev), v) < thr,
-                         starts[mid], ends[mid])
+        found = _vsearch(info, lambda v: _rel_err_at(ev, v) < thr, starts[mid], ends[mid])
         cand += [int(o) - 1 for o in found]
     return max(cand) if cand else None
 
@@ -309,13 +310,13 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float]) -> list
 
     out: list[KeyPoint] = []
 
-    def add(name, o, threshold=None, predicted=None, value=None, method=_method(info)):
+    def add(name, o, threshold=None, predicted=None, value=None, method=None):
         if o is None:
             return
         v = _scalar(info, o)
         val = value(v) if value else _num(rt(np.asarray([v]))[0])
         out.append(KeyPoint(dtype, mode, None, None, None, name, threshold, _num(v), val,
-                            predicted, "x" if predicted is not None else None, method))
+                            predicted, "x" if predicted is not None else None, method or _method(info)))
 
     add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, mode))
     add("roundtrip_underflow", first_hit(info, bad, -1, -top), predicted=predicted_underflow(info, mode))

@@ -62,10 +62,8 @@ def errors(computed, exact: mpf, info: DtypeInfo) -> Errors:
         return NONFINITE_INF
     with mp.workprec(PREC):
         diff = abs(to_mpf(computed) - exact)
-        if exact == 0:
-            rel = 0.0 if diff == 0 else math.inf
-        else:
-            rel = float(diff / abs(exact))
+        zero_rel = 0.0 if diff == 0 else math.inf
+        rel = zero_rel if exact == 0 else float(diff / abs(exact))
         ulps = float(diff / ulp_of(exact, info))
         return Errors(float(diff), rel, ulps, bits(ulps))
 

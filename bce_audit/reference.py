@@ -83,15 +83,23 @@ def clipped_exact(e: Exact, label: int, clip: Clip, lo, hi, shift, prec: int = P
     """
     with mp.workprec(prec):
         p, q = e.p, e.q
+        clipped = False
         if lo is not None:
             mlo, mhi = to_mpf(lo), to_mpf(hi)
             if p < mlo:
-                p, q = mlo, 1 - mlo
+                p, q, clipped = mlo, 1 - mlo, True
             elif p > mhi:
-                p, q = mhi, 1 - mhi
-        s = to_mpf(shift) if shift is not None else 0
-        t = p if label == 1 else q
-        log_t = mp.log(t + s) if t + s > 0 else mp.ninf
+                p, q, clipped = mhi, 1 - mhi, True
+        s = to_mpf(shift) if shift is not None else mpf(0)
+        t, other = (p, q) if label == 1 else (q, p)
+        if not clipped and s == 0:
+            log_t = -e.bce(label)  # log(sigmoid(+-x)) = -softplus(-+x), no cancellation
+        elif t + s <= 0:
+            log_t = mp.ninf
+        elif t < 0.5:
+            log_t = mp.log(t + s)
+        else:  # t = 1 - other: log1p keeps the digits that log(1 - tiny) would lose
+            log_t = mp.log1p(s - other)
         if clip.log_floor is not None:
             log_t = max(log_t, mpf(clip.log_floor))
         return -log_t

@@ -80,7 +80,7 @@ def error_class(ulp: float, value: float) -> int:
 
 
 def cell(value: float, ulp: float, digits: int = 4) -> Text:
-    name, style, marker = CLASSES[error_class(ulp, value)]
+    _, style, marker = CLASSES[error_class(ulp, value)]
     return Text(fmt(value, digits) + marker, style=style)
 
 
@@ -191,15 +191,17 @@ def sample_tables(rows: Sequence[Row], show: int = 17) -> list[Table]:
 
 def worst_table(worst: Sequence[Worst]) -> Table:
     """The largest error per formula over the grid."""
-    t = _table("Worst error over the grid")
-    for name in ("dtype", "quantity", "formula", "label", "eps"):
+    t = _table("Worst error over the grid (clip rel: clipping's share; round ULP: rounding's share)")
+    for name in ("dtype", "audited", "label", "eps"):
         t.add_column(name, no_wrap=True)
-    for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
+    for name in ("max ULP", "bits", "max rel", "at x", "inf/nan", "clip rel", "round ULP"):
         t.add_column(name, justify="right", no_wrap=True)
     for w in worst:
-        t.add_row(SHORT.get(w.dtype, w.dtype), w.quantity, w.formula or "-", _label(w.label), _eps(w.eps),
+        what = w.formula or _QUANTITY[w.quantity]
+        t.add_row(SHORT.get(w.dtype, w.dtype), what, _label(w.label), _eps(w.eps),
                   cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
-                  Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
+                  Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""),
+                  fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3))
     return t
 
 
@@ -240,13 +242,17 @@ def check_tables(rows: Sequence[Row], exact: dict[tuple, float]) -> list[Table]:
             t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
         keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
         t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
-        for q, f, eps, label in keys:
-            cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == (q, f, eps, label)}
-            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or _check_name(SHORT[f], label)
+        for key in keys:
+            q, f, eps, label = key
+            cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
+            name = _QUANTITY.get(q) or _check_name(SHORT[f], label)
             t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
                       *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
         tables.append(t)
     return tables
+
+
+_QUANTITY = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}
 
 
 def _unlabel(label: str):
@@ -271,7 +277,7 @@ def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}.get(q) or _check_name(f, label)
+            name = _QUANTITY.get(q) or _check_name(f, label)
             body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
                          *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
@@ -388,8 +394,9 @@ def to_markdown(result: SweepResult) -> str:
     if result.worst:
         out += ["", "### Worst error over the grid", ""]
         out += _md_table(
-            ["dtype", "quantity", "formula", "label", "eps", "max ULP", "bits", "at x", "inf/nan"],
-            ([w.dtype, w.quantity, w.formula or "-", _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
-              fmt(w.max_bits, 3), fmt(w.x, 6), f"{w.nonfinite}/{w.points}"] for w in result.worst),
+            ["dtype", "audited", "label", "eps", "max ULP", "bits", "at x", "inf/nan", "clip rel", "round ULP"],
+            ([w.dtype, w.formula or _QUANTITY[w.quantity], _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
+              fmt(w.max_bits, 3), fmt(w.x, 6), f"{w.nonfinite}/{w.points}", fmt(w.max_clip_rel, 3),
+              fmt(w.max_round_ulp, 3)] for w in result.worst),
         )
     return "\n".join(out) + "\n"

@@ -98,6 +98,8 @@ class Worst:
     x: float | None
     nonfinite: int
     points: int
+    max_clip_rel: float | None = None   # clipping's share: clipped-exact vs exact
+    max_round_ulp: float | None = None  # rounding's share: computed vs clipped-exact
 
 
 @dataclass
@@ -111,7 +113,7 @@ class SweepResult:
 def grid(lo: float, hi: float, points: int, step: float | None, spacing: str) -> np.ndarray:
     """The decimal input grid (float64), before any rounding to a dtype."""
     if step is not None:
-        n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+        n = math.floor((hi - lo) / step + 1e-9) + 1
         return lo + step * np.arange(n, dtype=np.float64)
     if spacing == "lin":
         return np.linspace(lo, hi, points)
@@ -122,7 +124,7 @@ def grid(lo: float, hi: float, points: int, step: float | None, spacing: str) ->
     # straddles zero: geometric on each side down to 1e-6 of the widest bound, plus zero
     m = max(abs(lo), abs(hi))
     tiny = m * 1e-6
-    n_neg = int(round((points - 1) * (abs(lo) / (abs(lo) + hi)))) if lo < 0 else 0
+    n_neg = round((points - 1) * (abs(lo) / (abs(lo) + hi))) if lo < 0 else 0
     n_pos = points - 1 - n_neg
     neg = -np.geomspace(tiny, abs(lo), n_neg)[::-1] if n_neg else np.empty(0)
     pos = np.geomspace(tiny, hi, n_pos) if n_pos else np.empty(0)
@@ -204,12 +206,15 @@ def worst_of(rows: Sequence[Row]) -> list[Worst]:
         nonfinite = len(rs) - len(finite)
         top = max(finite, key=lambda r: r.ulp_err) if finite else None
         r0 = rs[0]
+        clipped = [r for r in finite if r.clip_rel is not None]
         out.append(Worst(
             r0.dtype, r0.mode, r0.quantity, r0.formula, r0.eps, r0.label,
             top.ulp_err if top else math.nan,
             max((r.rel_err for r in finite), default=math.nan),
             top.bits if top else math.nan,
             top.x if top else None, nonfinite, len(rs),
+            max((r.clip_rel for r in clipped), default=None),
+            max((r.round_ulp for r in clipped), default=None),
         ))
     return out
 
@@ -236,5 +241,6 @@ def check_rows(xs: Sequence[float], s: Settings) -> tuple[list[Row], dict[tuple,
     rows: list[Row] = []
     for d in s.dtypes:
         rows += _rows_for_dtype(s, d, arr)
-    exact = {(r.x, r.quantity, r.formula, r.eps, r.label): r.exact for r in _rows_for_dtype(s, "float64", arr)}
+    given = _rows_for_dtype(s, "float64", arr)
+    exact = {(r.x, r.quantity, r.formula, r.eps, r.label): r.exact for r in given}
     return rows, exact

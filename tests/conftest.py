@@ -1,0 +1,26 @@
+"""Shared test set-up: precision never leaks between tests (as in mpmath's own conftest)."""
+
+import os
+
+import pytest
+from mpmath import mp
+
+
+@pytest.fixture(autouse=True)
+def _reset_mp_prec():
+    before = mp.prec
+    yield
+    assert mp.prec == before, "a test or the code under test leaked mpmath precision"
+    mp.prec = before
+
+
+@pytest.fixture(autouse=True)
+def _fixed_terminal(monkeypatch):
+    """Golden output is taken at a fixed terminal width, without colour."""
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    yield
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
