@@ -93,7 +93,7 @@ def _grid(f: Callable) -> Callable:
                      help="Grid step instead of --points (linear spacing)."),
         click.option("--spacing", type=click.Choice(sweep.SPACINGS), default="lin", show_default=True,
                      help="lin, or log (geometric on each side of zero)."),
-        click.option("--rows", "show", type=click.IntRange(2, 1000), default=17, show_default=True,
+        click.option("--rows", "show", type=click.IntRange(2, 1000), default=11, show_default=True,
                      help="Rows of the grid shown in the table view."),
     ]
     for o in reversed(opts):

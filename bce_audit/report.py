@@ -84,6 +84,14 @@ def cell(value: float, ulp: float, digits: int = 4) -> Text:
     return Text(fmt(value, digits) + marker, style=style)
 
 
+def bits_cell(r: Row) -> Text:
+    """Bits of error to one decimal (0.0 = exact), classed like the value itself."""
+    if not math.isfinite(r.value):
+        return cell(r.value, r.ulp_err)
+    _, style, marker = CLASSES[error_class(r.ulp_err, r.value)]
+    return Text(f"{r.bits:.1f}{marker}", style=style)
+
+
 def _eps(e: float | None) -> str:
     return "-" if e is None else fmt(e, 3)
 
@@ -151,7 +159,7 @@ def sample_indices(n: int, show: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
 
 
-def sample_tables(rows: Sequence[Row], show: int = 17) -> list[Table]:
+def sample_tables(rows: Sequence[Row], show: int = 11) -> list[Table]:
     """Sampled rows: the round trip, then each label's BCE under every formula."""
     tables = []
     for (dtype, mode), group in _group(rows, lambda r: (r.dtype, r.mode)):
@@ -173,20 +181,27 @@ def sample_tables(rows: Sequence[Row], show: int = 17) -> list[Table]:
             for eps in eps_values:
                 cols = [r for r in bce if r.label == label and (r.eps is None or r.eps == eps)]
                 by_formula = _group(cols, lambda r: r.formula)
-                title = f"Sampled: BCE, label {label}, {dtype}, {mode}"
-                if eps is not None:
-                    title += f", eps {fmt(eps, 3)}"
-                t = _table(title)
-                t.add_column("x", justify="right", no_wrap=True)
-                t.add_column("exact", justify="right", no_wrap=True)
-                for f, _ in by_formula:
-                    t.add_column(SHORT.get(f, f), justify="right", no_wrap=True)
-                for i in idx:
-                    first = by_formula[0][1][i]
-                    t.add_row(fmt(first.x, 6), fmt(first.exact, 3),
-                              *(cell(fr[i].value, fr[i].ulp_err, 3) for _, fr in by_formula))
-                tables.append(t)
+                what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
+                tables.append(_bce_table(f"Sampled: BCE, {what}", by_formula, idx, errors=False))
+                tables.append(_bce_table(f"Bits of error: BCE, {what}", by_formula, idx, errors=True))
     return tables
+
+
+def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Table:
+    """Formulas side by side at sampled x: their values, or their bits of error."""
+    t = _table(title)
+    t.add_column("x", justify="right", no_wrap=True)
+    t.add_column("exact", justify="right", no_wrap=True)
+    for f, _ in by_formula:
+        t.add_column(SHORT.get(f, f), justify="right", no_wrap=True)
+    for i in idx:
+        first = by_formula[0][1][i]
+        if errors:
+            cells = (bits_cell(fr[i]) for _, fr in by_formula)
+        else:
+            cells = (cell(fr[i].value, fr[i].ulp_err, 3) for _, fr in by_formula)
+        t.add_row(fmt(first.x, 6), fmt(first.exact, 3), *cells)
+    return t
 
 
 def worst_table(worst: Sequence[Worst]) -> Table:
@@ -205,7 +220,7 @@ def worst_table(worst: Sequence[Worst]) -> Table:
     return t
 
 
-def sweep_view(result: SweepResult, show: int = 17) -> Group:
+def sweep_view(result: SweepResult, show: int = 11) -> Group:
     """The table view of a sweep: key points first, then sampled rows and worst errors."""
     parts = [*keypoint_tables(result.keypoints)]
     if result.rows:
