@@ -409,7 +409,8 @@ def to_markdown(result: SweepResult) -> str:
     if result.worst:
         out += ["", "### Worst error over the grid", ""]
         out += _md_table(
-            ["dtype", "audited", "label", "eps", "max ULP", "bits", "at x", "inf/nan", "clip rel", "round ULP"],
+            ["dtype", "audited", "label", "eps", "max ULP", "bits", "at x", "inf/nan", "clip rel",
+             "round ULP"],
             ([w.dtype, w.formula or _QUANTITY[w.quantity], _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
               fmt(w.max_bits, 3), fmt(w.x, 6), f"{w.nonfinite}/{w.points}", fmt(w.max_clip_rel, 3),
               fmt(w.max_round_ulp, 3)] for w in result.worst),
