@@ -122,6 +122,8 @@ def _parse_range(text: str) -> tuple[float, float]:
         _fail(f"--range {text!r}: bounds must be finite numbers")
     if lo >= hi:
         _fail(f"--range {text!r}: LO must be less than HI")
+    if not math.isfinite(hi - lo):
+        _fail(f"--range {text!r} is too wide: HI - LO overflows a float64")
     return lo, hi
 
 
@@ -146,11 +148,14 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",)) -> Setti
                 _fail(f"--step {step!r} must be a positive number")
             if kw["spacing"] == "log":
                 _fail("--step needs --spacing lin; use --points with --spacing log")
-            n = math.floor((rng[1] - rng[0]) / step + 1e-9) + 1
-            if n < 2:
-                _fail(f"--step {step!r} leaves fewer than 2 points in the range")
+            ratio = (rng[1] - rng[0]) / step
+            if not math.isfinite(ratio):
+                _fail(f"--step {step!r} gives more than {MAX_POINTS:,} points over the range")
+            n = math.floor(ratio + 1e-9) + 1
             if n > MAX_POINTS:
                 _fail(f"--step {step!r} gives {n:,} points; the most is {MAX_POINTS:,}")
+            if n < 2:
+                _fail(f"--step {step!r} leaves fewer than 2 points in the range")
         points = sweep.DEFAULT_POINTS if points is None else points
         if not 2 <= points <= MAX_POINTS:
             _fail(f"--points {points} is out of range; it must be 2 to {MAX_POINTS:,}")

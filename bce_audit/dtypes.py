@@ -102,17 +102,19 @@ class DtypeInfo:
         if self.bits > 64:
             return _ld_ordinal(values)
         arr = np.asarray(values, dtype=self.dtype)
-        raw = arr.view(_UINT[self.bits]).astype(np.int64)
-        sign = np.int64(1) << (self.bits - 1)
-        return np.where(raw & sign, -(raw & (sign - 1)), raw)
+        raw = arr.view(_UINT[self.bits]).astype(np.uint64)
+        sign = np.uint64(1) << np.uint64(self.bits - 1)
+        mag = (raw & (sign - np.uint64(1))).astype(np.int64)
+        return np.where((raw & sign) != 0, -mag, mag)
 
     def value(self, ordinals):
         """Dtype values at the given ordinals (inverse of `ordinal`)."""
         if self.bits > 64:
             return _ld_value(ordinals)
         o = np.asarray(ordinals, dtype=np.int64)
-        sign = np.int64(1) << (self.bits - 1)
-        raw = np.where(o < 0, (-o) | sign, o).astype(_UINT[self.bits])
+        sign = np.uint64(1) << np.uint64(self.bits - 1)
+        mag = np.abs(o).astype(np.uint64)
+        raw = np.where(o < 0, mag | sign, mag).astype(_UINT[self.bits])
         return raw.view(self.dtype)
 
     def finite_values(self) -> np.ndarray:

@@ -43,12 +43,12 @@ class Evaluator:
 
     def c(self, value) -> np.ndarray:
         """A constant rounded to the dtype (0-d array, so it never promotes)."""
-        return np.asarray(value, dtype=np.float64 if not isinstance(value, np.generic) else None).astype(
-            self.dtype
-        )
+        return self.arr(np.asarray(value, dtype=None if isinstance(value, np.generic) else np.float64))
 
     def arr(self, values) -> np.ndarray:
-        return np.asarray(values).astype(self.dtype)
+        """Values rounded to the dtype; out-of-range values become inf (or nan in fn formats)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(values).astype(self.dtype)
 
     def kernel(self, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
         """Run a framework-level op: in float32 and rounded once when upcasting a narrow dtype."""

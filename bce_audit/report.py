@@ -59,9 +59,11 @@ def fmt(v: float | None, digits: int = 4) -> str:
         return "inf" if v > 0 else "-inf"
     if v == 0:
         return "0"
-    s = f"{v:.{digits}g}"
+    s = f"{v:.{digits - 1}e}" if abs(v) < 1e-3 else f"{v:.{digits}g}"
     if "e" in s:
         mant, exp = s.split("e")
+        if "." in mant:
+            mant = mant.rstrip("0").rstrip(".")
         s = f"{mant}e{int(exp)}"
     return s
 
@@ -104,7 +106,7 @@ def _label(label) -> str:
 
 
 def _table(title: str | None = None) -> Table:
-    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0),
                  title_justify="left", title_style="bold")
 
 
