@@ -387,7 +387,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
     v_good = at(good_end)
     if np.isfinite(v_good) and v_good == 0:
         add("bce_zero", run_start(info, lambda v: loss(v) == 0, 0, good_end), 0.0,
-            predicted_zero(info), "x")
+            sign * predicted_zero(info), "x")
     elif np.isfinite(v_good) and reference.to_mpf(v_good) > 2 * _exact_at(_scalar(info, good_end), label):
         o = run_start(info, lambda v: loss(v) == v_good, 0, good_end)
         add("bce_floor", o, _num(v_good), predicted_limit(f, eps, label, ev, good=True), "value")
