@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)  ## the main job: the float32 sweep on the shipped defaults
-	$(BIN)/bce-audit sweep --dtype float32
+	$(BIN)/bce-audit sweep --config configs/default.toml --dtype float32
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

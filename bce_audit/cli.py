@@ -10,13 +10,14 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 
 import click
+from click.core import ParameterSource
 
-from bce_audit import __version__, dtypes, formulas, keypoints, report, sweep
+from bce_audit import __version__, baseline, config, dtypes, formulas, gate, impl, keypoints, report, sweep
+from bce_audit.config import FORMATS
 from bce_audit.sweep import MAX_POINTS, Settings
-
-FORMATS = ("table", "json", "csv", "markdown")
 
 
 class _Group(click.Group):
@@ -50,16 +51,10 @@ def _fail(msg: str) -> None:
 # ---------------------------------------------------------------- options
 
 
-def _choice_list(values: tuple[str, ...], all_names: tuple[str, ...]) -> tuple[str, ...]:
-    if not values:
-        return ()
-    if "all" in values:
-        return all_names
-    return tuple(dict.fromkeys(values))
-
-
 def _selection(f: Callable) -> Callable:
     opts = [
+        click.option("--config", "config", type=str, default=None, metavar="FILE",
+                     help="Read options from a TOML file (see configs/); flags given here override it."),
         click.option("--dtype", "dtype", multiple=True, metavar="NAME",
                      type=click.Choice((*dtypes.NAMES, "all")),
                      help=f"Dtype to audit (repeatable, or 'all'): {', '.join(dtypes.NAMES)}."),
@@ -67,8 +62,11 @@ def _selection(f: Callable) -> Callable:
                      help="Clip epsilon, in [0, 0.5) (repeatable; default 1e-7). "
                           "Formulas that do not clip ignore it."),
         click.option("--formula", "formula", multiple=True, metavar="NAME",
-                     type=click.Choice((*formulas.NAMES, "all")),
-                     help=f"BCE formula (repeatable; default all): {', '.join(formulas.NAMES)}."),
+                     help=f"BCE formula (repeatable; default all): {', '.join(formulas.NAMES)}, "
+                          "or your own as impl:package.module:function."),
+        click.option("--impl-kind", "impl_kind", type=click.Choice(impl.KINDS), default="bce-logits",
+                     show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
+                                             "sigmoid f(x) or logit f(p)."),
         click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
                      help="per-op: every op rounds to the dtype; upcast: framework ops on dtypes "
                           "narrower than float32 run in float32 and round once (PyTorch opmath)."),
@@ -93,8 +91,8 @@ def _grid(f: Callable) -> Callable:
                      help="Grid step instead of --points (linear spacing)."),
         click.option("--spacing", type=click.Choice(sweep.SPACINGS), default="lin", show_default=True,
                      help="lin, or log (geometric on each side of zero)."),
-        click.option("--rows", "show", type=click.IntRange(2, 1000), default=11, show_default=True,
-                     help="Rows of the grid shown in the table view."),
+        click.option("--rows", "show", type=int, default=11, show_default=True, metavar="N",
+                     help="Rows of the grid shown in the table view (2 to 1000)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -103,72 +101,67 @@ def _grid(f: Callable) -> Callable:
 
 def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
-        f = click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+        f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
                          metavar="FILE", help="Write to FILE (atomically) instead of stdout.")(f)
         return click.option("--format", "fmt", type=click.Choice(formats), default="table",
                             show_default=True, help="Output format.")(f)
     return deco
 
 
-def _parse_range(text: str) -> tuple[float, float]:
-    parts = text.split(":")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        _fail(f"--range {text!r} is malformed; write LO:HI, e.g. -40:40")
+# option parameter -> (config key, flag as the user typed it)
+PARAMS = {
+    "dtype": ("dtypes", "--dtype"), "eps": ("eps", "--eps"), "formula": ("formulas", "--formula"),
+    "impl_kind": ("kind", "--impl-kind"), "mode": ("mode", "--mode"), "label": ("label", "--label"),
+    "threshold": ("thresholds", "--threshold"), "range_": ("range", "--range"),
+    "points": ("points", "--points"), "step": ("step", "--step"), "spacing": ("spacing", "--spacing"),
+    "show": ("rows", "--rows"), "fmt": ("format", "--format"),
+}
+FLAGS = {key: flag for key, flag in PARAMS.values()}
+
+
+def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
+    """Config file values, overridden by the flags actually given on the command line."""
+    ctx = click.get_current_context()
+    values: dict = {}
+    origin: dict[str, str] = {}
+    if kw.get("config"):
+        cf = config.load(kw["config"])
+        values.update(cf.options)
+        origin.update({k: cf.origin(k) for k in cf.options})
+    for param, (key, flag) in PARAMS.items():
+        if param not in kw or ctx.get_parameter_source(param) != ParameterSource.COMMANDLINE:
+            continue
+        if kw[param] == ():
+            continue
+        values[key], origin[key] = kw[param], flag
+    return values, lambda k: origin.get(k, FLAGS.get(k, k))
+
+
+def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True
+              ) -> tuple[Settings, dict]:
+    """Validate options (and --config) once into Settings plus the output choices."""
     try:
-        lo, hi = float(parts[0]), float(parts[1])
-    except ValueError:
-        _fail(f"--range {text!r} is malformed; LO and HI must be numbers, e.g. -40:40")
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        _fail(f"--range {text!r}: bounds must be finite numbers")
-    if lo >= hi:
-        _fail(f"--range {text!r}: LO must be less than HI")
-    if not math.isfinite(hi - lo):
-        _fail(f"--range {text!r} is too wide: HI - LO overflows a float64")
-    return lo, hi
-
-
-def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",)) -> Settings:
-    """Validate the options once into a frozen Settings."""
-    eps = tuple(dict.fromkeys(kw["eps"])) or sweep.DEFAULT_EPS
-    for e in eps:
-        if not (math.isfinite(e) and 0 <= e < 0.5):
-            _fail(f"--eps {e!r} is out of range; it must be in [0, 0.5)")
-    thresholds = tuple(dict.fromkeys(kw["threshold"])) or sweep.DEFAULT_THRESHOLDS
-    for t in thresholds:
-        if not (math.isfinite(t) and 0 < t < 1):
-            _fail(f"--threshold {t!r} is out of range; it must be in (0, 1)")
-    grid = {}
-    if "range_" in kw:
-        rng = _parse_range(kw["range_"]) if kw["range_"] is not None else sweep.DEFAULT_RANGE
-        points, step = kw["points"], kw["step"]
-        if points is not None and step is not None:
-            _fail("use --points or --step, not both")
-        if step is not None:
-            if not (math.isfinite(step) and step > 0):
-                _fail(f"--step {step!r} must be a positive number")
-            if kw["spacing"] == "log":
-                _fail("--step needs --spacing lin; use --points with --spacing log")
-            ratio = (rng[1] - rng[0]) / step
-            if not math.isfinite(ratio):
-                _fail(f"--step {step!r} gives more than {MAX_POINTS:,} points over the range")
-            n = math.floor(ratio + 1e-9) + 1
-            if n > MAX_POINTS:
-                _fail(f"--step {step!r} gives {n:,} points; the most is {MAX_POINTS:,}")
-            if n < 2:
-                _fail(f"--step {step!r} leaves fewer than 2 points in the range")
-        points = sweep.DEFAULT_POINTS if points is None else points
-        if not 2 <= points <= MAX_POINTS:
-            _fail(f"--points {points} is out of range; it must be 2 to {MAX_POINTS:,}")
-        grid = {"range": rng, "points": points, "step": step, "spacing": kw["spacing"]}
-    return Settings(
-        dtypes=_choice_list(kw["dtype"], dtypes.NAMES) or default_dtypes,
-        eps=eps,
-        formulas=_choice_list(kw["formula"], formulas.NAMES) or formulas.NAMES,
-        label=kw["label"], mode=kw["mode"], thresholds=thresholds, **grid,
-    )
+        values, origin = _merge(kw)
+        s = config.build_settings(values, origin, default_dtypes, with_grid)
+        fmt = values.get("format", "table")
+        if fmt not in FORMATS:
+            raise config.ConfigError(f"{origin('format')}: unknown format {fmt!r}; choose from "
+                                     f"{', '.join(FORMATS)}")
+        rows = config.check_rows_option(values.get("rows", 11), origin("rows"))
+    except config.ConfigError as e:
+        _fail(str(e))
+    return s, {"fmt": fmt, "show": rows, "output": kw.get("output")}
 
 
 # ---------------------------------------------------------------- output
+
+
+def _run(job: Callable):
+    """Run a core computation; a user implementation's failure becomes a one-line error."""
+    try:
+        return job()
+    except impl.ImplError as e:
+        _fail(str(e))
 
 
 def _emit(kw: dict, render: Callable[[str], object]) -> None:
@@ -222,8 +215,8 @@ def cli() -> None:
 @_output(FORMATS)
 def sweep_cmd(**kw) -> int:
     """Sweep a logit grid: key points, sampled values and errors, worst errors."""
-    s = _settings(kw)
-    result = sweep.run_sweep(s)
+    s, out = _settings(kw)
+    result = _run(lambda: sweep.run_sweep(s))
 
     def render(fmt: str):
         if fmt == "json":
@@ -232,9 +225,9 @@ def sweep_cmd(**kw) -> int:
             return report.to_csv(result.rows, sweep.Row)
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result, kw["show"])
+        return report.sweep_view(result, out["show"], report.width_for(out["output"]))
 
-    _emit(kw, render)
+    _emit(out, render)
     return 0
 
 
@@ -243,8 +236,8 @@ def sweep_cmd(**kw) -> int:
 @_output(FORMATS)
 def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
-    s = _settings(kw)
-    result = sweep.run_sweep(s, with_rows=False)
+    s, out = _settings(kw, with_grid=False)
+    result = _run(lambda: sweep.run_sweep(s, with_rows=False))
 
     def render(fmt: str):
         if fmt == "json":
@@ -255,7 +248,7 @@ def points(**kw) -> int:
             return report.to_markdown(result)
         return report.sweep_view(result)
 
-    _emit(kw, render)
+    _emit(out, render)
     return 0
 
 
@@ -274,8 +267,8 @@ def check(logits: tuple[str, ...], **kw) -> int:
         if not math.isfinite(x):
             _fail(f"{text!r} is not a finite logit")
         xs.append(x)
-    s = _settings(kw, default_dtypes=dtypes.NAMES)
-    rows, exact = sweep.check_rows(xs, s)
+    s, out = _settings(kw, default_dtypes=dtypes.NAMES, with_grid=False)
+    rows, exact = _run(lambda: sweep.check_rows(xs, s))
 
     def render(fmt: str):
         if fmt == "json":
@@ -284,9 +277,9 @@ def check(logits: tuple[str, ...], **kw) -> int:
             return report.to_csv(rows, sweep.Row)
         if fmt == "markdown":
             return report.check_markdown(rows, exact)
-        return report.check_view(rows, exact)
+        return report.check_view(rows, exact, report.width_for(out["output"]))
 
-    _emit(kw, render)
+    _emit(out, render)
     return 0
 
 
@@ -307,6 +300,80 @@ def dtypes_cmd(mode: str, **kw) -> int:
 
     _emit(kw, render)
     return 0
+
+
+@cli.command("gate")
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
+@click.option("--baseline", "baseline_path", default=None, metavar="FILE",
+              help="Also fail any check whose figures got worse than this baseline.")
+@click.option("--tolerance", type=float, default=None, metavar="REL",
+              help="How much worse than the baseline a figure may get, relative "
+                   f"(default: the baseline's own, {baseline.DEFAULT_TOLERANCE:g}).")
+@click.option("--junit", "junit_path", default=None, metavar="FILE", help="Write JUnit XML for CI.")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Write the results as JSON.")
+@click.option("--markdown", "markdown_path", default=None, metavar="FILE",
+              help="Write a markdown summary (for a PR comment).")
+def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path) -> int:
+    """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails, 2 on bad input.
+
+    Every check runs and every failure is reported. With GITHUB_ACTIONS=true each failure is
+    also printed as an ::error annotation.
+    """
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        _fail(f"--tolerance {tolerance!r} must be a number >= 0")
+    try:
+        checks = gate.load_checks(configs)
+        base = baseline.load(baseline_path, checks) if baseline_path else None
+    except config.ConfigError as e:
+        _fail(str(e))
+    results = _run(lambda: gate.run(checks))
+    if base is not None:
+        tol = tolerance if tolerance is not None else float(base.get("tolerance", baseline.DEFAULT_TOLERANCE))
+        results = [replace(r, regressions=baseline.regressions(c, r, base["checks"].get(r.name), tol))
+                   for c, r in zip(checks, results, strict=True)]
+    report.print_view(report.gate_view(results))
+    for path, text in ((junit_path, report.junit_xml(results)),
+                       (json_path, report.gate_json(results, configs, baseline_path)),
+                       (markdown_path, report.gate_markdown(results))):
+        if path:
+            _write(path, text)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        click.echo(report.github_annotations(results), nl=False)
+    return 0 if all(r.passed and not r.regressions for r in results) else 1
+
+
+@cli.group("baseline", cls=click.Group)
+def baseline_group() -> None:
+    """Record the gate's measured figures, to fail later runs that get worse."""
+
+
+@baseline_group.command("save")
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
+@click.option("--output", "-o", "output", required=True, metavar="FILE", help="Baseline file to write.")
+@click.option("--tolerance", type=float, default=baseline.DEFAULT_TOLERANCE, show_default=True,
+              metavar="REL", help="Relative worsening allowed by later gates (stored in the file).")
+def baseline_save(configs, output, tolerance) -> int:
+    """Run the checks of gate configs and save every measured figure to FILE (atomically)."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        _fail(f"--tolerance {tolerance!r} must be a number >= 0")
+    try:
+        checks = gate.load_checks(configs)
+    except config.ConfigError as e:
+        _fail(str(e))
+    results = _run(lambda: gate.run(checks))
+    try:
+        baseline.save(output, checks, results, configs, tolerance)
+    except config.ConfigError as e:
+        _fail(str(e))
+    click.echo(f"saved {len(results)} checks to {output}")
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        baseline.write_atomic(path, text)
+    except config.ConfigError as e:
+        _fail(str(e))
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bce_audit import dtypes
+from bce_audit import dtypes, impl
 
 MODES = ("per-op", "upcast")
 
@@ -34,12 +34,14 @@ MODES = ("per-op", "upcast")
 class Evaluator:
     """Rounding semantics for one dtype and mode."""
 
-    def __init__(self, dtype: str, mode: str = "per-op"):
+    def __init__(self, dtype: str, mode: str = "per-op", user: impl.UserImpl | None = None):
+        """``user``: a user sigmoid or logit that replaces the built-in one (round-trip audits)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         self.info = dtypes.get(dtype)
         self.mode = mode
         self.dtype = self.info.dtype
+        self.user = user
 
     def c(self, value) -> np.ndarray:
         """A constant rounded to the dtype (0-d array, so it never promotes)."""
@@ -60,9 +62,13 @@ class Evaluator:
 
     # Framework-level ops shared by several formulas.
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
+        if self.user is not None and self.user.kind == "sigmoid":
+            return self.user(x)
         return self.kernel(_sigmoid, x)
 
     def logit(self, p: np.ndarray) -> np.ndarray:
+        if self.user is not None and self.user.kind == "logit":
+            return self.user(p)
         return self.kernel(_logit, p)
 
     def log_sigmoid(self, x: np.ndarray) -> np.ndarray:
@@ -211,10 +217,14 @@ class Clip:
 
 @dataclass(frozen=True)
 class Formula:
+    """A BCE formula (kind "bce"), or a user sigmoid/logit audited through the round trip."""
+
     name: str
     fn: Callable[..., np.ndarray]
     framework: str
     clip: Clip | None = None
+    kind: str = "bce"  # "bce", "sigmoid" or "logit"
+    user: impl.UserImpl | None = None
 
     @property
     def uses_eps(self) -> bool:
@@ -243,11 +253,32 @@ FORMULAS: dict[str, Formula] = {
 NAMES: tuple[str, ...] = tuple(FORMULAS)
 
 
+_USER: dict[str, Formula] = {}
+
+
 def get(name: str) -> Formula:
-    try:
+    """A built-in formula, or a user implementation registered with `register_impl`."""
+    if name in FORMULAS:
         return FORMULAS[name]
-    except KeyError:
-        raise KeyError(f"unknown formula {name!r}; choose from {', '.join(NAMES)}") from None
+    if name in _USER:
+        return _USER[name]
+    raise KeyError(f"unknown formula {name!r}; choose from {', '.join(NAMES)} or impl:module:function")
+
+
+def register_impl(spec: str, kind: str) -> Formula:
+    """Import a user implementation and make it available by its spec; raises ImplError."""
+    user = impl.load(spec, kind)
+
+    def bce_logits(x, y, eps, ev):
+        return user(x, y)
+
+    def bce_probs(x, y, eps, ev):
+        return user(ev.sigmoid(x), y)
+
+    fn = {"bce-logits": bce_logits, "bce-probs": bce_probs}.get(kind, bce_logits)
+    f = Formula(spec, fn, f"user {kind}", None, "bce" if kind.startswith("bce") else kind, user)
+    _USER[spec] = f
+    return f
 
 
 def clip_bounds(formula: Formula, eps: float, ev: Evaluator) -> tuple[np.generic, np.generic]:

@@ -289,14 +289,17 @@ def _ord(info: dtypes.DtypeInfo, x: float) -> int:
     return int(o[0])
 
 
-def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float]) -> list[KeyPoint]:
+def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
+                     user: Formula | None = None) -> list[KeyPoint]:
     """Overflow, underflow, error onsets and small-x limits of ``logit(sigmoid(x))``.
 
     The error key points of wide dtypes walk the plateaus of sigmoid (method "plateaus") in a
-    window that the coarse scan and the quantisation envelope bracket.
+    window that the coarse scan and the quantisation envelope bracket. ``user``: a user sigmoid
+    or logit put in place of the naive one (its sigmoid is not assumed monotone: no plateaus).
     """
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode)
+    ev = Evaluator(dtype, mode, user.user if user else None)
+    name_of = user.name if user else None
     top, one = info.max_ordinal, _ord(info, 1.0)
 
     def rt(v):
@@ -315,7 +318,7 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float]) -> list
             return
         v = _scalar(info, o)
         val = value(v) if value else _num(rt(np.asarray([v]))[0])
-        out.append(KeyPoint(dtype, mode, None, None, None, name, threshold, _num(v), val,
+        out.append(KeyPoint(dtype, mode, name_of, None, None, name, threshold, _num(v), val,
                             predicted, "x" if predicted is not None else None, method or _method(info)))
 
     add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, mode))
@@ -328,7 +331,7 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float]) -> list
         onset = first_hit(info, over, one, top)
         small = first_hit(info, over, one - 1, 1)
         method = _method(info)
-        if not info.exhaustive:
+        if not info.exhaustive and not (user and user.kind == "sigmoid"):
             method = "plateaus"
             if onset is not None:
                 lo = max(one, min(_ord(info, (pred or 1.0) - 4.0), onset))
@@ -413,6 +416,9 @@ def keypoints(
         out += roundtrip_points(d, mode, thresholds)
         for name in formula_names:
             f = formulas.get(name)
+            if f.kind != "bce":
+                out += roundtrip_points(d, mode, thresholds, user=f)
+                continue
             for eps in eps_list if f.uses_eps else [None]:
                 for label in labels:
                     out += formula_points(d, mode, name, eps, label)

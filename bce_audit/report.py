@@ -24,6 +24,7 @@ from rich.text import Text
 
 from bce_audit import __version__
 from bce_audit.dtypes import DtypeInfo
+from bce_audit.dtypes import get as get_dtype
 from bce_audit.keypoints import KeyPoint
 from bce_audit.sweep import Row, SweepResult, Worst
 
@@ -124,9 +125,9 @@ def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
     """Per dtype and mode: the round trip's key points, then each formula's; measured beside predicted."""
     tables = []
     for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
-        rt = [k for k in group if k.formula is None]
-        if rt:
-            t = _table(f"Round-trip key points: {dtype}, {mode}")
+        rts = _group([k for k in group if k.name.startswith("roundtrip")], lambda k: k.formula)
+        for via, rt in rts:
+            t = _table(f"Round-trip key points: {dtype}, {mode}" + (f", {via}" if via else ""))
             t.add_column("key point", no_wrap=True)
             for name in ("rel err", "x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
@@ -134,15 +135,20 @@ def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
                 thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
                 t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k))
             tables.append(t)
-        bce = [k for k in group if k.formula is not None]
+        bce = [k for k in group if not k.name.startswith("roundtrip")]
         if bce:
-            t = _table(f"BCE key points: {dtype}, {mode}")
-            for name in ("key point", "formula", "label", "eps"):
+            eps_set = {k.eps for k in bce if k.eps is not None}
+            one_eps = len(eps_set) <= 1  # then it goes in the title, not in a column
+            title = f"BCE key points: {dtype}, {mode}" + (f", eps {fmt(min(eps_set), 3)}" if eps_set and
+                                                          one_eps else "")
+            t = _table(title + " (y: label)")
+            for name in ("key point", "formula", "y") + (() if one_eps else ("eps",)):
                 t.add_column(name, no_wrap=True)
             for name in ("x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
             for k in bce:
-                t.add_row(k.name, k.formula, _label(k.label), _eps(k.eps), fmt_x(k.x), _value(k), _pred(k))
+                eps_cell = () if one_eps else (_eps(k.eps),)
+                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k))
             tables.append(t)
     return tables
 
@@ -154,6 +160,14 @@ def _group(items: Iterable, key) -> list[tuple]:
     return list(out.items())
 
 
+def chunks(items: list, width: int, fixed: int, each: int) -> list[list]:
+    """Split columns into as few even groups as fit ``width`` (``fixed`` chars of other columns)."""
+    per = max(1, (width - fixed) // each)
+    n = -(-len(items) // per) if items else 1
+    size = -(-len(items) // n) if items else 0
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
 def sample_indices(n: int, show: int) -> list[int]:
     """Evenly spread row indices, always including both ends."""
     if n <= show:
@@ -161,12 +175,12 @@ def sample_indices(n: int, show: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
 
 
-def sample_tables(rows: Sequence[Row], show: int = 11) -> list[Table]:
+def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[Table]:
     """Sampled rows: the round trip, then each label's BCE under every formula."""
     tables = []
     for (dtype, mode), group in _group(rows, lambda r: (r.dtype, r.mode)):
-        sig = [r for r in group if r.quantity == "sigmoid"]
-        rt = [r for r in group if r.quantity == "roundtrip"]
+        sig = [r for r in group if r.quantity == "sigmoid" and r.formula is None]
+        rt = [r for r in group if r.quantity == "roundtrip" and r.formula is None]
         idx = sample_indices(len(sig), show)
         t = _table(f"Sampled: sigmoid and round trip, {dtype}, {mode}")
         for name in ("x", f"x in {SHORT[dtype]}", "sigmoid", "exact", "logit(sig)", "rel err", "ULP"):
@@ -184,8 +198,10 @@ def sample_tables(rows: Sequence[Row], show: int = 11) -> list[Table]:
                 cols = [r for r in bce if r.label == label and (r.eps is None or r.eps == eps)]
                 by_formula = _group(cols, lambda r: r.formula)
                 what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
-                tables.append(_bce_table(f"Sampled: BCE, {what}", by_formula, idx, errors=False))
-                tables.append(_bce_table(f"Bits of error: BCE, {what}", by_formula, idx, errors=True))
+                for part in chunks(by_formula, width, 15, 11):
+                    tables.append(_bce_table(f"Sampled: BCE, {what}", part, idx, errors=False))
+                for part in chunks(by_formula, width, 15, 9):
+                    tables.append(_bce_table(f"Bits of error: BCE, {what}", part, idx, errors=True))
     return tables
 
 
@@ -206,28 +222,51 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     return t
 
 
-def worst_table(worst: Sequence[Worst]) -> Table:
-    """The largest error per formula over the grid."""
-    t = _table("Worst error over the grid (clip rel: clipping's share; round ULP: rounding's share)")
+def worst_tables(worst: Sequence[Worst]) -> list[Table]:
+    """The largest error per formula over the grid; then, for clipped formulas, whose fault it is."""
+    t = _table("Worst error over the grid")
     for name in ("dtype", "audited", "label", "eps"):
         t.add_column(name, no_wrap=True)
-    for name in ("max ULP", "bits", "max rel", "at x", "inf/nan", "clip rel", "round ULP"):
+    for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
         t.add_column(name, justify="right", no_wrap=True)
     for w in worst:
-        what = w.formula or _QUANTITY[w.quantity]
-        t.add_row(SHORT.get(w.dtype, w.dtype), what, _label(w.label), _eps(w.eps),
+        t.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                   cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
-                  Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""),
-                  fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3))
-    return t
+                  Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
+    tables = [t]
+    clipped = [w for w in worst if w.max_clip_rel is not None]
+    if clipped:
+        c = _table("Clipping or rounding? (clip rel: clipped formula in exact arithmetic vs exact BCE; "
+                   "round ULP: computed vs that clipped-exact value)")
+        for name in ("dtype", "audited", "label", "eps"):
+            c.add_column(name, no_wrap=True)
+        for name in ("clip rel", "round ULP", "bites"):
+            c.add_column(name, justify="right", no_wrap=True)
+        for w in clipped:
+            c.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+                      fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
+        tables.append(c)
+    return tables
 
 
-def sweep_view(result: SweepResult, show: int = 11) -> Group:
+def _bites(w: Worst) -> str:
+    """Which share is larger, both as relative errors (a ULP is about eps relative)."""
+    clip, rnd = w.max_clip_rel or 0.0, (w.max_round_ulp or 0.0) * dtype_eps(w.dtype)
+    if clip == 0 and (w.max_round_ulp or 0.0) <= 4:
+        return "neither"
+    return "clipping" if clip >= rnd else "rounding"
+
+
+def dtype_eps(name: str) -> float:
+    return get_dtype(name).eps
+
+
+def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
     """The table view of a sweep: key points first, then sampled rows and worst errors."""
     parts = [*keypoint_tables(result.keypoints)]
     if result.rows:
-        parts += sample_tables(result.rows, show)
-        parts.append(worst_table(result.worst))
+        parts += sample_tables(result.rows, show, width)
+        parts += worst_tables(result.worst)
         parts.append(Text(LEGEND, style="dim"))
     return Group(*parts)
 
@@ -244,32 +283,43 @@ def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Tabl
     return t
 
 
-def check_tables(rows: Sequence[Row], exact: dict[tuple, float]) -> list[Table]:
+def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> list[Table]:
     """`check`: for each logit, every dtype side by side with the exact value at that logit.
 
     Each dtype's cell is classed against the exact value at *its* rounded input.
     """
     tables = []
     for x, group in _group(rows, lambda r: r.x):
-        dts = list(dict.fromkeys(r.dtype for r in group))
-        t = _table(f"x = {fmt_x(x)}")
-        t.add_column("quantity", no_wrap=True)
-        t.add_column("exact", justify="right", no_wrap=True)
-        for d in dts:
-            t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
-        keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
-        t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
-        for key in keys:
-            q, f, eps, label = key
-            cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-            name = _QUANTITY.get(q) or _check_name(SHORT[f], label)
-            t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
-                      *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
-        tables.append(t)
+        for dts in chunks(list(dict.fromkeys(r.dtype for r in group)), width, 28, 11):
+            tables.append(_check_table(x, group, dts, exact))
     return tables
 
 
+def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Table:
+    t = _table(f"x = {fmt_x(x)}")
+    t.add_column("quantity", no_wrap=True)
+    t.add_column("exact", justify="right", no_wrap=True)
+    for d in dts:
+        t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
+    keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
+    t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
+    for key in keys:
+        q, f, eps, label = key
+        cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
+        name = _check_name(SHORT.get(f, f), label) if q == "bce" else _what(q, f)
+        t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
+                  *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
+    return t
+
+
 _QUANTITY = {"sigmoid": "sigmoid", "roundtrip": "logit(sigmoid)"}
+
+
+def _what(quantity: str, formula: str | None) -> str:
+    """What a row audits: a formula's name, or the sigmoid / round trip (of a user op)."""
+    if quantity == "bce":
+        return formula or "-"
+    return _QUANTITY[quantity] + (f" {formula}" if formula else "")
 
 
 def _unlabel(label: str):
@@ -280,8 +330,13 @@ def _check_name(formula: str, label: str) -> str:
     return f"{formula} pair" if label == "pair" else f"{formula} y={label}"
 
 
-def check_view(rows: Sequence[Row], exact: dict[tuple, float]) -> Group:
-    return Group(*check_tables(rows, exact), Text(LEGEND, style="dim"))
+def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> Group:
+    return Group(*check_tables(rows, exact, width), Text(LEGEND, style="dim"))
+
+
+def width_for(path: str | None) -> int:
+    """Columns the table view may use: the terminal's, or 100 when writing a file."""
+    return Console().width if path is None else 100
 
 
 def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
@@ -294,7 +349,7 @@ def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = _QUANTITY.get(q) or _check_name(f, label)
+            name = _check_name(f, label) if q == "bce" else _what(q, f)
             body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
                          *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
@@ -413,8 +468,119 @@ def to_markdown(result: SweepResult) -> str:
         out += _md_table(
             ["dtype", "audited", "label", "eps", "max ULP", "bits", "at x", "inf/nan", "clip rel",
              "round ULP"],
-            ([w.dtype, w.formula or _QUANTITY[w.quantity], _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
+            ([w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
               fmt(w.max_bits, 3), fmt(w.x, 6), f"{w.nonfinite}/{w.points}", fmt(w.max_clip_rel, 3),
               fmt(w.max_round_ulp, 3)] for w in result.worst),
         )
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def _gate_worst(r) -> str:
+    w = r.worst
+    if not w or r.passed:
+        return ""
+    where = f"x={fmt_x(w['x'])} {w['dtype']}" + (f" y={w['label']}" if w.get("label") is not None else "")
+    if "computed" in w:
+        return f"{where}: {fmt(w['computed'], 5)} vs exact {fmt(w['exact'], 5)}"
+    return f"{where}: value {fmt(w['value'], 5)}"
+
+
+def _gate_figure(r) -> str:
+    """The measured figures against their limits, e.g. ``max_ulp 1.99 <= 2``."""
+    if r.note:
+        return r.note
+    parts = []
+    for key, limit in r.limits.items():
+        got = r.figures[key] if r.kind == "grid" else r.figures["x" if key.endswith("_x") else "value"]
+        op = "<=" if key.startswith("max") else ">="
+        name = key.split("_", 1)[1] if r.kind == "keypoint" else key
+        parts.append(f"{name} {fmt(got, 6)} {op} {fmt(limit, 6)}")
+    if r.kind == "grid" and r.figures.get("nonfinite"):
+        parts.append(f"{int(r.figures['nonfinite'])} inf/nan")
+    return ", ".join(parts)
+
+
+def gate_table(results) -> Table:
+    """One row per check: PASS/FAIL, measured against limit, and the worst input of a failure."""
+    t = Table(title="bce-audit gate", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0),
+              title_justify="left", title_style="bold")
+    t.add_column("", no_wrap=True)
+    t.add_column("check", ratio=2)
+    t.add_column("measured vs limit", ratio=2)
+    t.add_column("worst input: computed vs exact", ratio=2)
+    for r in results:
+        status = Text("PASS", style="bold green") if r.passed and not r.regressions else Text(
+            "FAIL", style="bold red")
+        detail = "; ".join(r.failures + r.regressions)
+        t.add_row(status, r.name, detail or _gate_figure(r), _gate_worst(r))
+    return t
+
+
+def gate_summary(results) -> Text:
+    failed = [r for r in results if not r.passed or r.regressions]
+    if not failed:
+        return Text(f"{len(results)} checks passed", style="green")
+    return Text(f"{len(failed)} of {len(results)} checks failed: " + ", ".join(r.name for r in failed),
+                style="bold red")
+
+
+def gate_view(results) -> Group:
+    return Group(gate_table(results), gate_summary(results))
+
+
+def _failure_message(r) -> str:
+    text = "; ".join(r.failures + r.regressions)
+    worst = _gate_worst(r)
+    return text + (f" (worst: {worst})" if worst else "")
+
+
+def junit_xml(results, suite: str = "bce-audit gate") -> str:
+    """JUnit XML: one testcase per check, failures with their message."""
+    import xml.etree.ElementTree as ET
+
+    failed = [r for r in results if not r.passed or r.regressions]
+    root = ET.Element("testsuites", tests=str(len(results)), failures=str(len(failed)))
+    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(len(failed)),
+                       errors="0", skipped="0")
+    for r in results:
+        tc = ET.SubElement(ts, "testcase", classname="bce_audit.gate", name=r.name)
+        if not r.passed or r.regressions:
+            f = ET.SubElement(tc, "failure", message=_failure_message(r), type="PrecisionGateFailure")
+            f.text = _failure_message(r)
+        else:
+            out = ET.SubElement(tc, "system-out")
+            out.text = _gate_figure(r)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def github_annotations(results) -> str:
+    """``::error`` workflow commands, one per failed check (GitHub Actions renders them)."""
+    def esc(s: str) -> str:
+        return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    def esc_property(s: str) -> str:
+        return esc(s).replace(":", "%3A").replace(",", "%2C")
+
+    lines = [f"::error title={esc_property('bce-audit gate: ' + r.name)}::{esc(_failure_message(r))}"
+             for r in results if not r.passed or r.regressions]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def gate_json(results, configs, baseline: str | None) -> str:
+    doc = {"schema": SCHEMA, "version": __version__, "kind": "gate", "configs": list(configs),
+           "baseline": baseline, "passed": all(r.passed and not r.regressions for r in results),
+           "checks": [asdict(r) for r in results]}
+    return to_json(doc)
+
+
+def gate_markdown(results) -> str:
+    """The gate as a markdown table, for a PR comment."""
+    rows = [["PASS" if r.passed and not r.regressions else "**FAIL**", r.name,
+             _gate_figure(r) + ("; " + "; ".join(r.failures + r.regressions) if r.failures or r.regressions
+                                else ""), _gate_worst(r) or "-"] for r in results]
+    passed = sum(1 for r in results if r.passed and not r.regressions)
+    head = f"## bce-audit gate: {passed}/{len(results)} passed"
+    return "\n".join([head, "", *_md_table(["", "check", "measured vs limit", "worst input"], rows)]) + "\n"

@@ -135,7 +135,8 @@ def _f(v) -> float:
     return float(v)
 
 
-def _rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray) -> list[Row]:
+def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True) -> list[Row]:
+    """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula."""
     info = dtypes.get(dtype)
     ev = Evaluator(dtype, s.mode)
     xd = ev.arr(xs)
@@ -163,14 +164,24 @@ def _rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray) -> list[Row]:
                         _f(v), _f(exact) if exact is not None else math.nan,
                         err.abs, err.rel, err.ulp, err.bits, **extra))
 
-    sig = formulas.evaluate_sigmoid(xd, ev)
-    rt = formulas.evaluate_roundtrip(xd, ev)
-    for i, e in enumerate(exacts):
-        add(i, "sigmoid", None, None, None, sig[i], e.p if e else None)
-        add(i, "roundtrip", None, None, None, rt[i], e.x if e else None)
+    if basics:
+        sig = formulas.evaluate_sigmoid(xd, ev)
+        rt = formulas.evaluate_roundtrip(xd, ev)
+        for i, e in enumerate(exacts):
+            add(i, "sigmoid", None, None, None, sig[i], e.p if e else None)
+            add(i, "roundtrip", None, None, None, rt[i], e.x if e else None)
 
     for name in s.formulas:
         f = formulas.get(name)
+        if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
+            uev = Evaluator(dtype, s.mode, f.user)
+            usig = formulas.evaluate_sigmoid(xd, uev)
+            urt = formulas.evaluate_roundtrip(xd, uev)
+            for i, e in enumerate(exacts):
+                if f.kind == "sigmoid":
+                    add(i, "sigmoid", name, None, None, usig[i], e.p if e else None)
+                add(i, "roundtrip", name, None, None, urt[i], e.x if e else None)
+            continue
         for eps in s.eps if f.uses_eps else (None,):
             clip_args = keypoints.clip_args(f, eps, ev) if f.clip is not None else None
             for label in s.labels:
@@ -226,7 +237,7 @@ def run_sweep(s: Settings, with_rows: bool = True) -> SweepResult:
     if with_rows:
         xs = grid(*s.range, s.points, s.step, s.spacing)
         for d in s.dtypes:
-            result.rows += _rows_for_dtype(s, d, xs)
+            result.rows += rows_for_dtype(s, d, xs)
         result.worst = worst_of(result.rows)
     return result
 
@@ -240,7 +251,7 @@ def check_rows(xs: Sequence[float], s: Settings) -> tuple[list[Row], dict[tuple,
     arr = np.asarray(xs, dtype=np.float64)
     rows: list[Row] = []
     for d in s.dtypes:
-        rows += _rows_for_dtype(s, d, arr)
-    given = _rows_for_dtype(s, "float64", arr)
+        rows += rows_for_dtype(s, d, arr)
+    given = rows_for_dtype(s, "float64", arr)
     exact = {(r.x, r.quantity, r.formula, r.eps, r.label): r.exact for r in given}
     return rows, exact

@@ -1,0 +1,132 @@
+"""Baselines: every check's measured figures, saved, and the regression gate against them.
+
+A baseline file is versioned JSON tied to the configs it was saved from (a digest of what
+the checks measure). One from another schema or another config is refused, never misread.
+Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+
+from bce_audit import __version__
+from bce_audit.config import ConfigError
+from bce_audit.gate import Check, CheckResult, digest
+
+SCHEMA = "bce-audit-baseline/1"
+# Schema history: bce-audit-baseline/1 (0.1.0): checks -> {kind, figures}.
+DEFAULT_TOLERANCE = 0.1  # a figure may worsen by 10% of its baseline before it counts
+SLACK = {"max_ulp": 0.5, "max_bits": 0.1}  # and by these absolute amounts (rounding noise)
+GRID_FIGURES = ("max_ulp", "max_rel", "max_abs", "max_bits", "nonfinite")
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _float(v):
+    return float(v) if isinstance(v, str) else v
+
+
+def document(checks: Sequence[Check], results: Sequence[CheckResult], configs: Sequence[str],
+             tolerance: float) -> dict:
+    return {
+        "schema": SCHEMA, "version": __version__, "configs": list(configs), "digest": digest(checks),
+        "tolerance": tolerance,
+        "checks": {r.name: {"kind": r.kind, "figures": {k: _json_value(v) for k, v in r.figures.items()}}
+                   for r in results},
+    }
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write text so that an interrupted run never leaves a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", dir=directory)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path!r}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(path: str, checks, results, configs, tolerance: float = DEFAULT_TOLERANCE) -> None:
+    write_atomic(path, json.dumps(document(checks, results, configs, tolerance), sort_keys=True,
+                                  indent=1, allow_nan=False) + "\n")
+
+
+def load(path: str, checks: Sequence[Check]) -> dict:
+    """Read a baseline and make sure it belongs to these checks; ConfigError otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such baseline file; create it with "
+                          "`bce-audit baseline save`") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read baseline: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not a bce-audit baseline (invalid JSON: {e.msg} "
+                          f"at line {e.lineno})") from None
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema != SCHEMA:
+        raise ConfigError(f"{path}: baseline schema {schema!r} is not {SCHEMA!r}; save it again with "
+                          "`bce-audit baseline save`")
+    if doc.get("digest") != digest(checks):
+        raise ConfigError(f"{path}: baseline was saved from another config (configs "
+                          f"{', '.join(doc.get('configs', [])) or '?'}; the checks differ); save it again")
+    if not isinstance(doc.get("checks"), dict):
+        raise ConfigError(f"{path}: baseline has no checks table")
+    return doc
+
+
+def regressions(check: Check, result: CheckResult, old: dict, tolerance: float) -> list[str]:
+    """The figures of one check that got worse than the baseline beyond the tolerance."""
+    if old is None:
+        return []
+    before = {k: _float(v) for k, v in old.get("figures", {}).items()}
+    now = result.figures
+    out = []
+    if result.kind == "grid":
+        for key in GRID_FIGURES:
+            b, n = before.get(key), now.get(key)
+            if b is None or n is None:
+                continue
+            allowed = b + max(tolerance * abs(b), SLACK.get(key, 0.0))
+            if n > allowed:
+                out.append(f"{key} {n:.6g} worse than baseline {b:.6g} (tolerance {tolerance:g})")
+        return out
+    b_x, n_x = before.get("x"), now.get("x")
+    if b_x is None and n_x is not None:
+        return ["key point appeared: the baseline had none"]
+    if b_x is None or n_x is None:
+        return []
+    limits = check.limits
+    if "min_x" in limits:
+        worse_x = n_x < b_x - tolerance * abs(b_x)
+    elif "max_x" in limits or getattr(check, "keypoint", "") == "roundtrip_small_x_limit":
+        worse_x = n_x > b_x + tolerance * abs(b_x)
+    else:  # a problem that starts closer to zero starts earlier
+        worse_x = abs(n_x) < abs(b_x) * (1 - tolerance)
+    if worse_x:
+        out.append(f"x {n_x:.8g} worse than baseline {b_x:.8g} (tolerance {tolerance:g})")
+    b_v, n_v = before.get("value"), now.get("value")
+    if b_v is not None and n_v is not None:
+        if "min_value" in limits and n_v < b_v - tolerance * abs(b_v):
+            out.append(f"value {n_v:.6g} below baseline {b_v:.6g} (tolerance {tolerance:g})")
+        if "max_value" in limits and n_v > b_v + tolerance * abs(b_v):
+            out.append(f"value {n_v:.6g} above baseline {b_v:.6g} (tolerance {tolerance:g})")
+    return out

@@ -1,0 +1,274 @@
+"""Configuration: TOML files and command-line options -> one validated `Settings`.
+
+Every value goes through the same checks whether it came from a flag or a file; an error
+names where it came from (``--eps`` or ``configs/x.toml: eps``) and what is allowed, and is
+raised as `ConfigError` (the CLI prints it on one line and exits 2). Unknown keys suggest the
+nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bce_audit import dtypes, formulas, impl, keypoints
+from bce_audit.sweep import (
+    DEFAULT_EPS,
+    DEFAULT_POINTS,
+    DEFAULT_RANGE,
+    DEFAULT_THRESHOLDS,
+    LABELS,
+    MAX_POINTS,
+    SPACINGS,
+    Settings,
+)
+
+FORMATS = ("table", "json", "csv", "markdown")
+MAX_ROWS = 1000
+
+
+class ConfigError(ValueError):
+    """A mistake in a config file or an option: one line, naming where and what is allowed."""
+
+
+# ---------------------------------------------------------------- TOML -> typed values
+
+ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
+SELECTION_KEYS = ("dtypes", "eps", "formulas", "range", "points", "step", "spacing", "label", "mode",
+                  "thresholds", "rows", "format", "kind")
+TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _strs(v, where: str) -> tuple[str, ...]:
+    items = v if isinstance(v, list) else [v]
+    if not items or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{where}: expected a string or a list of strings, got {v!r}")
+    return tuple(items)
+
+
+def _numbers(v, where: str) -> tuple[float, ...]:
+    items = v if isinstance(v, list) else [v]
+    if not items or not all(_is_number(i) for i in items):
+        raise ConfigError(f"{where}: expected a number or a list of numbers, got {v!r}")
+    return tuple(float(i) for i in items)
+
+
+def _number(v, where: str) -> float:
+    if not _is_number(v):
+        raise ConfigError(f"{where}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _int(v, where: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{where}: expected an integer, got {v!r}")
+    return v
+
+
+def _str(v, where: str) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}: expected a string, got {v!r}")
+    return v
+
+
+def _label(v, where: str) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    return _str(v, where)
+
+
+def _range(v, where: str) -> tuple[float, float] | str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and len(v) == 2 and all(_is_number(i) for i in v):
+        return float(v[0]), float(v[1])
+    raise ConfigError(f"{where}: expected [LO, HI] or \"LO:HI\", got {v!r}")
+
+
+TYPES = {
+    "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
+    "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
+    "rows": _int, "format": _str, "kind": _str,
+}
+
+
+def unknown_key(key: str, allowed, where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return ConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
+
+
+def typed_options(table: Mapping[str, Any], where: str, allowed) -> dict[str, Any]:
+    """Check the keys and value types of a table of selection options; aliases resolved."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise unknown_key(key, allowed, where)
+        canon = ALIASES.get(key, key)
+        if canon in out:
+            raise ConfigError(f"{where}: {key!r} given twice (as {canon!r} and its alias)")
+        if canon in TYPES:
+            out[canon] = TYPES[canon](value, f"{where}: {key}")
+        else:
+            out[canon] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config: its selection options (typed, not yet validated) and raw check tables."""
+
+    path: str
+    options: Mapping[str, Any]
+    checks: tuple[Mapping[str, Any], ...]
+
+    def origin(self, key: str) -> str:
+        return f"{self.path}: {key}"
+
+
+def load(path: str) -> ConfigFile:
+    """Read and type-check one TOML config; every problem is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    options = typed_options({k: v for k, v in data.items()}, path, TOP_KEYS)
+    checks = options.pop("check", [])
+    if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+        raise ConfigError(f"{path}: check: expected [[check]] tables")
+    return ConfigFile(path, options, tuple(checks))
+
+
+# ---------------------------------------------------------------- values -> Settings
+
+
+def _choices(values: tuple[str, ...], names: tuple[str, ...], what: str, where: str,
+             extra: str = "") -> tuple[str, ...]:
+    if "all" in values:
+        return names
+    for v in values:
+        if v not in names and not (extra and v.startswith(extra)):
+            raise ConfigError(f"{where}: unknown {what} {v!r}; choose from {', '.join(names)}, all"
+                              + (f" or {extra}module:function" if extra else ""))
+    return tuple(dict.fromkeys(values))
+
+
+def _one_of(value: str, names, what: str, where: str) -> str:
+    if value not in names:
+        raise ConfigError(f"{where}: unknown {what} {value!r}; choose from {', '.join(names)}")
+    return value
+
+
+def parse_range(text: str, where: str) -> tuple[float, float]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ConfigError(f"{where} {text!r} is malformed; write LO:HI, e.g. -40:40")
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"{where} {text!r} is malformed; LO and HI must be numbers, e.g. -40:40") from None
+
+
+def check_range(rng: tuple[float, float] | str, where: str) -> tuple[float, float]:
+    lo, hi = parse_range(rng, where) if isinstance(rng, str) else rng
+    shown = repr(rng) if isinstance(rng, str) else f"[{lo!r}, {hi!r}]"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"{where} {shown}: bounds must be finite numbers")
+    if lo >= hi:
+        raise ConfigError(f"{where} {shown}: LO must be less than HI")
+    if not math.isfinite(hi - lo):
+        raise ConfigError(f"{where} {shown} is too wide: HI - LO overflows a float64")
+    return lo, hi
+
+
+def check_eps(values: tuple[float, ...], where: str) -> tuple[float, ...]:
+    for e in values:
+        if not (math.isfinite(e) and 0 <= e < 0.5):
+            raise ConfigError(f"{where} {e!r} is out of range; it must be in [0, 0.5)")
+    return tuple(dict.fromkeys(values))
+
+
+def check_thresholds(values: tuple[float, ...], where: str) -> tuple[float, ...]:
+    for t in values:
+        if not (math.isfinite(t) and 0 < t < 1):
+            raise ConfigError(f"{where} {t!r} is out of range; it must be in (0, 1)")
+    return tuple(dict.fromkeys(values))
+
+
+def check_grid(values: Mapping[str, Any], origin) -> dict:
+    rng = check_range(values["range"], origin("range")) if "range" in values else DEFAULT_RANGE
+    spacing = _one_of(values.get("spacing", "lin"), SPACINGS, "spacing", origin("spacing"))
+    points, step = values.get("points"), values.get("step")
+    if points is not None and step is not None:
+        raise ConfigError(f"{origin('points')} and {origin('step')}: use points or step, not both")
+    if step is not None:
+        where = origin("step")
+        if not (math.isfinite(step) and step > 0):
+            raise ConfigError(f"{where} {step!r} must be a positive number")
+        if spacing == "log":
+            raise ConfigError(f"{where} needs {origin('spacing')} lin; use points with log spacing")
+        ratio = (rng[1] - rng[0]) / step
+        if not math.isfinite(ratio):
+            raise ConfigError(f"{where} {step!r} gives more than {MAX_POINTS:,} points over the range")
+        n = math.floor(ratio + 1e-9) + 1
+        if n > MAX_POINTS:
+            raise ConfigError(f"{where} {step!r} gives {n:,} points; the most is {MAX_POINTS:,}")
+        if n < 2:
+            raise ConfigError(f"{where} {step!r} leaves fewer than 2 points in the range")
+    points = DEFAULT_POINTS if points is None else points
+    if not 2 <= points <= MAX_POINTS:
+        raise ConfigError(f"{origin('points')} {points} is out of range; it must be 2 to {MAX_POINTS:,}")
+    return {"range": rng, "points": points, "step": step, "spacing": spacing}
+
+
+def resolve_formulas(names: tuple[str, ...], kind: str, where: str) -> tuple[str, ...]:
+    """Validate formula names and import any ``impl:`` ones (ImplError becomes ConfigError)."""
+    names = _choices(names, formulas.NAMES, "formula", where, extra=impl.PREFIX)
+    for n in names:
+        if impl.is_impl(n):
+            try:
+                formulas.register_impl(n, kind)
+            except impl.ImplError as e:
+                raise ConfigError(f"{where}: {e}") from None
+    return names
+
+
+def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",),
+                   with_grid: bool = True) -> Settings:
+    """Validate merged option values into Settings; ``origin(key)`` says where a key came from."""
+    kind = _one_of(values.get("kind", "bce-logits"), impl.KINDS, "implementation kind", origin("kind"))
+    chosen = _choices(values.get("dtypes", ()), dtypes.NAMES, "dtype", origin("dtypes"))
+    grid = check_grid(values, origin) if with_grid else {}
+    return Settings(
+        dtypes=chosen or default_dtypes,
+        eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),
+        formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas")),
+        label=_one_of(values.get("label", "both"), LABELS, "label", origin("label")),
+        mode=_one_of(values.get("mode", "per-op"), formulas.MODES, "mode", origin("mode")),
+        thresholds=check_thresholds(values.get("thresholds", DEFAULT_THRESHOLDS), origin("thresholds")),
+        **grid,
+    )
+
+
+def check_rows_option(value: int, where: str) -> int:
+    if not 2 <= value <= MAX_ROWS:
+        raise ConfigError(f"{where} {value} is out of range; it must be 2 to {MAX_ROWS}")
+    return value
+
+
+KEYPOINT_NAMES = keypoints.NAMES

@@ -1,0 +1,325 @@
+"""The precision gate: checks as data, measured, then judged.
+
+Two kinds of check: a *grid* check bounds a formula's error over a logit grid (max ULP, rel,
+abs, bits; non-finite results fail unless allowed); a *key-point* check bounds where a key
+point falls or what it is worth. ``Check.measure()`` computes the figures and
+``Check.fails(m)`` returns the list of broken limits (empty: pass), so every check runs and
+every failure is reported before the exit code is decided.
+
+A key point that does not exist (the round trip never overflows, a formula has no floor)
+means the problem never happens in the dtype's range: its limits pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from bce_audit import config, dtypes, formulas, keypoints, sweep
+from bce_audit.config import ConfigError
+
+GRID_LIMITS = ("max_ulp", "max_rel", "max_abs", "max_bits")
+KEYPOINT_LIMITS = ("min_x", "max_x", "min_value", "max_value")
+QUANTITIES = ("sigmoid", "roundtrip")  # built-in quantities a grid check may bound instead of a BCE
+CHECK_LABELS = ("1", "0", "both", "pair")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one check measured: named figures, and the input where it was worst."""
+
+    figures: dict[str, float | None]
+    worst: dict | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class GridCheck:
+    name: str
+    formula: str
+    dtypes: tuple[str, ...]
+    mode: str
+    eps: float
+    label: str
+    grid: dict
+    limits: dict[str, float]
+    allow_nonfinite: bool = False
+    kind: str = "grid"
+
+    def identity(self) -> dict:
+        """What is measured (not the limits): baselines are tied to it."""
+        return {"name": self.name, "kind": self.kind, "formula": self.formula,
+                "dtypes": list(self.dtypes), "mode": self.mode, "eps": self.eps, "label": self.label,
+                "grid": {k: list(v) if isinstance(v, tuple) else v for k, v in self.grid.items()}}
+
+    def _labels(self) -> tuple:
+        return {"1": (1,), "0": (0,), "both": (1, 0), "pair": ("pair",)}[self.label]
+
+    def measure(self) -> Measurement:
+        xs = sweep.grid(self.grid["range"][0], self.grid["range"][1], self.grid["points"],
+                        self.grid["step"], self.grid["spacing"])
+        basics = self.formula in QUANTITIES
+        s = sweep.Settings(dtypes=self.dtypes, eps=(self.eps,), formulas=() if basics else (self.formula,),
+                           mode=self.mode, label="both")
+        rows = []
+        for d in self.dtypes:
+            rows += [r for r in sweep.rows_for_dtype(s, d, xs, basics=basics) if self._selects(r)]
+        finite = [r for r in rows if math.isfinite(r.value)]
+        nonfinite = [r for r in rows if not math.isfinite(r.value)]
+        figures = {
+            "max_ulp": max((r.ulp_err for r in finite), default=0.0),
+            "max_rel": max((r.rel_err for r in finite), default=0.0),
+            "max_abs": max((r.abs_err for r in finite), default=0.0),
+            "max_bits": max((r.bits for r in finite), default=0.0),
+            "nonfinite": float(len(nonfinite)),
+            "points": float(len(rows)),
+        }
+        bad = nonfinite[0] if nonfinite and not self.allow_nonfinite else None
+        top = bad or (max(finite, key=lambda r: r.ulp_err) if finite else None)
+        worst = None if top is None else {"x": top.x_dtype, "label": top.label, "dtype": top.dtype,
+                                          "computed": top.value, "exact": top.exact}
+        return Measurement(figures, worst)
+
+    def _selects(self, r: sweep.Row) -> bool:
+        if self.formula in QUANTITIES:
+            return r.quantity == self.formula and r.formula is None
+        if r.formula != self.formula:
+            return False
+        return r.quantity != "bce" or r.label in self._labels()
+
+    def fails(self, m: Measurement) -> list[str]:
+        out = []
+        for key, limit in self.limits.items():
+            got = m.figures[key]
+            if got > limit:
+                out.append(f"{key} {_fmt(got)} > {_fmt(limit)}")
+        if m.figures["nonfinite"] and not self.allow_nonfinite:
+            out.append(f"{int(m.figures['nonfinite'])} non-finite results (allow_nonfinite = false)")
+        return out
+
+
+@dataclass(frozen=True)
+class KeypointCheck:
+    name: str
+    keypoint: str
+    dtypes: tuple[str, ...]
+    mode: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    threshold: float | None
+    limits: dict[str, float]
+    kind: str = "keypoint"
+
+    def identity(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "keypoint": self.keypoint, "dtypes": list(self.dtypes),
+                "mode": self.mode, "formula": self.formula, "eps": self.eps, "label": self.label,
+                "threshold": self.threshold}
+
+    def matches(self) -> list[keypoints.KeyPoint]:
+        found: list[keypoints.KeyPoint] = []
+        for d in self.dtypes:
+            if self.keypoint.startswith("roundtrip"):
+                user = formulas.get(self.formula) if self.formula else None
+                thr = (self.threshold,) if self.threshold is not None else sweep.DEFAULT_THRESHOLDS
+                kps = keypoints.roundtrip_points(d, self.mode, thr, user=user)
+            else:
+                kps = keypoints.formula_points(d, self.mode, self.formula, self.eps, self.label)
+            found += [k for k in kps if k.name == self.keypoint
+                      and (self.threshold is None or k.threshold == self.threshold)]
+        return found
+
+    def measure(self) -> Measurement:
+        kps = self.matches()
+        if not kps:
+            return Measurement({"x": None, "value": None}, None, "absent: never happens in the dtype range")
+        worst = max(kps, key=lambda k: len(self._broken(k)))
+        return Measurement({"x": worst.x, "value": worst.value},
+                           {"x": worst.x, "label": worst.label, "dtype": worst.dtype, "value": worst.value,
+                            "predicted": worst.predicted})
+
+    def _broken(self, k: keypoints.KeyPoint) -> list[str]:
+        out = []
+        for key, limit in self.limits.items():
+            got = k.x if key.endswith("_x") else k.value
+            ok = got >= limit if key.startswith("min") else got <= limit
+            if not ok:  # also false for nan
+                out.append(f"{key.split('_')[1]} {_fmt(got)} {'<' if key.startswith('min') else '>'} "
+                           f"{_fmt(limit)} ({k.dtype})")
+        return out
+
+    def fails(self, m: Measurement) -> list[str]:
+        if m.worst is None:
+            return []
+        out = []
+        for k in self.matches():
+            out += [b for b in self._broken(k) if b not in out]
+        return out
+
+
+Check = GridCheck | KeypointCheck
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    kind: str
+    passed: bool
+    failures: list[str]
+    figures: dict
+    limits: dict
+    worst: dict | None
+    note: str = ""
+    regressions: list[str] = field(default_factory=list)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    if math.isnan(v) or math.isinf(v):
+        return str(v)
+    return f"{v:.6g}"
+
+
+def run_check(check: Check) -> CheckResult:
+    m = check.measure()
+    failures = check.fails(m)
+    return CheckResult(check.name, check.kind, not failures, failures, m.figures, dict(check.limits),
+                       m.worst, m.note)
+
+
+def run(checks: Sequence[Check]) -> list[CheckResult]:
+    """Run every check; never stops at the first failure."""
+    return [run_check(c) for c in checks]
+
+
+# ---------------------------------------------------------------- checks from config tables
+
+GRID_KEYS = ("name", "formula", "dtype", "dtypes", "mode", "eps", "label", "range", "points", "step",
+             "spacing", "kind", *GRID_LIMITS, "allow_nonfinite")
+KEYPOINT_KEYS = ("name", "keypoint", "formula", "dtype", "dtypes", "mode", "eps", "label", "threshold",
+                 "kind", *KEYPOINT_LIMITS)
+INHERITED = ("dtypes", "mode", "eps", "label", "range", "points", "step", "spacing", "kind")
+
+
+def checks_from(cf: config.ConfigFile) -> list[Check]:
+    """Validate a config's [[check]] tables; top-level options are their defaults."""
+    if not cf.checks:
+        raise ConfigError(f"{cf.path}: no [[check]] tables: a gate config needs at least one")
+    out = []
+    for i, table in enumerate(cf.checks):
+        out.append(_check(cf, i, table))
+    return out
+
+
+def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
+    label = table.get("name")
+    where = f"{cf.path}: check[{i + 1}]" + (f" ({label!r})" if isinstance(label, str) else "")
+    is_kp = "keypoint" in table
+    allowed = KEYPOINT_KEYS if is_kp else GRID_KEYS
+    for key in table:
+        if key not in allowed:
+            raise config.unknown_key(key, allowed, where)
+    name = table.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: name: every check needs a non-empty string name")
+    values = {k: v for k, v in cf.options.items() if k in INHERITED}
+    opts = config.typed_options({k: v for k, v in table.items()
+                                 if k in config.TYPES or k in config.ALIASES}, where, allowed)
+    values.update(opts)
+
+    def origin(key: str) -> str:
+        return f"{where}: {key}"
+
+    chosen = config._choices(values.get("dtypes", ("float32",)), dtypes.NAMES, "dtype", origin("dtypes"))
+    mode = config._one_of(values.get("mode", "per-op"), formulas.MODES, "mode", origin("mode"))
+    kind = config._one_of(values.get("kind", "bce-logits"), ("bce-logits", "bce-probs", "sigmoid", "logit"),
+                          "implementation kind", origin("kind"))
+    eps_all = config.check_eps(values.get("eps", sweep.DEFAULT_EPS), origin("eps"))
+    if len(eps_all) != 1:
+        raise ConfigError(f"{origin('eps')}: a check takes one eps, got {list(eps_all)}")
+    eps = eps_all[0]
+    limits_keys = KEYPOINT_LIMITS if is_kp else GRID_LIMITS
+    limits = {}
+    for key in limits_keys:
+        if key in table:
+            limits[key] = config._number(table[key], origin(key))
+            if math.isnan(limits[key]):
+                raise ConfigError(f"{origin(key)}: a limit must be a number, not nan")
+    if not limits:
+        raise ConfigError(f"{where}: no limit; give at least one of {', '.join(limits_keys)}")
+    formula = table.get("formula")
+    if formula is not None:
+        formula = config._str(formula, origin("formula"))
+    if is_kp:
+        return _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits)
+    if formula is None:
+        raise ConfigError(f"{origin('formula')}: a grid check needs a formula: "
+                          f"{', '.join((*formulas.NAMES, *QUANTITIES))} or impl:module:function")
+    if formula not in QUANTITIES:
+        config.resolve_formulas((formula,), kind, origin("formula"))
+    label = config._one_of(config._label(values.get("label", "both"), origin("label")), CHECK_LABELS,
+                           "label", origin("label"))
+    grid = config.check_grid(values, origin)
+    allow = table.get("allow_nonfinite", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{origin('allow_nonfinite')}: expected true or false, got {allow!r}")
+    for key, limit in limits.items():
+        if limit < 0:
+            raise ConfigError(f"{origin(key)}: {limit!r} must be >= 0")
+    return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow)
+
+
+def _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits) -> KeypointCheck:
+    kp = config._str(table["keypoint"], origin("keypoint"))
+    kp = config._one_of(kp, keypoints.NAMES, "key point", origin("keypoint"))
+    threshold = None
+    if "threshold" in table:
+        threshold = config.check_thresholds((config._number(table["threshold"], origin("threshold")),),
+                                            origin("threshold"))[0]
+    if kp.startswith("roundtrip"):
+        label = None
+        if formula is not None:
+            config.resolve_formulas((formula,), kind, origin("formula"))
+            if formulas.get(formula).kind == "bce":
+                raise ConfigError(f"{origin('formula')}: a round-trip key point takes no BCE formula "
+                                  "(only a user sigmoid or logit)")
+        if kp in ("roundtrip_rel_err_onset", "roundtrip_small_x_limit") and threshold is None:
+            raise ConfigError(f"{origin('threshold')}: {kp} needs a threshold, e.g. 0.01")
+        return KeypointCheck(name, kp, chosen, mode, formula, None, None, threshold, limits)
+    if formula is None:
+        raise ConfigError(f"{origin('formula')}: {kp} needs a formula: {', '.join(formulas.NAMES)}")
+    config.resolve_formulas((formula,), kind, origin("formula"))
+    raw = config._label(table.get("label", "1"), origin("label"))
+    raw = config._one_of(raw, ("1", "0", "pair"), "label", origin("label"))
+    label = raw if raw == "pair" else int(raw)
+    f = formulas.get(formula)
+    return KeypointCheck(name, kp, chosen, mode, formula, eps if f.uses_eps else None, label, threshold,
+                         limits)
+
+
+def load_checks(paths: Sequence[str]) -> list[Check]:
+    """All checks of several gate configs; names must be unique."""
+    checks: list[Check] = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        for c in checks_from(config.load(p)):
+            if c.name in seen:
+                raise ConfigError(f"{p}: check name {c.name!r} is used twice (also in {seen[c.name]})")
+            seen[c.name] = p
+            checks.append(c)
+    return checks
+
+
+def digest(checks: Sequence[Check]) -> str:
+    """Fingerprint of what the checks measure (not their limits), for baselines."""
+    text = json.dumps([c.identity() for c in checks], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def result_record(r: CheckResult) -> dict:
+    return asdict(r)
