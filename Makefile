@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: run test lint bench check clean
 
+# The optional extras (torch, jax, plot, dask) stay optional for users; here they are installed so
+# their tests run. torch is pinned first: an unpinned torch would pull several GB of CUDA packages.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,jax,plot,dask]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## the main job: the float32 sweep on the shipped defaults
