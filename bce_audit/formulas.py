@@ -4,10 +4,11 @@ Formulas take numpy arrays of the audited dtype and an `Evaluator`, which decide
 framework-level op is rounded:
 
 - ``per-op``: every elementary operation rounds to the dtype (numpy's semantics);
-- ``upcast``: for dtypes narrower than float32, each framework-level op (sigmoid, logit,
+- ``upcast``: for dtypes narrower than float32, each framework-level op (sigmoid,
   log_sigmoid, a fused loss kernel) runs in float32 and rounds once (PyTorch "opmath",
   aten ``cpu/UnaryOpsKernel.cpp``). Elementary ops on narrow dtypes already compute in float32
-  and round once in numpy and ml_dtypes, so only kernels differ between the modes.
+  and round once in numpy and ml_dtypes, so only kernels differ between the modes. The naive
+  logit stays per-op: torch.logit on CPU rounds ``p / (1 - p)`` to the dtype before the log.
 
 Constants are cast to the dtype before use, as frameworks cast ``epsilon()``; a bare Python
 float would silently promote an ml_dtypes array to float32.
@@ -31,17 +32,25 @@ from bce_audit import dtypes, impl
 MODES = ("per-op", "upcast")
 
 
+@dataclass(frozen=True)
+class Ops:
+    """Replacements for the built-in sigmoid and logit: a user's, or a real framework's."""
+
+    sigmoid: Callable[[np.ndarray], np.ndarray] | None = None
+    logit: Callable[[np.ndarray], np.ndarray] | None = None
+
+
 class Evaluator:
     """Rounding semantics for one dtype and mode."""
 
-    def __init__(self, dtype: str, mode: str = "per-op", user: impl.UserImpl | None = None):
-        """``user``: a user sigmoid or logit that replaces the built-in one (round-trip audits)."""
+    def __init__(self, dtype: str, mode: str = "per-op", ops: Ops | None = None):
+        """``ops``: a sigmoid and/or logit that replace the built-in ones."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         self.info = dtypes.get(dtype)
         self.mode = mode
         self.dtype = self.info.dtype
-        self.user = user
+        self.ops = ops or Ops()
 
     def c(self, value) -> np.ndarray:
         """A constant rounded to the dtype (0-d array, so it never promotes)."""
@@ -62,14 +71,15 @@ class Evaluator:
 
     # Framework-level ops shared by several formulas.
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
-        if self.user is not None and self.user.kind == "sigmoid":
-            return self.user(x)
+        if self.ops.sigmoid is not None:
+            return self.ops.sigmoid(x)
         return self.kernel(_sigmoid, x)
 
     def logit(self, p: np.ndarray) -> np.ndarray:
-        if self.user is not None and self.user.kind == "logit":
-            return self.user(p)
-        return self.kernel(_logit, p)
+        """Per-op in every mode: torch.logit on CPU rounds ``p / (1 - p)`` to half before the log."""
+        if self.ops.logit is not None:
+            return self.ops.logit(p)
+        return _logit(self, p)
 
     def log_sigmoid(self, x: np.ndarray) -> np.ndarray:
         return self.kernel(_log_sigmoid, x)
@@ -225,6 +235,15 @@ class Formula:
     clip: Clip | None = None
     kind: str = "bce"  # "bce", "sigmoid" or "logit"
     user: impl.UserImpl | None = None
+
+    @property
+    def ops(self) -> Ops | None:
+        """For a user sigmoid or logit: the ops that put it in place of the built-in one."""
+        if self.kind == "sigmoid":
+            return Ops(sigmoid=self.user)
+        if self.kind == "logit":
+            return Ops(logit=self.user)
+        return None
 
     @property
     def uses_eps(self) -> bool:

@@ -168,7 +168,8 @@ def predicted_onset(info: dtypes.DtypeInfo, mode: str, threshold: float) -> floa
 def predicted_zero(info: dtypes.DtypeInfo) -> float:
     """Where even a correctly rounded BCE is 0: softplus(-x) below half the smallest subnormal."""
     with mp.workprec(reference.PREC):
-        return float(-mp.log(mp.expm1(mpf(info.smallest_subnormal) / 2)))
+        sub = info.smallest_subnormal
+        return float(-mp.log(mp.expm1(mpf(sub.numerator) / sub.denominator / 2)))
 
 
 _LIMIT_HI = reference.Exact(mp.inf, mpf(1), mpf(0), mpf(0), mp.inf)   # x -> +inf
@@ -298,7 +299,7 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
     or logit put in place of the naive one (its sigmoid is not assumed monotone: no plateaus).
     """
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode, user.user if user else None)
+    ev = Evaluator(dtype, mode, user.ops if user else None)
     name_of = user.name if user else None
     top, one = info.max_ordinal, _ord(info, 1.0)
 

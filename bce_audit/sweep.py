@@ -174,7 +174,7 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True)
     for name in s.formulas:
         f = formulas.get(name)
         if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
-            uev = Evaluator(dtype, s.mode, f.user)
+            uev = Evaluator(dtype, s.mode, f.ops)
             usig = formulas.evaluate_sigmoid(xd, uev)
             urt = formulas.evaluate_roundtrip(xd, uev)
             for i, e in enumerate(exacts):

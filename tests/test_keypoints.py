@@ -52,14 +52,14 @@ def _rt32(x: np.ndarray) -> np.ndarray:
 
 
 def _rt_narrow(x: np.ndarray, mode: str) -> np.ndarray:
-    """The round trip of a float16/bfloat16 array: per-op rounds every op, upcast each kernel once."""
+    """The round trip of a float16/bfloat16 array: per-op rounds every op; upcast rounds the float32
+    sigmoid once, and the logit stays per-op (torch.logit on CPU rounds p / (1 - p) to the dtype)."""
     dt = x.dtype
+    one = np.asarray(1, dtype=dt)
     with np.errstate(all="ignore"):
         if mode == "upcast":
             p = (np.float32(1) / (np.float32(1) + np.exp(-x.astype(np.float32)))).astype(dt)
-            pf = p.astype(np.float32)
-            return np.log(pf / (np.float32(1) - pf)).astype(dt)
-        one = np.asarray(1, dtype=dt)
+            return np.log(p / (one - p))
         p = one / (one + np.exp(-x))
         return np.log(p / (one - p))
 
