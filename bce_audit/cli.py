@@ -15,7 +15,19 @@ from dataclasses import replace
 import click
 from click.core import ParameterSource
 
-from bce_audit import __version__, baseline, config, dtypes, formulas, gate, impl, keypoints, report, sweep
+from bce_audit import (
+    __version__,
+    backends,
+    baseline,
+    config,
+    dtypes,
+    formulas,
+    gate,
+    impl,
+    keypoints,
+    report,
+    sweep,
+)
 from bce_audit.config import FORMATS
 from bce_audit.sweep import MAX_POINTS, Settings
 
@@ -75,6 +87,13 @@ def _selection(f: Callable) -> Callable:
         click.option("--threshold", "threshold", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
                           "(repeatable; default 1e-3 and 1e-2)."),
+        click.option("--backend", type=click.Choice(("numpy", "torch", "jax")), default="numpy",
+                     show_default=True, help="numpy: the formula models; torch / jax: the installed "
+                                             "framework's real ops, audited the same way."),
+        click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
+                     help="Device for --backend torch."),
+        click.option("--grad", is_flag=True, default=False,
+                     help="Also audit the gradient d BCE / dx (exact: sigmoid(x) - y)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -114,7 +133,8 @@ PARAMS = {
     "impl_kind": ("kind", "--impl-kind"), "mode": ("mode", "--mode"), "label": ("label", "--label"),
     "threshold": ("thresholds", "--threshold"), "range_": ("range", "--range"),
     "points": ("points", "--points"), "step": ("step", "--step"), "spacing": ("spacing", "--spacing"),
-    "show": ("rows", "--rows"), "fmt": ("format", "--format"),
+    "show": ("rows", "--rows"), "fmt": ("format", "--format"), "backend": ("backend", "--backend"),
+    "device": ("device", "--device"), "grad": ("grad", "--grad"),
 }
 FLAGS = {key: flag for key, flag in PARAMS.values()}
 
@@ -157,10 +177,11 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_gri
 
 
 def _run(job: Callable):
-    """Run a core computation; a user implementation's failure becomes a one-line error."""
+    """Run a core computation; a user implementation's failure or a missing framework becomes
+    a one-line error."""
     try:
         return job()
-    except impl.ImplError as e:
+    except (impl.ImplError, backends.BackendMissing) as e:
         _fail(str(e))
 
 
@@ -220,7 +241,8 @@ def sweep_cmd(**kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(s.as_dict(), result.keypoints, result.rows, result.worst))
+            return report.to_json(report.document(s.as_dict(), result.keypoints, result.rows, result.worst,
+                                                  result.notes))
         if fmt == "csv":
             return report.to_csv(result.rows, sweep.Row)
         if fmt == "markdown":
@@ -241,7 +263,7 @@ def points(**kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(s.as_dict(), result.keypoints))
+            return report.to_json(report.document(s.as_dict(), result.keypoints, notes=result.notes))
         if fmt == "csv":
             return report.to_csv(result.keypoints, keypoints.KeyPoint)
         if fmt == "markdown":
@@ -299,6 +321,35 @@ def dtypes_cmd(mode: str, **kw) -> int:
         return report.dtypes_table(infos, overflow)
 
     _emit(kw, render)
+    return 0
+
+
+@cli.command("fidelity")
+@click.option("--backend", type=click.Choice(("torch", "jax")), default="torch", show_default=True,
+              help="The real framework to compare the numpy models with.")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
+              help="Device for --backend torch.")
+@click.option("--dtype", "dtype", multiple=True, type=click.Choice(("float16", "bfloat16", "float32",
+                                                                    "float64")),
+              help="Dtypes to compare (repeatable; default float16, bfloat16, float32).")
+@click.option("--no-keypoints", is_flag=True, help="Skip the key-point comparison (faster).")
+@_output(("table", "json"))
+def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
+    """Compare each numpy model with the real framework op, value by value, and their key points."""
+    from bce_audit import fidelity
+
+    be = _run(lambda: backends.get(backend, device))
+    chosen = tuple(dict.fromkeys(dtype)) or fidelity.DEFAULT_DTYPES
+    diffs = _run(lambda: fidelity.differences(be, chosen))
+    pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
+    out = {"fmt": kw["fmt"], "output": kw["output"]}
+
+    def render(fmt: str):
+        if fmt == "json":
+            return report.fidelity_json(diffs, pairs, be.label)
+        return report.fidelity_view(diffs, pairs, be.label)
+
+    _emit(out, render)
     return 0
 
 
@@ -379,3 +430,4 @@ def _write(path: str, text: str) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli.main()
+from bce_audit import cli_plot  # noqa: E402, F401  registers the plot command

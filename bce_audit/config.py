@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
 SELECTION_KEYS = ("dtypes", "eps", "formulas", "range", "points", "step", "spacing", "label", "mode",
-                  "thresholds", "rows", "format", "kind")
+                  "thresholds", "rows", "format", "kind", "backend", "device", "grad")
 TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
 
 
@@ -96,8 +96,15 @@ def _range(v, where: str) -> tuple[float, float] | str:
 TYPES = {
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
-    "rows": _int, "format": _str, "kind": _str,
+    "rows": _int, "format": _str, "kind": _str, "backend": _str, "device": _str,
+    "grad": lambda v, where: _bool(v, where),
 }
+
+
+def _bool(v, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
 
 
 def unknown_key(key: str, allowed, where: str) -> ConfigError:
@@ -254,7 +261,12 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     kind = _one_of(values.get("kind", "bce-logits"), impl.KINDS, "implementation kind", origin("kind"))
     chosen = _choices(values.get("dtypes", ()), dtypes.NAMES, "dtype", origin("dtypes"))
     grid = check_grid(values, origin) if with_grid else {}
+    backend = _one_of(values.get("backend", "numpy"), ("numpy", "torch", "jax"), "backend", origin("backend"))
+    device = _one_of(values.get("device", "cpu"), ("cpu", "cuda"), "device", origin("device"))
+    if device != "cpu" and backend != "torch":
+        raise ConfigError(f"{origin('device')} {device}: only the torch backend runs on cuda")
     return Settings(
+        backend=backend, device=device, grad=bool(values.get("grad", False)),
         dtypes=chosen or default_dtypes,
         eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),
         formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas")),

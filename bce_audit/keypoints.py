@@ -53,6 +53,7 @@ class KeyPoint:
     predicted: float | None
     predicts: str | None  # "x" or "value": which field `predicted` stands beside
     method: str
+    backend: str = "numpy"  # "numpy" (the models), or the real framework, e.g. "torch-cpu"
 
 
 # ---------------------------------------------------------------- searching the grid
@@ -291,15 +292,17 @@ def _ord(info: dtypes.DtypeInfo, x: float) -> int:
 
 
 def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
-                     user: Formula | None = None) -> list[KeyPoint]:
+                     user: Formula | None = None, backend=None) -> list[KeyPoint]:
     """Overflow, underflow, error onsets and small-x limits of ``logit(sigmoid(x))``.
 
     The error key points of wide dtypes walk the plateaus of sigmoid (method "plateaus") in a
     window that the coarse scan and the quantisation envelope bracket. ``user``: a user sigmoid
-    or logit put in place of the naive one (its sigmoid is not assumed monotone: no plateaus).
+    or logit put in place of the naive one (a user sigmoid is not assumed monotone: no plateaus);
+    ``backend``: a real framework's (its sigmoid is monotone, as the frameworks' are).
     """
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode, user.ops if user else None)
+    ev = Evaluator(dtype, mode, user.ops if user else backend.ops() if backend else None)
+    where = backend.label if backend else "numpy"
     name_of = user.name if user else None
     top, one = info.max_ordinal, _ord(info, 1.0)
 
@@ -320,7 +323,8 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
         v = _scalar(info, o)
         val = value(v) if value else _num(rt(np.asarray([v]))[0])
         out.append(KeyPoint(dtype, mode, name_of, None, None, name, threshold, _num(v), val,
-                            predicted, "x" if predicted is not None else None, method or _method(info)))
+                            predicted, "x" if predicted is not None else None, method or _method(info),
+                            where))
 
     add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, mode))
     add("roundtrip_underflow", first_hit(info, bad, -1, -top), predicted=predicted_underflow(info, mode))
@@ -362,11 +366,13 @@ def _exact_at(v, label: Label) -> mpf:
     return e.sp_neg if label in (1, "pair") else e.sp_pos
 
 
-def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label: Label) -> list[KeyPoint]:
+def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label: Label,
+                   backend=None) -> list[KeyPoint]:
     """Floor, ceiling, zero and non-finite points of one formula for one label (or the pair)."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode)
-    f = formulas.get(formula)
+    ev = Evaluator(dtype, mode, backend.ops() if backend else None)
+    f = backend.formula(formula) if backend else formulas.get(formula)
+    where = backend.label if backend else "numpy"
     loss = loss_fn(f, eps, label, ev)
     top = info.max_ordinal
     sign = -1 if label == 0 else 1  # label 0 improves toward -inf
@@ -378,7 +384,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
     def add(name, o, value, predicted=None, predicts=None):
         if o is not None:
             out.append(KeyPoint(dtype, mode, formula, rec_eps, label, name, None,
-                                _num(_scalar(info, o)), value, predicted, predicts, method))
+                                _num(_scalar(info, o)), value, predicted, predicts, method, where))
 
     def at(o):
         return loss(np.asarray([_scalar(info, o)], dtype=info.dtype))[0]
@@ -410,17 +416,55 @@ def keypoints(
     eps_list: Sequence[float],
     labels: Sequence[Label],
     thresholds: Sequence[float],
+    backend=None,
+    notes: list[str] | None = None,
+    grad: bool = False,
 ) -> list[KeyPoint]:
-    """Every key point for a selection, in a stable order."""
+    """Every key point for a selection, in a stable order.
+
+    With a real ``backend``, formulas it has no counterpart for are skipped, and ops it cannot
+    run in a dtype are skipped too; both are said in ``notes``.
+    """
+    from bce_audit.backends import Unsupported
+
+    notes = [] if notes is None else notes
     out: list[KeyPoint] = []
     for d in dtypes_:
-        out += roundtrip_points(d, mode, thresholds)
+        try:
+            out += roundtrip_points(d, mode, thresholds, backend=backend)
+        except Unsupported as e:
+            notes.append(f"{d}: round trip not audited: {e}")
         for name in formula_names:
             f = formulas.get(name)
             if f.kind != "bce":
                 out += roundtrip_points(d, mode, thresholds, user=f)
                 continue
+            if backend is not None and backend.formula(name) is None:
+                continue
             for eps in eps_list if f.uses_eps else [None]:
                 for label in labels:
-                    out += formula_points(d, mode, name, eps, label)
+                    try:
+                        out += formula_points(d, mode, name, eps, label, backend)
+                    except Unsupported as e:
+                        notes.append(f"{d}: {name} not audited: {e}")
+                        break
+                if grad:
+                    out += _grad_points(d, mode, name, eps, labels, backend, notes)
+    return out
+
+
+def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
+    from bce_audit import gradients
+    from bce_audit.backends import Unsupported
+
+    if not gradients.has_grad(name, backend):
+        notes.append(f"{name}: no gradient through {backend.name if backend else 'the models'}")
+        return []
+    out: list[KeyPoint] = []
+    for label in (lab for lab in labels if lab != "pair"):
+        try:
+            out += gradients.grad_points(d, mode, name, eps, label, backend)
+        except Unsupported as e:
+            notes.append(f"{d}: gradient of {name} not audited: {e}")
+            break
     return out

@@ -126,8 +126,9 @@ def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
     tables = []
     for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
         rts = _group([k for k in group if k.name.startswith("roundtrip")], lambda k: k.formula)
+        backend = "" if group[0].backend == "numpy" else f", {group[0].backend}"
         for via, rt in rts:
-            t = _table(f"Round-trip key points: {dtype}, {mode}" + (f", {via}" if via else ""))
+            t = _table(f"Round-trip key points: {dtype}, {mode}{backend}" + (f", {via}" if via else ""))
             t.add_column("key point", no_wrap=True)
             for name in ("rel err", "x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
@@ -139,8 +140,8 @@ def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
         if bce:
             eps_set = {k.eps for k in bce if k.eps is not None}
             one_eps = len(eps_set) <= 1  # then it goes in the title, not in a column
-            title = f"BCE key points: {dtype}, {mode}" + (f", eps {fmt(min(eps_set), 3)}" if eps_set and
-                                                          one_eps else "")
+            title = f"BCE key points: {dtype}, {mode}{backend}" + (
+                f", eps {fmt(min(eps_set), 3)}" if eps_set and one_eps else "")
             t = _table(title + " (y: label)")
             for name in ("key point", "formula", "y") + (() if one_eps else ("eps",)):
                 t.add_column(name, no_wrap=True)
@@ -190,18 +191,27 @@ def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list
             t.add_row(fmt(s.x, 6), fmt_x(s.x_dtype), cell(s.value, s.ulp_err, 8), fmt(s.exact, 8),
                       cell(r.value, r.ulp_err, 8), fmt(r.rel_err, 3), fmt(r.ulp_err, 3))
         tables.append(t)
-        bce = [r for r in group if r.quantity == "bce"]
-        labels = list(dict.fromkeys(r.label for r in bce))
-        eps_values = list(dict.fromkeys(r.eps for r in bce if r.eps is not None)) or [None]
-        for label in labels:
-            for eps in eps_values:
-                cols = [r for r in bce if r.label == label and (r.eps is None or r.eps == eps)]
-                by_formula = _group(cols, lambda r: r.formula)
-                what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
-                for part in chunks(by_formula, width, 15, 11):
-                    tables.append(_bce_table(f"Sampled: BCE, {what}", part, idx, errors=False))
-                for part in chunks(by_formula, width, 15, 9):
-                    tables.append(_bce_table(f"Bits of error: BCE, {what}", part, idx, errors=True))
+        for quantity, noun in (("bce", "BCE"), ("grad", "gradient dBCE/dx")):
+            tables += _formula_tables([r for r in group if r.quantity == quantity], noun, dtype, mode,
+                                      idx, width)
+    return tables
+
+
+def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list[int], width: int
+                    ) -> list[Table]:
+    """Per label (and eps): the formulas' values side by side, then their bits of error."""
+    tables = []
+    labels = list(dict.fromkeys(r.label for r in rows))
+    eps_values = list(dict.fromkeys(r.eps for r in rows if r.eps is not None)) or [None]
+    for label in labels:
+        for eps in eps_values:
+            cols = [r for r in rows if r.label == label and (r.eps is None or r.eps == eps)]
+            by_formula = _group(cols, lambda r: r.formula)
+            what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
+            for part in chunks(by_formula, width, 15, 11):
+                tables.append(_bce_table(f"Sampled: {noun}, {what}", part, idx, errors=False))
+            for part in chunks(by_formula, width, 15, 9):
+                tables.append(_bce_table(f"Bits of error: {noun}, {what}", part, idx, errors=True))
     return tables
 
 
@@ -263,7 +273,8 @@ def dtype_eps(name: str) -> float:
 
 def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
     """The table view of a sweep: key points first, then sampled rows and worst errors."""
-    parts = [*keypoint_tables(result.keypoints)]
+    parts = [Text(f"note: {n}", style="yellow") for n in result.notes]
+    parts += keypoint_tables(result.keypoints)
     if result.rows:
         parts += sample_tables(result.rows, show, width)
         parts += worst_tables(result.worst)
@@ -306,7 +317,8 @@ def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Tab
     for key in keys:
         q, f, eps, label = key
         cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-        name = _check_name(SHORT.get(f, f), label) if q == "bce" else _what(q, f)
+        name = _check_name(SHORT.get(f, f), label) if q == "bce" else (
+            _check_name("grad " + SHORT.get(f, f), label) if q == "grad" else _what(q, f))
         t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
                   *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
     return t
@@ -319,6 +331,8 @@ def _what(quantity: str, formula: str | None) -> str:
     """What a row audits: a formula's name, or the sigmoid / round trip (of a user op)."""
     if quantity == "bce":
         return formula or "-"
+    if quantity == "grad":
+        return f"grad {formula}"
     return _QUANTITY[quantity] + (f" {formula}" if formula else "")
 
 
@@ -349,7 +363,8 @@ def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = _check_name(f, label) if q == "bce" else _what(q, f)
+            name = _check_name(f, label) if q == "bce" else (
+                _check_name("grad " + f, label) if q == "grad" else _what(q, f))
             body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
                          *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
@@ -420,9 +435,9 @@ def to_json(doc: dict) -> str:
 
 
 def document(settings: dict, kps: Sequence[KeyPoint], rows: Sequence[Row] | None = None,
-             worst: Sequence[Worst] | None = None) -> dict:
+             worst: Sequence[Worst] | None = None, notes: Sequence[str] = ()) -> dict:
     doc = {"schema": SCHEMA, "version": __version__, "settings": settings,
-           "keypoints": [asdict(k) for k in kps]}
+           "keypoints": [asdict(k) for k in kps], "notes": list(notes)}
     if rows is not None:
         doc["rows"] = [asdict(r) for r in rows]
     if worst is not None:
@@ -584,3 +599,43 @@ def gate_markdown(results) -> str:
     passed = sum(1 for r in results if r.passed and not r.regressions)
     head = f"## bce-audit gate: {passed}/{len(results)} passed"
     return "\n".join([head, "", *_md_table(["", "check", "measured vs limit", "worst input"], rows)]) + "\n"
+
+
+# ---------------------------------------------------------------- fidelity
+
+
+def fidelity_tables(diffs, pairs, backend_label: str) -> list[Table]:
+    """Model against real op: where they differ; then the key points found through each."""
+    t = _table(f"Fidelity: numpy models vs {backend_label} (every float16/bfloat16 value, dense float32)")
+    for name in ("dtype", "audited", "y"):
+        t.add_column(name, no_wrap=True)
+    for name in ("differ", "inputs", "worst ULP", "first x", "worst x"):
+        t.add_column(name, justify="right", no_wrap=True)
+    for d in diffs:
+        style = "" if d.differ == 0 else ("yellow" if d.worst_ulp <= 4 else "bold red")
+        t.add_row(SHORT.get(d.dtype, d.dtype), d.quantity, _label(d.label),
+                  Text(str(d.differ), style=style), str(d.inputs), fmt(d.worst_ulp, 3), fmt_x(d.first_x),
+                  fmt_x(d.worst_x))
+    tables = [t]
+    for dtype, group in _group(pairs, lambda p: p.dtype):
+        k = _table(f"Key points, model vs real: {dtype} (steps: dtype values between them)")
+        for name in ("key point", "formula", "y", "thr"):
+            k.add_column(name, no_wrap=True)
+        for name in ("model x", "real x", "steps"):
+            k.add_column(name, justify="right", no_wrap=True)
+        for p in group:
+            steps = "absent" if p.steps is None else str(p.steps)
+            k.add_row(p.name, p.formula or "-", _label(p.label),
+                      fmt(p.threshold, 3) if p.threshold is not None else "-", fmt_x(p.model_x),
+                      fmt_x(p.real_x), Text(steps, style="" if p.steps == 0 else "yellow"))
+        tables.append(k)
+    return tables
+
+
+def fidelity_view(diffs, pairs, backend_label: str) -> Group:
+    return Group(*fidelity_tables(diffs, pairs, backend_label))
+
+
+def fidelity_json(diffs, pairs, backend_label: str) -> str:
+    return to_json({"schema": SCHEMA, "version": __version__, "kind": "fidelity", "backend": backend_label,
+                    "differences": [asdict(d) for d in diffs], "keypoints": [asdict(p) for p in pairs]})

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from mpmath import mp
 
-from bce_audit import dtypes, formulas, keypoints, metrics, reference
+from bce_audit import backends, dtypes, formulas, gradients, keypoints, metrics, reference
 from bce_audit.formulas import Evaluator
 
 LABELS = ("1", "0", "both")
@@ -39,6 +39,9 @@ class Settings:
     label: str = "both"
     mode: str = "per-op"
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    backend: str = "numpy"
+    device: str = "cpu"
+    grad: bool = False
 
     @property
     def labels(self) -> tuple[int | str, ...]:
@@ -50,7 +53,8 @@ class Settings:
             "dtypes": list(self.dtypes), "eps": list(self.eps), "formulas": list(self.formulas),
             "range": list(self.range), "points": self.points, "step": self.step,
             "spacing": self.spacing, "label": self.label, "mode": self.mode,
-            "thresholds": list(self.thresholds),
+            "thresholds": list(self.thresholds), "backend": self.backend, "device": self.device,
+            "grad": self.grad,
         }
 
 
@@ -67,7 +71,7 @@ class Row:
     mode: str
     x: float
     x_dtype: float
-    quantity: str  # "sigmoid", "roundtrip" or "bce"
+    quantity: str  # "sigmoid", "roundtrip", "bce" or "grad"
     formula: str | None
     eps: float | None
     label: int | str | None
@@ -80,6 +84,7 @@ class Row:
     clipped_exact: float | None = None
     clip_rel: float | None = None
     round_ulp: float | None = None
+    backend: str = "numpy"
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class SweepResult:
     keypoints: list[keypoints.KeyPoint]
     rows: list[Row] = field(default_factory=list)
     worst: list[Worst] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def grid(lo: float, hi: float, points: int, step: float | None, spacing: str) -> np.ndarray:
@@ -135,10 +141,15 @@ def _f(v) -> float:
     return float(v)
 
 
-def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True) -> list[Row]:
-    """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula."""
+def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
+                   backend=None) -> list[Row]:
+    """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula.
+
+    With a real ``backend`` its ops replace the models (formulas it lacks are left out).
+    """
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, s.mode)
+    ev = Evaluator(dtype, s.mode, backend.ops() if backend else None)
+    where = backend.label if backend else "numpy"
     xd = ev.arr(xs)
     cache: dict[float, reference.Exact] = {}
     exacts = []
@@ -162,7 +173,7 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True)
                 }
         rows.append(Row(dtype, s.mode, _f(xs[i]), _f(xd[i]), quantity, formula, eps, label,
                         _f(v), _f(exact) if exact is not None else math.nan,
-                        err.abs, err.rel, err.ulp, err.bits, **extra))
+                        err.abs, err.rel, err.ulp, err.bits, **extra, backend=where))
 
     if basics:
         sig = formulas.evaluate_sigmoid(xd, ev)
@@ -173,6 +184,10 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True)
 
     for name in s.formulas:
         f = formulas.get(name)
+        if backend is not None and f.kind == "bce":
+            f = backend.formula(name)
+            if f is None:
+                continue
         if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
             uev = Evaluator(dtype, s.mode, f.ops)
             usig = formulas.evaluate_sigmoid(xd, uev)
@@ -192,6 +207,12 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True)
                     if clip_args is not None and e is not None:
                         clip = _clipped(e, label, f, clip_args)
                     add(i, "bce", name, eps, label, values[i], lab_exact, clip)
+            if s.grad and gradients.has_grad(name, backend):
+                for label in (lab for lab in s.labels if lab != "pair"):
+                    gv = gradients.grad_fn(name, eps, label, ev, backend)(xd)
+                    for i, e in enumerate(exacts):
+                        add(i, "grad", name, eps, label, gv[i],
+                            None if e is None else gradients.exact_grad(e, label))
     return rows
 
 
@@ -230,15 +251,35 @@ def worst_of(rows: Sequence[Row]) -> list[Worst]:
     return out
 
 
+def native(s: Settings) -> Settings:
+    """A real backend computes as it does: its records carry the model mode it follows
+    (torch: float32 opmath for narrow dtypes, like ``upcast``; jax: ``per-op``)."""
+    mode = {"torch": "upcast", "jax": "per-op"}.get(s.backend, s.mode)
+    return s if mode == s.mode else replace(s, mode=mode)
+
+
 def run_sweep(s: Settings, with_rows: bool = True) -> SweepResult:
     """The whole audit for a selection: key points, and (for sweep) the grid rows."""
-    kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds)
+    s = native(s)
+    backend = backends.get(s.backend, s.device)
+    notes: list[str] = []
+    if backend is not None:
+        missing = backend.missing(s.formulas)
+        if missing:
+            notes.append(f"{backend.name} has no real counterpart of {', '.join(missing)}: not audited "
+                         f"with --backend {backend.name}")
+    kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, notes,
+                              s.grad)
     result = SweepResult(s, kps)
     if with_rows:
         xs = grid(*s.range, s.points, s.step, s.spacing)
         for d in s.dtypes:
-            result.rows += rows_for_dtype(s, d, xs)
+            try:
+                result.rows += rows_for_dtype(s, d, xs, backend=backend)
+            except backends.Unsupported as e:
+                notes.append(f"{d}: grid not audited: {e}")
         result.worst = worst_of(result.rows)
+    result.notes = list(dict.fromkeys(notes))
     return result
 
 
@@ -250,8 +291,13 @@ def check_rows(xs: Sequence[float], s: Settings) -> tuple[list[Row], dict[tuple,
     """
     arr = np.asarray(xs, dtype=np.float64)
     rows: list[Row] = []
+    s = native(s)
+    backend = backends.get(s.backend, s.device)
     for d in s.dtypes:
-        rows += rows_for_dtype(s, d, arr)
+        try:
+            rows += rows_for_dtype(s, d, arr, backend=backend)
+        except backends.Unsupported:
+            continue  # the dtype's column stays empty
     given = rows_for_dtype(s, "float64", arr)
     exact = {(r.x, r.quantity, r.formula, r.eps, r.label): r.exact for r in given}
     return rows, exact

@@ -1,0 +1,235 @@
+"""The gradient d BCE / dx: each formula's backward pass as its framework computes it.
+
+The exact gradient is ``sigmoid(x) - y``. The models follow each framework's backward rules
+in the audited dtype and mode (the same `Evaluator` as the forward pass):
+
+- torch (aten ``native/Loss.cpp``, ``cpu/BinaryOpsKernel.cpp``): BCELoss backward
+  ``grad * (p - y) / max((1 - p) * p, 1e-12)`` elementwise in the dtype (so in float16 the
+  1e-12 rounds to 0), then ``sigmoid_backward = (grad * (1 - p)) * p``, rounded op by op for
+  float16 but in float32 opmath for bfloat16 (as torch 2.13's CPU kernels do, checked against
+  its autograd); BCEWithLogits backward ``(sigmoid(x) - y) * grad``.
+- TensorFlow (Keras formulas, logits-stable, naive): ``LogGrad = grad * reciprocal(x)``,
+  ``Log1pGrad = grad * reciprocal(1 + x)``, ``ExpGrad = grad * exp(x)``, ``RealDivGrad``,
+  ``SigmoidGrad = grad * p * (1 - p)``, clip passes the gradient only inside [lo, hi].
+- JAX (optax): reverse mode through ``log_sigmoid = -softplus(-x)`` and ``logaddexp``'s custom
+  JVP ``t * exp(x - logaddexp(x, 0))``.
+
+>>> import numpy as np
+>>> from bce_audit.formulas import Evaluator
+>>> ev = Evaluator("float32")
+>>> x, y = np.array([20.0], dtype=np.float32), np.ones(1)
+>>> float(grad("torch-bce-logits", x, y, None, ev)[0])  # sigmoid(20) rounds to 1: no gradient
+0.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from mpmath import mp
+
+from bce_audit import dtypes, formulas, keypoints, reference
+from bce_audit.formulas import Evaluator
+from bce_audit.keypoints import KeyPoint, first_hit, run_start
+
+NAMES = ("grad_dead_zone", "grad_vanishing", "grad_nonfinite")
+VANISH = 10.0  # "vanishing": more than this many times too small
+
+
+# ---------------------------------------------------------------- backward rules, TF-style
+
+
+def _recip(ev: Evaluator, a):
+    return ev.c(1.0) / a
+
+
+def _sigmoid_grad_tf(ev: Evaluator, g, p):
+    return (g * p) * (ev.c(1.0) - p)
+
+
+def _stable_grad_tf(ev: Evaluator, x, y):
+    """TF's autodiff of ``where(x>=0, x, 0) - x*y + log1p(exp(where(x>=0, -x, x)))``."""
+    one, zero = ev.c(1.0), ev.c(0.0)
+    cond = x >= zero
+    neg_abs = np.where(cond, -x, x)
+    e = np.exp(neg_abs)
+    g_e = one * _recip(ev, one + e)          # Log1pGrad
+    g_z = g_e * e                            # ExpGrad
+    g_relu = np.where(cond, one, zero)
+    g_neg = np.where(cond, -g_z, g_z)
+    return (g_relu + (-y)) + g_neg
+
+
+def _clipped_grad_tf(ev: Evaluator, x, y, eps, shift: bool, hi_in_dtype: bool):
+    """Keras clip-and-log BCE on tf.sigmoid: through the logs, the clip mask and SigmoidGrad."""
+    one = ev.c(1.0)
+    p = ev.sigmoid(x)
+    lo = ev.c(eps)
+    hi = one - lo if hi_in_dtype else ev.c(1.0 - eps)
+    pc = ev.clip(p, lo, hi)
+    s = lo if shift else ev.c(0.0)
+    g_log_p = -y
+    g_log_q = -(one - y)
+    g_pc = g_log_p * _recip(ev, pc + s) - g_log_q * _recip(ev, (one - pc) + s)
+    g_p = np.where((p >= lo) & (p <= hi), g_pc, ev.c(0.0))
+    return _sigmoid_grad_tf(ev, g_p, p)
+
+
+def _naive_grad(x, y, eps, ev):
+    """The textbook formula on tf.sigmoid, differentiated by TF."""
+    one = ev.c(1.0)
+    p = ev.sigmoid(x)
+    g_p = (-y) * _recip(ev, p) - (-(one - y)) * _recip(ev, one - p)
+    return _sigmoid_grad_tf(ev, g_p, p)
+
+
+def _keras2_grad(x, y, eps, ev):
+    """Keras 2: clip, ``z = log(p / (1 - p))``, then TF's stable loss on z."""
+    one = ev.c(1.0)
+    p = ev.sigmoid(x)
+    lo = ev.c(eps)
+    hi = one - lo
+    pc = ev.clip(p, lo, hi)
+    q = one - pc
+    r = pc / q
+    z = np.log(r)
+    g_z = _stable_grad_tf(ev, z, y)
+    g_r = g_z * _recip(ev, r)               # LogGrad
+    g_pc = g_r / q                          # RealDivGrad, numerator
+    g_q = g_r * ((-pc / q) / q)             # RealDivGrad, denominator
+    g_pc = g_pc - g_q
+    g_p = np.where((p >= lo) & (p <= hi), g_pc, ev.c(0.0))
+    return _sigmoid_grad_tf(ev, g_p, p)
+
+
+# ---------------------------------------------------------------- torch
+
+
+def _sigmoid_backward(ev: Evaluator, g, p):
+    return g * (ev.c(1.0) - p) * p
+
+
+def _torch_bce_grad(x, y, eps, ev):
+    one = ev.c(1.0)
+    p = ev.sigmoid(x)
+    g_p = (p - y) / np.maximum((one - p) * p, ev.c(1e-12))
+    if ev.info.name == "bfloat16":  # torch 2.13 CPU: float32 opmath for bfloat16, per-op for half
+        return ev.kernel(_sigmoid_backward, g_p, p)
+    return _sigmoid_backward(ev, g_p, p)
+
+
+def _torch_bce_logits_grad(x, y, eps, ev):
+    return (ev.sigmoid(x) - y) * ev.c(1.0)
+
+
+# ---------------------------------------------------------------- jax (optax)
+
+
+def _softplus_jvp(ev: Evaluator, u):
+    """``exp(u - logaddexp(u, 0))``: the tangent jax's logaddexp JVP gives softplus."""
+    zero = ev.c(0.0)
+    sp = np.maximum(u, zero) + np.log1p(np.exp(-np.abs(u - zero)))
+    return np.exp(u - sp)
+
+
+def _optax_grad(x, y, eps, ev):
+    one = ev.c(1.0)
+    g_x1 = -((-y) * ev.kernel(_softplus_jvp, -x) * (-one))   # -y * log_sigmoid(x)
+    g_x2 = (one - y) * ev.kernel(_softplus_jvp, x)           # -(1-y) * log_sigmoid(-x)
+    return g_x1 + g_x2
+
+
+MODELS: dict[str, Callable] = {
+    "naive": _naive_grad,
+    "keras2-logits": _keras2_grad,
+    "tf-keras": lambda x, y, eps, ev: _clipped_grad_tf(ev, x, y, eps, True, True),
+    "keras3": lambda x, y, eps, ev: _clipped_grad_tf(ev, x, y, eps, False, False),
+    "torch-bce": _torch_bce_grad,
+    "logits-stable": lambda x, y, eps, ev: _stable_grad_tf(ev, x, y),
+    "torch-bce-logits": _torch_bce_logits_grad,
+    "optax": _optax_grad,
+}
+
+
+def grad(name: str, x: np.ndarray, y: np.ndarray, eps: float | None, ev: Evaluator) -> np.ndarray:
+    """The modelled gradient of one formula, in the dtype."""
+    with np.errstate(all="ignore"):
+        out = MODELS[name](ev.arr(x), ev.arr(y), eps, ev)
+    return np.asarray(out).astype(ev.dtype, copy=False)
+
+
+def grad_fn(name: str, eps: float | None, label: int, ev: Evaluator, backend=None) -> Callable:
+    """x -> gradient, through the model or a real backend's autograd."""
+    if backend is not None:
+        op = backend.grad[name]
+        return lambda v: op(np.asarray(v), ev.arr(np.full(np.shape(v), label)))
+    return lambda v: grad(name, v, np.full(np.shape(v), label), eps, ev)
+
+
+def has_grad(name: str, backend=None) -> bool:
+    return name in (backend.grad if backend is not None else MODELS)
+
+
+# ---------------------------------------------------------------- exact values
+
+
+def exact_grad(e: reference.Exact, label: int):
+    """``sigmoid(x) - y`` exactly: -(1 - p) = -q for label 1, p for label 0."""
+    with mp.workprec(reference.PREC):
+        return -e.q if label == 1 else e.p
+
+
+def exact_magnitude(v: np.ndarray, label: int) -> np.ndarray:
+    """|sigmoid(x) - y| in float64 (longdouble for wide dtypes): plenty for a 10x test."""
+    work = np.longdouble if np.asarray(v).dtype in (np.float64, np.longdouble) else np.float64
+    t = np.asarray(v).astype(work) * (-1 if label == 1 else 1)  # label 1: sigmoid(-x)
+    with np.errstate(all="ignore"):
+        e = np.exp(-np.abs(t))
+        return np.where(t >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# ---------------------------------------------------------------- key points
+
+
+def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: int,
+                backend=None) -> list[KeyPoint]:
+    """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
+    info = dtypes.get(dtype)
+    ev = Evaluator(dtype, mode, backend.ops() if backend else None)
+    g = grad_fn(formula, eps, label, ev, backend)
+    f = formulas.get(formula)
+    rec_eps = eps if f.uses_eps else None
+    where = backend.label if backend else "numpy"
+    method = "exhaustive" if info.exhaustive else "bisection"
+    floor = float(info.smallest_subnormal) / 2 * VANISH
+    top = info.max_ordinal
+    good = 1 if label == 1 else -1  # the tail where the exact gradient goes to 0
+    out = []
+
+    def at(o):
+        return g(info.value(keypoints._ords(info, [o])))[0]
+
+    def vanishing(v):
+        exact = exact_magnitude(v, label)
+        got = np.abs(np.asarray(g(v)).astype(exact.dtype))
+        return (got * VANISH < exact) & (exact > floor)
+
+    for sign in (1, -1):
+        end = sign * top
+        o = run_start(info, lambda v: np.asarray(g(v)) == 0, 0, end)
+        if o is not None:
+            ideal = keypoints.predicted_zero(info) * sign if sign == good else None
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_dead_zone", None,
+                                float(keypoints._scalar(info, o)), 0.0, ideal, "x" if ideal else None,
+                                method, where))
+        o = first_hit(info, vanishing, 0, end)
+        if o is not None:
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_vanishing", None,
+                                float(keypoints._scalar(info, o)), float(at(o)), None, None, method, where))
+        o = first_hit(info, lambda v: ~np.isfinite(np.asarray(g(v))), 0, end)
+        if o is not None:
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_nonfinite", None,
+                                float(keypoints._scalar(info, o)), float(at(o)), None, None, method, where))
+    return [k for k in out if not (isinstance(k.x, float) and math.isnan(k.x))]
