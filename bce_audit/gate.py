@@ -16,9 +16,9 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from bce_audit import config, dtypes, formulas, keypoints, sweep
+from bce_audit import backends, config, dtypes, formulas, gradients, keypoints, sweep
 from bce_audit.config import ConfigError
 
 GRID_LIMITS = ("max_ulp", "max_rel", "max_abs", "max_bits")
@@ -48,12 +48,15 @@ class GridCheck:
     limits: dict[str, float]
     allow_nonfinite: bool = False
     kind: str = "grid"
+    backend: str = "numpy"
+    grad: bool = False  # bound the gradient d BCE / dx instead of the loss
 
     def identity(self) -> dict:
         """What is measured (not the limits): baselines are tied to it."""
         return {"name": self.name, "kind": self.kind, "formula": self.formula,
                 "dtypes": list(self.dtypes), "mode": self.mode, "eps": self.eps, "label": self.label,
-                "grid": {k: list(v) if isinstance(v, tuple) else v for k, v in self.grid.items()}}
+                "grid": {k: list(v) if isinstance(v, tuple) else v for k, v in self.grid.items()},
+                "backend": self.backend, "grad": self.grad}
 
     def _labels(self) -> tuple:
         return {"1": (1,), "0": (0,), "both": (1, 0), "pair": ("pair",)}[self.label]
@@ -62,11 +65,14 @@ class GridCheck:
         xs = sweep.grid(self.grid["range"][0], self.grid["range"][1], self.grid["points"],
                         self.grid["step"], self.grid["spacing"])
         basics = self.formula in QUANTITIES
-        s = sweep.Settings(dtypes=self.dtypes, eps=(self.eps,), formulas=() if basics else (self.formula,),
-                           mode=self.mode, label="both")
+        s = sweep.native(sweep.Settings(dtypes=self.dtypes, eps=(self.eps,), mode=self.mode, label="both",
+                                        formulas=() if basics else (self.formula,), backend=self.backend,
+                                        grad=self.grad))
+        backend = backends.get(self.backend)
         rows = []
         for d in self.dtypes:
-            rows += [r for r in sweep.rows_for_dtype(s, d, xs, basics=basics) if self._selects(r)]
+            rows += [r for r in sweep.rows_for_dtype(s, d, xs, basics=basics, backend=backend)
+                     if self._selects(r)]
         finite = [r for r in rows if math.isfinite(r.value)]
         nonfinite = [r for r in rows if not math.isfinite(r.value)]
         figures = {
@@ -88,7 +94,9 @@ class GridCheck:
             return r.quantity == self.formula and r.formula is None
         if r.formula != self.formula:
             return False
-        return r.quantity != "bce" or r.label in self._labels()
+        if r.quantity in ("bce", "grad"):
+            return r.quantity == ("grad" if self.grad else "bce") and r.label in self._labels()
+        return True
 
     def fails(self, m: Measurement) -> list[str]:
         out = []
@@ -113,23 +121,30 @@ class KeypointCheck:
     threshold: float | None
     limits: dict[str, float]
     kind: str = "keypoint"
+    backend: str = "numpy"
+    side: str = "both"  # key points found on each tail (bce_nonfinite, grad_*): which x sign counts
 
     def identity(self) -> dict:
         return {"name": self.name, "kind": self.kind, "keypoint": self.keypoint, "dtypes": list(self.dtypes),
                 "mode": self.mode, "formula": self.formula, "eps": self.eps, "label": self.label,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "backend": self.backend, "side": self.side}
 
     def matches(self) -> list[keypoints.KeyPoint]:
         found: list[keypoints.KeyPoint] = []
+        backend = backends.get(self.backend)
+        mode = sweep.native(sweep.Settings(mode=self.mode, backend=self.backend)).mode
         for d in self.dtypes:
             if self.keypoint.startswith("roundtrip"):
                 user = formulas.get(self.formula) if self.formula else None
                 thr = (self.threshold,) if self.threshold is not None else sweep.DEFAULT_THRESHOLDS
-                kps = keypoints.roundtrip_points(d, self.mode, thr, user=user)
+                kps = keypoints.roundtrip_points(d, mode, thr, user=user, backend=backend)
+            elif self.keypoint.startswith("grad"):
+                kps = gradients.grad_points(d, mode, self.formula, self.eps, self.label, backend)
             else:
-                kps = keypoints.formula_points(d, self.mode, self.formula, self.eps, self.label)
+                kps = keypoints.formula_points(d, mode, self.formula, self.eps, self.label, backend)
             found += [k for k in kps if k.name == self.keypoint
-                      and (self.threshold is None or k.threshold == self.threshold)]
+                      and (self.threshold is None or k.threshold == self.threshold)
+                      and (self.side == "both" or (k.x < 0) == (self.side == "negative"))]
         return found
 
     def measure(self) -> Measurement:
@@ -200,10 +215,12 @@ def run(checks: Sequence[Check]) -> list[CheckResult]:
 # ---------------------------------------------------------------- checks from config tables
 
 GRID_KEYS = ("name", "formula", "dtype", "dtypes", "mode", "eps", "label", "range", "points", "step",
-             "spacing", "kind", *GRID_LIMITS, "allow_nonfinite")
+             "spacing", "kind", "backend", "grad", *GRID_LIMITS, "allow_nonfinite")
 KEYPOINT_KEYS = ("name", "keypoint", "formula", "dtype", "dtypes", "mode", "eps", "label", "threshold",
-                 "kind", *KEYPOINT_LIMITS)
-INHERITED = ("dtypes", "mode", "eps", "label", "range", "points", "step", "spacing", "kind")
+                 "kind", "backend", "side", *KEYPOINT_LIMITS)
+SIDES = ("both", "positive", "negative")
+INHERITED = ("dtypes", "mode", "eps", "label", "range", "points", "step", "spacing", "kind", "backend")
+KEYPOINT_NAMES = (*keypoints.NAMES, *gradients.NAMES)
 
 
 def checks_from(cf: config.ConfigFile) -> list[Check]:
@@ -243,6 +260,11 @@ def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
     if len(eps_all) != 1:
         raise ConfigError(f"{origin('eps')}: a check takes one eps, got {list(eps_all)}")
     eps = eps_all[0]
+    backend = config._one_of(values.get("backend", "numpy"), backends.NAMES, "backend", origin("backend"))
+    try:
+        backends.get(backend)
+    except backends.BackendMissing as e:
+        raise ConfigError(f"{origin('backend')}: {e}") from None
     limits_keys = KEYPOINT_LIMITS if is_kp else GRID_LIMITS
     limits = {}
     for key in limits_keys:
@@ -256,7 +278,12 @@ def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
     if formula is not None:
         formula = config._str(formula, origin("formula"))
     if is_kp:
-        return _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits)
+        check = _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits)
+        side = config._one_of(config._str(table.get("side", "both"), origin("side")), SIDES, "side",
+                              origin("side"))
+        _check_backend_formula(backend, None if check.formula is None or check.keypoint.startswith(
+            "roundtrip") else check.formula, check.keypoint.startswith("grad"), origin("formula"))
+        return replace(check, backend=backend, side=side)
     if formula is None:
         raise ConfigError(f"{origin('formula')}: a grid check needs a formula: "
                           f"{', '.join((*formulas.NAMES, *QUANTITIES))} or impl:module:function")
@@ -271,12 +298,28 @@ def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
     for key, limit in limits.items():
         if limit < 0:
             raise ConfigError(f"{origin(key)}: {limit!r} must be >= 0")
-    return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow)
+    grad = table.get("grad", False)
+    if not isinstance(grad, bool):
+        raise ConfigError(f"{origin('grad')}: expected true or false, got {grad!r}")
+    _check_backend_formula(backend, formula, grad, origin("formula"))
+    return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow, backend=backend, grad=grad)
+
+
+def _check_backend_formula(backend: str, formula: str | None, grad: bool, where: str) -> None:
+    """A real backend audits only the formulas it has (and their gradients)."""
+    if backend == "numpy" or formula is None or formula in QUANTITIES:
+        return
+    be = backends.get(backend)
+    if be.formula(formula) is None:
+        raise ConfigError(f"{where}: {backend} has no real counterpart of {formula!r}; it has "
+                          f"{', '.join(be.bce)}")
+    if grad and formula not in be.grad:
+        raise ConfigError(f"{where}: {backend} has no gradient of {formula!r}")
 
 
 def _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits) -> KeypointCheck:
     kp = config._str(table["keypoint"], origin("keypoint"))
-    kp = config._one_of(kp, keypoints.NAMES, "key point", origin("keypoint"))
+    kp = config._one_of(kp, KEYPOINT_NAMES, "key point", origin("keypoint"))
     threshold = None
     if "threshold" in table:
         threshold = config.check_thresholds((config._number(table["threshold"], origin("threshold")),),
@@ -297,6 +340,8 @@ def _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula
     raw = config._label(table.get("label", "1"), origin("label"))
     raw = config._one_of(raw, ("1", "0", "pair"), "label", origin("label"))
     label = raw if raw == "pair" else int(raw)
+    if kp.startswith("grad") and label == "pair":
+        raise ConfigError(f"{origin('label')}: gradient key points take label 1 or 0")
     f = formulas.get(formula)
     return KeypointCheck(name, kp, chosen, mode, formula, eps if f.uses_eps else None, label, threshold,
                          limits)
