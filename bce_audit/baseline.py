@@ -88,9 +88,35 @@ def load(path: str, checks: Sequence[Check]) -> dict:
     if doc.get("digest") != digest(checks):
         raise ConfigError(f"{path}: baseline was saved from another config (configs "
                           f"{', '.join(doc.get('configs', [])) or '?'}; the checks differ); save it again")
-    if not isinstance(doc.get("checks"), dict):
-        raise ConfigError(f"{path}: baseline has no checks table")
+    _validate(path, doc)
     return doc
+
+
+def _number_like(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)) or v is None:
+        return True
+    return v in ("inf", "-inf", "nan")
+
+
+def _validate(path: str, doc: dict) -> None:
+    """Every entry the regression gate reads must be there and of the right type."""
+    checks = doc.get("checks")
+    if not isinstance(checks, dict):
+        raise ConfigError(f"{path}: baseline has no checks table")
+    tol = doc.get("tolerance", DEFAULT_TOLERANCE)
+    if not _number_like(tol) or isinstance(tol, str) or tol is None or not (math.isfinite(tol) and tol >= 0):
+        raise ConfigError(f"{path}: tolerance {tol!r} must be a number >= 0")
+    if not isinstance(doc.get("configs", []), list):
+        raise ConfigError(f"{path}: configs must be a list of file names")
+    for name, entry in checks.items():
+        figures = entry.get("figures") if isinstance(entry, dict) else None
+        if not isinstance(figures, dict):
+            raise ConfigError(f"{path}: check {name!r}: expected {{\"kind\": ..., \"figures\": {{...}}}}")
+        for key, v in figures.items():
+            if not _number_like(v):
+                raise ConfigError(f"{path}: check {name!r}: figure {key!r} = {v!r} is not a number")
 
 
 def regressions(check: Check, result: CheckResult, old: dict, tolerance: float) -> list[str]:

@@ -154,6 +154,9 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
         if kw[param] == ():
             continue
         values[key], origin[key] = kw[param], flag
+        rival = {"points": "step", "step": "points"}.get(key)
+        if rival and origin.get(rival, "").startswith(kw.get("config") or "\0"):
+            values.pop(rival)  # a grid flag replaces the file's other way of giving the grid
     return values, lambda k: origin.get(k, FLAGS.get(k, k))
 
 
@@ -375,11 +378,15 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     try:
         checks = gate.load_checks(configs)
         base = baseline.load(baseline_path, checks) if baseline_path else None
+        for path, flag in ((junit_path, "--junit"), (json_path, "--json"), (markdown_path, "--markdown")):
+            if path:
+                _writable(path, flag)
     except config.ConfigError as e:
         _fail(str(e))
     results = _run(lambda: gate.run(checks))
     if base is not None:
         tol = tolerance if tolerance is not None else float(base.get("tolerance", baseline.DEFAULT_TOLERANCE))
+
         results = [replace(r, regressions=baseline.regressions(c, r, base["checks"].get(r.name), tol))
                    for c, r in zip(checks, results, strict=True)]
     report.print_view(report.gate_view(results))
@@ -418,6 +425,15 @@ def baseline_save(configs, output, tolerance) -> int:
         _fail(str(e))
     click.echo(f"saved {len(results)} checks to {output}")
     return 0
+
+
+def _writable(path: str, flag: str) -> None:
+    """Fail before the work, not after it, when an output file cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise config.ConfigError(f"{flag} {path!r}: no such directory {directory!r}")
+    if os.path.isdir(path):
+        raise config.ConfigError(f"{flag} {path!r} is a directory")
 
 
 def _write(path: str, text: str) -> None:

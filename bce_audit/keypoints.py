@@ -227,7 +227,8 @@ def _plateaus(info: dtypes.DtypeInfo, ev: Evaluator, o_lo: int, o_hi: int):
 
     sigmoid is monotone, so each representable p in range starts at most one run; the starts
     are found by one vectorised bisection. Returns (starts, ends) as object arrays, or None
-    when the window holds too many runs to enumerate.
+    when the window holds too many runs to enumerate or sigmoid is not monotone there (a user's
+    may not be): the runs found are checked.
     """
     def p(o):
         return formulas.evaluate_sigmoid(info.value(_ords(info, list(o))), ev)
@@ -241,6 +242,10 @@ def _plateaus(info: dtypes.DtypeInfo, ev: Evaluator, o_lo: int, o_hi: int):
                       [o_lo] * len(targets), [o_hi] * len(targets))
     starts = np.array(sorted(set([o_lo, *starts.tolist()])), dtype=object)
     ends = np.append(starts[1:] - 1, o_hi)
+    # the method stands on monotonicity: check it (each run constant, runs increasing)
+    p_s, p_e = p(starts), p(ends)
+    if not (np.array_equal(p_s, p_e) and np.all(p_s[1:].astype(np.float64) > p_s[:-1].astype(np.float64))):
+        return None
     return starts, ends
 
 
@@ -252,7 +257,10 @@ def _rel_err(info, ev, o) -> np.ndarray:
     return _rel_err_at(ev, info.value(_ords(info, list(o))))
 
 
-def _first_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
+_NO_RUNS = object()  # the plateau walk could not run: keep the bisection's answer
+
+
+def _first_bad(info, ev, thr, o_lo: int, o_hi: int):
     """Smallest x in [o_lo, o_hi] with round-trip relative error >= thr, plateau by plateau.
 
     On a plateau the round trip is a constant c, so the error |c - x|/x falls while x < c and
@@ -260,7 +268,7 @@ def _first_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
     """
     runs = _plateaus(info, ev, o_lo, o_hi)
     if runs is None:
-        return None
+        return _NO_RUNS
     starts, ends = runs
     e_s, e_e = _rel_err(info, ev, starts), _rel_err(info, ev, ends)
     cand = [int(o) for o in starts[e_s >= thr]]
@@ -271,11 +279,11 @@ def _first_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
     return min(cand) if cand else None
 
 
-def _last_bad(info, ev, thr, o_lo: int, o_hi: int) -> int | None:
+def _last_bad(info, ev, thr, o_lo: int, o_hi: int):
     """Largest x in [o_lo, o_hi] with round-trip relative error >= thr, plateau by plateau."""
     runs = _plateaus(info, ev, o_lo, o_hi)
     if runs is None:
-        return None
+        return _NO_RUNS
     starts, ends = runs
     e_s, e_e = _rel_err(info, ev, starts), _rel_err(info, ev, ends)
     cand = [int(o) for o in ends[e_e >= thr]]
@@ -335,17 +343,19 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
         pred = predicted_onset(info, mode, thr)
         onset = first_hit(info, over, one, top)
         small = first_hit(info, over, one - 1, 1)
-        method = _method(info)
-        if not info.exhaustive and not (user and user.kind == "sigmoid"):
-            method = "plateaus"
-            if onset is not None:
-                lo = max(one, min(_ord(info, (pred or 1.0) - 4.0), onset))
-                onset = _first_bad(info, ev, thr, lo, onset)
-            if small is not None:
-                hi = min(one - 1, max(_ord(info, 16 * info.eps / thr), small))
-                small = _last_bad(info, ev, thr, small, hi)
-        add("roundtrip_rel_err_onset", onset, thr, pred, value=rel, method=method)
-        add("roundtrip_small_x_limit", small, thr, value=rel, method=method)
+        m_onset = m_small = _method(info)
+        if not info.exhaustive and onset is not None:
+            lo = max(one, min(_ord(info, (pred or 1.0) - 4.0), onset))
+            found = _first_bad(info, ev, thr, lo, onset)
+            if found is not _NO_RUNS:
+                onset, m_onset = found, "plateaus"
+        if not info.exhaustive and small is not None:
+            hi = min(one - 1, max(_ord(info, 16 * info.eps / thr), small))
+            found = _last_bad(info, ev, thr, small, hi)
+            if found is not _NO_RUNS:
+                small, m_small = found, "plateaus"
+        add("roundtrip_rel_err_onset", onset, thr, pred, value=rel, method=m_onset)
+        add("roundtrip_small_x_limit", small, thr, value=rel, method=m_small)
     return out
 
 

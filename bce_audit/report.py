@@ -461,32 +461,51 @@ def _csv_cell(v):
     return repr(c) if isinstance(c, float) else c
 
 
+def _md_cell(text: str) -> str:
+    """A table cell: a ``|`` would end the cell and a newline the row, so neither survives raw."""
+    return " ".join(str(text).split()).replace("|", "\\|") or "-"
+
+
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
     return lines
 
 
+def _md_settings(s) -> str:
+    lo, hi = s.range
+    return (f"eps {', '.join(fmt(e, 3) for e in s.eps)} · label {s.label} · "
+            f"formulas {', '.join(s.formulas)} · x in [{fmt(lo, 6)}, {fmt(hi, 6)}]")
+
+
 def to_markdown(result: SweepResult) -> str:
-    """A compact report for a PR comment: key points, then worst errors."""
+    """A compact report for a PR comment: settings, key points, then worst errors.
+
+    ``predicted`` reads as in the table view (``x 16.635532`` stands beside x, a bare number
+    beside the value); a worst error of more than 4 ULP carries ``*``.
+    """
     s = result.settings
-    out = [f"## bce-audit {__version__}: {', '.join(s.dtypes)} ({s.mode})", ""]
+    out = [f"## bce-audit {__version__}: {', '.join(s.dtypes)} ({s.mode})", "", _md_settings(s), ""]
+    notes = list(getattr(result, "notes", ()))
+    out += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     out += _md_table(
         ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted"],
         ([k.dtype, k.name, k.formula or "round trip", _label(k.label),
           fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_x(k.x),
-          fmt(k.value, 5), fmt(k.predicted, 8) if k.predicted is not None else "-"]
-         for k in result.keypoints),
+          fmt(k.value, 5), _pred(k)] for k in result.keypoints),
     )
     if result.worst:
         out += ["", "### Worst error over the grid", ""]
         out += _md_table(
             ["dtype", "audited", "label", "eps", "max ULP", "bits", "at x", "inf/nan", "clip rel",
              "round ULP"],
-            ([w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps), fmt(w.max_ulp, 3),
+            ([w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+              fmt(w.max_ulp, 3) + CLASSES[error_class(w.max_ulp, w.max_ulp)][2],
               fmt(w.max_bits, 3), fmt(w.x, 6), f"{w.nonfinite}/{w.points}", fmt(w.max_clip_rel, 3),
               fmt(w.max_round_ulp, 3)] for w in result.worst),
         )
+        out += ["", "`*`: more than 4 ULP off; clip rel: the clipping's share of the error, round ULP: "
+                    "the rounding's (against the clipped formula in exact arithmetic)."]
     return "\n".join(out) + "\n"
 
 
@@ -537,7 +556,7 @@ def gate_table(results) -> Table:
 def gate_summary(results) -> Text:
     failed = [r for r in results if not r.passed or r.regressions]
     if not failed:
-        return Text(f"{len(results)} checks passed", style="green")
+        return Text(f"{len(results)} check{'s' if len(results) != 1 else ''} passed", style="green")
     return Text(f"{len(failed)} of {len(results)} checks failed: " + ", ".join(r.name for r in failed),
                 style="bold red")
 
@@ -592,13 +611,20 @@ def gate_json(results, configs, baseline: str | None) -> str:
 
 
 def gate_markdown(results) -> str:
-    """The gate as a markdown table, for a PR comment."""
+    """The gate as a markdown table for a PR comment: PASS/FAIL, measured vs limit, worst input.
+
+    A failed check shows its failures (and regressions) as the terminal table does, not the
+    passing form of its figures.
+    """
     rows = [["PASS" if r.passed and not r.regressions else "**FAIL**", r.name,
-             _gate_figure(r) + ("; " + "; ".join(r.failures + r.regressions) if r.failures or r.regressions
-                                else ""), _gate_worst(r) or "-"] for r in results]
-    passed = sum(1 for r in results if r.passed and not r.regressions)
-    head = f"## bce-audit gate: {passed}/{len(results)} passed"
-    return "\n".join([head, "", *_md_table(["", "check", "measured vs limit", "worst input"], rows)]) + "\n"
+             "; ".join(r.failures + r.regressions) or _gate_figure(r), _gate_worst(r) or "-"]
+            for r in results]
+    failed = [r.name for r in results if not r.passed or r.regressions]
+    head = f"## bce-audit gate: {len(results) - len(failed)}/{len(results)} passed"
+    summary = (f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed
+               else f"{len(results)} checks passed")
+    table = _md_table(["result", "check", "measured vs limit", "worst input"], rows)
+    return "\n".join([head, "", *table, "", summary]) + "\n"
 
 
 # ---------------------------------------------------------------- fidelity
