@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import subprocess
@@ -26,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from cli_support import assert_usage_error, ok, run, strict_json
 
 from bce_audit import __version__, dtypes, formulas
-from bce_audit.cli import cli
 from bce_audit.keypoints import KeyPoint
 from bce_audit.sweep import MAX_POINTS, Row
 
@@ -46,47 +44,10 @@ KEYPOINT_FIELDS = {"dtype", "mode", "formula", "eps", "label", "name", "threshol
 # ---------------------------------------------------------------- helpers
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart by default
 
 
-def run(*args: str) -> Result:
-    return _runner().invoke(cli, list(args), prog_name="bce-audit")
 
 
-def ok(*args: str) -> str:
-    """Run a command that must succeed quietly; return its stdout."""
-    r = run(*args)
-    assert r.exit_code == 0, (r.exit_code, r.stderr, r.exception)
-    assert r.stderr == ""
-    return r.stdout
-
-
-def assert_usage_error(r: Result, *needles: str) -> str:
-    """Exit 2, nothing on stdout, one line on stderr naming the problem, no traceback."""
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert r.exit_code == 2, (r.exit_code, r.stderr)
-    assert "Traceback" not in r.output
-    assert r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    line = lines[0]
-    assert line.startswith("bce-audit: error: "), line
-    for needle in needles:
-        assert needle in line, (needle, line)
-    return line
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"bare {name} in JSON output")
-
-
-def strict_json(text: str):
-    """json.loads that refuses NaN/Infinity: the output must be valid JSON, not Python's dialect."""
-    return json.loads(text, parse_constant=_reject_constant)
 
 
 def assert_sorted_keys(doc) -> None:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
-
-from bce_audit.cli import cli
+from cli_support import assert_usage_error, run, strict_json
+from click.testing import Result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,15 +39,6 @@ def _not_in_github_actions(monkeypatch):
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart by default
-
-
-def run(*args: str) -> Result:
-    return _runner().invoke(cli, list(args), prog_name="bce-audit")
 
 
 def assert_exit(r: Result, code: int) -> None:
@@ -57,28 +47,7 @@ def assert_exit(r: Result, code: int) -> None:
     assert "Traceback" not in r.output
 
 
-def assert_usage_error(r: Result, *needles: str) -> str:
-    """Exit 2, nothing on stdout, one line on stderr naming the problem, no traceback."""
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
-    assert "Traceback" not in r.output
-    assert r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    line = lines[0]
-    assert line.startswith("bce-audit: error: "), line
-    for needle in needles:
-        assert needle in line, (needle, line)
-    return line
 
-
-def _reject_constant(name: str):
-    raise ValueError(f"bare {name} in JSON output")
-
-
-def strict_json(text: str):
-    """json.loads that refuses NaN/Infinity: the output must be valid JSON, not Python's dialect."""
-    return json.loads(text, parse_constant=_reject_constant)
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
