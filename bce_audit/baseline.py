@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 
-from bce_audit import __version__
+from bce_audit import __version__, files
 from bce_audit.config import ConfigError
 from bce_audit.gate import Check, CheckResult, digest
 
@@ -46,21 +44,10 @@ def document(checks: Sequence[Check], results: Sequence[CheckResult], configs: S
 
 def write_atomic(path: str, text: str) -> None:
     """Write text so that an interrupted run never leaves a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", dir=directory)
-    except OSError as e:
-        raise ConfigError(f"cannot write {path!r}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        files.write_text(path, text)
+    except files.WriteError as e:
+        raise ConfigError(str(e)) from None
 
 
 def save(path: str, checks, results, configs, tolerance: float = DEFAULT_TOLERANCE) -> None:

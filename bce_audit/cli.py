@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -21,6 +20,7 @@ from bce_audit import (
     baseline,
     config,
     dtypes,
+    files,
     formulas,
     gate,
     impl,
@@ -198,21 +198,14 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
         else:
             report.print_view(out)
         return
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", dir=directory)
-    except OSError as e:
-        _fail(f"cannot write --output {path!r}: {e.strerror or e}")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with files.atomic_open(path) as f:
             if isinstance(out, str):
                 f.write(out)
             else:
                 report.print_view(out, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    except files.WriteError as e:
+        _fail(f"--output: {e}")
 
 
 # ---------------------------------------------------------------- commands

@@ -1,0 +1,45 @@
+"""Atomic file writes: a temporary file beside the target, renamed over it when complete.
+
+An interrupted run never leaves a half-written file, and the finished file gets the ordinary
+permissions (the umask), not mkstemp's private 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+
+class WriteError(OSError):
+    """The target cannot be written; the message names it."""
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", suffix: str = "") -> Iterator[IO]:
+    """Open a temporary file for writing; on success it replaces ``path``, on failure it goes."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", suffix=suffix, dir=directory)
+    except OSError as e:
+        raise WriteError(f"cannot write {path!r}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)

@@ -1,0 +1,364 @@
+"""Pictures (`bce-audit plot`) and the markdown reports (`sweep --format markdown`, `gate --markdown`).
+
+The plotted data is checked against the sweep's own rows and key points (`plot.plot_data`), never
+through pixels; files are checked for their format and size; the terminal chart for its width.
+conftest.py sets COLUMNS=100 and NO_COLOR; tests that need another width set COLUMNS themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from bce_audit import plot, sweep
+from bce_audit.cli import cli
+from bce_audit.sweep import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ("--dtype", "float32", "--range", "0:40", "--points", "41", "--formula", "keras3",
+         "--formula", "logits-stable", "--threshold", "1e-2")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps stderr apart by default
+
+
+def run(*args: str, env: dict | None = None) -> Result:
+    return _runner().invoke(cli, list(args), prog_name="bce-audit", env=env)
+
+
+def assert_ok(r: Result) -> str:
+    assert r.exit_code == 0, (r.exit_code, r.stdout, r.stderr, r.exception)
+    assert r.stderr == ""
+    return r.stdout
+
+
+def assert_usage_error(r: Result, *needles: str) -> str:
+    """Exit 2, nothing on stdout, one line on stderr naming the problem, no traceback."""
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("bce-audit: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def result() -> sweep.SweepResult:
+    """float32 over 0..40 (the seed article's range): keras3 floors, logits-stable does not."""
+    s = Settings(dtypes=("float32",), formulas=("keras3", "logits-stable", "tf-keras"), range=(0.0, 40.0),
+                 points=81, thresholds=(1e-3, 1e-2))
+    return sweep.run_sweep(s)
+
+
+@pytest.fixture(scope="module")
+def two_dtypes() -> sweep.SweepResult:
+    s = Settings(dtypes=("float16", "float32"), formulas=("keras3", "torch-bce"), eps=(1e-7, 1e-4),
+                 range=(-20.0, 20.0), points=41, label="1")
+    return sweep.run_sweep(s)
+
+
+def _rows(res, **match) -> list[sweep.Row]:
+    return [r for r in res.rows if all(getattr(r, k) == v for k, v in match.items())]
+
+
+def _gapped(values) -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(a), a, np.nan)
+
+
+# ---------------------------------------------------------------- the plotted data is the sweep's data
+
+
+def test_roundtrip_data_is_the_sweeps_relative_error(result):
+    data = plot.plot_data(result, "roundtrip")
+    assert [s.label for s in data.series] == ["float32"]
+    (series,) = data.series
+    rows = _rows(result, quantity="roundtrip", formula=None)
+    np.testing.assert_array_equal(series.x, [r.x_dtype for r in rows])
+    np.testing.assert_array_equal(series.y, _gapped([r.rel_err for r in rows]))
+    # inf is a gap: the curve ends before the round trip overflows at 16.64
+    overflow = next(k.x for k in result.keypoints if k.name == "roundtrip_overflow")
+    finite = series.x[np.isfinite(series.y)]
+    assert finite.max() < overflow <= series.x[~np.isfinite(series.y)].min()
+    assert data.yscale == "log" and data.exact is None
+    assert any("error 0" in n for n in data.notes)
+
+
+def test_bce_data_is_the_sweeps_values_and_exact(result):
+    data = plot.plot_data(result, "bce")
+    assert [s.formula for s in data.series] == ["keras3", "logits-stable", "tf-keras"]
+    for series in data.series:
+        rows = _rows(result, quantity="bce", formula=series.formula, label="pair")  # --label both
+        np.testing.assert_array_equal(series.x, [r.x_dtype for r in rows])
+        np.testing.assert_array_equal(series.y, _gapped([r.value for r in rows]))
+        assert series.eps == rows[0].eps
+    rows = _rows(result, quantity="bce", formula="logits-stable", label="pair")
+    np.testing.assert_array_equal(data.exact.y, [r.exact for r in rows])
+    assert data.yscale == "log"  # 0.69 down to 1e-18
+    assert any("0 are not drawn" in n for n in data.notes)  # tf-keras returns exactly 0
+
+
+def test_error_data_is_bits_of_error(result):
+    data = plot.plot_data(result, "error")
+    for series in data.series:
+        rows = _rows(result, quantity="bce", formula=series.formula, label="pair")
+        want = [r.bits if np.isfinite(r.value) else np.nan for r in rows]
+        np.testing.assert_array_equal(series.y, _gapped(want))
+    assert data.yscale == "linear"  # bits are already a logarithm
+    np.testing.assert_array_equal(data.exact.y, 0.0)
+
+
+def test_label_choice_and_labels_of_several_dtypes_and_eps(two_dtypes):
+    data = plot.plot_data(two_dtypes, "bce")
+    labels = [s.label for s in data.series]
+    assert labels == ["float16 keras3 eps 1e-7", "float16 keras3 eps 1e-4", "float16 torch-bce",
+                      "float32 keras3 eps 1e-7", "float32 keras3 eps 1e-4", "float32 torch-bce"]
+    for series in data.series:
+        rows = _rows(two_dtypes, quantity="bce", dtype=series.dtype, formula=series.formula, eps=series.eps,
+                     label=1)
+        np.testing.assert_array_equal(series.y, _gapped([r.value for r in rows]))
+    assert data.exact.dtype == "float32"  # the widest dtype's baseline
+    assert len({(s.style.color, s.style.dash, s.style.char) for s in data.series}) == len(data.series)
+
+
+def test_markers_are_the_sweeps_key_points(result):
+    def xs(name, **match):
+        return {k.x for k in result.keypoints
+                if k.name == name and all(getattr(k, f) == v for f, v in match.items())}
+
+    rt = plot.plot_data(result, "roundtrip")
+    assert {m.x for m in rt.markers} == xs("roundtrip_overflow") | xs("roundtrip_rel_err_onset")
+    assert [m.x for m in rt.markers] == sorted(m.x for m in rt.markers)
+    bce = plot.plot_data(result, "bce")
+    floors = xs("bce_floor", label="pair")
+    assert floors and floors <= {m.x for m in bce.markers}
+    assert all(0.0 <= m.x <= 40.0 for m in bce.markers)  # the ceilings at -16.1 lie outside 0..40
+    assert any(m.name == "roundtrip_overflow" for m in bce.markers)
+
+
+def test_title_states_the_settings(result):
+    data = plot.plot_data(result, "bce")
+    for part in ("float32", "per-op", "eps 1e-7", "pair", "keras3, logits-stable, tf-keras", "x in [0, 40]",
+                 "81 points"):
+        assert part in data.subtitle, (part, data.subtitle)
+
+
+def test_linear_axis_when_values_span_few_decades():
+    res = sweep.run_sweep(Settings(formulas=("logits-stable",), range=(-2.0, 2.0), points=9, label="1"))
+    assert plot.plot_data(res, "bce").yscale == "linear"
+    assert plot.decades(np.array([1e-7, 1.0, 0.0, np.inf, np.nan])) == pytest.approx(7.0)
+
+
+def test_grad_needs_gradient_rows(result):
+    if any(r.quantity == plot.GRAD_QUANTITY for r in result.rows):
+        pytest.skip("this sweep computes gradients by default")
+    with pytest.raises(plot.PlotUnavailable, match="gradients are not audited yet"):
+        plot.plot_data(result, "grad")
+    # rows of quantity "grad" are all the picture needs: their magnitudes, label 1 for --label both
+    grads = [dataclasses.replace(r, quantity=plot.GRAD_QUANTITY, value=-r.value)
+             for r in _rows(result, quantity="bce")]
+    data = plot.plot_data(dataclasses.replace(result, rows=result.rows + grads), "grad")
+    assert [s.formula for s in data.series] == ["keras3", "logits-stable", "tf-keras"]
+    for series in data.series:
+        rows = _rows(result, quantity="bce", formula=series.formula, label=1)
+        np.testing.assert_array_equal(series.y, np.abs(_gapped([r.value for r in rows])))
+
+
+def _sweep_has_gradients() -> bool:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    s = Settings(formulas=("logits-stable",), **({"grad": True} if "grad" in fields else {}))
+    return any(r.quantity == plot.GRAD_QUANTITY for r in sweep.rows_for_dtype(s, "float32", np.zeros(1)))
+
+
+def test_plot_kind_grad():
+    """Exit 2 with one line while gradients are not audited; the picture once they are."""
+    r = run("plot", *SMALL, "--kind", "grad")
+    if not _sweep_has_gradients():
+        assert_usage_error(r, "gradients are not audited yet")
+        return
+    out = assert_ok(r)
+    assert "|dBCE/dx|, label 1" in out and "logits-stable" in out
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_png_svg_and_pdf_of_the_requested_size(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    png, svg, pdf = tmp_path / "rt.png", tmp_path / "bce.svg", tmp_path / "err.pdf"
+    assert_ok(run("plot", *SMALL, "--output", str(png), "--size", "640x360"))
+    assert_ok(run("plot", *SMALL, "--kind", "bce", "-o", str(svg), "--size", "800x500"))
+    assert_ok(run("plot", *SMALL, "--kind", "error", "-o", str(pdf)))
+    with pil.open(png) as im:
+        assert im.format == "PNG" and im.size == (640, 360)
+    root = ET.parse(svg).getroot()  # SVG sizes are in points: 72 per inch, at 100 pixels per inch
+    assert (root.get("width"), root.get("height")) == ("576pt", "360pt")
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1000
+    assert not list(tmp_path.glob(".bce-audit-*"))  # written atomically, no temporary left
+
+
+def test_same_picture_same_bytes(result, tmp_path):
+    """No timestamps and no random SVG ids: docs/*.png regenerate byte for byte."""
+    data = plot.plot_data(result, "bce")
+    for suffix in (".png", ".svg", ".pdf"):
+        a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+        plot.render_file(data, str(a), 500, 300)
+        plot.render_file(data, str(b), 500, 300)
+        assert a.read_bytes() == b.read_bytes(), suffix
+
+
+def test_seed_article_figures_regenerate(tmp_path):
+    out = tmp_path / "seed-bce.png"
+    seed = str(ROOT / "configs" / "seed-article.toml")
+    assert_ok(run("plot", "--config", seed, "--kind", "bce", "-o", str(out)))
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (("-o", "x.jpg"), ("'.jpg'", ".png, .svg, .pdf")),
+    (("-o", "x"), ("(no suffix)",)),
+    (("-o", "x.png", "--size", "big"), ("--size", "WIDTHxHEIGHT")),
+    (("-o", "x.png", "--size", "50x50"), ("--size", "200 to 10000")),
+    (("-o", "x.png", "--size", "200x200"), ("--size 200x200 is too small",)),
+    (("--kind", "pie"), ("--kind",)),
+])
+def test_usage_errors_are_one_line(args, needles, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_usage_error(run("plot", *SMALL, *args), *needles)
+    assert not list(tmp_path.iterdir())
+
+
+def _hide(monkeypatch, package: str) -> None:
+    """Make ``import package`` (and its submodules) fail, as if it were not installed."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
+def test_output_without_the_plot_extra_says_how_to_install(tmp_path, monkeypatch):
+    _hide(monkeypatch, "matplotlib")
+    assert_usage_error(run("plot", *SMALL, "-o", str(tmp_path / "x.png")), "pip install 'bce-audit[plot]'")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_terminal_without_the_plot_extra_says_how_to_install(monkeypatch):
+    _hide(monkeypatch, "plotext")
+    assert_usage_error(run("plot", *SMALL), "pip install 'bce-audit[plot]'")
+
+
+# ---------------------------------------------------------------- the terminal
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("kind", ["roundtrip", "bce", "error"])
+def test_terminal_chart_fits_the_terminal(width, kind, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(width))
+    out = assert_ok(run("plot", *SMALL, "--kind", kind))
+    lines = out.splitlines()
+    assert len(lines) > plot.TERMINAL_HEIGHT
+    too_long = [line for line in lines if len(line) > width]
+    assert not too_long, too_long
+    assert "\x1b[" not in out  # not a terminal, so no colour
+    assert "x in [0, 40], 41 points" in out
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_coloured_terminal_chart_fits_too(result, width):
+    data = plot.plot_data(result, "bce")
+    out = plot.render_terminal(data, width, 20, color=True)
+    assert "\x1b[" in out
+    assert max(len(ANSI.sub("", line)) for line in out.splitlines()) <= width
+
+
+def test_terminal_chart_survives_nan_and_inf():
+    """naive BCE is nan past the overflow in float16: gaps, never a NaN handed to plotext."""
+    res = sweep.run_sweep(Settings(dtypes=("float16",), formulas=("naive",), range=(-20.0, 20.0), points=41))
+    for kind in ("roundtrip", "bce", "error"):
+        data = plot.plot_data(res, kind)
+        assert any(np.isnan(s.y).any() for s in data.series)
+        assert plot.render_terminal(data, 80)
+
+
+# ---------------------------------------------------------------- markdown for a PR comment
+
+
+def _cells(line: str) -> list[str]:
+    assert line.startswith("|") and line.endswith("|"), line
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])]
+
+
+def md_tables(text: str) -> list[list[list[str]]]:
+    """Every table of a markdown text, parsed strictly: header, separator, rows of as many cells."""
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            header, sep, *body = block
+            n = len(_cells(header))
+            assert re.fullmatch(r"\|(---\|)+", sep) and sep.count("---") == n, sep
+            rows = [_cells(r) for r in body]
+            assert all(len(r) == n for r in rows), block
+            tables.append([_cells(header), *rows])
+            block = []
+    return tables
+
+
+def test_sweep_markdown_parses_as_tables():
+    r = run("sweep", *SMALL, "--format", "markdown")
+    text = assert_ok(r)
+    keypoints, worst = md_tables(text)
+    assert keypoints[0][:2] == ["dtype", "key point"]
+    names = {row[1] for row in keypoints[1:]}
+    assert {"roundtrip_overflow", "bce_floor"} <= names
+    overflow = next(row for row in keypoints[1:] if row[1] == "roundtrip_overflow")
+    assert overflow[5] == "16.635532" and overflow[7] == "x 16.635532"  # predicted x, beside x
+    assert worst[0][4] == "max ULP" and len(worst) > 1
+    assert "eps 1e-7" in text and "keras3, logits-stable" in text
+
+
+GATE = """
+[[check]]
+name = "round trip survives to 16.6 | float32"
+dtype = "float32"
+keypoint = "roundtrip_overflow"
+min_x = 16.6
+
+[[check]]
+name = "round trip survives to 20"
+dtype = "float32"
+keypoint = "roundtrip_overflow"
+min_x = 20.0
+"""
+
+
+def test_gate_markdown_parses_and_states_pass_and_fail(tmp_path):
+    config, target = tmp_path / "gate.toml", tmp_path / "gate.md"
+    config.write_text(GATE, encoding="utf-8")
+    r = run("gate", str(config), "--markdown", str(target))
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    text = target.read_text(encoding="utf-8")
+    assert text.startswith("## bce-audit gate: 1/2 passed")
+    (table,) = md_tables(text)
+    assert table[0] == ["result", "check", "measured vs limit", "worst input"]
+    passed, failed = table[1:]
+    assert passed[:2] == ["PASS", r"round trip survives to 16.6 \| float32"]  # the pipe is escaped
+    assert failed[:2] == ["**FAIL**", "round trip survives to 20"]
+    assert "<" in failed[2] and ">=" not in failed[2], failed  # the failure, not the passing form
+    assert "1 of 2 checks failed: round trip survives to 20" in text
