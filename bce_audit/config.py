@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
 SELECTION_KEYS = ("dtypes", "eps", "formulas", "range", "points", "step", "spacing", "label", "mode",
-                  "thresholds", "rows", "format", "kind", "backend", "device", "grad")
+                  "thresholds", "rows", "format", "kind", "backend", "device", "grad", "reference")
 TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
 
 
@@ -96,7 +96,7 @@ def _range(v, where: str) -> tuple[float, float] | str:
 TYPES = {
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
-    "rows": _int, "format": _str, "kind": _str, "backend": _str, "device": _str,
+    "rows": _int, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
     "grad": lambda v, where: _bool(v, where),
 }
 
@@ -265,8 +265,9 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     device = _one_of(values.get("device", "cpu"), ("cpu", "cuda"), "device", origin("device"))
     if device != "cpu" and backend != "torch":
         raise ConfigError(f"{origin('device')} {device}: only the torch backend runs on cuda")
+    reference = _one_of(values.get("reference", "fast"), ("fast", "mpmath"), "reference", origin("reference"))
     return Settings(
-        backend=backend, device=device, grad=bool(values.get("grad", False)),
+        backend=backend, device=device, grad=bool(values.get("grad", False)), reference=reference,
         dtypes=chosen or default_dtypes,
         eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),
         formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas")),

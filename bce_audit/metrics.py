@@ -36,8 +36,12 @@ NONFINITE_INF = Errors(math.inf, math.inf, math.inf, math.inf)
 NONFINITE_NAN = Errors(math.nan, math.nan, math.nan, math.nan)
 
 
-def ulp_of(exact: mpf, info: DtypeInfo) -> mpf:
-    """The dtype's spacing at |exact|, as an exact power of two."""
+def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False) -> mpf:
+    """The dtype's spacing at |exact|, as an exact power of two.
+
+    ``below_one``: |exact| is 1 - (something positive) even if the working precision rounded it
+    to 1, so it lies in the binade [1/2, 1).
+    """
     with mp.workprec(PREC):
         a = abs(exact)
         if a == 0:
@@ -45,6 +49,8 @@ def ulp_of(exact: mpf, info: DtypeInfo) -> mpf:
         else:
             man, exp = a.man_exp
             e = max(exp + int(man).bit_length() - 1, info.minexp)
+        if below_one and e >= 0:
+            e = -1
         return mpf((1, e - info.nmant))
 
 
@@ -53,18 +59,25 @@ def bits(ulps: float) -> float:
     return math.log2(1.0 + ulps) if math.isfinite(ulps) else ulps
 
 
-def errors(computed, exact: mpf, info: DtypeInfo) -> Errors:
-    """All four measures of one computed dtype value against its exact value."""
+def errors(computed, exact: mpf, info: DtypeInfo, complement: mpf | None = None) -> Errors:
+    """All four measures of one computed dtype value against its exact value.
+
+    ``complement``: where |exact| >= 1/2 it equals 1 - complement (a sigmoid near 1), kept
+    exactly even where 1 - complement rounds to 1 at the working precision.
+    """
     c = float(computed) if not isinstance(computed, np.longdouble) else computed
     if np.isnan(c):
         return NONFINITE_NAN
     if np.isinf(c):
         return NONFINITE_INF
     with mp.workprec(PREC):
-        diff = abs(to_mpf(computed) - exact)
+        c = to_mpf(computed)
+        near_one = complement is not None and complement > 0 and abs(exact) >= 0.5
+        # near 1, |c - exact| = |(sign * c - 1) + complement|: no digits lost to the rounding of 1 - q
+        diff = abs((c * mp.sign(exact) - 1) + complement) if near_one else abs(c - exact)
         zero_rel = 0.0 if diff == 0 else math.inf
         rel = zero_rel if exact == 0 else float(diff / abs(exact))
-        ulps = float(diff / ulp_of(exact, info))
+        ulps = float(diff / ulp_of(exact, info, below_one=near_one))
         return Errors(float(diff), rel, ulps, bits(ulps))
 
 

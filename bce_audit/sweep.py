@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from mpmath import mp
 
-from bce_audit import backends, dtypes, formulas, gradients, keypoints, metrics, reference
+from bce_audit import backends, dtypes, fastref, formulas, gradients, keypoints, metrics, reference
 from bce_audit.formulas import Evaluator
 
 LABELS = ("1", "0", "both")
@@ -42,6 +42,7 @@ class Settings:
     backend: str = "numpy"
     device: str = "cpu"
     grad: bool = False
+    reference: str = "fast"  # "fast" (vectorised float64, <= 32-bit dtypes) or "mpmath"
 
     @property
     def labels(self) -> tuple[int | str, ...]:
@@ -54,7 +55,7 @@ class Settings:
             "range": list(self.range), "points": self.points, "step": self.step,
             "spacing": self.spacing, "label": self.label, "mode": self.mode,
             "thresholds": list(self.thresholds), "backend": self.backend, "device": self.device,
-            "grad": self.grad,
+            "grad": self.grad, "reference": self.reference,
         }
 
 
@@ -141,46 +142,134 @@ def _f(v) -> float:
     return float(v)
 
 
+class _MpRefs:
+    """The mpmath baseline, once per distinct dtype-rounded input, errors one row at a time."""
+
+    def __init__(self, info: dtypes.DtypeInfo, xd: np.ndarray):
+        self.info = info
+        cache: dict = {}
+        self.exacts = []
+        for v in xd:
+            key = v.item() if info.bits <= 64 else str(v)
+            if key not in cache and np.isfinite(v):
+                cache[key] = reference.exact(v)
+            self.exacts.append(cache.get(key))
+
+    def _of(self, kind: str, label):
+        for e in self.exacts:
+            if e is None:
+                yield None
+            elif kind == "sigmoid":
+                yield e.p
+            elif kind == "roundtrip":
+                yield e.x
+            elif kind == "bce":
+                yield e.bce(1 if label == "pair" else label)
+            else:
+                yield gradients.exact_grad(e, label)
+
+    def _complements(self, kind: str, label):
+        for e in self.exacts:
+            if e is None or kind not in ("sigmoid", "grad"):
+                yield None
+            else:
+                yield e.q if kind == "sigmoid" or label == 0 else e.p
+
+    def errors(self, kind: str, label, values: np.ndarray):
+        cols = [[], [], [], [], []]
+        for v, ex, comp in zip(values, self._of(kind, label), self._complements(kind, label), strict=True):
+            err = metrics.errors(v, ex, self.info, comp) if ex is not None else metrics.NONFINITE_NAN
+            for col, item in zip(cols, (_f(ex) if ex is not None else math.nan, err.abs, err.rel, err.ulp,
+                                        err.bits), strict=True):
+                col.append(item)
+        return cols
+
+    def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
+        out = [[], [], []]
+        for v, e in zip(values, self.exacts, strict=True):
+            if e is None:
+                for col in out:
+                    col.append(None)
+                continue
+            clip, ex = _clipped(e, label, f, clip_args), e.bce(1 if label == "pair" else label)
+            with mp.workprec(reference.PREC):
+                out[0].append(_f(clip))
+                out[1].append(_f(abs(clip - ex) / ex) if ex != 0 else 0.0)
+            out[2].append(metrics.errors(v, clip, self.info).ulp)
+        return out
+
+
+class _FastRefs:
+    """The vectorised float64 baseline (`fastref`), for dtypes of 32 bits or fewer."""
+
+    def __init__(self, info: dtypes.DtypeInfo, xd: np.ndarray):
+        self.info = info
+        self.finite = np.isfinite(np.asarray(xd).astype(np.float64))
+        self.e = fastref.exact(np.where(self.finite, xd.astype(np.float64), 0.0))
+
+    def _of(self, kind: str, label):
+        """The exact values, their log where they underflow, and their complement to 1."""
+        e = self.e
+        lab = 1 if label == "pair" else label
+        if kind == "sigmoid":
+            return e.p, e.x, e.q
+        if kind == "roundtrip":
+            return e.x, None, None
+        if kind == "bce":
+            return e.bce(lab), e.log_bce(lab), None
+        return e.grad(lab), e.log_grad_magnitude(lab), (e.p if lab == 1 else e.q)
+
+    def errors(self, kind: str, label, values: np.ndarray):
+        exact, log_exact, comp = self._of(kind, label)
+        cols = fastref.errors(values, exact, log_exact, self.info, comp)
+        nan = ~self.finite
+        return [np.where(nan, np.nan, a).tolist() for a in (exact, *cols)]
+
+    def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
+        lo, hi, shift = clip_args
+        if label == "pair":
+            mirrored = fastref.Exact64(-self.e.x, self.e.sp_pos, self.e.sp_neg, self.e.q, self.e.p)
+            clip = (fastref.clipped(mirrored, 0, f.clip, lo, hi, shift)
+                    + fastref.clipped(self.e, 1, f.clip, lo, hi, shift)) / 2
+        else:
+            clip = fastref.clipped(self.e, label, f.clip, lo, hi, shift)
+        exact, log_exact, _ = self._of("bce", label)
+        with np.errstate(all="ignore"):
+            rel = np.where(exact >= fastref.TINY, np.abs(clip - exact) / exact,
+                           np.exp(np.log(np.abs(clip)) - log_exact))
+        _, _, ulps, _ = fastref.errors(values, clip, None, self.info)
+        nan = ~self.finite
+        return [np.where(nan, np.nan, a).tolist() for a in (clip, rel, ulps)]
+
+
 def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
                    backend=None) -> list[Row]:
     """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula.
 
-    With a real ``backend`` its ops replace the models (formulas it lacks are left out).
+    With a real ``backend`` its ops replace the models (formulas it lacks are left out). The
+    baseline is `fastref` for dtypes of 32 bits or fewer unless ``s.reference`` is "mpmath".
     """
     info = dtypes.get(dtype)
     ev = Evaluator(dtype, s.mode, backend.ops() if backend else None)
     where = backend.label if backend else "numpy"
     xd = ev.arr(xs)
-    cache: dict[float, reference.Exact] = {}
-    exacts = []
-    for v in xd:
-        key = v.item() if info.bits <= 64 else str(v)
-        if key not in cache and np.isfinite(v):
-            cache[key] = reference.exact(v)
-        exacts.append(cache.get(key))
+    refs = _FastRefs(info, xd) if s.reference == "fast" and fastref.serves(info) else _MpRefs(info, xd)
+    xs_f, xd_f = [_f(v) for v in xs], [_f(v) for v in xd]
     rows: list[Row] = []
 
-    def add(i, quantity, formula, eps, label, value, exact, clip=None):
-        v = value
-        err = metrics.errors(v, exact, info) if exact is not None else metrics.NONFINITE_NAN
-        extra = {}
-        if clip is not None:
-            with mp.workprec(reference.PREC):
-                extra = {
-                    "clipped_exact": _f(clip),
-                    "clip_rel": _f(abs(clip - exact) / exact) if exact != 0 else 0.0,
-                    "round_ulp": metrics.errors(v, clip, info).ulp,
-                }
-        rows.append(Row(dtype, s.mode, _f(xs[i]), _f(xd[i]), quantity, formula, eps, label,
-                        _f(v), _f(exact) if exact is not None else math.nan,
-                        err.abs, err.rel, err.ulp, err.bits, **extra, backend=where))
+    def add(quantity, formula, eps, label, values, kind=None, clip=None):
+        values = np.asarray(values)
+        exact, ab, rel, ulp, bits = refs.errors(kind or quantity, label, values)
+        extra = refs.clipped(label, clip[0], clip[1], values) if clip else None
+        for i, v in enumerate(values.tolist() if values.dtype != np.longdouble else values):
+            more = {} if extra is None or extra[0][i] is None else {
+                "clipped_exact": extra[0][i], "clip_rel": extra[1][i], "round_ulp": extra[2][i]}
+            rows.append(Row(dtype, s.mode, xs_f[i], xd_f[i], quantity, formula, eps, label, _f(v), exact[i],
+                            ab[i], rel[i], ulp[i], bits[i], **more, backend=where))
 
     if basics:
-        sig = formulas.evaluate_sigmoid(xd, ev)
-        rt = formulas.evaluate_roundtrip(xd, ev)
-        for i, e in enumerate(exacts):
-            add(i, "sigmoid", None, None, None, sig[i], e.p if e else None)
-            add(i, "roundtrip", None, None, None, rt[i], e.x if e else None)
+        add("sigmoid", None, None, None, formulas.evaluate_sigmoid(xd, ev))
+        add("roundtrip", None, None, None, formulas.evaluate_roundtrip(xd, ev))
 
     for name in s.formulas:
         f = formulas.get(name)
@@ -190,29 +279,18 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
                 continue
         if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
             uev = Evaluator(dtype, s.mode, f.ops)
-            usig = formulas.evaluate_sigmoid(xd, uev)
-            urt = formulas.evaluate_roundtrip(xd, uev)
-            for i, e in enumerate(exacts):
-                if f.kind == "sigmoid":
-                    add(i, "sigmoid", name, None, None, usig[i], e.p if e else None)
-                add(i, "roundtrip", name, None, None, urt[i], e.x if e else None)
+            if f.kind == "sigmoid":
+                add("sigmoid", name, None, None, formulas.evaluate_sigmoid(xd, uev))
+            add("roundtrip", name, None, None, formulas.evaluate_roundtrip(xd, uev))
             continue
         for eps in s.eps if f.uses_eps else (None,):
             clip_args = keypoints.clip_args(f, eps, ev) if f.clip is not None else None
             for label in s.labels:
                 values = keypoints.loss_fn(f, eps, label, ev)(xd)
-                for i, e in enumerate(exacts):
-                    lab_exact = None if e is None else e.bce(1 if label == "pair" else label)
-                    clip = None
-                    if clip_args is not None and e is not None:
-                        clip = _clipped(e, label, f, clip_args)
-                    add(i, "bce", name, eps, label, values[i], lab_exact, clip)
+                add("bce", name, eps, label, values, clip=(f, clip_args) if clip_args is not None else None)
             if s.grad and gradients.has_grad(name, backend):
                 for label in (lab for lab in s.labels if lab != "pair"):
-                    gv = gradients.grad_fn(name, eps, label, ev, backend)(xd)
-                    for i, e in enumerate(exacts):
-                        add(i, "grad", name, eps, label, gv[i],
-                            None if e is None else gradients.exact_grad(e, label))
+                    add("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
     return rows
 
 
