@@ -144,38 +144,36 @@ def _ld_to_fraction(v) -> Fraction:
 
 
 def _ld_ordinal(values):
-    """Ordinal of longdouble values: exponent field * 2**nmant + fraction, signed."""
-    out = []
-    emin = _LD.minexp
-    for v in np.atleast_1d(np.asarray(values, dtype=np.longdouble)):
-        if v == 0:
-            out.append(0)
-            continue
-        mag = abs(v)
-        m, e = np.frexp(mag)
-        e = int(e) - 1  # mag = (2m) * 2**e with 2m in [1, 2)
-        if e < emin:  # subnormal: fixed spacing 2**(emin - nmant)
-            n = int(np.ldexp(mag, _LD.nmant - emin))
-        else:
-            frac = int(np.ldexp(m * 2 - 1, _LD.nmant))
-            n = (e - emin + 1) * (1 << _LD.nmant) + frac
-        out.append(-n if v < 0 else n)
+    """Ordinal of longdouble values: exponent field * 2**nmant + fraction, signed (Python ints)."""
+    arr = np.atleast_1d(np.asarray(values, dtype=np.longdouble))
+    emin, nm = _LD.minexp, _LD.nmant
+    mag = np.abs(arr)
+    m, e = np.frexp(mag)
+    e = e.astype(np.int64) - 1  # mag = (2m) * 2**e with 2m in [1, 2)
+    sub = (e < emin) | (mag == 0)
+    with np.errstate(all="ignore"):
+        frac = np.where(sub, np.ldexp(mag, nm - emin), np.ldexp(m * 2 - 1, nm)).astype(np.uint64)
+    field = np.where(sub, 0, e - emin + 1)
+    out = [(int(f) << nm) + int(fr) for f, fr in zip(field.tolist(), frac.tolist(), strict=True)]
+    out = [-o if neg else o for o, neg in zip(out, np.signbit(arr).tolist(), strict=True)]
     return out if np.ndim(values) else out[0]
 
 
 def _ld_value(ordinals):
-    out = []
-    emin = _LD.minexp
-    for o in np.atleast_1d(np.asarray(ordinals, dtype=object)):
-        n = abs(int(o))
-        field, frac = divmod(n, 1 << _LD.nmant)
-        if field == 0:
-            v = np.ldexp(np.longdouble(frac), emin - _LD.nmant)
-        else:
-            v = np.ldexp(np.longdouble((1 << _LD.nmant) + frac), field - 1 + emin - _LD.nmant)
-        out.append(-v if o < 0 else v)
-    arr = np.array(out, dtype=np.longdouble)
-    return arr if np.ndim(ordinals) else arr[0]
+    """Longdouble values at ordinals (Python ints), vectorised after one split of each int."""
+    ords = list(np.atleast_1d(np.asarray(ordinals, dtype=object)))
+    emin, nm = _LD.minexp, _LD.nmant
+    mask = (1 << nm) - 1
+    n = [abs(int(o)) for o in ords]
+    field = np.array([v >> nm for v in n], dtype=np.int64)
+    frac = np.array([v & mask for v in n], dtype=np.uint64).astype(np.longdouble)
+    normal = field > 0
+    sig = np.where(normal, frac + np.longdouble(2) ** nm, frac)
+    exp = np.where(normal, field - 1 + emin - nm, emin - nm)
+    v = np.ldexp(sig, exp.astype(np.int32))
+    neg = np.array([int(o) < 0 for o in ords], dtype=bool)
+    v = np.where(neg, -v, v).astype(np.longdouble)
+    return v if np.ndim(ordinals) else v[0]
 
 
 def _finfo(typ: type):

@@ -68,7 +68,20 @@ def _policy(info: dtypes.DtypeInfo) -> tuple[int, int]:
 
 
 def _ords(info: dtypes.DtypeInfo, ords: list[int] | range):
-    return list(ords) if info.bits > 64 else np.asarray(ords, dtype=np.int64)
+    if info.bits > 64:
+        return list(ords)
+    if isinstance(ords, range):
+        return np.arange(ords.start, ords.stop, ords.step, dtype=np.int64)
+    return np.asarray(ords, dtype=np.int64)
+
+
+def _samples(info: dtypes.DtypeInfo, start: int, step: int, n: int, count: int):
+    """``count`` ordinals evenly spread over the walk, both ends included."""
+    if info.bits > 64:
+        return [start + step * (i * (n - 1) // (count - 1)) for i in range(count)]
+    q, r = divmod(n - 1, count - 1)  # i * (n-1) // (count-1) without overflowing int64
+    i = np.arange(count, dtype=np.int64)
+    return start + step * (i * q + (i * r) // (count - 1))
 
 
 Pred = Callable[[np.ndarray], np.ndarray]
@@ -83,14 +96,14 @@ def first_hit(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int |
         ords = _ords(info, range(start, end + step, step))
         hits = np.flatnonzero(pred(info.value(ords)))
         return int(ords[hits[0]]) if hits.size else None
-    samples = [start + step * (i * (n - 1) // (coarse - 1)) for i in range(coarse)]
-    hits = np.flatnonzero(pred(info.value(_ords(info, samples))))
+    samples = _samples(info, start, step, n, coarse)
+    hits = np.flatnonzero(pred(info.value(samples)))
     if not hits.size:
         return None
     k = int(hits[0])
     if k == 0:
         return start
-    lo, hi = samples[k - 1], samples[k]  # pred(lo) false, pred(hi) true
+    lo, hi = int(samples[k - 1]), int(samples[k])  # pred(lo) false, pred(hi) true
     while abs(hi - lo) > window:
         mid = (lo + hi) // 2
         if pred(info.value(_ords(info, [mid])))[0]:
