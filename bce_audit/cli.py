@@ -114,8 +114,11 @@ def _grid(f: Callable) -> Callable:
                      help="Grid step instead of --points (linear spacing)."),
         click.option("--spacing", type=click.Choice(sweep.SPACINGS), default="lin", show_default=True,
                      help="lin, or log (geometric on each side of zero)."),
+        click.option("--exhaustive", is_flag=True, default=False,
+                     help="The grid is every finite value of each dtype (8- and 16-bit dtypes)."),
         click.option("--rows", "show", type=int, default=11, show_default=True, metavar="N",
-                     help="Rows of the grid shown in the table view (2 to 1000)."),
+                     help="Grid rows kept and shown (2 to 1000; evenly spread). JSON and CSV keep "
+                          "every row unless --rows is given."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -139,7 +142,7 @@ PARAMS = {
     "points": ("points", "--points"), "step": ("step", "--step"), "spacing": ("spacing", "--spacing"),
     "show": ("rows", "--rows"), "fmt": ("format", "--format"), "backend": ("backend", "--backend"),
     "device": ("device", "--device"), "grad": ("grad", "--grad"),
-    "reference": ("reference", "--reference"),
+    "reference": ("reference", "--reference"), "exhaustive": ("exhaustive", "--exhaustive"),
 }
 FLAGS = {key: flag for key, flag in PARAMS.values()}
 
@@ -178,7 +181,9 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_gri
         rows = config.check_rows_option(values.get("rows", 11), origin("rows"))
     except config.ConfigError as e:
         _fail(str(e))
-    return s, {"fmt": fmt, "show": rows, "output": kw.get("output")}
+    # the table shows a sample; JSON and CSV carry every row unless --rows is given
+    keep = rows if fmt in ("table", "markdown") or ("rows" in values and origin("rows") == "--rows") else None
+    return replace(s, keep=keep), {"fmt": fmt, "show": rows, "output": kw.get("output")}
 
 
 # ---------------------------------------------------------------- output

@@ -50,6 +50,7 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     except plot.PlotError as e:
         _fail(str(e))
     s, _ = _settings(kw)
+    s = replace(s, keep=None)  # a curve needs every grid point
     if plot_kind == "grad" and "grad" in {f.name for f in fields(sweep.Settings)}:
         s = replace(s, grad=True)  # gradients are computed only when asked for
     if plot_kind == "grad":  # a one-point probe: fail fast while the sweep has no gradient rows

@@ -39,7 +39,8 @@ class ConfigError(ValueError):
 
 ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
 SELECTION_KEYS = ("dtypes", "eps", "formulas", "range", "points", "step", "spacing", "label", "mode",
-                  "thresholds", "rows", "format", "kind", "backend", "device", "grad", "reference")
+                  "thresholds", "rows", "format", "kind", "backend", "device", "grad", "reference",
+                  "exhaustive")
 TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
 
 
@@ -97,7 +98,7 @@ TYPES = {
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
     "rows": _int, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
-    "grad": lambda v, where: _bool(v, where),
+    "grad": lambda v, where: _bool(v, where), "exhaustive": lambda v, where: _bool(v, where),
 }
 
 
@@ -266,7 +267,14 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     if device != "cpu" and backend != "torch":
         raise ConfigError(f"{origin('device')} {device}: only the torch backend runs on cuda")
     reference = _one_of(values.get("reference", "fast"), ("fast", "mpmath"), "reference", origin("reference"))
+    exhaustive = bool(values.get("exhaustive", False))
+    if exhaustive and with_grid:
+        wide = [d for d in (chosen or default_dtypes) if not dtypes.get(d).exhaustive]
+        if wide:
+            raise ConfigError(f"{origin('exhaustive')}: every value of {', '.join(wide)} is too many "
+                              f"(only 8- and 16-bit dtypes); use --points or --step for them")
     return Settings(
+        exhaustive=exhaustive and with_grid,
         backend=backend, device=device, grad=bool(values.get("grad", False)), reference=reference,
         dtypes=chosen or default_dtypes,
         eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),

@@ -118,6 +118,12 @@ def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | Non
     return diff, rel, ulps, bits
 
 
+def on_power_of_two(values: np.ndarray) -> np.ndarray:
+    """Values that are exactly a power of two (where rounding may have crossed a binade)."""
+    m, _ = np.frexp(np.abs(np.asarray(values, dtype=np.float64)))
+    return m == 0.5
+
+
 def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:
     """`reference.clipped_exact`, vectorised: the clipping formula in exact arithmetic."""
     p, q = e.p, e.q

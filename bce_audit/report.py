@@ -26,7 +26,7 @@ from bce_audit import __version__
 from bce_audit.dtypes import DtypeInfo
 from bce_audit.dtypes import get as get_dtype
 from bce_audit.keypoints import KeyPoint
-from bce_audit.sweep import Row, SweepResult, Worst
+from bce_audit.sweep import Row, SweepResult, Worst, sample_indices
 
 SCHEMA = "bce-audit/1"
 # Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
@@ -167,13 +167,6 @@ def chunks(items: list, width: int, fixed: int, each: int) -> list[list]:
     n = -(-len(items) // per) if items else 1
     size = -(-len(items) // n) if items else 0
     return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
-
-
-def sample_indices(n: int, show: int) -> list[int]:
-    """Evenly spread row indices, always including both ends."""
-    if n <= show:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
 
 
 def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[Table]:

@@ -43,6 +43,8 @@ class Settings:
     device: str = "cpu"
     grad: bool = False
     reference: str = "fast"  # "fast" (vectorised float64, <= 32-bit dtypes) or "mpmath"
+    exhaustive: bool = False  # the grid is every finite value of each (8- or 16-bit) dtype
+    keep: int | None = None   # grid rows kept in the result (evenly spread); None: all
 
     @property
     def labels(self) -> tuple[int | str, ...]:
@@ -55,7 +57,7 @@ class Settings:
             "range": list(self.range), "points": self.points, "step": self.step,
             "spacing": self.spacing, "label": self.label, "mode": self.mode,
             "thresholds": list(self.thresholds), "backend": self.backend, "device": self.device,
-            "grad": self.grad, "reference": self.reference,
+            "grad": self.grad, "reference": self.reference, "exhaustive": self.exhaustive,
         }
 
 
@@ -117,6 +119,43 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
 
+def sample_indices(n: int, show: int) -> list[int]:
+    """Evenly spread indices of n points, both ends included (all of them when n <= show)."""
+    if n <= show:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
+
+
+def grid_size(s: Settings, dtype: str) -> int:
+    """Points of the grid for one dtype: every finite value with ``exhaustive``."""
+    if s.exhaustive:
+        return 2 * dtypes.get(dtype).max_ordinal + 1
+    if s.step is not None:
+        return math.floor((s.range[1] - s.range[0]) / s.step + 1e-9) + 1
+    return s.points
+
+
+def grid_slice(s: Settings, dtype: str, start: int, stop: int) -> np.ndarray:
+    """Points start..stop-1 of the grid, equal bit for bit to the same slice of `grid`."""
+    if s.exhaustive:
+        info = dtypes.get(dtype)
+        ords = np.arange(start - info.max_ordinal, stop - info.max_ordinal, dtype=np.int64)
+        return info.value(ords).astype(np.float64)
+    lo, hi = s.range
+    if s.step is not None:
+        return lo + s.step * np.arange(start, stop, dtype=np.float64)
+    if s.spacing == "lin":
+        n = s.points
+        if n == 1:
+            return np.array([lo])
+        delta = (hi - lo) / (n - 1)
+        out = np.arange(start, stop, dtype=np.float64) * delta + lo  # np.linspace's own formula
+        if stop == n:
+            out[-1] = hi
+        return out
+    return grid(lo, hi, s.points, None, s.spacing)[start:stop]
+
+
 def grid(lo: float, hi: float, points: int, step: float | None, spacing: str) -> np.ndarray:
     """The decimal input grid (float64), before any rounding to a dtype."""
     if step is not None:
@@ -155,25 +194,30 @@ class _MpRefs:
                 cache[key] = reference.exact(v)
             self.exacts.append(cache.get(key))
 
+    @staticmethod
+    def exact_of(e: reference.Exact, kind: str, label):
+        if kind == "sigmoid":
+            return e.p
+        if kind == "roundtrip":
+            return e.x
+        if kind == "bce":
+            return e.bce(1 if label == "pair" else label)
+        return gradients.exact_grad(e, label)
+
+    @staticmethod
+    def complement_of(e: reference.Exact, kind: str, label):
+        """What the exact value is 1 minus (sigmoid, gradient), kept to full precision."""
+        if kind not in ("sigmoid", "grad"):
+            return None
+        return e.q if kind == "sigmoid" or label == 0 else e.p
+
     def _of(self, kind: str, label):
         for e in self.exacts:
-            if e is None:
-                yield None
-            elif kind == "sigmoid":
-                yield e.p
-            elif kind == "roundtrip":
-                yield e.x
-            elif kind == "bce":
-                yield e.bce(1 if label == "pair" else label)
-            else:
-                yield gradients.exact_grad(e, label)
+            yield None if e is None else self.exact_of(e, kind, label)
 
     def _complements(self, kind: str, label):
         for e in self.exacts:
-            if e is None or kind not in ("sigmoid", "grad"):
-                yield None
-            else:
-                yield e.q if kind == "sigmoid" or label == 0 else e.p
+            yield None if e is None else self.complement_of(e, kind, label)
 
     def errors(self, kind: str, label, values: np.ndarray):
         cols = [[], [], [], [], []]
@@ -204,6 +248,7 @@ class _FastRefs:
 
     def __init__(self, info: dtypes.DtypeInfo, xd: np.ndarray):
         self.info = info
+        self.xd = xd
         self.finite = np.isfinite(np.asarray(xd).astype(np.float64))
         self.e = fastref.exact(np.where(self.finite, xd.astype(np.float64), 0.0))
 
@@ -221,7 +266,18 @@ class _FastRefs:
 
     def errors(self, kind: str, label, values: np.ndarray):
         exact, log_exact, comp = self._of(kind, label)
-        cols = fastref.errors(values, exact, log_exact, self.info, comp)
+        cols = [np.array(a, dtype=np.float64)
+                for a in fastref.errors(values, exact, log_exact, self.info, comp)]
+        # An exact value that float64 rounds onto a power of two may lie just below it, in the
+        # binade under it, where an ULP is half as wide: those few go to the mpmath baseline.
+        tie = self.finite & fastref.on_power_of_two(exact) & (kind != "roundtrip")
+        for i in np.flatnonzero(tie):
+            e = reference.exact(self.xd[i])
+            ex = _MpRefs.exact_of(e, kind, label)
+            comp_i = _MpRefs.complement_of(e, kind, label)
+            err = metrics.errors(values[i], ex, self.info, comp_i)
+            for col, v in zip(cols, (err.abs, err.rel, err.ulp, err.bits), strict=True):
+                col[i] = v
         nan = ~self.finite
         return [np.where(nan, np.nan, a).tolist() for a in (exact, *cols)]
 
@@ -242,35 +298,54 @@ class _FastRefs:
         return [np.where(nan, np.nan, a).tolist() for a in (clip, rel, ulps)]
 
 
-def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
-                   backend=None) -> list[Row]:
-    """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula.
+@dataclass
+class Column:
+    """One audited series (a quantity, formula, eps and label) over a chunk of the grid."""
+
+    quantity: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    values: np.ndarray
+    exact: np.ndarray
+    abs_err: np.ndarray
+    rel_err: np.ndarray
+    ulp_err: np.ndarray
+    bits: np.ndarray
+    clip: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # clipped-exact, clip rel, round ULP
+
+    @property
+    def key(self) -> tuple:
+        return (self.quantity, self.formula, self.eps, str(self.label))
+
+
+def _arrays(cols) -> list[np.ndarray]:
+    return [np.asarray(c, dtype=np.float64) for c in cols]
+
+
+def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backend=None):
+    """Every series of one dtype over the inputs xs, one `Column` at a time (a generator).
 
     With a real ``backend`` its ops replace the models (formulas it lacks are left out). The
     baseline is `fastref` for dtypes of 32 bits or fewer unless ``s.reference`` is "mpmath".
     """
     info = dtypes.get(dtype)
     ev = Evaluator(dtype, s.mode, backend.ops() if backend else None)
-    where = backend.label if backend else "numpy"
     xd = ev.arr(xs)
     refs = _FastRefs(info, xd) if s.reference == "fast" and fastref.serves(info) else _MpRefs(info, xd)
-    xs_f, xd_f = [_f(v) for v in xs], [_f(v) for v in xd]
-    rows: list[Row] = []
 
-    def add(quantity, formula, eps, label, values, kind=None, clip=None):
+    def col(quantity, formula, eps, label, values, clip=None) -> Column:
         values = np.asarray(values)
-        exact, ab, rel, ulp, bits = refs.errors(kind or quantity, label, values)
-        extra = refs.clipped(label, clip[0], clip[1], values) if clip else None
-        for i, v in enumerate(values.tolist() if values.dtype != np.longdouble else values):
-            more = {} if extra is None or extra[0][i] is None else {
-                "clipped_exact": extra[0][i], "clip_rel": extra[1][i], "round_ulp": extra[2][i]}
-            rows.append(Row(dtype, s.mode, xs_f[i], xd_f[i], quantity, formula, eps, label, _f(v), exact[i],
-                            ab[i], rel[i], ulp[i], bits[i], **more, backend=where))
+        exact, ab, rel, ulp, bits = _arrays(refs.errors(quantity, label, values))
+        extra = None
+        if clip is not None:
+            extra = tuple(np.asarray([math.nan if v is None else v for v in c], dtype=np.float64)
+                          for c in refs.clipped(label, clip[0], clip[1], values))
+        return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, bits, extra)
 
     if basics:
-        add("sigmoid", None, None, None, formulas.evaluate_sigmoid(xd, ev))
-        add("roundtrip", None, None, None, formulas.evaluate_roundtrip(xd, ev))
-
+        yield col("sigmoid", None, None, None, formulas.evaluate_sigmoid(xd, ev))
+        yield col("roundtrip", None, None, None, formulas.evaluate_roundtrip(xd, ev))
     for name in s.formulas:
         f = formulas.get(name)
         if backend is not None and f.kind == "bce":
@@ -280,18 +355,101 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
         if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
             uev = Evaluator(dtype, s.mode, f.ops)
             if f.kind == "sigmoid":
-                add("sigmoid", name, None, None, formulas.evaluate_sigmoid(xd, uev))
-            add("roundtrip", name, None, None, formulas.evaluate_roundtrip(xd, uev))
+                yield col("sigmoid", name, None, None, formulas.evaluate_sigmoid(xd, uev))
+            yield col("roundtrip", name, None, None, formulas.evaluate_roundtrip(xd, uev))
             continue
         for eps in s.eps if f.uses_eps else (None,):
             clip_args = keypoints.clip_args(f, eps, ev) if f.clip is not None else None
             for label in s.labels:
                 values = keypoints.loss_fn(f, eps, label, ev)(xd)
-                add("bce", name, eps, label, values, clip=(f, clip_args) if clip_args is not None else None)
+                yield col("bce", name, eps, label, values, (f, clip_args) if clip_args is not None else None)
             if s.grad and gradients.has_grad(name, backend):
                 for label in (lab for lab in s.labels if lab != "pair"):
-                    add("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
+                    yield col("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
+
+
+def materialize(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, where: str,
+                index=None) -> list[Row]:
+    """Rows of a column, at the chosen indices (all by default)."""
+    idx = range(len(c.values)) if index is None else index
+    out = []
+    for i in idx:
+        more = {}
+        if c.clip is not None and not math.isnan(c.clip[0][i]):
+            more = {"clipped_exact": float(c.clip[0][i]), "clip_rel": float(c.clip[1][i]),
+                    "round_ulp": float(c.clip[2][i])}
+        out.append(Row(dtype, s.mode, float(xs[i]), float(xd[i]), c.quantity, c.formula, c.eps, c.label,
+                       float(c.values[i]), float(c.exact[i]), float(c.abs_err[i]), float(c.rel_err[i]),
+                       float(c.ulp_err[i]), float(c.bits[i]), **more, backend=where))
+    return out
+
+
+def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
+                   backend=None) -> list[Row]:
+    """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula."""
+    xd = Evaluator(dtype, s.mode).arr(xs)
+    where = backend.label if backend else "numpy"
+    rows: list[Row] = []
+    for c in columns(s, dtype, xs, basics, backend):
+        rows += materialize(c, s, dtype, xs, xd, where)
     return rows
+
+
+class _WorstAcc:
+    """A running `Worst` for one series, fed chunk by chunk (memory stays per chunk)."""
+
+    def __init__(self, dtype: str, mode: str, c: Column):
+        self.head = (dtype, mode, c.quantity, c.formula, c.eps, c.label)
+        self.ulp, self.bits, self.rel, self.x = -math.inf, math.nan, -math.inf, None
+        self.nonfinite = self.points = 0
+        self.clip_rel = self.round_ulp = None
+
+    def update(self, c: Column, xs: np.ndarray) -> None:
+        vals = c.values.astype(np.float64)
+        finite = np.isfinite(vals)
+        self.points += len(vals)
+        self.nonfinite += int((~finite).sum())
+        if finite.any():
+            ulp = np.where(finite, c.ulp_err, -np.inf)
+            i = int(np.argmax(ulp))
+            if ulp[i] > self.ulp:
+                self.ulp, self.bits, self.x = float(ulp[i]), float(c.bits[i]), float(xs[i])
+            self.rel = max(self.rel, float(np.max(np.where(finite, c.rel_err, -np.inf))))
+            if c.clip is not None:
+                has = finite & ~np.isnan(c.clip[0])
+                if has.any():
+                    cr, ru = float(np.max(c.clip[1][has])), float(np.max(c.clip[2][has]))
+                    self.clip_rel = cr if self.clip_rel is None else max(self.clip_rel, cr)
+                    self.round_ulp = ru if self.round_ulp is None else max(self.round_ulp, ru)
+
+    def worst(self) -> Worst:
+        found = self.x is not None
+        return Worst(*self.head, self.ulp if found else math.nan, self.rel if found else math.nan,
+                     self.bits if found else math.nan, self.x, self.nonfinite, self.points,
+                     self.clip_rel, self.round_ulp)
+
+
+CHUNK = 1 << 16  # grid points evaluated at once: memory stays bounded for any grid size
+
+
+def _audit_grid(s: Settings, dtype: str, n: int, backend, keep: set[int] | None, result: SweepResult,
+                progress=None) -> None:
+    """Evaluate one dtype over the grid in chunks: keep the asked-for rows, reduce the rest."""
+    where = backend.label if backend else "numpy"
+    accs: dict[tuple, _WorstAcc] = {}
+    kept: dict[tuple, list[Row]] = {}
+    for start in range(0, n, CHUNK):
+        xs = grid_slice(s, dtype, start, min(n, start + CHUNK))
+        xd = Evaluator(dtype, s.mode).arr(xs)
+        index = None if keep is None else [i - start for i in sorted(keep) if start <= i < start + len(xs)]
+        for c in columns(s, dtype, xs, backend=backend):
+            accs.setdefault(c.key, _WorstAcc(dtype, s.mode, c)).update(c, xs)
+            kept.setdefault(c.key, []).extend(materialize(c, s, dtype, xs, xd, where, index))
+        if progress is not None:
+            progress(len(xs))
+    for rows in kept.values():
+        result.rows += rows
+    result.worst += [a.worst() for a in accs.values()]
 
 
 def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
@@ -336,8 +494,13 @@ def native(s: Settings) -> Settings:
     return s if mode == s.mode else replace(s, mode=mode)
 
 
-def run_sweep(s: Settings, with_rows: bool = True) -> SweepResult:
-    """The whole audit for a selection: key points, and (for sweep) the grid rows."""
+def run_sweep(s: Settings, with_rows: bool = True, progress=None) -> SweepResult:
+    """The whole audit for a selection: key points, and (for sweep) the grid.
+
+    The grid is evaluated in chunks; ``s.keep`` rows (evenly spread, both ends included; None:
+    all) are kept, and the worst errors are reduced over every point. ``progress(n)`` is called
+    as each chunk of n points is done.
+    """
     s = native(s)
     backend = backends.get(s.backend, s.device)
     notes: list[str] = []
@@ -350,13 +513,13 @@ def run_sweep(s: Settings, with_rows: bool = True) -> SweepResult:
                               s.grad)
     result = SweepResult(s, kps)
     if with_rows:
-        xs = grid(*s.range, s.points, s.step, s.spacing)
         for d in s.dtypes:
+            n = grid_size(s, d)
+            keep = None if s.keep is None else set(sample_indices(n, s.keep))
             try:
-                result.rows += rows_for_dtype(s, d, xs, backend=backend)
+                _audit_grid(s, d, n, backend, keep, result, progress)
             except backends.Unsupported as e:
                 notes.append(f"{d}: grid not audited: {e}")
-        result.worst = worst_of(result.rows)
     result.notes = list(dict.fromkeys(notes))
     return result
 
