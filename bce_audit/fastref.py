@@ -75,13 +75,16 @@ def exact(x: np.ndarray) -> Exact64:
 
 
 def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
-           complement: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+           complement: np.ndarray | None = None, below: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """abs, rel, ULP and bits of error of dtype values against exact float64 values, vectorised.
 
     ``log_exact`` (natural log of |exact|) is used where |exact| underflows float64; None means
     the exact values never do (a round trip, whose exact value is x itself). ``complement``:
     where |exact| >= 1/2 it is ``1 - complement`` (a sigmoid near 1), which float64 may round to
     1; the gap and the binade are then taken from the complement, which it keeps exactly.
+    ``below``: where float64 rounded |exact| up onto a power of two, the exact value lies in
+    the binade beneath it (where an ULP is half as wide).
     """
     c = np.asarray(computed).astype(np.float64)
     e = np.asarray(exact_, dtype=np.float64)
@@ -91,10 +94,14 @@ def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | Non
         mag = np.abs(e)
         _, k = np.frexp(mag)
         if complement is not None:
-            near_one = (mag >= 0.5) & (complement > 0)
+            # a sigmoid is < 1 for every finite argument, even where the complement underflows
+            near_one = mag >= 0.5
             sc = c * np.sign(e)  # |E| = 1 - complement, so |c - E| = |(sign(E) c - 1) + complement|
             diff = np.where(near_one, np.abs((sc - 1.0) + complement), diff)
             k = np.where(near_one, 0, k)  # 1 - complement < 1: the binade [1/2, 1)
+        if below is not None:
+            k = np.where(below & (mag > 0), k - 1, k)
+        k = np.where(mag == 0, info.minexp + 1, k)  # 0: the subnormal spacing
         ulp = np.ldexp(1.0, np.maximum(k - 1, info.minexp) - info.nmant)
         rel = np.where(mag > 0, diff / mag, np.where(diff == 0, 0.0, np.inf))
         ulps = diff / ulp
@@ -122,6 +129,37 @@ def on_power_of_two(values: np.ndarray) -> np.ndarray:
     """Values that are exactly a power of two (where rounding may have crossed a binade)."""
     m, _ = np.frexp(np.abs(np.asarray(values, dtype=np.float64)))
     return m == 0.5
+
+
+def ties(kind: str, label, x: np.ndarray, exact_: np.ndarray, complement: np.ndarray | None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Where |exact| rounded onto a power of two: (known below it, still undecided).
+
+    A sigmoid (or gradient) at 1/2 is below it exactly when its argument is negative; near 1
+    the complement decides already. A BCE ``t + log1p(exp(-t))`` with t > 0 is below 2^k when
+    ``(t - 2^k) + log1p(exp(-t)) < 0``, both terms exact enough to tell. Other ties are rare
+    and left undecided, for the mpmath baseline.
+    """
+    mag = np.abs(np.asarray(exact_, dtype=np.float64))
+    tie = on_power_of_two(mag) & np.isfinite(x)
+    below = np.zeros(mag.shape, dtype=bool)
+    if not tie.any():
+        return below, tie
+    if kind in ("sigmoid", "grad"):
+        arg = x if (kind == "sigmoid" or label == 0) else -x  # p = sigmoid(arg) or q = sigmoid(-x)
+        half = tie & (mag == 0.5)
+        below |= half & (arg < 0)
+        decided = half | (tie & (mag >= 0.5) & (complement is not None))  # near 1: the complement
+        return below, tie & ~decided
+    if kind == "bce":
+        lab = 1 if label == "pair" else label
+        t = -x if lab == 1 else x
+        with np.errstate(all="ignore"):
+            side = (t - mag) + np.log1p(np.exp(-np.abs(t)))
+        pos = tie & (t > 0)
+        below |= pos & (side < 0)
+        return below, tie & ~pos
+    return below, np.zeros(mag.shape, dtype=bool)  # the round trip's exact x is exact
 
 
 def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:

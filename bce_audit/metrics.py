@@ -36,11 +36,12 @@ NONFINITE_INF = Errors(math.inf, math.inf, math.inf, math.inf)
 NONFINITE_NAN = Errors(math.nan, math.nan, math.nan, math.nan)
 
 
-def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False) -> mpf:
+def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False, below: bool = False) -> mpf:
     """The dtype's spacing at |exact|, as an exact power of two.
 
     ``below_one``: |exact| is 1 - (something positive) even if the working precision rounded it
-    to 1, so it lies in the binade [1/2, 1).
+    to 1, so it lies in the binade [1/2, 1). ``below``: |exact| is a power of two that the
+    working precision reached from just beneath, so it lies in the binade under it.
     """
     with mp.workprec(PREC):
         a = abs(exact)
@@ -51,6 +52,8 @@ def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False) -> mpf:
             e = max(exp + int(man).bit_length() - 1, info.minexp)
         if below_one and e >= 0:
             e = -1
+        if below and a != 0 and a.man == 1:
+            e = max(e - 1, info.minexp)
         return mpf((1, e - info.nmant))
 
 
@@ -59,11 +62,13 @@ def bits(ulps: float) -> float:
     return math.log2(1.0 + ulps) if math.isfinite(ulps) else ulps
 
 
-def errors(computed, exact: mpf, info: DtypeInfo, complement: mpf | None = None) -> Errors:
+def errors(computed, exact: mpf, info: DtypeInfo, complement: mpf | None = None,
+           below: bool = False) -> Errors:
     """All four measures of one computed dtype value against its exact value.
 
     ``complement``: where |exact| >= 1/2 it equals 1 - complement (a sigmoid near 1), kept
-    exactly even where 1 - complement rounds to 1 at the working precision.
+    exactly even where 1 - complement rounds to 1 at the working precision. ``below``: see
+    `ulp_of`.
     """
     c = float(computed) if not isinstance(computed, np.longdouble) else computed
     if np.isnan(c):
@@ -77,7 +82,7 @@ def errors(computed, exact: mpf, info: DtypeInfo, complement: mpf | None = None)
         diff = abs((c * mp.sign(exact) - 1) + complement) if near_one else abs(c - exact)
         zero_rel = 0.0 if diff == 0 else math.inf
         rel = zero_rel if exact == 0 else float(diff / abs(exact))
-        ulps = float(diff / ulp_of(exact, info, below_one=near_one))
+        ulps = float(diff / ulp_of(exact, info, below_one=near_one, below=below))
         return Errors(float(diff), rel, ulps, bits(ulps))
 
 

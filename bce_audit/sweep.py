@@ -219,10 +219,20 @@ class _MpRefs:
         for e in self.exacts:
             yield None if e is None else self.complement_of(e, kind, label)
 
+    @staticmethod
+    def below_of(e: reference.Exact, kind: str, label) -> bool:
+        """A sigmoid (or gradient) the working precision rounded onto 1/2 from beneath."""
+        if kind not in ("sigmoid", "grad"):
+            return False
+        arg = e.x if (kind == "sigmoid" or label == 0) else -e.x
+        return bool(arg < 0)
+
     def errors(self, kind: str, label, values: np.ndarray):
         cols = [[], [], [], [], []]
-        for v, ex, comp in zip(values, self._of(kind, label), self._complements(kind, label), strict=True):
-            err = metrics.errors(v, ex, self.info, comp) if ex is not None else metrics.NONFINITE_NAN
+        for v, e, ex, comp in zip(values, self.exacts, self._of(kind, label), self._complements(kind, label),
+                                  strict=True):
+            below = e is not None and self.below_of(e, kind, label)
+            err = metrics.errors(v, ex, self.info, comp, below) if ex is not None else metrics.NONFINITE_NAN
             for col, item in zip(cols, (_f(ex) if ex is not None else math.nan, err.abs, err.rel, err.ulp,
                                         err.bits), strict=True):
                 col.append(item)
@@ -266,16 +276,16 @@ class _FastRefs:
 
     def errors(self, kind: str, label, values: np.ndarray):
         exact, log_exact, comp = self._of(kind, label)
-        cols = [np.array(a, dtype=np.float64)
-                for a in fastref.errors(values, exact, log_exact, self.info, comp)]
         # An exact value that float64 rounds onto a power of two may lie just below it, in the
-        # binade under it, where an ULP is half as wide: those few go to the mpmath baseline.
-        tie = self.finite & fastref.on_power_of_two(exact) & (kind != "roundtrip")
-        for i in np.flatnonzero(tie):
+        # binade under it: decided where the formulas tell, by the mpmath baseline elsewhere.
+        below, undecided = fastref.ties(kind, label, self.e.x, exact, comp)
+        cols = [np.array(a, dtype=np.float64)
+                for a in fastref.errors(values, exact, log_exact, self.info, comp, below)]
+        for i in np.flatnonzero(undecided & self.finite):
             e = reference.exact(self.xd[i])
             ex = _MpRefs.exact_of(e, kind, label)
             comp_i = _MpRefs.complement_of(e, kind, label)
-            err = metrics.errors(values[i], ex, self.info, comp_i)
+            err = metrics.errors(values[i], ex, self.info, comp_i, _MpRefs.below_of(e, kind, label))
             for col, v in zip(cols, (err.abs, err.rel, err.ulp, err.bits), strict=True):
                 col[i] = v
         nan = ~self.finite
