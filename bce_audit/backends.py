@@ -67,6 +67,19 @@ class Backend:
 _BACKENDS: dict[tuple[str, str], Backend] = {}
 
 
+def version(name: str) -> str | None:
+    """The installed framework's version (part of a cache key), None for numpy's models."""
+    if name == "numpy":
+        return None
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    try:
+        return v(name)
+    except PackageNotFoundError:
+        return None
+
+
 def get(name: str, device: str = "cpu") -> Backend | None:
     """The backend by name (None for numpy, the models themselves); cached."""
     if name == "numpy":

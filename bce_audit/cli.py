@@ -18,6 +18,7 @@ from bce_audit import (
     __version__,
     backends,
     baseline,
+    cache,
     config,
     dtypes,
     files,
@@ -94,6 +95,9 @@ def _selection(f: Callable) -> Callable:
                      help="Device for --backend torch."),
         click.option("--grad", is_flag=True, default=False,
                      help="Also audit the gradient d BCE / dx (exact: sigmoid(x) - y)."),
+        click.option("--no-cache", "no_cache", is_flag=True, default=False,
+                     help="Neither read nor write the result cache ($XDG_CACHE_HOME/bce-audit)."),
+        click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar."),
         click.option("--reference", type=click.Choice(("fast", "mpmath")), default="fast",
                      show_default=True, help="fast: vectorised float64 baseline, proved within 2**-49 "
                                              "(dtypes of 32 bits or fewer); mpmath: 128-bit mpmath "
@@ -116,6 +120,11 @@ def _grid(f: Callable) -> Callable:
                      help="lin, or log (geometric on each side of zero)."),
         click.option("--exhaustive", is_flag=True, default=False,
                      help="The grid is every finite value of each dtype (8- and 16-bit dtypes)."),
+        click.option("--jobs", "-j", type=int, default=None, metavar="N",
+                     help="Processes for the grid's chunks (default: the machine's cores); the "
+                          "result is the same for any N."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run the chunks on an existing Dask cluster (tcp://host:8786)."),
         click.option("--rows", "show", type=int, default=11, show_default=True, metavar="N",
                      help="Grid rows kept and shown (2 to 1000; evenly spread). JSON and CSV keep "
                           "every row unless --rows is given."),
@@ -183,18 +192,45 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_gri
         _fail(str(e))
     # the table shows a sample; JSON and CSV carry every row unless --rows is given
     keep = rows if fmt in ("table", "markdown") or ("rows" in values and origin("rows") == "--rows") else None
-    return replace(s, keep=keep), {"fmt": fmt, "show": rows, "output": kw.get("output")}
+    if keep is None and with_grid and max(sweep.grid_size(s, d) for d in s.dtypes) > MAX_KEPT:
+        _fail(f"--format {fmt} keeps every grid row, and this grid has more than {MAX_KEPT:,}: "
+              "give --rows N to keep N evenly spread rows (the worst errors cover every point)")
+    jobs = kw.get("jobs")
+    if jobs is not None and jobs < 1:
+        _fail(f"--jobs {jobs} must be at least 1")
+    _use_cache(kw)
+    return replace(s, keep=keep), {"fmt": fmt, "show": rows, "output": kw.get("output"),
+                                   "jobs": jobs or os.cpu_count() or 1, "scheduler": kw.get("scheduler"),
+                                   "quiet": kw.get("quiet", False)}
+
+
+MAX_KEPT = 1_000_000  # grid rows a JSON or CSV document may carry
+
+
+def _use_cache(kw: dict) -> None:
+    cache.use(None if kw.get("no_cache") else cache.Cache(cache.default_dir()))
+
+
+def _cache_warnings() -> None:
+    store = cache.active()
+    for w in store.warnings if store else ():
+        click.echo(f"bce-audit: warning: {w}", err=True)
 
 
 # ---------------------------------------------------------------- output
 
 
+PROGRESS_POINTS = 200_000  # grid points from which a run takes long enough for a progress bar
+
+
 def _run(job: Callable):
-    """Run a core computation; a user implementation's failure or a missing framework becomes
-    a one-line error."""
+    """Run a core computation; a user implementation's failure, a missing framework or an
+    unreachable scheduler becomes a one-line error."""
+    from bce_audit import distributed
+
     try:
         return job()
-    except (impl.ImplError, backends.BackendMissing) as e:
+    except (impl.ImplError, backends.BackendMissing, distributed.DaskMissing) as e:
         _fail(str(e))
 
 
@@ -243,7 +279,11 @@ def cli() -> None:
 def sweep_cmd(**kw) -> int:
     """Sweep a logit grid: key points, sampled values and errors, worst errors."""
     s, out = _settings(kw)
-    result = _run(lambda: sweep.run_sweep(s))
+    total = sum(sweep.grid_size(s, d) for d in s.dtypes)
+    with report.progress_bar(total, enabled=not out["quiet"] and total >= PROGRESS_POINTS) as advance:
+        result = _run(lambda: sweep.run_sweep(s, progress=advance, jobs=out["jobs"],
+                                              scheduler=out["scheduler"]))
+    _cache_warnings()
 
     def render(fmt: str):
         if fmt == "json":
@@ -266,6 +306,7 @@ def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
     s, out = _settings(kw, with_grid=False)
     result = _run(lambda: sweep.run_sweep(s, with_rows=False))
+    _cache_warnings()
 
     def render(fmt: str):
         if fmt == "json":
@@ -427,6 +468,31 @@ def baseline_save(configs, output, tolerance) -> int:
     except config.ConfigError as e:
         _fail(str(e))
     click.echo(f"saved {len(results)} checks to {output}")
+    return 0
+
+
+@cli.group("cache", cls=click.Group)
+def cache_group() -> None:
+    """The result cache: where it is, how big, and clearing it."""
+
+
+@cache_group.command("info")
+def cache_info() -> int:
+    """Where the cache is, and how many entries and bytes it holds."""
+    info = cache.Cache(cache.default_dir()).info()
+    click.echo(f"{info['path']}: {info['entries']} entries, {info['bytes']:,} bytes")
+    return 0
+
+
+@cache_group.command("clear")
+def cache_clear() -> int:
+    """Delete every cache entry (only bce-audit's own files)."""
+    store = cache.Cache(cache.default_dir())
+    try:
+        n = store.clear()
+    except OSError as e:
+        _fail(f"cannot clear {store.root}: {e.strerror or e}")
+    click.echo(f"removed {n} entries from {store.root}")
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from mpmath import mp, mpf
@@ -454,7 +454,8 @@ def keypoints(
     out: list[KeyPoint] = []
     for d in dtypes_:
         try:
-            out += roundtrip_points(d, mode, thresholds, backend=backend)
+            out += _cached(d, mode, "roundtrip", (tuple(thresholds),), backend,
+                           lambda d=d: roundtrip_points(d, mode, thresholds, backend=backend))
         except Unsupported as e:
             notes.append(f"{d}: round trip not audited: {e}")
         for name in formula_names:
@@ -467,13 +468,31 @@ def keypoints(
             for eps in eps_list if f.uses_eps else [None]:
                 for label in labels:
                     try:
-                        out += formula_points(d, mode, name, eps, label, backend)
+                        out += _cached(d, mode, name, (eps, label), backend,
+                                       lambda d=d, name=name, eps=eps, label=label:
+                                       formula_points(d, mode, name, eps, label, backend))
                     except Unsupported as e:
                         notes.append(f"{d}: {name} not audited: {e}")
                         break
                 if grad:
                     out += _grad_points(d, mode, name, eps, labels, backend, notes)
     return out
+
+
+def _cached(dtype: str, mode: str, what: str, args: tuple, backend, compute) -> list[KeyPoint]:
+    """Key points from the active cache, or computed and stored (user code is never cached)."""
+    from bce_audit import backends, cache
+
+    store = cache.active()
+    if store is None or what.startswith(("impl:", "grad impl:")):
+        return compute()
+    info = dtypes.get(dtype)
+    parts = {"dtype": dtype, "bits": info.bits, "mode": mode, "what": what, "args": list(args),
+             "backend": backend.label if backend else "numpy",
+             "backend_version": backends.version(backend.name) if backend else None}
+    return store.memo("keypoints", parts, compute,
+                      encode=lambda kps: [asdict(k) for k in kps],
+                      decode=lambda rows: [KeyPoint(**r) for r in rows])
 
 
 def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
@@ -486,7 +505,8 @@ def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
     out: list[KeyPoint] = []
     for label in (lab for lab in labels if lab != "pair"):
         try:
-            out += gradients.grad_points(d, mode, name, eps, label, backend)
+            out += _cached(d, mode, "grad " + name, (eps, label), backend,
+                           lambda label=label: gradients.grad_points(d, mode, name, eps, label, backend))
         except Unsupported as e:
             notes.append(f"{d}: gradient of {name} not audited: {e}")
             break

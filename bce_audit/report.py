@@ -7,10 +7,12 @@ colour.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from decimal import Decimal
@@ -658,3 +660,17 @@ def fidelity_view(diffs, pairs, backend_label: str) -> Group:
 def fidelity_json(diffs, pairs, backend_label: str) -> str:
     return to_json({"schema": SCHEMA, "version": __version__, "kind": "fidelity", "backend": backend_label,
                     "differences": [asdict(d) for d in diffs], "keypoints": [asdict(p) for p in pairs]})
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool):
+    """A rich progress bar on stderr (only on a terminal); yields ``advance(n)``."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("auditing"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} points"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("audit", total=total)
+        yield lambda n: bar.advance(task, n)

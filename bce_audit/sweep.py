@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from mpmath import mp
 
-from bce_audit import backends, dtypes, fastref, formulas, gradients, keypoints, metrics, reference
+from bce_audit import backends, cache, dtypes, fastref, formulas, gradients, keypoints, metrics, reference
 from bce_audit.formulas import Evaluator
 
 LABELS = ("1", "0", "both")
@@ -22,7 +22,7 @@ DEFAULT_RANGE = (-40.0, 40.0)
 DEFAULT_POINTS = 161
 DEFAULT_EPS = (1e-7,)
 DEFAULT_THRESHOLDS = (1e-3, 1e-2)
-MAX_POINTS = 1_000_000
+MAX_POINTS = 100_000_000  # beyond this a grid is a mistake; --exhaustive covers the 16-bit dtypes
 
 
 @dataclass(frozen=True)
@@ -408,8 +408,8 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
 class _WorstAcc:
     """A running `Worst` for one series, fed chunk by chunk (memory stays per chunk)."""
 
-    def __init__(self, dtype: str, mode: str, c: Column):
-        self.head = (dtype, mode, c.quantity, c.formula, c.eps, c.label)
+    def __init__(self, head: tuple):
+        self.head = head
         self.ulp, self.bits, self.rel, self.x = -math.inf, math.nan, -math.inf, None
         self.nonfinite = self.points = 0
         self.clip_rel = self.round_ulp = None
@@ -428,9 +428,23 @@ class _WorstAcc:
             if c.clip is not None:
                 has = finite & ~np.isnan(c.clip[0])
                 if has.any():
-                    cr, ru = float(np.max(c.clip[1][has])), float(np.max(c.clip[2][has]))
-                    self.clip_rel = cr if self.clip_rel is None else max(self.clip_rel, cr)
-                    self.round_ulp = ru if self.round_ulp is None else max(self.round_ulp, ru)
+                    self._clip(float(np.max(c.clip[1][has])), float(np.max(c.clip[2][has])))
+
+    def _clip(self, cr: float | None, ru: float | None) -> None:
+        if cr is not None:
+            self.clip_rel = cr if self.clip_rel is None else max(self.clip_rel, cr)
+        if ru is not None:
+            self.round_ulp = ru if self.round_ulp is None else max(self.round_ulp, ru)
+
+    def merge(self, w: Worst) -> None:
+        """Fold in a later chunk's `Worst` (ties keep the earlier x, as one pass would)."""
+        self.points += w.points
+        self.nonfinite += w.nonfinite
+        if w.x is not None:
+            if w.max_ulp > self.ulp:
+                self.ulp, self.bits, self.x = w.max_ulp, w.max_bits, w.x
+            self.rel = max(self.rel, w.max_rel)
+        self._clip(w.max_clip_rel, w.max_round_ulp)
 
     def worst(self) -> Worst:
         found = self.x is not None
@@ -442,24 +456,120 @@ class _WorstAcc:
 CHUNK = 1 << 16  # grid points evaluated at once: memory stays bounded for any grid size
 
 
-def _audit_grid(s: Settings, dtype: str, n: int, backend, keep: set[int] | None, result: SweepResult,
-                progress=None) -> None:
-    """Evaluate one dtype over the grid in chunks: keep the asked-for rows, reduce the rest."""
+@dataclass
+class ChunkResult:
+    """What one chunk of one dtype's grid leaves: per series its worst errors and kept rows."""
+
+    worst: list[Worst]
+    rows: list[list[Row]]
+
+
+def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None) -> ChunkResult:
+    """The unit of work: grid points start..stop-1 of one dtype. Pure, so it runs anywhere
+    (a process pool, a Dask worker) and the same inputs give the same result."""
+    backend = backends.get(s.backend, s.device)
     where = backend.label if backend else "numpy"
-    accs: dict[tuple, _WorstAcc] = {}
-    kept: dict[tuple, list[Row]] = {}
+    xs = grid_slice(s, dtype, start, stop)
+    xd = Evaluator(dtype, s.mode).arr(xs)
+    worst, rows = [], []
+    for c in columns(s, dtype, xs, backend=backend):
+        acc = _WorstAcc((dtype, s.mode, c.quantity, c.formula, c.eps, c.label))
+        acc.update(c, xs)
+        worst.append(acc.worst())
+        rows.append(materialize(c, s, dtype, xs, xd, where, index))
+    return ChunkResult(worst, rows)
+
+
+def _encode_chunk(r: ChunkResult) -> dict:
+    return {"worst": [asdict(w) for w in r.worst], "rows": [[asdict(x) for x in rs] for rs in r.rows]}
+
+
+def _decode_chunk(d: dict) -> ChunkResult:
+    return ChunkResult([Worst(**w) for w in d["worst"]], [[Row(**x) for x in rs] for rs in d["rows"]])
+
+
+def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
+    info = dtypes.get(dtype)
+    return {"settings": {k: v for k, v in s.as_dict().items() if k not in ("thresholds",)},
+            "dtype": dtype, "bits": info.bits, "reference": s.reference if fastref.serves(info) else "mpmath",
+            "precision": reference.PREC, "chunk": [start, stop], "index": index,
+            "backend_version": backends.version(s.backend)}
+
+
+def _cacheable(s: Settings) -> bool:
+    return not any(n.startswith("impl:") for n in s.formulas)
+
+
+def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int = 1,
+               scheduler: str | None = None, progress=None) -> list[ChunkResult]:
+    """Every chunk of one dtype's grid, in order: from the cache where done before (so a run
+    that stopped resumes), the rest serially, in a process pool (``jobs`` > 1) or on a Dask
+    cluster (``scheduler``), each stored in the cache as soon as it is done."""
+    specs = []
     for start in range(0, n, CHUNK):
-        xs = grid_slice(s, dtype, start, min(n, start + CHUNK))
-        xd = Evaluator(dtype, s.mode).arr(xs)
-        index = None if keep is None else [i - start for i in sorted(keep) if start <= i < start + len(xs)]
-        for c in columns(s, dtype, xs, backend=backend):
-            accs.setdefault(c.key, _WorstAcc(dtype, s.mode, c)).update(c, xs)
-            kept.setdefault(c.key, []).extend(materialize(c, s, dtype, xs, xd, where, index))
+        stop = min(n, start + CHUNK)
+        index = None if keep is None else [i - start for i in sorted(keep) if start <= i < stop]
+        specs.append((start, stop, index))
+    store = cache.active() if _cacheable(s) else None
+    results: list[ChunkResult | None] = [None] * len(specs)
+    todo = []
+    for k, (start, stop, index) in enumerate(specs):
+        if store is not None:
+            hit = store.get(cache.key_of("chunk", _chunk_key(s, dtype, start, stop, index)))
+            if hit is not None:
+                try:
+                    results[k] = _decode_chunk(hit)
+                except (TypeError, KeyError):
+                    results[k] = None
+        if results[k] is None:
+            todo.append(k)
+        elif progress is not None:
+            progress(stop - start)
+
+    def done(k: int, r: ChunkResult) -> None:
+        results[k] = r
+        start, stop, index = specs[k]
+        if store is not None:
+            store.put(cache.key_of("chunk", _chunk_key(s, dtype, start, stop, index)), _encode_chunk(r))
         if progress is not None:
-            progress(len(xs))
-    for rows in kept.values():
+            progress(stop - start)
+
+    for k, r in _execute(s, dtype, [specs[k] for k in todo], todo, jobs, scheduler):
+        done(k, r)
+    return results  # type: ignore[return-value]
+
+
+def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, scheduler: str | None):
+    """Yield (k, result) for each chunk spec, in order, wherever the work runs."""
+    args = [(s, dtype, start, stop, index) for start, stop, index in specs]
+    if scheduler:
+        from bce_audit import distributed
+        yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
+    elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and _cacheable(s):
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            yield from zip(ks, pool.map(audit_chunk, *zip(*args, strict=True)), strict=True)
+    else:
+        for k, a in zip(ks, args, strict=True):
+            yield k, audit_chunk(*a)
+
+
+def _audit_grid(s: Settings, dtype: str, n: int, keep: set[int] | None, result: SweepResult,
+                jobs: int = 1, scheduler: str | None = None, progress=None) -> None:
+    """Evaluate one dtype over the grid in chunks: keep the asked-for rows, reduce the rest."""
+    accs: list[_WorstAcc] = []
+    kept: list[list[Row]] = []
+    for r in run_chunks(s, dtype, n, keep, jobs, scheduler, progress):
+        if not accs:
+            accs = [_WorstAcc((w.dtype, w.mode, w.quantity, w.formula, w.eps, w.label)) for w in r.worst]
+            kept = [[] for _ in r.worst]
+        for acc, w in zip(accs, r.worst, strict=True):
+            acc.merge(w)
+        for rows, new in zip(kept, r.rows, strict=True):
+            rows.extend(new)
+    for rows in kept:
         result.rows += rows
-    result.worst += [a.worst() for a in accs.values()]
+    result.worst += [a.worst() for a in accs]
 
 
 def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
@@ -504,12 +614,14 @@ def native(s: Settings) -> Settings:
     return s if mode == s.mode else replace(s, mode=mode)
 
 
-def run_sweep(s: Settings, with_rows: bool = True, progress=None) -> SweepResult:
+def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
+              scheduler: str | None = None) -> SweepResult:
     """The whole audit for a selection: key points, and (for sweep) the grid.
 
     The grid is evaluated in chunks; ``s.keep`` rows (evenly spread, both ends included; None:
     all) are kept, and the worst errors are reduced over every point. ``progress(n)`` is called
-    as each chunk of n points is done.
+    as each chunk of n points is done. ``jobs`` > 1 spreads the chunks over a process pool and
+    ``scheduler`` over a Dask cluster; the result is the same either way.
     """
     s = native(s)
     backend = backends.get(s.backend, s.device)
@@ -527,7 +639,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None) -> SweepResult
             n = grid_size(s, d)
             keep = None if s.keep is None else set(sample_indices(n, s.keep))
             try:
-                _audit_grid(s, d, n, backend, keep, result, progress)
+                _audit_grid(s, d, n, keep, result, jobs, scheduler, progress)
             except backends.Unsupported as e:
                 notes.append(f"{d}: grid not audited: {e}")
     result.notes = list(dict.fromkeys(notes))

@@ -24,3 +24,13 @@ def _fixed_terminal(monkeypatch):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """The CLI caches results under $XDG_CACHE_HOME: a fresh one for each test, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    from bce_audit import cache
+
+    cache.use(None)

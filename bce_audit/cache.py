@@ -1,0 +1,161 @@
+"""A persistent cache of audit results: per-chunk reference values and errors, and key points.
+
+Entries live under ``$XDG_CACHE_HOME/bce-audit`` (default ``~/.cache/bce-audit``), one JSON file
+each, named by a SHA-256 of everything that decides the result: the code version, the dtype
+(its bits), the reference and its precision, the formulas and settings, and the chunk. Files are
+written atomically (temporary file + rename), so two runs writing the same entry both leave a
+whole file; each carries a checksum of its payload, so a truncated or corrupted file is noticed,
+reported and rebuilt. A directory that cannot be written means running without the cache,
+with a warning, never a crash. JSON, not pickle: nothing in the cache can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bce_audit import __version__, files
+
+FORMAT = "bce-audit-cache/1"
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bce-audit"
+
+
+def _encode(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"__float__": repr(v)}
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    return v
+
+
+def _decode(v):
+    if isinstance(v, dict):
+        if set(v) == {"__float__"}:
+            return float(v["__float__"])
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def key_of(kind: str, parts: dict) -> str:
+    text = json.dumps(_encode({"kind": kind, "version": __version__, **parts}), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Cache:
+    """One cache directory; ``warnings`` collects what the user should be told (once each)."""
+
+    root: Path
+    warnings: list[str] = field(default_factory=list)
+    writable: bool = True
+    hits: int = 0
+    misses: int = 0
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Any | None:
+        p = self.path(key)
+        try:
+            raw = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except OSError as e:
+            self._warn(f"cache entry {p} unreadable ({e.strerror or e}): running without it")
+            self.misses += 1
+            return None
+        try:
+            doc = json.loads(raw)
+            payload = doc["payload"]
+            ok = (doc.get("format") == FORMAT and doc.get("key") == key
+                  and doc.get("sha256") == _digest(payload))
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            self._warn(f"cache entry {p} is corrupted or truncated: rebuilt")
+            self.misses += 1
+            return None
+        self.hits += 1
+        return _decode(payload)
+
+    def put(self, key: str, value: Any) -> None:
+        if not self.writable:
+            return
+        payload = _encode(value)
+        doc = {"format": FORMAT, "key": key, "sha256": _digest(payload), "payload": payload}
+        p = self.path(key)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            files.write_text(str(p), json.dumps(doc, sort_keys=True))
+        except (OSError, files.WriteError) as e:
+            self.writable = False
+            self._warn(f"cache directory {self.root} is not writable ({getattr(e, 'strerror', None) or e}): "
+                       "running without the cache")
+
+    def memo(self, kind: str, parts: dict, compute: Callable[[], Any],
+             encode: Callable[[Any], Any] = lambda v: v, decode: Callable[[Any], Any] = lambda v: v) -> Any:
+        """The cached value for these parts, or compute, store and return it."""
+        key = key_of(kind, parts)
+        hit = self.get(key)
+        if hit is not None:
+            try:
+                return decode(hit)
+            except (TypeError, KeyError, ValueError):
+                self._warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
+        value = compute()
+        self.put(key, encode(value))
+        return value
+
+    def info(self) -> dict:
+        entries = list(self.root.rglob("*.json")) if self.root.is_dir() else []
+        return {"path": str(self.root), "entries": len(entries),
+                "bytes": sum(e.stat().st_size for e in entries)}
+
+    def clear(self) -> int:
+        """Delete every entry (only this cache's own files); returns how many went."""
+        n = 0
+        if not self.root.is_dir():
+            return 0
+        for e in self.root.rglob("*.json"):
+            e.unlink()
+            n += 1
+        for d in sorted((d for d in self.root.rglob("*") if d.is_dir()), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+        return n
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+_ACTIVE: Cache | None = None
+
+
+def active() -> Cache | None:
+    """The cache the current command uses (None: no caching, the default for library calls)."""
+    return _ACTIVE
+
+
+def use(cache: Cache | None) -> None:
+    global _ACTIVE
+    _ACTIVE = cache
