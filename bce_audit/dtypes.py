@@ -161,19 +161,20 @@ def _ld_ordinal(values):
 
 def _ld_value(ordinals):
     """Longdouble values at ordinals (Python ints), vectorised after one split of each int."""
-    ords = list(np.atleast_1d(np.asarray(ordinals, dtype=object)))
+    scalar = isinstance(ordinals, (int, np.integer))
+    ords = [int(ordinals)] if scalar else [int(o) for o in ordinals]
     emin, nm = _LD.minexp, _LD.nmant
     mask = (1 << nm) - 1
-    n = [abs(int(o)) for o in ords]
-    field = np.array([v >> nm for v in n], dtype=np.int64)
-    frac = np.array([v & mask for v in n], dtype=np.uint64).astype(np.longdouble)
+    n = [-o if o < 0 else o for o in ords]
+    field = np.fromiter((v >> nm for v in n), dtype=np.int64, count=len(n))
+    frac = np.fromiter((v & mask for v in n), dtype=np.uint64, count=len(n)).astype(np.longdouble)
     normal = field > 0
     sig = np.where(normal, frac + np.longdouble(2) ** nm, frac)
     exp = np.where(normal, field - 1 + emin - nm, emin - nm)
     v = np.ldexp(sig, exp.astype(np.int32))
-    neg = np.array([int(o) < 0 for o in ords], dtype=bool)
+    neg = np.fromiter((o < 0 for o in ords), dtype=bool, count=len(ords))
     v = np.where(neg, -v, v).astype(np.longdouble)
-    return v if np.ndim(ordinals) else v[0]
+    return v[0] if scalar else v
 
 
 def _finfo(typ: type):

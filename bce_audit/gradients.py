@@ -198,7 +198,7 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
     """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
     info = dtypes.get(dtype)
     ev = Evaluator(dtype, mode, backend.ops() if backend else None)
-    g = grad_fn(formula, eps, label, ev, backend)
+    g = keypoints.tabulated(info, grad_fn(formula, eps, label, ev, backend))
     f = formulas.get(formula)
     rec_eps = eps if f.uses_eps else None
     where = backend.label if backend else "numpy"

@@ -85,6 +85,7 @@ def _samples(info: dtypes.DtypeInfo, start: int, step: int, n: int, count: int):
 
 
 Pred = Callable[[np.ndarray], np.ndarray]
+FANOUT = 64  # points per refinement step of a bracket
 
 
 def first_hit(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int | None:
@@ -104,12 +105,11 @@ def first_hit(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int |
     if k == 0:
         return start
     lo, hi = int(samples[k - 1]), int(samples[k])  # pred(lo) false, pred(hi) true
-    while abs(hi - lo) > window:
-        mid = (lo + hi) // 2
-        if pred(info.value(_ords(info, [mid])))[0]:
-            hi = mid
-        else:
-            lo = mid
+    while abs(hi - lo) > window:  # a 64-way bisection: one evaluation of 64 points per step
+        inner = _samples(info, lo, step, abs(hi - lo) + 1, FANOUT)
+        hits = np.flatnonzero(pred(info.value(inner)))
+        j = int(hits[0]) if hits.size else FANOUT - 1  # pred(hi) holds, so j exists
+        lo, hi = int(inner[j - 1]) if j else lo, int(inner[j])
     return first_hit(info, pred, lo + step, hi)
 
 
@@ -121,6 +121,19 @@ def run_start(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int |
     if miss is None:
         return start
     return miss + (1 if end >= start else -1)
+
+
+def tabulated(info: dtypes.DtypeInfo, fn: Callable) -> Callable:
+    """For an 8- or 16-bit dtype, fn over every finite value once, then looked up by ordinal
+    (the exhaustive searches ask for the same values again and again); fn itself otherwise."""
+    if not info.exhaustive:
+        return fn
+    table = fn(info.finite_values())
+    top = info.max_ordinal
+
+    def lookup(v):
+        return table[np.asarray(info.ordinal(np.asarray(v, dtype=info.dtype))) + top]
+    return lookup
 
 
 def _method(info: dtypes.DtypeInfo) -> str:
@@ -221,13 +234,14 @@ def _vsearch(info: dtypes.DtypeInfo, pred: Pred, lo, hi):
 
     pred must be monotone (false, then true) on each element's range and true at hi.
     """
-    lo, hi = np.array(lo, dtype=object), np.array(hi, dtype=object)
+    kind = object if info.bits > 64 else np.int64
+    lo, hi = np.array(lo, dtype=kind), np.array(hi, dtype=kind)
     while True:
         open_ = (hi - lo) > 1
         if not open_.any():
             return hi
-        mid = np.where(open_, (lo + hi) // 2, hi)
-        t = pred(info.value(_ords(info, list(mid))))
+        mid = np.where(open_, lo + (hi - lo) // 2, hi)
+        t = pred(info.value(_ords(info, list(mid)) if kind is object else mid))
         hi = np.where(open_ & t, mid, hi)
         lo = np.where(open_ & ~t, mid, lo)
 
@@ -327,8 +341,7 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
     name_of = user.name if user else None
     top, one = info.max_ordinal, _ord(info, 1.0)
 
-    def rt(v):
-        return formulas.evaluate_roundtrip(v, ev)
+    rt = tabulated(info, lambda v: formulas.evaluate_roundtrip(v, ev))
 
     def bad(v):
         return ~np.isfinite(rt(v))
@@ -396,7 +409,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
     ev = Evaluator(dtype, mode, backend.ops() if backend else None)
     f = backend.formula(formula) if backend else formulas.get(formula)
     where = backend.label if backend else "numpy"
-    loss = loss_fn(f, eps, label, ev)
+    loss = tabulated(info, loss_fn(f, eps, label, ev))
     top = info.max_ordinal
     sign = -1 if label == 0 else 1  # label 0 improves toward -inf
     good_end, bad_end = sign * top, -sign * top
