@@ -89,7 +89,8 @@ def main() -> int:
     line("   ... the same inputs at mpmath's per-point cost", f"{n * mp_point * 4:.1f} s",
          f"{n * mp_point * 4 / cold:.1f}x the cold run", "", None)
 
-    cold, warm = cold_warm([*cli, "sweep", "--dtype", "float32", "--points", "1000000", "--range", "-100:100"])
+    cold, warm = cold_warm([*cli, "sweep", "--dtype", "float32", "--points", "1000000",
+                            "--range", "-100:100"])
     line("2. sweep float32, 10^6 points over -100:100, cold", f"{cold:.2f} s",
          f"{cold / t_import:.1f}x import", "< 10 s", cold < 10)
     line("   ... warm", f"{warm:.2f} s", f"{warm / t_import:.1f}x import", "< 2 s", warm < 2)
