@@ -203,7 +203,7 @@ def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list
             cols = [r for r in rows if r.label == label and (r.eps is None or r.eps == eps)]
             by_formula = _group(cols, lambda r: r.formula)
             what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
-            for part in chunks(by_formula, width, 15, 11):
+            for part in chunks(by_formula, width, 15, 10):
                 tables.append(_bce_table(f"Sampled: {noun}, {what}", part, idx, errors=False))
             for part in chunks(by_formula, width, 15, 9):
                 tables.append(_bce_table(f"Bits of error: {noun}, {what}", part, idx, errors=True))
