@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from bce_audit import __version__, files
 
 FORMAT = "bce-audit-cache/1"
+_ENTRY = re.compile(r"[0-9a-f]{64}\.json")  # the only files the cache writes, and so deletes
 
 
 def default_dir() -> Path:
@@ -76,9 +78,11 @@ class Cache:
         p = self.path(key)
         try:
             raw = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             self.misses += 1
             return None
+        except UnicodeDecodeError:
+            raw = ""  # not even text: corrupted, handled below
         except OSError as e:
             self._warn(f"cache entry {p} unreadable ({e.strerror or e}): running without it")
             self.misses += 1
@@ -126,7 +130,8 @@ class Cache:
         return value
 
     def info(self) -> dict:
-        entries = list(self.root.rglob("*.json")) if self.root.is_dir() else []
+        entries = [e for e in self.root.glob("??/*.json") if _ENTRY.fullmatch(e.name)] \
+            if self.root.is_dir() else []
         return {"path": str(self.root), "entries": len(entries),
                 "bytes": sum(e.stat().st_size for e in entries)}
 
@@ -135,9 +140,10 @@ class Cache:
         n = 0
         if not self.root.is_dir():
             return 0
-        for e in self.root.rglob("*.json"):
-            e.unlink()
-            n += 1
+        for e in self.root.glob("??/*.json"):
+            if _ENTRY.fullmatch(e.name) and e.name.startswith(e.parent.name):
+                e.unlink()
+                n += 1
         for d in sorted((d for d in self.root.rglob("*") if d.is_dir()), reverse=True):
             if not any(d.iterdir()):
                 d.rmdir()

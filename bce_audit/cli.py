@@ -119,7 +119,8 @@ def _grid(f: Callable) -> Callable:
         click.option("--spacing", type=click.Choice(sweep.SPACINGS), default="lin", show_default=True,
                      help="lin, or log (geometric on each side of zero)."),
         click.option("--exhaustive", is_flag=True, default=False,
-                     help="The grid is every finite value of each dtype (8- and 16-bit dtypes)."),
+                     help="The grid is every value of each dtype in --range (every finite value "
+                          "without --range): all of float16, or float32 a chunk of its bits at a time."),
         click.option("--jobs", "-j", type=int, default=None, metavar="N",
                      help="Processes for the grid's chunks (default: the machine's cores); the "
                           "result is the same for any N."),

@@ -28,6 +28,14 @@ from bce_audit.sweep import (
 )
 
 FORMATS = ("table", "json", "csv", "markdown")
+MAX_EXHAUSTIVE = 1 << 33  # dtype values one exhaustive grid may walk: every float32, on a cluster
+
+
+def exhaustive_count(dtype: str, rng: tuple[float, float]) -> int:
+    from bce_audit.sweep import exhaustive_bounds
+
+    lo, hi = exhaustive_bounds(dtypes.get(dtype), rng)
+    return hi - lo + 1
 MAX_ROWS = 1000
 
 
@@ -192,14 +200,15 @@ def parse_range(text: str, where: str) -> tuple[float, float]:
         raise ConfigError(f"{where} {text!r} is malformed; LO and HI must be numbers, e.g. -40:40") from None
 
 
-def check_range(rng: tuple[float, float] | str, where: str) -> tuple[float, float]:
+def check_range(rng: tuple[float, float] | str, where: str, infinite: bool = False) -> tuple[float, float]:
+    """LO < HI, finite (``infinite``: +-inf allowed, for an exhaustive walk of the dtype)."""
     lo, hi = parse_range(rng, where) if isinstance(rng, str) else rng
     shown = repr(rng) if isinstance(rng, str) else f"[{lo!r}, {hi!r}]"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    if math.isnan(lo) or math.isnan(hi) or not (infinite or (math.isfinite(lo) and math.isfinite(hi))):
         raise ConfigError(f"{where} {shown}: bounds must be finite numbers")
     if lo >= hi:
         raise ConfigError(f"{where} {shown}: LO must be less than HI")
-    if not math.isfinite(hi - lo):
+    if not infinite and not math.isfinite(hi - lo):
         raise ConfigError(f"{where} {shown} is too wide: HI - LO overflows a float64")
     return lo, hi
 
@@ -219,7 +228,8 @@ def check_thresholds(values: tuple[float, ...], where: str) -> tuple[float, ...]
 
 
 def check_grid(values: Mapping[str, Any], origin) -> dict:
-    rng = check_range(values["range"], origin("range")) if "range" in values else DEFAULT_RANGE
+    exhaustive = bool(values.get("exhaustive", False))
+    rng = check_range(values["range"], origin("range"), exhaustive) if "range" in values else DEFAULT_RANGE
     spacing = _one_of(values.get("spacing", "lin"), SPACINGS, "spacing", origin("spacing"))
     points, step = values.get("points"), values.get("step")
     if points is not None and step is not None:
@@ -267,12 +277,21 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     if device != "cpu" and backend != "torch":
         raise ConfigError(f"{origin('device')} {device}: only the torch backend runs on cuda")
     reference = _one_of(values.get("reference", "fast"), ("fast", "mpmath"), "reference", origin("reference"))
-    exhaustive = bool(values.get("exhaustive", False))
-    if exhaustive and with_grid:
-        wide = [d for d in (chosen or default_dtypes) if not dtypes.get(d).exhaustive]
-        if wide:
-            raise ConfigError(f"{origin('exhaustive')}: every value of {', '.join(wide)} is too many "
-                              f"(only 8- and 16-bit dtypes); use --points or --step for them")
+    exhaustive = bool(values.get("exhaustive", False)) and with_grid
+    if exhaustive:
+        if "range" not in values:  # every finite value: by default only of the 8- and 16-bit dtypes
+            wide = [d for d in chosen or default_dtypes if not dtypes.get(d).exhaustive]
+            if wide:
+                raise ConfigError(f"{origin('exhaustive')}: give {origin('range')} for {', '.join(wide)} "
+                                  "(--range=-inf:inf walks every value: many core-hours, see --scheduler)")
+            grid = {**grid, "range": (-math.inf, math.inf)}
+        for d in chosen or default_dtypes:
+            n = exhaustive_count(d, grid["range"])
+            if n > MAX_EXHAUSTIVE:
+                raise ConfigError(f"{origin('exhaustive')}: {n:,} {d} values in the range, more than "
+                                  f"{MAX_EXHAUSTIVE:,}; narrow --range (or use --points)")
+            if n < 1:
+                raise ConfigError(f"{origin('range')}: no {d} value lies in the range")
     return Settings(
         exhaustive=exhaustive and with_grid,
         backend=backend, device=device, grad=bool(values.get("grad", False)), reference=reference,

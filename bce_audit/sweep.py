@@ -43,7 +43,7 @@ class Settings:
     device: str = "cpu"
     grad: bool = False
     reference: str = "fast"  # "fast" (vectorised float64, <= 32-bit dtypes) or "mpmath"
-    exhaustive: bool = False  # the grid is every finite value of each (8- or 16-bit) dtype
+    exhaustive: bool = False  # the grid is every value of each dtype in the range (+-inf: all)
     keep: int | None = None   # grid rows kept in the result (evenly spread); None: all
 
     @property
@@ -126,10 +126,35 @@ def sample_indices(n: int, show: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
 
 
+def exhaustive_bounds(info: dtypes.DtypeInfo, rng: tuple[float, float]) -> tuple[int, int]:
+    """Ordinals of the first and last dtype values inside [lo, hi] (every finite one for +-inf)."""
+    lo, hi = rng
+    top = info.max_ordinal
+
+    def ordinal(v: float, up: bool) -> int:
+        if math.isinf(v):
+            return top if v > 0 else -top
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = np.asarray([v]).astype(info.dtype)
+        if not np.isfinite(d[0]):  # beyond the dtype's largest value
+            beyond = top + 1 if up else top
+            return beyond if v > 0 else -beyond
+        o = int(np.asarray(info.ordinal(d))[0])
+        got = float(d[0])
+        if up and got < v:
+            o += 1
+        if not up and got > v:
+            o -= 1
+        return o
+
+    return ordinal(lo, True), ordinal(hi, False)
+
+
 def grid_size(s: Settings, dtype: str) -> int:
-    """Points of the grid for one dtype: every finite value with ``exhaustive``."""
+    """Points of the grid for one dtype: every dtype value in the range with ``exhaustive``."""
     if s.exhaustive:
-        return 2 * dtypes.get(dtype).max_ordinal + 1
+        lo, hi = exhaustive_bounds(dtypes.get(dtype), s.range)
+        return hi - lo + 1
     if s.step is not None:
         return math.floor((s.range[1] - s.range[0]) / s.step + 1e-9) + 1
     return s.points
@@ -139,7 +164,8 @@ def grid_slice(s: Settings, dtype: str, start: int, stop: int) -> np.ndarray:
     """Points start..stop-1 of the grid, equal bit for bit to the same slice of `grid`."""
     if s.exhaustive:
         info = dtypes.get(dtype)
-        ords = np.arange(start - info.max_ordinal, stop - info.max_ordinal, dtype=np.int64)
+        first, _ = exhaustive_bounds(info, s.range)
+        ords = np.arange(first + start, first + stop, dtype=np.int64)
         return info.value(ords).astype(np.float64)
     lo, hi = s.range
     if s.step is not None:
