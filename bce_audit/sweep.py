@@ -572,8 +572,12 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
         from bce_audit import distributed
         yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
     elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and _cacheable(s):
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+
+        # forkserver: never fork a process that may hold threads (JAX, BLAS) mid-lock
+        ctx = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             yield from zip(ks, pool.map(audit_chunk, *zip(*args, strict=True)), strict=True)
     else:
         for k, a in zip(ks, args, strict=True):

@@ -1,0 +1,735 @@
+"""Scale features: the result cache, resuming a chunked run, --jobs, Dask, --exhaustive, big grids.
+
+The cache must give the same answer as computing (hit, miss, corruption, an unwritable
+directory, two writers at once); a chunked run gives the same records however its chunks run
+(serially, in a process pool, on a Dask cluster, or half from the cache after an interruption).
+
+conftest.py gives every test its own $XDG_CACHE_HOME and resets ``cache.use(None)`` afterwards.
+Regression tests pin the bugs found here; each states the correct behaviour.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from cli_support import assert_usage_error, ok, run, strict_json
+from mpmath import mp
+
+from bce_audit import cache, cli, keypoints, report, sweep
+from bce_audit.sweep import CHUNK, Settings
+
+# a JSON sweep light enough to run several times: one formula, one label, every row kept
+SMALL = ("sweep", "--points", "5000", "--format", "json", "--dtype", "float16",
+         "--formula", "keras3", "--label", "1", "--jobs", "1")
+WARNING = "bce-audit: warning: "
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def canon(records) -> list[str]:
+    """Records as exact text: repr keeps every float bit (and -0.0, nan) where == would not."""
+    return [repr(asdict(r)) for r in records]
+
+
+def assert_same_result(a: sweep.SweepResult, b: sweep.SweepResult) -> None:
+    assert len(a.rows) == len(b.rows)
+    assert canon(a.rows) == canon(b.rows)
+    assert canon(a.worst) == canon(b.worst)
+    assert canon(a.keypoints) == canon(b.keypoints)
+
+
+def entries(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.json")) if root.is_dir() else []
+
+
+def temp_leftovers(root: Path) -> list[Path]:
+    return sorted(root.rglob(".bce-audit-*")) if root.is_dir() else []
+
+
+def assert_valid_entry(path: Path) -> None:
+    """A whole entry file: the format, its own key, and a checksum that matches the payload."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["format"] == cache.FORMAT
+    assert doc["key"] == path.stem
+    assert doc["sha256"] == cache._digest(doc["payload"])
+
+
+class Spy:
+    """Wraps a function, recording the arguments of every call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls: list[tuple] = []
+
+    def __call__(self, *args, **kw):
+        self.calls.append(args)
+        return self.fn(*args, **kw)
+
+
+@pytest.fixture
+def cache_root() -> Path:
+    """The directory the CLI caches in for this test (conftest points $XDG_CACHE_HOME at a fresh one)."""
+    return cache.default_dir()
+
+
+@pytest.fixture
+def chunk_spy(monkeypatch) -> Spy:
+    spy = Spy(sweep.audit_chunk)
+    monkeypatch.setattr(sweep, "audit_chunk", spy)
+    return spy
+
+
+# ---------------------------------------------------------------- the Cache class
+
+
+def test_cache_miss_returns_none_and_counts(tmp_path):
+    c = cache.Cache(tmp_path)
+    assert c.get(cache.key_of("t", {"a": 1})) is None
+    assert (c.hits, c.misses) == (0, 1)
+    assert c.warnings == []
+    assert entries(tmp_path) == []
+
+
+def test_cache_put_then_get_round_trips_values(tmp_path):
+    c = cache.Cache(tmp_path)
+    value = {"floats": [0.1, -0.0, 5e-324, 1.7976931348623157e308, math.inf, -math.inf, math.nan],
+             "nested": {"x": [1, "pair", None, True]}, "label": "pair"}
+    key = cache.key_of("t", {"a": 1})
+    c.put(key, value)
+    got = c.get(key)
+    assert (c.hits, c.misses) == (1, 0)
+    floats = got["floats"]
+    assert floats[:6] == value["floats"][:6]
+    assert math.copysign(1.0, floats[1]) == -1.0
+    assert math.isnan(floats[6])
+    assert got["nested"] == value["nested"]
+    assert got["label"] == "pair"
+    (path,) = entries(tmp_path)
+    assert path == c.path(key)
+    assert_valid_entry(path)
+    # the file itself is strict JSON: inf and nan are encoded, never bare Infinity / NaN
+    strict_json(path.read_text(encoding="utf-8"))
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_cache_key_depends_on_every_part():
+    k = cache.key_of("chunk", {"a": 1, "b": [0.5, math.inf]})
+    assert k == cache.key_of("chunk", {"b": [0.5, math.inf], "a": 1})
+    assert k != cache.key_of("chunk", {"a": 2, "b": [0.5, math.inf]})
+    assert k != cache.key_of("chunk", {"a": 1, "b": [0.5, -math.inf]})
+    assert k != cache.key_of("keypoints", {"a": 1, "b": [0.5, math.inf]})
+
+
+def test_cache_memo_computes_once_then_hits(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [1.5, math.inf]
+
+    c = cache.Cache(tmp_path)
+    assert c.memo("t", {"n": 3}, compute) == [1.5, math.inf]
+    assert c.memo("t", {"n": 3}, compute) == [1.5, math.inf]
+    assert len(calls) == 1
+    assert (c.hits, c.misses) == (1, 1)
+    # another cache object on the same directory (a later run) hits too
+    again = cache.Cache(tmp_path)
+    assert again.memo("t", {"n": 3}, compute) == [1.5, math.inf]
+    assert len(calls) == 1
+    assert again.hits == 1
+    # different parts: a different entry
+    assert c.memo("t", {"n": 4}, compute) == [1.5, math.inf]
+    assert len(calls) == 2
+    assert len(entries(tmp_path)) == 2
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _flip_payload_byte(p: Path) -> None:
+    """Change one digit of the payload: still valid JSON, but the sha256 no longer matches."""
+    doc = json.loads(p.read_text(encoding="utf-8"))
+    text = p.read_text(encoding="utf-8")
+    payload = json.dumps(doc["payload"], sort_keys=True)
+    assert "12345" in payload
+    p.write_text(text.replace("12345", "12346"), encoding="utf-8")
+    assert json.loads(p.read_text(encoding="utf-8"))["payload"] != doc["payload"]
+
+
+def _garbage(p: Path) -> None:
+    p.write_bytes(b"not json at all {")
+
+
+def _binary_garbage(p: Path) -> None:
+    """Bytes that are not even UTF-8 (a disk error, another program's file)."""
+    p.write_bytes(b"\x00\xff\xfe garbage \x80")
+
+
+def _wrong_key(p: Path) -> None:
+    """A whole, self-consistent entry that belongs to another key (a renamed or copied file)."""
+    doc = json.loads(p.read_text(encoding="utf-8"))
+    doc["key"] = "0" * 64
+    p.write_text(json.dumps(doc, sort_keys=True), encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_payload_byte, _garbage, _binary_garbage, _wrong_key])
+def test_cache_corrupted_entry_is_reported_and_rebuilt(tmp_path, damage):
+    value = {"v": [0.12345, 2.0, -math.inf]}
+    key = cache.key_of("t", {"n": 1})
+    cache.Cache(tmp_path).put(key, value)
+    (path,) = entries(tmp_path)
+    damage(path)
+
+    c = cache.Cache(tmp_path)
+    assert c.get(key) is None
+    assert c.misses == 1
+    assert len(c.warnings) == 1
+    assert str(path) in c.warnings[0]
+    assert "corrupted" in c.warnings[0]
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return value
+
+    c = cache.Cache(tmp_path)
+    assert c.memo("t", {"n": 1}, compute) == value
+    assert calls == [1]
+    assert len(c.warnings) == 1 and str(path) in c.warnings[0]
+    # the entry was rewritten whole: the next run hits and is not warned
+    assert_valid_entry(path)
+    fresh = cache.Cache(tmp_path)
+    assert fresh.memo("t", {"n": 1}, compute) == value
+    assert calls == [1]
+    assert (fresh.hits, fresh.warnings) == (1, [])
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_cache_same_warning_is_recorded_once(tmp_path):
+    key = cache.key_of("t", {"n": 1})
+    cache.Cache(tmp_path).put(key, [1.0])
+    _garbage(cache.Cache(tmp_path).path(key))
+    c = cache.Cache(tmp_path)
+    assert c.get(key) is None
+    assert c.get(key) is None
+    assert len(c.warnings) == 1
+    assert c.misses == 2
+
+
+def _unwritable_chmod(tmp_path: Path) -> Path:
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o500)
+    if os.access(root, os.W_OK):
+        root.chmod(0o700)
+        pytest.skip("running as root: chmod does not make a directory read-only")
+    return root
+
+
+def _unwritable_under_file(tmp_path: Path) -> Path:
+    plain = tmp_path / "plain-file"
+    plain.write_text("not a directory\n")
+    return plain / "bce-audit"
+
+
+@pytest.mark.parametrize("make_root", [_unwritable_chmod, _unwritable_under_file],
+                         ids=["chmod", "under-file"])
+def test_cache_unwritable_directory_runs_without_it(tmp_path, make_root):
+    root = make_root(tmp_path)
+    try:
+        c = cache.Cache(root)
+        key = cache.key_of("t", {"n": 1})
+        c.put(key, [1.0, 2.0])  # must not raise
+        assert c.writable is False
+        assert len(c.warnings) == 1
+        assert "not writable" in c.warnings[0]
+        assert "without the cache" in c.warnings[0]
+        assert str(root) in c.warnings[0]
+        c.put(cache.key_of("t", {"n": 2}), [3.0])  # stays quiet once off
+        assert len(c.warnings) == 1
+        calls = []
+        assert c.memo("t", {"n": 3}, lambda: calls.append(1) or [4.0]) == [4.0]
+        assert calls == [1]
+        assert c.get(key) is None
+        assert len(c.warnings) == 1, c.warnings  # a missing entry is a plain miss, not another warning
+    finally:
+        if root.is_dir():
+            root.chmod(0o700)
+    assert entries(root) == []
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from bce_audit import cache
+root, key, who, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+c = cache.Cache(root)
+for i in range(n):
+    c.put(key, {"who": who, "i": i, "data": [who + i / 7 for _ in range(2000)], "inf": float("inf")})
+assert c.writable and not c.warnings, c.warnings
+"""
+
+
+def _is_written_value(v) -> bool:
+    who, i = v["who"], v["i"]
+    return who in (1, 2) and 0 <= i < 200 and v["data"] == [who + i / 7] * 2000 and v["inf"] == math.inf
+
+
+def test_cache_concurrent_writers_and_a_reader(tmp_path):
+    key = cache.key_of("t", {"shared": True})
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), key, str(who), "200"],
+                                stderr=subprocess.PIPE, text=True) for who in (1, 2)]
+    reader = cache.Cache(tmp_path)
+    reads = 0
+    deadline = time.monotonic() + 60
+    while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
+        v = reader.get(key)  # never raises
+        reads += 1
+        assert v is None or _is_written_value(v), v
+    for w in writers:
+        _, err = w.communicate(timeout=60)
+        assert w.returncode == 0, err
+    assert reader.warnings == [], reader.warnings  # no torn or half-written file was ever seen
+    assert reads > 0
+    final = cache.Cache(tmp_path)
+    v = final.get(key)
+    assert v is not None and _is_written_value(v) and v["i"] == 199
+    assert_valid_entry(final.path(key))
+    assert entries(tmp_path) == [final.path(key)]
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_cache_info_counts_entries_and_bytes(tmp_path):
+    c = cache.Cache(tmp_path / "c")
+    assert c.info() == {"path": str(tmp_path / "c"), "entries": 0, "bytes": 0}
+    for n in range(3):
+        c.put(cache.key_of("t", {"n": n}), [float(n)] * (n + 1))
+    info = c.info()
+    assert info["entries"] == 3
+    assert info["bytes"] == sum(p.stat().st_size for p in entries(tmp_path / "c")) > 0
+
+
+def test_cache_clear_removes_its_entries_and_returns_the_count(tmp_path):
+    c = cache.Cache(tmp_path)
+    keys = [cache.key_of("t", {"n": n}) for n in range(5)]
+    for k in keys:
+        c.put(k, [1.0])
+    (tmp_path / "README.txt").write_text("not ours\n")
+    assert c.clear() == 5
+    assert entries(tmp_path) == []
+    assert (tmp_path / "README.txt").read_text() == "not ours\n"
+    assert tmp_path.is_dir()
+    assert c.info()["entries"] == 0
+    assert all(c.get(k) is None for k in keys)
+    assert c.clear() == 0
+    assert cache.Cache(tmp_path / "missing").clear() == 0
+
+
+def test_cache_clear_and_info_leave_foreign_json_files(tmp_path):
+    """Only the entries the cache wrote count and go (regression: every *.json under the root went)."""
+    c = cache.Cache(tmp_path)
+    key = cache.key_of("t", {"n": 1})
+    c.put(key, [1.0])
+    foreign = [tmp_path / "settings.json", c.path(key).parent / "notes.json",
+               tmp_path / "sub" / "deeper" / f"{key}.json"]
+    for f in foreign:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("{}\n")
+    assert c.info()["entries"] == 1
+    assert c.info()["bytes"] == c.path(key).stat().st_size
+    assert c.clear() == 1
+    assert not c.path(key).exists()
+    assert all(f.read_text() == "{}\n" for f in foreign)
+
+
+# ---------------------------------------------------------------- the cache through the CLI
+
+
+def test_cli_second_run_is_served_from_the_cache(cache_root, chunk_spy, monkeypatch):
+    kp_spy = Spy(keypoints.formula_points)
+    monkeypatch.setattr(keypoints, "formula_points", kp_spy)
+    first = ok(*SMALL)
+    assert len(chunk_spy.calls) == 1 and kp_spy.calls
+    assert len(entries(cache_root)) >= 2
+    doc = strict_json(first)
+    assert len(doc["rows"]) == 3 * 5000  # sigmoid, round trip, keras3 at label 1
+    chunk_spy.calls.clear()
+    kp_spy.calls.clear()
+
+    second = ok(*SMALL)
+    assert chunk_spy.calls == []
+    assert kp_spy.calls == []
+    assert second == first
+
+
+def test_cli_no_cache_computes_and_writes_nothing(cache_root, chunk_spy):
+    first = ok(*SMALL, "--no-cache")
+    second = ok(*SMALL, "--no-cache")
+    assert len(chunk_spy.calls) == 2
+    assert not cache_root.exists() or entries(cache_root) == []
+    assert ok(*SMALL) == first == second  # cached and uncached runs agree
+
+
+def test_cli_cache_info_and_clear(cache_root):
+    assert ok("cache", "info") == f"{cache_root}: 0 entries, 0 bytes\n"
+    ok(*SMALL)
+    stored = entries(cache_root)
+    assert stored
+    size = sum(p.stat().st_size for p in stored)
+    assert ok("cache", "info") == f"{cache_root}: {len(stored)} entries, {size:,} bytes\n"
+    assert ok("cache", "clear") == f"removed {len(stored)} entries from {cache_root}\n"
+    assert entries(cache_root) == []
+    assert ok("cache", "info") == f"{cache_root}: 0 entries, 0 bytes\n"
+
+
+def test_cli_corrupted_entry_warns_once_and_rebuilds(cache_root, chunk_spy):
+    first = ok(*SMALL)
+    chunk_spy.calls.clear()
+    # the chunk's entry: the one whose payload carries rows
+    (chunk_entry,) = [p for p in entries(cache_root) if '"rows"' in p.read_text(encoding="utf-8")]
+    _truncate(chunk_entry)
+
+    r = run(*SMALL)
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert r.stdout == first
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(WARNING) and str(chunk_entry) in lines[0]
+    assert len(chunk_spy.calls) == 1  # only the damaged chunk was computed again
+    assert_valid_entry(chunk_entry)
+    assert ok(*SMALL) == first  # and the run after that is quiet again
+
+
+@pytest.fixture
+def uncreatable_cache(tmp_path, monkeypatch) -> Path:
+    """$XDG_CACHE_HOME below a regular file: the cache directory can never be made."""
+    plain = tmp_path / "plain-file"
+    plain.write_text("not a directory\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(plain / "xdg"))
+    return cache.default_dir()
+
+
+def test_cli_unwritable_cache_runs_without_it(uncreatable_cache):
+    expected = ok(*SMALL, "--no-cache")
+    r = run(*SMALL)
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert r.stdout == expected
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert lines and all(line.startswith(WARNING) for line in lines), r.stderr
+    assert any("without the cache" in line and str(uncreatable_cache) in line for line in lines), r.stderr
+
+
+def test_cli_unwritable_cache_warns_once(uncreatable_cache):
+    """Regression: every entry looked up under the missing directory used to add a warning of its own."""
+    r = run(*SMALL)
+    assert r.exit_code == 0
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(WARNING) and "without the cache" in lines[0]
+
+
+# ---------------------------------------------------------------- --jobs
+
+
+class RecordingPool:
+    """Records that the process pool was used (wraps the real one), and that its workers start
+    from a fresh interpreter ("forkserver"), not a fork of this one: other test modules load JAX,
+    whose threads make fork unsafe. Fresh workers are also the stricter test that a chunk needs
+    nothing but its arguments."""
+
+    made: ClassVar[list[int]] = []
+
+    def __new__(cls, *args, **kw):
+        cls.made.append(kw.get("max_workers", args[0] if args else None))
+        assert kw.get("mp_context") is multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(*args, **kw)
+
+
+@pytest.fixture
+def pool_spy(monkeypatch):
+    import concurrent.futures
+
+    RecordingPool.made = []
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    return RecordingPool.made
+
+
+MULTI = Settings(points=3 * CHUNK + 17, range=(-60.0, 60.0), keep=11)
+
+
+def test_jobs_2_equals_jobs_1(pool_spy):
+    one = sweep.run_sweep(MULTI, jobs=1)
+    assert pool_spy == []
+    two = sweep.run_sweep(MULTI, jobs=2)
+    assert pool_spy == [2]
+    assert_same_result(one, two)
+    assert one.rows and one.worst
+    assert {w.points for w in two.worst} == {MULTI.points}
+    assert len(one.rows) == 11 * len(one.worst)
+
+
+def test_cli_jobs_1_and_2_give_identical_json(pool_spy):
+    args = ("sweep", "--points", str(2 * CHUNK + 5), "--range", "-30:30", "--dtype", "float16",
+            "--formula", "keras3", "--formula", "logits-stable", "--format", "json", "--rows", "9",
+            "--no-cache")
+    one = ok(*args, "--jobs", "1")
+    two = ok(*args, "--jobs", "2")
+    assert pool_spy == [2]
+    assert one == two
+    doc = strict_json(one)
+    assert {w["points"] for w in doc["worst"]} == {2 * CHUNK + 5}
+
+
+@pytest.mark.parametrize("jobs", ["0", "-3"])
+def test_cli_jobs_below_1_is_a_usage_error(jobs, chunk_spy):
+    assert_usage_error(run(*SMALL[:-2], "--jobs", jobs), "--jobs")
+    assert chunk_spy.calls == []
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
+    s = Settings(dtypes=("float16",), points=3 * CHUNK + 17, range=(-60.0, 60.0), keep=13,
+                 formulas=("keras3", "logits-stable"))
+    expected = sweep.run_sweep(s)  # no cache active: the uninterrupted reference
+
+    original = sweep.audit_chunk
+    failed = []
+
+    def flaky(s, dtype, start, stop, index):
+        if start == 2 * CHUNK and not failed:
+            failed.append(start)
+            raise KeyboardInterrupt  # the user stopped the run in the third chunk
+        return original(s, dtype, start, stop, index)
+
+    cache.use(cache.Cache(tmp_path))
+    monkeypatch.setattr(sweep, "audit_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(s)
+    assert failed == [2 * CHUNK]
+
+    spy = Spy(original)
+    monkeypatch.setattr(sweep, "audit_chunk", spy)
+    cache.use(cache.Cache(tmp_path))
+    resumed = sweep.run_sweep(s)
+    assert [c[2] for c in spy.calls] == [2 * CHUNK, 3 * CHUNK]
+    assert cache.active().hits >= 2 and cache.active().warnings == []
+    assert_same_result(resumed, expected)
+
+    spy.calls.clear()
+    assert_same_result(sweep.run_sweep(s), expected)
+    assert spy.calls == []  # everything is in the cache now
+
+
+def test_cache_key_tells_settings_apart(tmp_path, chunk_spy):
+    """A cached chunk is only reused for the very same work."""
+    cache.use(cache.Cache(tmp_path))
+    base = Settings(dtypes=("float16",), points=300, formulas=("keras3",), label="1")
+    sweep.run_sweep(base)
+    assert len(chunk_spy.calls) == 1
+    for other in (replace(base, range=(-10.0, 10.0)), replace(base, eps=(1e-4,)),
+                  replace(base, mode="upcast"), replace(base, dtypes=("bfloat16",)), replace(base, keep=7)):
+        chunk_spy.calls.clear()
+        fresh = sweep.run_sweep(other)
+        assert len(chunk_spy.calls) == 1, other
+        cache.use(None)
+        assert_same_result(fresh, sweep.run_sweep(other))
+        cache.use(cache.Cache(tmp_path))
+
+
+# ---------------------------------------------------------------- Dask
+
+
+def test_dask_local_cluster_equals_local_run(monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    from bce_audit import distributed as bce_distributed
+
+    spy = Spy(bce_distributed.run)
+    monkeypatch.setattr(bce_distributed, "run", spy)
+    s = Settings(dtypes=("float32",), points=3 * CHUNK + 101, range=(-60.0, 60.0), keep=9,
+                 formulas=("keras3", "logits-stable"))
+    local = sweep.run_sweep(s)
+    args = ("sweep", "--dtype", "float32", "--points", str(s.points), "--range", "-60:60", "--rows", "9",
+            "--formula", "keras3", "--formula", "logits-stable", "--format", "json", "--no-cache")
+    local_json = ok(*args, "--jobs", "1")
+    assert spy.calls == []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        remote = sweep.run_sweep(s, scheduler=cluster.scheduler_address)
+        remote_json = ok(*args, "--scheduler", cluster.scheduler_address)
+    assert [(c[0], len(c[2])) for c in spy.calls] == [(cluster.scheduler_address, 4)] * 2
+    assert_same_result(local, remote)
+    assert {w.points for w in remote.worst} == {s.points}
+    assert remote_json == local_json
+
+
+def test_dask_worker_with_threads_equals_local_run(monkeypatch):
+    """A `dask worker` runs as many threads as cores by default: chunks run side by side in one process.
+
+    Regression: mpmath's precision is one global per process, so chunks in one worker's threads
+    raced on it (values computed at 53 bits, mp.prec left at 128); they now take turns.
+    """
+    distributed = pytest.importorskip("dask.distributed")
+    monkeypatch.setattr(sweep, "CHUNK", 1500)  # chunking never changes the result; small chunks overlap more
+    s = Settings(dtypes=("float16",), points=8 * 1500, range=(-30.0, 30.0), formulas=("keras3",), label="1",
+                 reference="mpmath")
+    local = sweep.run_sweep(s)
+    before = mp.prec
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=False,
+                                      dashboard_address=None) as cluster:
+            remote = sweep.run_sweep(s, scheduler=cluster.scheduler_address)
+        after = mp.prec
+    finally:
+        mp.prec = before  # conftest checks for leaks after the test; this one is the bug itself
+    assert after == before, "a worker thread left mpmath's global precision changed"
+    assert_same_result(local, remote)
+
+
+def test_cli_unreachable_scheduler_is_a_usage_error(monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    real = distributed.Client
+
+    def quick(address, timeout=None, **kw):  # the code waits 10 s; 1 s shows the same failure
+        return real(address, timeout=1, **kw)
+
+    monkeypatch.setattr(distributed, "Client", quick)
+    r = run(*SMALL, "--no-cache", "--scheduler", "tcp://127.0.0.1:1")
+    assert_usage_error(r, "--scheduler tcp://127.0.0.1:1", "scheduler")
+
+
+# ---------------------------------------------------------------- --exhaustive
+
+
+def test_exhaustive_float16_covers_every_finite_value():
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = bits[np.isfinite(bits)]
+    n = np.unique(finite).size  # -0 and +0 are one value
+    assert n == (1 << 16) - 2 * (1 << 10) - 1
+    doc = strict_json(ok("sweep", "--exhaustive", "--dtype", "float16", "--format", "json", "--rows", "7",
+                         "--no-cache"))
+    assert doc["settings"]["exhaustive"] is True
+    assert doc["worst"] and {w["points"] for w in doc["worst"]} == {n}
+    series: dict[tuple, list] = {}
+    for r in doc["rows"]:
+        series.setdefault((r["quantity"], r["formula"], r["eps"], str(r["label"])), []).append(r["x"])
+    assert len(series) == len(doc["worst"])
+    for xs in series.values():
+        assert len(xs) == 7
+        assert xs[0] == float(finite.min()) and xs[-1] == float(finite.max())
+        assert xs == sorted(xs)
+
+
+def test_exhaustive_float32_is_a_usage_error():
+    assert_usage_error(run("sweep", "--exhaustive", "--dtype", "float32", "--format", "json"), "float32")
+
+
+# ---------------------------------------------------------------- big grids
+
+
+def _no_sweep(s, with_rows=True, progress=None, jobs=1, scheduler=None):
+    if progress is not None:
+        progress(sum(sweep.grid_size(s, d) for d in s.dtypes))
+    return sweep.SweepResult(s, [])
+
+
+def test_big_json_grid_needs_rows(monkeypatch):
+    called = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **kw: called.append(1) or _no_sweep(*a, **kw))
+    big = ("sweep", "--points", "2000000", "--format", "json")
+    assert_usage_error(run(*big), "--rows")
+    assert_usage_error(run(*big[:-1], "csv"), "--rows")
+    assert called == []
+    doc = strict_json(ok(*big, "--rows", "5"))
+    assert called == [1]
+    assert doc["settings"]["points"] == 2_000_000
+    # the table keeps a sample anyway; a grid at the limit may still be kept whole
+    ok("sweep", "--points", "2000000")
+    ok("sweep", "--points", str(cli.MAX_KEPT), "--format", "json")
+    assert called == [1, 1, 1]
+    assert_usage_error(run("sweep", "--points", str(cli.MAX_KEPT + 1), "--format", "json"), "--rows")
+    assert called == [1, 1, 1]
+
+
+def test_rows_keeps_an_even_spread_of_a_big_grid():
+    s = Settings(dtypes=("float16",), points=CHUNK + 3, formulas=("keras3",), label="1", keep=5)
+    r = sweep.run_sweep(s)
+    grid = sweep.grid_slice(s, "float16", 0, s.points)
+    want = [float(grid[i]) for i in sweep.sample_indices(s.points, 5)]
+    assert len(r.worst) == 3
+    for w in r.worst:
+        xs = [row.x for row in r.rows if (row.quantity, row.formula) == (w.quantity, w.formula)]
+        assert xs == want
+        assert w.points == s.points
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_bar_is_a_no_op_off_a_terminal(capsys):
+    with report.progress_bar(100, enabled=True) as advance:
+        advance(50)
+        advance(50)
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+
+def _sweep_on_a_terminal(monkeypatch, *extra: str, points: int = cli.PROGRESS_POINTS) -> tuple[int, str, str]:
+    """Run the sweep command with stderr on a (fake) terminal and a run that costs nothing."""
+    monkeypatch.setattr(sweep, "run_sweep", _no_sweep)
+    monkeypatch.setenv("TERM", "xterm")
+    err, out = FakeTerminal(), io.StringIO()
+    with pytest.MonkeyPatch.context() as streams:
+        streams.setattr(sys, "stderr", err)
+        streams.setattr(sys, "stdout", out)
+        argv = ["sweep", "--points", str(points), "--format", "json", "--rows", "5", "--no-cache", *extra]
+        code = cli.cli.main(argv, prog_name="bce-audit", standalone_mode=False)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_progress_bar_shows_on_a_terminal(monkeypatch):
+    code, out, err = _sweep_on_a_terminal(monkeypatch)
+    assert code == 0
+    strict_json(out)
+    assert "auditing" in err and f"{cli.PROGRESS_POINTS:,}" in err, repr(err)
+    assert "\r" in err or "\x1b" in err, repr(err)
+
+
+def test_no_bar_for_a_short_run(monkeypatch):
+    code, out, err = _sweep_on_a_terminal(monkeypatch, points=cli.PROGRESS_POINTS - 1)
+    assert code == 0
+    strict_json(out)
+    assert err == ""
+
+
+def test_quiet_never_shows_a_bar(monkeypatch):
+    code, out, err = _sweep_on_a_terminal(monkeypatch, "--quiet")
+    assert code == 0
+    strict_json(out)
+    assert err == ""
