@@ -109,7 +109,7 @@ class Cache:
         p = self.path(key)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            files.write_text(str(p), json.dumps(doc, sort_keys=True))
+            files.write_text(str(p), json.dumps(doc, sort_keys=True), durable=False)
         except (OSError, files.WriteError) as e:
             self.writable = False
             self._warn(f"cache directory {self.root} is not writable ({getattr(e, 'strerror', None) or e}): "

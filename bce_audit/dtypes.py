@@ -118,10 +118,16 @@ class DtypeInfo:
         return raw.view(self.dtype)
 
     def finite_values(self) -> np.ndarray:
-        """Every finite value of an 8- or 16-bit dtype, in increasing order."""
+        """Every finite value of an 8- or 16-bit dtype, in increasing order (a read-only array)."""
         if not self.exhaustive:
             raise ValueError(f"{self.name} has too many values to enumerate")
-        return self.value(np.arange(-self.max_ordinal, self.max_ordinal + 1))
+        return self._finite
+
+    @cached_property
+    def _finite(self) -> np.ndarray:
+        values = self.value(np.arange(-self.max_ordinal, self.max_ordinal + 1))
+        values.flags.writeable = False
+        return values
 
     def round(self, x: float):
         """The dtype value nearest to x (round to nearest even), as a numpy scalar."""

@@ -18,8 +18,12 @@ class WriteError(OSError):
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", suffix: str = "") -> Iterator[IO]:
-    """Open a temporary file for writing; on success it replaces ``path``, on failure it goes."""
+def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = True) -> Iterator[IO]:
+    """Open a temporary file for writing; on success it replaces ``path``, on failure it goes.
+
+    ``durable``: fsync before the rename, so a power cut cannot leave an empty file (a cache,
+    which checks its entries anyway, can skip it and save the disk flush).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", suffix=suffix, dir=directory)
@@ -29,7 +33,8 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "") -> Iterator[IO]:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -40,6 +45,6 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "") -> Iterator[IO]:
         raise
 
 
-def write_text(path: str, text: str) -> None:
-    with atomic_open(path) as f:
+def write_text(path: str, text: str, durable: bool = True) -> None:
+    with atomic_open(path, durable=durable) as f:
         f.write(text)

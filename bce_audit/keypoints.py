@@ -234,16 +234,32 @@ def _vsearch(info: dtypes.DtypeInfo, pred: Pred, lo, hi):
 
     pred must be monotone (false, then true) on each element's range and true at hi.
     """
-    kind = object if info.bits > 64 else np.int64
-    lo, hi = np.array(lo, dtype=kind), np.array(hi, dtype=kind)
+    if info.bits > 64:
+        return _vsearch_values(info, pred, lo, hi)
+    lo, hi = np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
     while True:
         open_ = (hi - lo) > 1
         if not open_.any():
             return hi
         mid = np.where(open_, lo + (hi - lo) // 2, hi)
-        t = pred(info.value(_ords(info, list(mid)) if kind is object else mid))
+        t = pred(info.value(mid))
         hi = np.where(open_ & t, mid, hi)
         lo = np.where(open_ & ~t, mid, lo)
+
+
+def _vsearch_values(info: dtypes.DtypeInfo, pred: Pred, lo, hi):
+    """`_vsearch` for longdouble, bisecting the values themselves (no Python-int ordinals per
+    step): the midpoint of two adjacent values is one of them, which ends the search."""
+    lo_v, hi_v = info.value(list(lo)), info.value(list(hi))
+    while True:
+        with np.errstate(all="ignore"):
+            mid = lo_v + (hi_v - lo_v) / 2
+        open_ = (mid != lo_v) & (mid != hi_v)
+        if not open_.any():
+            return np.array(info.ordinal(hi_v), dtype=object)
+        t = pred(np.where(open_, mid, hi_v))
+        hi_v = np.where(open_ & t, mid, hi_v)
+        lo_v = np.where(open_ & ~t, mid, lo_v)
 
 
 MAX_PLATEAUS = 1 << 17
@@ -271,7 +287,7 @@ def _plateaus(info: dtypes.DtypeInfo, ev: Evaluator, o_lo: int, o_hi: int):
     ends = np.append(starts[1:] - 1, o_hi)
     # the method stands on monotonicity: check it (each run constant, runs increasing)
     p_s, p_e = p(starts), p(ends)
-    if not (np.array_equal(p_s, p_e) and np.all(p_s[1:].astype(np.float64) > p_s[:-1].astype(np.float64))):
+    if not (np.array_equal(p_s, p_e) and np.all(p_s[1:] > p_s[:-1])):
         return None
     return starts, ends
 
