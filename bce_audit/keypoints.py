@@ -13,6 +13,7 @@ The ``method`` field of each record says which was used.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -413,6 +414,30 @@ def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) ->
     return lambda v: formula(v, np.full(np.shape(v), label), eps, ev)
 
 
+@functools.lru_cache(maxsize=64)
+def _label_table(dtype: str, mode: str, formula: str, eps: float | None, label: Label) -> np.ndarray:
+    """A built-in formula over every finite value of an 8- or 16-bit dtype, once per label; the
+    pair's table is made from the two labels' (the pair at a is their mean at -a and a)."""
+    info = dtypes.get(dtype)
+    ev = Evaluator(dtype, mode)
+    if label == "pair":
+        l0, l1 = _label_table(dtype, mode, formula, eps, 0), _label_table(dtype, mode, formula, eps, 1)
+        with np.errstate(all="ignore"):
+            out = (l0[::-1] + l1) * ev.c(0.5)  # finite values are symmetric: index -i is -a
+    else:
+        out = loss_fn(formulas.get(formula), eps, label, ev)(info.finite_values())
+    out.flags.writeable = False
+    return out
+
+
+def _table_lookup(info: dtypes.DtypeInfo, table: np.ndarray) -> Callable:
+    top = info.max_ordinal
+
+    def lookup(v):
+        return table[np.asarray(info.ordinal(np.asarray(v, dtype=info.dtype))) + top]
+    return lookup
+
+
 def _exact_at(v, label: Label) -> mpf:
     e = reference.exact(v)
     return e.sp_neg if label in (1, "pair") else e.sp_pos
@@ -425,7 +450,10 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
     ev = Evaluator(dtype, mode, backend.ops() if backend else None)
     f = backend.formula(formula) if backend else formulas.get(formula)
     where = backend.label if backend else "numpy"
-    loss = tabulated(info, loss_fn(f, eps, label, ev))
+    if info.exhaustive and backend is None and f.user is None:
+        loss = _table_lookup(info, _label_table(dtype, mode, formula, eps, label))
+    else:
+        loss = tabulated(info, loss_fn(f, eps, label, ev))
     top = info.max_ordinal
     sign = -1 if label == 0 else 1  # label 0 improves toward -inf
     good_end, bad_end = sign * top, -sign * top
