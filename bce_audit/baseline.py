@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Sequence
 
-from bce_audit import __version__, files
+from bce_audit import __version__, files, report
 from bce_audit.config import ConfigError
 from bce_audit.gate import Check, CheckResult, digest
 
@@ -20,12 +20,6 @@ SCHEMA = "bce-audit-baseline/1"
 DEFAULT_TOLERANCE = 0.1  # a figure may worsen by 10% of its baseline before it counts
 SLACK = {"max_ulp": 0.5, "max_bits": 0.1}  # and by these absolute amounts (rounding noise)
 GRID_FIGURES = ("max_ulp", "max_rel", "max_abs", "max_bits", "nonfinite")
-
-
-def _json_value(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
 
 
 def _float(v):
@@ -37,7 +31,7 @@ def document(checks: Sequence[Check], results: Sequence[CheckResult], configs: S
     return {
         "schema": SCHEMA, "version": __version__, "configs": list(configs), "digest": digest(checks),
         "tolerance": tolerance,
-        "checks": {r.name: {"kind": r.kind, "figures": {k: _json_value(v) for k, v in r.figures.items()}}
+        "checks": {r.name: {"kind": r.kind, "figures": dict(r.figures)}
                    for r in results},
     }
 
@@ -51,8 +45,7 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def save(path: str, checks, results, configs, tolerance: float = DEFAULT_TOLERANCE) -> None:
-    write_atomic(path, json.dumps(document(checks, results, configs, tolerance), sort_keys=True,
-                                  indent=1, allow_nan=False) + "\n")
+    write_atomic(path, report.to_json(document(checks, results, configs, tolerance)))
 
 
 def load(path: str, checks: Sequence[Check]) -> dict:

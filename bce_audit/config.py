@@ -25,6 +25,7 @@ from bce_audit.sweep import (
     MAX_POINTS,
     SPACINGS,
     Settings,
+    step_count,
 )
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -88,6 +89,12 @@ def _str(v, where: str) -> str:
     return v
 
 
+def _bool(v, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
 def _label(v, where: str) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         v = str(v)
@@ -106,14 +113,8 @@ TYPES = {
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
     "rows": _int, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
-    "grad": lambda v, where: _bool(v, where), "exhaustive": lambda v, where: _bool(v, where),
+    "grad": _bool, "exhaustive": _bool,
 }
-
-
-def _bool(v, where: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{where}: expected true or false, got {v!r}")
-    return v
 
 
 def unknown_key(key: str, allowed, where: str) -> ConfigError:
@@ -240,10 +241,9 @@ def check_grid(values: Mapping[str, Any], origin) -> dict:
             raise ConfigError(f"{where} {step!r} must be a positive number")
         if spacing == "log":
             raise ConfigError(f"{where} needs {origin('spacing')} lin; use points with log spacing")
-        ratio = (rng[1] - rng[0]) / step
-        if not math.isfinite(ratio):
+        if not math.isfinite((rng[1] - rng[0]) / step):
             raise ConfigError(f"{where} {step!r} gives more than {MAX_POINTS:,} points over the range")
-        n = math.floor(ratio + 1e-9) + 1
+        n = step_count(rng[0], rng[1], step)
         if n > MAX_POINTS:
             raise ConfigError(f"{where} {step!r} gives {n:,} points; the most is {MAX_POINTS:,}")
         if n < 2:

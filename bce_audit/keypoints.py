@@ -129,12 +129,7 @@ def tabulated(info: dtypes.DtypeInfo, fn: Callable) -> Callable:
     (the exhaustive searches ask for the same values again and again); fn itself otherwise."""
     if not info.exhaustive:
         return fn
-    table = fn(info.finite_values())
-    top = info.max_ordinal
-
-    def lookup(v):
-        return table[np.asarray(info.ordinal(np.asarray(v, dtype=info.dtype))) + top]
-    return lookup
+    return _table_lookup(info, fn(info.finite_values()))
 
 
 def _method(info: dtypes.DtypeInfo) -> str:

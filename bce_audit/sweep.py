@@ -150,13 +150,18 @@ def exhaustive_bounds(info: dtypes.DtypeInfo, rng: tuple[float, float]) -> tuple
     return ordinal(lo, True), ordinal(hi, False)
 
 
+def step_count(lo: float, hi: float, step: float) -> int:
+    """Points of a stepped grid: LO, LO + step, ... up to HI (a hair of slack for rounding)."""
+    return math.floor((hi - lo) / step + 1e-9) + 1
+
+
 def grid_size(s: Settings, dtype: str) -> int:
     """Points of the grid for one dtype: every dtype value in the range with ``exhaustive``."""
     if s.exhaustive:
         lo, hi = exhaustive_bounds(dtypes.get(dtype), s.range)
         return hi - lo + 1
     if s.step is not None:
-        return math.floor((s.range[1] - s.range[0]) / s.step + 1e-9) + 1
+        return step_count(s.range[0], s.range[1], s.step)
     return s.points
 
 
@@ -185,7 +190,7 @@ def grid_slice(s: Settings, dtype: str, start: int, stop: int) -> np.ndarray:
 def grid(lo: float, hi: float, points: int, step: float | None, spacing: str) -> np.ndarray:
     """The decimal input grid (float64), before any rounding to a dtype."""
     if step is not None:
-        n = math.floor((hi - lo) / step + 1e-9) + 1
+        n = step_count(lo, hi, step)
         return lo + step * np.arange(n, dtype=np.float64)
     if spacing == "lin":
         return np.linspace(lo, hi, points)
@@ -611,30 +616,6 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
     with mp.workprec(reference.PREC):
         return (reference.clipped_exact(mirrored, 0, f.clip, lo, hi, shift)
                 + reference.clipped_exact(e, 1, f.clip, lo, hi, shift)) / 2
-
-
-def worst_of(rows: Sequence[Row]) -> list[Worst]:
-    """Per (dtype, quantity, formula, eps, label): the largest finite error and its x."""
-    groups: dict[tuple, list[Row]] = {}
-    for r in rows:
-        groups.setdefault((r.dtype, r.mode, r.quantity, r.formula, r.eps, str(r.label)), []).append(r)
-    out = []
-    for rs in groups.values():
-        finite = [r for r in rs if math.isfinite(r.value)]
-        nonfinite = len(rs) - len(finite)
-        top = max(finite, key=lambda r: r.ulp_err) if finite else None
-        r0 = rs[0]
-        clipped = [r for r in finite if r.clip_rel is not None]
-        out.append(Worst(
-            r0.dtype, r0.mode, r0.quantity, r0.formula, r0.eps, r0.label,
-            top.ulp_err if top else math.nan,
-            max((r.rel_err for r in finite), default=math.nan),
-            top.bits if top else math.nan,
-            top.x if top else None, nonfinite, len(rs),
-            max((r.clip_rel for r in clipped), default=None),
-            max((r.round_ulp for r in clipped), default=None),
-        ))
-    return out
 
 
 def native(s: Settings) -> Settings:

@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
+from ulp_support import ulp_distance
 
 from bce_audit import backends, dtypes, formulas, keypoints, sweep
 from bce_audit.formulas import Evaluator
@@ -32,22 +33,6 @@ F32_TINY = float(np.finfo(np.float32).tiny)  # 2**-126, 1.18e-38
 # ---------------------------------------------------------------- helpers
 
 
-def ordinals(a: np.ndarray) -> np.ndarray:
-    """Position of each value on its dtype's grid: +0 and -0 are 0, neighbours differ by 1."""
-    bits = a.dtype.itemsize * 8
-    u = np.ascontiguousarray(a).view(f"uint{bits}").astype(np.int64)
-    sign = 1 << (bits - 1)
-    return np.where(u & sign, -(u & (sign - 1)), u)
-
-
-def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dtype steps between a and b (0 where both are the same value or both NaN; inf for one NaN)."""
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    d = np.abs(ordinals(a) - ordinals(b)).astype(np.float64)
-    na, nb = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
-    d[na & nb] = 0.0
-    d[na ^ nb] = np.inf
-    return d
 
 
 def _torch():

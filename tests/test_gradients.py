@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cli_support import ok, strict_json
 from mpmath import mp, mpf
+from ulp_support import ordinals, ulp_distance
 
 from bce_audit import dtypes, formulas, gradients, keypoints, reference
 from bce_audit.formulas import Evaluator
@@ -32,14 +33,6 @@ TEN = 10.0  # "vanishing": the gradient is more than ten times too small
 # ---------------------------------------------------------------- helpers
 
 
-def ordinals(a: np.ndarray) -> np.ndarray:
-    """Position of each value on its dtype's grid: +0 and -0 are 0, neighbours differ by 1."""
-    a = np.ascontiguousarray(a)
-    bits = a.dtype.itemsize * 8
-    u = a.view(f"uint{bits}").astype(np.int64)
-    sign = 1 << (bits - 1)
-    return np.where(u & sign, -(u & (sign - 1)), u)
-
 
 def from_ordinals(o, dtype) -> np.ndarray:
     dt = np.dtype(dtype)
@@ -48,15 +41,6 @@ def from_ordinals(o, dtype) -> np.ndarray:
     raw = np.where(o < 0, np.abs(o) | (1 << (bits - 1)), o).astype(f"uint{bits}")
     return raw.view(dt)
 
-
-def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dtype steps between a and b (0 where both are the same value or both NaN; inf for one NaN)."""
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    d = np.abs(ordinals(a) - ordinals(b)).astype(np.float64)
-    na, nb = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
-    d[na & nb] = 0.0
-    d[na ^ nb] = np.inf
-    return d
 
 
 def exact64(x: np.ndarray, label: int) -> np.ndarray:

@@ -1,0 +1,24 @@
+"""Helpers shared by the tests that compare models with real frameworks: dtype steps apart."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ordinals(a: np.ndarray) -> np.ndarray:
+    """Position of each value on its dtype's grid: +0 and -0 are 0, neighbours differ by 1."""
+    a = np.ascontiguousarray(a)
+    bits = a.dtype.itemsize * 8
+    u = a.view(f"uint{bits}").astype(np.int64)
+    sign = 1 << (bits - 1)
+    return np.where(u & sign, -(u & (sign - 1)), u)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dtype steps between a and b (0 where both are the same value or both NaN; inf for one NaN)."""
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    d = np.abs(ordinals(a) - ordinals(b)).astype(np.float64)
+    na, nb = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
+    d[na & nb] = 0.0
+    d[na ^ nb] = np.inf
+    return d
