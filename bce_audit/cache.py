@@ -67,7 +67,7 @@ class Cache:
     hits: int = 0
     misses: int = 0
 
-    def _warn(self, text: str) -> None:
+    def warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
 
@@ -84,7 +84,7 @@ class Cache:
         except UnicodeDecodeError:
             raw = ""  # not even text: corrupted, handled below
         except OSError as e:
-            self._warn(f"cache entry {p} unreadable ({e.strerror or e}): running without it")
+            self.warn(f"cache entry {p} unreadable ({e.strerror or e}): running without it")
             self.misses += 1
             return None
         try:
@@ -95,7 +95,7 @@ class Cache:
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
-            self._warn(f"cache entry {p} is corrupted or truncated: rebuilt")
+            self.warn(f"cache entry {p} is corrupted or truncated: rebuilt")
             self.misses += 1
             return None
         self.hits += 1
@@ -112,7 +112,7 @@ class Cache:
             files.write_text(str(p), json.dumps(doc, sort_keys=True), durable=False)
         except (OSError, files.WriteError) as e:
             self.writable = False
-            self._warn(f"cache directory {self.root} is not writable ({getattr(e, 'strerror', None) or e}): "
+            self.warn(f"cache directory {self.root} is not writable ({getattr(e, 'strerror', None) or e}): "
                        "running without the cache")
 
     def memo(self, kind: str, parts: dict, compute: Callable[[], Any],
@@ -124,7 +124,7 @@ class Cache:
             try:
                 return decode(hit)
             except (TypeError, KeyError, ValueError):
-                self._warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
+                self.warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
         value = compute()
         self.put(key, encode(value))
         return value

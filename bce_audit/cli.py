@@ -108,6 +108,11 @@ def _selection(f: Callable) -> Callable:
     return f
 
 
+_JOBS = click.option("--jobs", "-j", type=int, default=None, metavar="N",
+                     help="Processes for the grid's chunks and for the key points of several "
+                          "dtypes (default: the machine's cores); the result is the same for any N.")
+
+
 def _grid(f: Callable) -> Callable:
     opts = [
         click.option("--range", "range_", metavar="LO:HI", default=None,
@@ -121,9 +126,7 @@ def _grid(f: Callable) -> Callable:
         click.option("--exhaustive", is_flag=True, default=False,
                      help="The grid is every value of each dtype in --range (every finite value "
                           "without --range): all of float16, or float32 a chunk of its bits at a time."),
-        click.option("--jobs", "-j", type=int, default=None, metavar="N",
-                     help="Processes for the grid's chunks (default: the machine's cores); the "
-                          "result is the same for any N."),
+        _JOBS,
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run the chunks on an existing Dask cluster (tcp://host:8786)."),
         click.option("--rows", "show", type=int, default=11, show_default=True, metavar="N",
@@ -302,11 +305,12 @@ def sweep_cmd(**kw) -> int:
 
 @cli.command()
 @_selection
+@_JOBS
 @_output(FORMATS)
 def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
     s, out = _settings(kw, with_grid=False)
-    result = _run(lambda: sweep.run_sweep(s, with_rows=False))
+    result = _run(lambda: sweep.run_sweep(s, with_rows=False, jobs=out["jobs"]))
     _cache_warnings()
 
     def render(fmt: str):

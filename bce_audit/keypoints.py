@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -494,57 +496,147 @@ def keypoints(
     backend=None,
     notes: list[str] | None = None,
     grad: bool = False,
+    jobs: int = 1,
 ) -> list[KeyPoint]:
     """Every key point for a selection, in a stable order.
 
     With a real ``backend``, formulas it has no counterpart for are skipped, and ops it cannot
-    run in a dtype are skipped too; both are said in ``notes``.
+    run in a dtype are skipped too; both are said in ``notes``. Each dtype's key points are one
+    cache entry; ``jobs`` > 1 searches the dtypes not in the cache side by side (see `_forkable`).
     """
-    from bce_audit.backends import Unsupported
-
     notes = [] if notes is None else notes
+    sel = Selection(mode, tuple(formula_names), tuple(eps_list), tuple(labels), tuple(thresholds), grad)
+    found: dict[str, tuple[list[KeyPoint], list[str]]] = {}
+    for d in dict.fromkeys(dtypes_):
+        hit = _cache_get(d, sel, backend)
+        if hit is not None:
+            found[d] = hit
+    todo = [d for d in dict.fromkeys(dtypes_) if d not in found]
+    for d, result in zip(todo, _map_dtypes(todo, sel, backend, jobs), strict=True):
+        found[d] = result
+        _cache_put(d, sel, backend, result)
     out: list[KeyPoint] = []
     for d in dtypes_:
-        try:
-            out += _cached(d, mode, "roundtrip", (tuple(thresholds),), backend,
-                           lambda d=d: roundtrip_points(d, mode, thresholds, backend=backend))
-        except Unsupported as e:
-            notes.append(f"{d}: round trip not audited: {e}")
-        for name in formula_names:
-            f = formulas.get(name)
-            if f.kind != "bce":
-                out += roundtrip_points(d, mode, thresholds, user=f)
-                continue
-            if backend is not None and backend.formula(name) is None:
-                continue
-            for eps in eps_list if f.uses_eps else [None]:
-                for label in labels:
-                    try:
-                        out += _cached(d, mode, name, (eps, label), backend,
-                                       lambda d=d, name=name, eps=eps, label=label:
-                                       formula_points(d, mode, name, eps, label, backend))
-                    except Unsupported as e:
-                        notes.append(f"{d}: {name} not audited: {e}")
-                        break
-                if grad:
-                    out += _grad_points(d, mode, name, eps, labels, backend, notes)
+        out += found[d][0]
+        notes += found[d][1]
     return out
 
 
-def _cached(dtype: str, mode: str, what: str, args: tuple, backend, compute) -> list[KeyPoint]:
-    """Key points from the active cache, or computed and stored (user code is never cached)."""
+@dataclass(frozen=True)
+class Selection:
+    """What `keypoints` searches for in each dtype (everything but the dtype and the backend)."""
+
+    mode: str
+    formulas: tuple[str, ...]
+    eps: tuple[float, ...]
+    labels: tuple[Label, ...]
+    thresholds: tuple[float, ...]
+    grad: bool = False
+
+    @property
+    def has_user_code(self) -> bool:
+        return any(formulas.get(n).user is not None for n in self.formulas)
+
+
+def dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
+    """The key points of one dtype, and the notes on what could not be audited there."""
+    from bce_audit.backends import Unsupported
+
+    mode, thresholds = sel.mode, sel.thresholds
+    out: list[KeyPoint] = []
+    notes: list[str] = []
+    try:
+        out += roundtrip_points(d, mode, thresholds, backend=backend)
+    except Unsupported as e:
+        notes.append(f"{d}: round trip not audited: {e}")
+    for name in sel.formulas:
+        f = formulas.get(name)
+        if f.kind != "bce":
+            out += roundtrip_points(d, mode, thresholds, user=f)
+            continue
+        if backend is not None and backend.formula(name) is None:
+            continue
+        for eps in sel.eps if f.uses_eps else [None]:
+            for label in sel.labels:
+                try:
+                    out += formula_points(d, mode, name, eps, label, backend)
+                except Unsupported as e:
+                    notes.append(f"{d}: {name} not audited: {e}")
+                    break
+            if sel.grad:
+                out += _grad_points(d, mode, name, eps, sel.labels, backend, notes)
+    return out, notes
+
+
+# ---------------------------------------------------------------- cache and processes
+
+
+def _cache_key(d: str, sel: Selection, backend) -> str | None:
+    """The cache key of one dtype's key points: everything that decides them (None for user code,
+    which is never cached)."""
     from bce_audit import backends, cache
 
-    store = cache.active()
-    if store is None or what.startswith(("impl:", "grad impl:")):
-        return compute()
-    info = dtypes.get(dtype)
-    parts = {"dtype": dtype, "bits": info.bits, "mode": mode, "what": what, "args": list(args),
-             "backend": backend.label if backend else "numpy",
-             "backend_version": backends.version(backend.name) if backend else None}
-    return store.memo("keypoints", parts, compute,
-                      encode=lambda kps: [asdict(k) for k in kps],
-                      decode=lambda rows: [KeyPoint(**r) for r in rows])
+    if sel.has_user_code:
+        return None
+    return cache.key_of("keypoints", {
+        "dtype": d, "bits": dtypes.get(d).bits, **asdict(sel),
+        "backend": backend.label if backend else "numpy",
+        "backend_version": backends.version(backend.name) if backend else None})
+
+
+def _cache_get(d: str, sel: Selection, backend) -> tuple[list[KeyPoint], list[str]] | None:
+    from bce_audit import cache
+
+    store, key = cache.active(), _cache_key(d, sel, backend)
+    if store is None or key is None:
+        return None
+    hit = store.get(key)
+    if hit is None:
+        return None
+    try:
+        return [KeyPoint(**r) for r in hit["keypoints"]], [str(n) for n in hit["notes"]]
+    except (TypeError, KeyError):
+        store.warn(f"cache entry {store.path(key)} does not fit this version: rebuilt")
+        return None
+
+
+def _cache_put(d: str, sel: Selection, backend, result: tuple[list[KeyPoint], list[str]]) -> None:
+    from bce_audit import cache
+
+    store, key = cache.active(), _cache_key(d, sel, backend)
+    if store is not None and key is not None:
+        store.put(key, {"keypoints": [asdict(k) for k in result[0]], "notes": result[1]})
+
+
+COST = {"longdouble": 6, "float64": 3, "float16": 3, "bfloat16": 2, "float32": 2}  # relative search time
+
+
+def _map_dtypes(todo: list[str], sel: Selection, backend, jobs: int) -> list:
+    """`dtype_points` for each dtype: one after another, or in forked processes, costliest first."""
+    if jobs < 2 or len(todo) < 2 or not _forkable(sel, backend):
+        return [dtype_points(d, sel, backend) for d in todo]
+    import multiprocessing
+
+    order = sorted(todo, key=lambda d: -COST.get(d, 1))
+    with multiprocessing.get_context("fork").Pool(min(jobs, len(todo))) as pool:
+        done = dict(zip(order, pool.imap(functools.partial(dtype_points, sel=sel), order), strict=True))
+    return [done[d] for d in todo]
+
+
+FORK_UNSAFE = ("torch", "jax", "tensorflow")  # frameworks whose own thread pools make fork unsafe
+
+
+def _forkable(sel: Selection, backend) -> bool:
+    """Whether this process may fork workers for the key-point searches.
+
+    A fork is what makes parallel key points pay (a fresh interpreter costs more than the whole
+    search), so it is used only where it is safe: on Linux, for the built-in numpy models, in a
+    process with no other Python thread and no framework with a thread pool of its own loaded.
+    numpy's OpenBLAS threads stay idle here (no linear algebra), and OpenBLAS quiesces them
+    around a fork.
+    """
+    return (sys.platform == "linux" and backend is None and not sel.has_user_code
+            and threading.active_count() == 1 and not any(m in sys.modules for m in FORK_UNSAFE))
 
 
 def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
@@ -557,8 +649,7 @@ def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
     out: list[KeyPoint] = []
     for label in (lab for lab in labels if lab != "pair"):
         try:
-            out += _cached(d, mode, "grad " + name, (eps, label), backend,
-                           lambda label=label: gradients.grad_points(d, mode, name, eps, label, backend))
+            out += gradients.grad_points(d, mode, name, eps, label, backend)
         except Unsupported as e:
             notes.append(f"{d}: gradient of {name} not audited: {e}")
             break

@@ -643,7 +643,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
             notes.append(f"{backend.name} has no real counterpart of {', '.join(missing)}: not audited "
                          f"with --backend {backend.name}")
     kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, notes,
-                              s.grad)
+                              s.grad, jobs=1 if scheduler else jobs)
     result = SweepResult(s, kps)
     if with_rows:
         for d in s.dtypes:

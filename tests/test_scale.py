@@ -503,6 +503,121 @@ def test_cli_jobs_below_1_is_a_usage_error(jobs, chunk_spy):
     assert chunk_spy.calls == []
 
 
+# ---------------------------------------------------------------- key points: one entry per dtype, forked
+
+TWO_DTYPES = ("points", "--dtype", "float16", "--dtype", "float8_e5m2", "--format", "json", "--jobs", "1")
+
+
+def test_points_cache_one_entry_per_dtype(cache_root, monkeypatch):
+    spy = Spy(keypoints.dtype_points)
+    monkeypatch.setattr(keypoints, "dtype_points", spy)
+    first = ok(*TWO_DTYPES)
+    assert [c[0] for c in spy.calls] == ["float16", "float8_e5m2"]
+    assert len(entries(cache_root)) == 2
+    spy.calls.clear()
+    assert ok(*TWO_DTYPES) == first
+    assert spy.calls == []
+    # another selection is another entry; the cached dtype is not searched again
+    ok("points", "--dtype", "float16", "--format", "json", "--jobs", "1", "--label", "0")
+    assert [c[0] for c in spy.calls] == ["float16"]
+    assert len(entries(cache_root)) == 3
+    spy.calls.clear()
+    ok("points", "--dtype", "float8_e5m2", "--dtype", "float16", "--format", "json", "--jobs", "1")
+    assert spy.calls == []
+
+
+def test_points_cache_entry_of_another_shape_is_rebuilt(cache_root):
+    first = ok("points", "--dtype", "float8_e5m2", "--format", "json", "--jobs", "1")
+    (entry,) = entries(cache_root)
+    store = cache.Cache(cache_root)
+    store.put(entry.stem, {"keypoints": [{"not": "a key point"}], "notes": []})  # valid checksum
+    r = run("points", "--dtype", "float8_e5m2", "--format", "json", "--jobs", "1")
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert r.stdout == first
+    assert r.stderr.startswith(WARNING) and "does not fit this version" in r.stderr and entry.stem in r.stderr
+    assert_valid_entry(entry)
+    assert json.loads(entry.read_text(encoding="utf-8"))["payload"]["keypoints"][0]["dtype"] == "float8_e5m2"
+
+
+FORKED_POINTS = r"""
+import json, multiprocessing
+from dataclasses import asdict
+from bce_audit import dtypes, formulas, keypoints
+
+ctx = type(multiprocessing.get_context("fork"))
+real, pools = ctx.Pool, []
+def recording(self, *args, **kw):
+    pools.append(args)
+    return real(self, *args, **kw)
+ctx.Pool = recording
+
+args = (dtypes.NAMES, "per-op", formulas.NAMES, (1e-7, 1e-3), (1, 0, "pair"), (1e-3, 1e-2))
+serial = keypoints.keypoints(*args, jobs=1)
+assert pools == []
+forked_notes = []
+forked = keypoints.keypoints(*args, notes=forked_notes, jobs=2)
+same = [repr(asdict(k)) for k in serial] == [repr(asdict(k)) for k in forked]
+print(json.dumps({"pools": pools, "same": same,
+                  "n": len(forked), "dtypes": sorted({k.dtype for k in forked}), "notes": forked_notes}))
+"""
+
+
+def test_key_points_forked_equal_serial():
+    """Forked workers search the dtypes side by side; the records are the same, in the same order.
+    (Run in a fresh interpreter: this test process may hold JAX, where no fork is made.)"""
+    r = subprocess.run([sys.executable, "-c", FORKED_POINTS], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["pools"] == [[2]]
+    assert doc["same"] and doc["n"] > 300 and doc["notes"] == []
+    assert doc["dtypes"] == sorted(keypoints.dtypes.NAMES)
+
+
+SEL = keypoints.Selection("per-op", ("keras3",), (1e-7,), (1,), (1e-3,))
+
+
+def test_forkable_only_without_frameworks_threads_or_user_code(monkeypatch):
+    import threading
+    import types
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    for m in keypoints.FORK_UNSAFE:
+        monkeypatch.delitem(sys.modules, m, raising=False)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    assert keypoints._forkable(SEL, None)
+    assert not keypoints._forkable(SEL, backend=object())
+    monkeypatch.setattr(keypoints.Selection, "has_user_code", True)
+    assert not keypoints._forkable(SEL, None)
+    monkeypatch.setattr(keypoints.Selection, "has_user_code", False)
+    monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
+    assert not keypoints._forkable(SEL, None)
+    monkeypatch.delitem(sys.modules, "jax")
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    assert not keypoints._forkable(SEL, None)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not keypoints._forkable(SEL, None)
+
+
+def test_unforkable_process_searches_one_dtype_after_another(monkeypatch):
+    monkeypatch.setattr(keypoints, "_forkable", lambda sel, backend: False)
+    monkeypatch.setattr(type(multiprocessing.get_context("fork")), "Pool", None)  # a pool would fail
+    spy = Spy(keypoints.dtype_points)
+    monkeypatch.setattr(keypoints, "dtype_points", spy)
+    kps = keypoints.keypoints(("float8_e5m2", "float8_e4m3fn"), *astuple_sel(SEL), jobs=2)
+    assert [c[0] for c in spy.calls] == ["float8_e5m2", "float8_e4m3fn"]
+    assert kps[0].dtype == "float8_e5m2" and kps[-1].dtype == "float8_e4m3fn"
+
+
+def astuple_sel(sel: keypoints.Selection) -> tuple:
+    return sel.mode, sel.formulas, sel.eps, sel.labels, sel.thresholds
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_points_jobs_below_1_is_a_usage_error(jobs):
+    assert_usage_error(run("points", "--dtype", "float16", "--jobs", jobs), "--jobs")
+
+
 # ---------------------------------------------------------------- resume
 
 
