@@ -291,8 +291,8 @@ def sweep_cmd(**kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(s.as_dict(), result.keypoints, result.rows, result.worst,
-                                                  result.notes))
+            return report.to_json(report.document(result.settings.as_dict(), result.keypoints, result.rows,
+                                                  result.worst, result.notes))
         if fmt == "csv":
             return report.to_csv(result.rows, sweep.Row)
         if fmt == "markdown":
@@ -315,7 +315,8 @@ def points(**kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(s.as_dict(), result.keypoints, notes=result.notes))
+            return report.to_json(report.document(result.settings.as_dict(), result.keypoints,
+                                                  notes=result.notes))
         if fmt == "csv":
             return report.to_csv(result.keypoints, keypoints.KeyPoint)
         if fmt == "markdown":
@@ -346,7 +347,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(s.as_dict() | {"logits": xs}, [], rows))
+            return report.to_json(report.document(sweep.native(s).as_dict() | {"logits": xs}, [], rows))
         if fmt == "csv":
             return report.to_csv(rows, sweep.Row)
         if fmt == "markdown":

@@ -309,6 +309,17 @@ def test_points_backend_torch_reports_formulas_without_counterpart():
     assert {k["backend"] for k in kps} == {"torch-cpu"}
     assert {k["mode"] for k in kps} == {"upcast"}
     assert doc["settings"]["backend"] == "torch"
+    assert doc["settings"]["mode"] == "upcast"  # regression: said the mode asked for, "per-op"
+
+
+@pytest.mark.parametrize("command", [("sweep",), ("check", "3")])
+def test_settings_carry_the_mode_the_backend_follows(command):
+    """Regression: settings.mode said the mode asked for while the records carried torch's own."""
+    _torch()
+    doc = strict_json(ok(*command, "--backend", "torch", "--dtype", "float16", "--formula", "keras3",
+                         "--format", "json"))
+    assert doc["settings"]["mode"] == "upcast"
+    assert {r["mode"] for r in doc.get("rows", [])} <= {"upcast"}
 
 
 def test_points_backend_torch_float8_is_a_note_not_a_crash():
