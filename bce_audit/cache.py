@@ -115,16 +115,25 @@ class Cache:
             self.warn(f"cache directory {self.root} is not writable ({getattr(e, 'strerror', None) or e}): "
                        "running without the cache")
 
+    def lookup(self, key: str, decode: Callable[[Any], Any]) -> Any | None:
+        """The entry decoded, or None: missing, damaged, or not of the shape decode expects
+        (an entry of another version, said in a warning)."""
+        hit = self.get(key)
+        if hit is None:
+            return None
+        try:
+            return decode(hit)
+        except (TypeError, KeyError, ValueError):
+            self.warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
+            return None
+
     def memo(self, kind: str, parts: dict, compute: Callable[[], Any],
              encode: Callable[[Any], Any] = lambda v: v, decode: Callable[[Any], Any] = lambda v: v) -> Any:
         """The cached value for these parts, or compute, store and return it."""
         key = key_of(kind, parts)
-        hit = self.get(key)
+        hit = self.lookup(key, decode)
         if hit is not None:
-            try:
-                return decode(hit)
-            except (TypeError, KeyError, ValueError):
-                self.warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
+            return hit
         value = compute()
         self.put(key, encode(value))
         return value

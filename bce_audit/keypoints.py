@@ -504,17 +504,22 @@ def keypoints(
     run in a dtype are skipped too; both are said in ``notes``. Each dtype's key points are one
     cache entry; ``jobs`` > 1 searches the dtypes not in the cache side by side (see `_forkable`).
     """
+    from bce_audit import cache
+
     notes = [] if notes is None else notes
     sel = Selection(mode, tuple(formula_names), tuple(eps_list), tuple(labels), tuple(thresholds), grad)
+    store = cache.active()
+    keys = {d: _cache_key(d, sel, backend) if store else None for d in dict.fromkeys(dtypes_)}
     found: dict[str, tuple[list[KeyPoint], list[str]]] = {}
-    for d in dict.fromkeys(dtypes_):
-        hit = _cache_get(d, sel, backend)
+    for d, key in keys.items():
+        hit = store.lookup(key, _decode) if key else None
         if hit is not None:
             found[d] = hit
-    todo = [d for d in dict.fromkeys(dtypes_) if d not in found]
+    todo = [d for d in keys if d not in found]
     for d, result in zip(todo, _map_dtypes(todo, sel, backend, jobs), strict=True):
         found[d] = result
-        _cache_put(d, sel, backend, result)
+        if keys[d]:
+            store.put(keys[d], {"keypoints": [asdict(k) for k in result[0]], "notes": result[1]})
     out: list[KeyPoint] = []
     for d in dtypes_:
         out += found[d][0]
@@ -584,28 +589,8 @@ def _cache_key(d: str, sel: Selection, backend) -> str | None:
         "backend_version": backends.version(backend.name) if backend else None})
 
 
-def _cache_get(d: str, sel: Selection, backend) -> tuple[list[KeyPoint], list[str]] | None:
-    from bce_audit import cache
-
-    store, key = cache.active(), _cache_key(d, sel, backend)
-    if store is None or key is None:
-        return None
-    hit = store.get(key)
-    if hit is None:
-        return None
-    try:
-        return [KeyPoint(**r) for r in hit["keypoints"]], [str(n) for n in hit["notes"]]
-    except (TypeError, KeyError):
-        store.warn(f"cache entry {store.path(key)} does not fit this version: rebuilt")
-        return None
-
-
-def _cache_put(d: str, sel: Selection, backend, result: tuple[list[KeyPoint], list[str]]) -> None:
-    from bce_audit import cache
-
-    store, key = cache.active(), _cache_key(d, sel, backend)
-    if store is not None and key is not None:
-        store.put(key, {"keypoints": [asdict(k) for k in result[0]], "notes": result[1]})
+def _decode(entry: dict) -> tuple[list[KeyPoint], list[str]]:
+    return [KeyPoint(**r) for r in entry["keypoints"]], [str(n) for n in entry["notes"]]
 
 
 COST = {"longdouble": 6, "float64": 3, "float16": 3, "bfloat16": 2, "float32": 2}  # relative search time
