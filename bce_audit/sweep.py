@@ -6,6 +6,8 @@ formula, label and eps: BCE for both labels and the sigmoid all come from one `r
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -13,7 +15,18 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from mpmath import mp
 
-from bce_audit import backends, cache, dtypes, fastref, formulas, gradients, keypoints, metrics, reference
+from bce_audit import (
+    backends,
+    cache,
+    dtypes,
+    fastref,
+    formulas,
+    gradients,
+    impl,
+    keypoints,
+    metrics,
+    reference,
+)
 from bce_audit.formulas import Evaluator
 
 LABELS = ("1", "0", "both")
@@ -184,7 +197,15 @@ def grid_slice(s: Settings, dtype: str, start: int, stop: int) -> np.ndarray:
         if stop == n:
             out[-1] = hi
         return out
-    return grid(lo, hi, s.points, None, s.spacing)[start:stop]
+    return _log_grid(lo, hi, s.points)[start:stop]
+
+
+@functools.lru_cache(maxsize=1)
+def _log_grid(lo: float, hi: float, points: int) -> np.ndarray:
+    """The whole log-spaced grid, made once for all of a run's chunks (read-only)."""
+    out = grid(lo, hi, points, None, "log")
+    out.flags.writeable = False
+    return out
 
 
 def grid(lo: float, hi: float, points: int, step: float | None, spacing: str) -> np.ndarray:
@@ -274,7 +295,7 @@ class _MpRefs:
         for v, e in zip(values, self.exacts, strict=True):
             if e is None:
                 for col in out:
-                    col.append(None)
+                    col.append(math.nan)
                 continue
             clip, ex = _clipped(e, label, f, clip_args), e.bce(1 if label == "pair" else label)
             with mp.workprec(reference.PREC):
@@ -320,7 +341,7 @@ class _FastRefs:
             for col, v in zip(cols, (err.abs, err.rel, err.ulp, err.bits), strict=True):
                 col[i] = v
         nan = ~self.finite
-        return [np.where(nan, np.nan, a).tolist() for a in (exact, *cols)]
+        return [np.where(nan, np.nan, a) for a in (exact, *cols)]
 
     def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
         lo, hi, shift = clip_args
@@ -336,7 +357,7 @@ class _FastRefs:
                            np.exp(np.log(np.abs(clip)) - log_exact))
         _, _, ulps, _ = fastref.errors(values, clip, None, self.info)
         nan = ~self.finite
-        return [np.where(nan, np.nan, a).tolist() for a in (clip, rel, ulps)]
+        return [np.where(nan, np.nan, a) for a in (clip, rel, ulps)]
 
 
 @dataclass
@@ -380,8 +401,7 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
         exact, ab, rel, ulp, bits = _arrays(refs.errors(quantity, label, values))
         extra = None
         if clip is not None:
-            extra = tuple(np.asarray([math.nan if v is None else v for v in c], dtype=np.float64)
-                          for c in refs.clipped(label, clip[0], clip[1], values))
+            extra = tuple(_arrays(refs.clipped(label, clip[0], clip[1], values)))
         return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, bits, extra)
 
     if basics:
@@ -528,7 +548,7 @@ def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
 
 
 def _cacheable(s: Settings) -> bool:
-    return not any(n.startswith("impl:") for n in s.formulas)
+    return not any(impl.is_impl(n) for n in s.formulas)
 
 
 def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int = 1,
@@ -536,17 +556,21 @@ def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int
     """Every chunk of one dtype's grid, in order: from the cache where done before (so a run
     that stopped resumes), the rest serially, in a process pool (``jobs`` > 1) or on a Dask
     cluster (``scheduler``), each stored in the cache as soon as it is done."""
+    kept = None if keep is None else sorted(keep)
     specs = []
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
-        index = None if keep is None else [i - start for i in sorted(keep) if start <= i < stop]
+        index = None
+        if kept is not None:  # the kept rows in this chunk, relative to its start
+            index = [i - start for i in kept[bisect.bisect_left(kept, start):bisect.bisect_left(kept, stop)]]
         specs.append((start, stop, index))
     store = cache.active() if _cacheable(s) else None
+    keys = [cache.key_of("chunk", _chunk_key(s, dtype, *spec)) for spec in specs] if store else []
     results: list[ChunkResult | None] = [None] * len(specs)
     todo = []
-    for k, (start, stop, index) in enumerate(specs):
+    for k, (start, stop, _) in enumerate(specs):
         if store is not None:
-            hit = store.get(cache.key_of("chunk", _chunk_key(s, dtype, start, stop, index)))
+            hit = store.get(keys[k])
             if hit is not None:
                 try:
                     results[k] = _decode_chunk(hit)
@@ -559,9 +583,9 @@ def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int
 
     def done(k: int, r: ChunkResult) -> None:
         results[k] = r
-        start, stop, index = specs[k]
+        start, stop, _ = specs[k]
         if store is not None:
-            store.put(cache.key_of("chunk", _chunk_key(s, dtype, start, stop, index)), _encode_chunk(r))
+            store.put(keys[k], _encode_chunk(r))
         if progress is not None:
             progress(stop - start)
 
