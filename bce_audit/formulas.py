@@ -106,11 +106,6 @@ def _log_sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
     return np.minimum(x, zero) - np.log1p(np.exp(-np.abs(x)))
 
 
-def sigmoid(x: np.ndarray, ev: Evaluator) -> np.ndarray:
-    """The probability every probability-based formula receives."""
-    return ev.sigmoid(x)
-
-
 def roundtrip(x: np.ndarray, ev: Evaluator) -> np.ndarray:
     """``logit(sigmoid(x))`` with the naive formulas; its exact value is x."""
     return ev.logit(ev.sigmoid(x))

@@ -160,8 +160,13 @@ def predicted_overflow(info: dtypes.DtypeInfo, mode: str) -> float:
     Upcast rounds the float32 sigmoid once: it reaches 1 when ``1 - p`` falls below half the
     spacing just below 1, ``eps/4``.
     """
-    q = info.eps / 4 if mode == "upcast" and info.narrow else info.eps / 2
-    return -math.log(q)
+    return -math.log(_half_gap(info, mode))
+
+
+def _half_gap(info: dtypes.DtypeInfo, mode: str) -> float:
+    """Half the spacing of the values ``1 + exp(-x)`` is rounded to: eps/2, or eps/4 where
+    upcast rounds the float32 sigmoid of a narrow dtype once."""
+    return info.eps / 4 if mode == "upcast" and info.narrow else info.eps / 2
 
 
 def predicted_underflow(info: dtypes.DtypeInfo, mode: str) -> float:
@@ -181,7 +186,7 @@ def predicted_onset(info: dtypes.DtypeInfo, mode: str, threshold: float) -> floa
     ``1 + exp(-x)`` is stored with absolute error up to ``q = eps/2``, a relative error of
     ``q * e**x`` in ``exp(-x)`` and so an absolute error of about that in the logit.
     """
-    q = info.eps / 4 if mode == "upcast" and info.narrow else info.eps / 2
+    q = _half_gap(info, mode)
     if threshold <= q * math.e or threshold < 8 * info.eps:
         return None  # the envelope is above threshold at x = 1, or final rounding dominates
     t = max(1.0, math.log(threshold / q))
