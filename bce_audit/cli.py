@@ -447,7 +447,7 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
             _write(path, text)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         click.echo(report.github_annotations(results), nl=False)
-    return 0 if all(r.passed and not r.regressions for r in results) else 1
+    return 0 if all(r.ok for r in results) else 1
 
 
 @cli.group("baseline", cls=click.Group)

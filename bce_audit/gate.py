@@ -29,11 +29,15 @@ CHECK_LABELS = ("1", "0", "both", "pair")
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one check measured: named figures, and the input where it was worst."""
+    """What one check measured: named figures, and the input where it was worst.
+
+    ``found``: the key points a key-point check measured, kept for its ``fails`` (not reported).
+    """
 
     figures: dict[str, float | None]
     worst: dict | None = None
     note: str = ""
+    found: tuple[keypoints.KeyPoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ class KeypointCheck:
         worst = max(kps, key=lambda k: len(self._broken(k)))
         return Measurement({"x": worst.x, "value": worst.value},
                            {"x": worst.x, "label": worst.label, "dtype": worst.dtype, "value": worst.value,
-                            "predicted": worst.predicted})
+                            "predicted": worst.predicted}, found=tuple(kps))
 
     def _broken(self, k: keypoints.KeyPoint) -> list[str]:
         out = []
@@ -167,10 +171,8 @@ class KeypointCheck:
         return out
 
     def fails(self, m: Measurement) -> list[str]:
-        if m.worst is None:
-            return []
         out = []
-        for k in self.matches():
+        for k in m.found:  # the key points measure() found: none when absent
             out += [b for b in self._broken(k) if b not in out]
         return out
 
@@ -189,6 +191,11 @@ class CheckResult:
     worst: dict | None
     note: str = ""
     regressions: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The verdict: passed its limits and, against a baseline, got no worse."""
+        return self.passed and not self.regressions
 
 
 def _fmt(v) -> str:
@@ -234,14 +241,13 @@ def checks_from(cf: config.ConfigFile) -> list[Check]:
 
 
 def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
-    label = table.get("name")
-    where = f"{cf.path}: check[{i + 1}]" + (f" ({label!r})" if isinstance(label, str) else "")
+    name = table.get("name")
+    where = f"{cf.path}: check[{i + 1}]" + (f" ({name!r})" if isinstance(name, str) else "")
     is_kp = "keypoint" in table
     allowed = KEYPOINT_KEYS if is_kp else GRID_KEYS
     for key in table:
         if key not in allowed:
             raise config.unknown_key(key, allowed, where)
-    name = table.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: name: every check needs a non-empty string name")
     values = {k: v for k, v in cf.options.items() if k in INHERITED}
@@ -292,15 +298,11 @@ def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
     label = config._one_of(config._label(values.get("label", "both"), origin("label")), CHECK_LABELS,
                            "label", origin("label"))
     grid = config.check_grid(values, origin)
-    allow = table.get("allow_nonfinite", False)
-    if not isinstance(allow, bool):
-        raise ConfigError(f"{origin('allow_nonfinite')}: expected true or false, got {allow!r}")
+    allow = config._bool(table.get("allow_nonfinite", False), origin("allow_nonfinite"))
     for key, limit in limits.items():
         if limit < 0:
             raise ConfigError(f"{origin(key)}: {limit!r} must be >= 0")
-    grad = table.get("grad", False)
-    if not isinstance(grad, bool):
-        raise ConfigError(f"{origin('grad')}: expected true or false, got {grad!r}")
+    grad = table.get("grad", False)  # a bool: typed_options checked it (config.TYPES)
     _check_backend_formula(backend, formula, grad, origin("formula"))
     return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow, backend=backend, grad=grad)
 

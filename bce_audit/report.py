@@ -541,15 +541,14 @@ def gate_table(results) -> Table:
     t.add_column("measured vs limit", ratio=2)
     t.add_column("worst input: computed vs exact", ratio=2)
     for r in results:
-        status = Text("PASS", style="bold green") if r.passed and not r.regressions else Text(
-            "FAIL", style="bold red")
+        status = Text("PASS", style="bold green") if r.ok else Text("FAIL", style="bold red")
         detail = "; ".join(r.failures + r.regressions)
         t.add_row(status, r.name, detail or _gate_figure(r), _gate_worst(r))
     return t
 
 
 def gate_summary(results) -> Text:
-    failed = [r for r in results if not r.passed or r.regressions]
+    failed = [r for r in results if not r.ok]
     if not failed:
         return Text(f"{len(results)} check{'s' if len(results) != 1 else ''} passed", style="green")
     return Text(f"{len(failed)} of {len(results)} checks failed: " + ", ".join(r.name for r in failed),
@@ -570,13 +569,13 @@ def junit_xml(results, suite: str = "bce-audit gate") -> str:
     """JUnit XML: one testcase per check, failures with their message."""
     import xml.etree.ElementTree as ET
 
-    failed = [r for r in results if not r.passed or r.regressions]
+    failed = [r for r in results if not r.ok]
     root = ET.Element("testsuites", tests=str(len(results)), failures=str(len(failed)))
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(len(failed)),
                        errors="0", skipped="0")
     for r in results:
         tc = ET.SubElement(ts, "testcase", classname="bce_audit.gate", name=r.name)
-        if not r.passed or r.regressions:
+        if not r.ok:
             f = ET.SubElement(tc, "failure", message=_failure_message(r), type="PrecisionGateFailure")
             f.text = _failure_message(r)
         else:
@@ -594,13 +593,13 @@ def github_annotations(results) -> str:
         return esc(s).replace(":", "%3A").replace(",", "%2C")
 
     lines = [f"::error title={esc_property('bce-audit gate: ' + r.name)}::{esc(_failure_message(r))}"
-             for r in results if not r.passed or r.regressions]
+             for r in results if not r.ok]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def gate_json(results, configs, baseline: str | None) -> str:
     doc = {"schema": SCHEMA, "version": __version__, "kind": "gate", "configs": list(configs),
-           "baseline": baseline, "passed": all(r.passed and not r.regressions for r in results),
+           "baseline": baseline, "passed": all(r.ok for r in results),
            "checks": [asdict(r) for r in results]}
     return to_json(doc)
 
@@ -611,10 +610,10 @@ def gate_markdown(results) -> str:
     A failed check shows its failures (and regressions) as the terminal table does, not the
     passing form of its figures.
     """
-    rows = [["PASS" if r.passed and not r.regressions else "**FAIL**", r.name,
+    rows = [["PASS" if r.ok else "**FAIL**", r.name,
              "; ".join(r.failures + r.regressions) or _gate_figure(r), _gate_worst(r) or "-"]
             for r in results]
-    failed = [r.name for r in results if not r.passed or r.regressions]
+    failed = [r.name for r in results if not r.ok]
     head = f"## bce-audit gate: {len(results) - len(failed)}/{len(results)} passed"
     summary = (f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed
                else f"{len(results)} checks passed")
