@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bce_audit import dtypes, formulas, impl, keypoints
+from bce_audit import dtypes, formulas, impl
 from bce_audit.sweep import (
     DEFAULT_EPS,
     DEFAULT_POINTS,
@@ -309,6 +309,3 @@ def check_rows_option(value: int, where: str) -> int:
     if not 2 <= value <= MAX_ROWS:
         raise ConfigError(f"{where} {value} is out of range; it must be 2 to {MAX_ROWS}")
     return value
-
-
-KEYPOINT_NAMES = keypoints.NAMES

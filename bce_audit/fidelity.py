@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bce_audit import backends, dtypes, formulas, keypoints, sweep
+from bce_audit import backends, dtypes, formulas, gradients, keypoints, sweep
 from bce_audit.formulas import Evaluator
 
 FLOAT32_POINTS = 200_001
@@ -73,7 +73,7 @@ def _compare(dtype: str, quantity: str, label, x: np.ndarray, model: np.ndarray,
                       float(x[bad[i]]))
 
 
-def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES, grad: bool = True) -> list[Difference]:
+def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Difference]:
     """Every model/real comparison for the formulas the backend has."""
     mode = sweep.native(sweep.Settings(backend=backend.name)).mode
     out = []
@@ -81,7 +81,8 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES, grad: bool = 
         x = inputs(d)
         ev = Evaluator(d, mode)
         try:
-            real_sig, real_rt = backend.sigmoid(x), backend.logit(backend.sigmoid(x))
+            real_sig = backend.sigmoid(x)
+            real_rt = backend.logit(real_sig)
         except backends.Unsupported:
             continue
         out.append(_compare(d, "sigmoid", None, x, formulas.evaluate_sigmoid(x, ev), real_sig))
@@ -92,9 +93,7 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES, grad: bool = 
                 y = np.full(x.shape, label)
                 real = backend.bce[name](x, ev.arr(y))
                 out.append(_compare(d, name, label, x, model(x, y, None, ev), real))
-                if grad and name in backend.grad:
-                    from bce_audit import gradients
-
+                if name in backend.grad:
                     g_model = gradients.grad(name, x, y, None, ev)
                     g_real = backend.grad[name](x, ev.arr(y))
                     out.append(_compare(d, f"grad {name}", label, x, g_model, g_real))
