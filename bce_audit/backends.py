@@ -18,7 +18,6 @@ from bce_audit import formulas
 from bce_audit.formulas import Formula, Ops
 
 NAMES = ("numpy", "torch", "jax")
-DEVICES = ("cpu", "cuda")
 
 
 class BackendMissing(RuntimeError):

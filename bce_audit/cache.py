@@ -1,8 +1,11 @@
 """A persistent cache of audit results: per-chunk reference values and errors, and key points.
 
 Entries live under ``$XDG_CACHE_HOME/bce-audit`` (default ``~/.cache/bce-audit``), one JSON file
-each, named by a SHA-256 of everything that decides the result: the code version, the dtype
-(its bits), the reference and its precision, the formulas and settings, and the chunk. Files are
+each, named by a SHA-256 of everything that decides the result: the code itself (a digest of the
+package's source files) and the versions of the libraries it computes with, the dtype (its bits),
+the reference and its precision, the formulas and settings, and the chunk. An entry lives in the
+folder of its code stamp, so entries that an edit or an upgrade made stale are told apart
+(``cache info``) and cleared (``cache clear --stale``) without reading them. Files are
 written atomically (temporary file + rename), so two runs writing the same entry both leave a
 whole file; each carries a checksum of its payload, so a truncated or corrupted file is noticed,
 reported and rebuilt. A directory that cannot be written means running without the cache,
@@ -11,20 +14,56 @@ with a warning, never a crash. JSON, not pickle: nothing in the cache can run co
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bce_audit import __version__, files
+from bce_audit import files
 
-FORMAT = "bce-audit-cache/1"
+FORMAT = "bce-audit-cache/2"
 _ENTRY = re.compile(r"[0-9a-f]{64}\.json")  # the only files the cache writes, and so deletes
+_STAMP = re.compile(r"[0-9a-f]{16}")        # a code stamp's folder
+DEPENDENCIES = ("numpy", "ml_dtypes", "mpmath", "gmpy2")  # what every result is computed with
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the package's own source files: any edit to the code changes it (once per process)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def dependency_versions() -> dict[str, str | None]:
+    """The versions of the libraries every result depends on (a real backend's is in its key)."""
+    return {d: _version(d) for d in DEPENDENCIES}
+
+
+@functools.cache
+def stamp() -> str:
+    """The code digest with the dependency versions and the interpreter: 16 hex digits."""
+    env = {"code": code_digest(), "deps": dependency_versions(),
+           "python": list(sys.version_info[:2]), "machine": platform.machine()}
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_dir() -> Path:
@@ -53,7 +92,7 @@ def _decode(v):
 
 
 def key_of(kind: str, parts: dict) -> str:
-    text = json.dumps(_encode({"kind": kind, "version": __version__, **parts}), sort_keys=True, default=str)
+    text = json.dumps(_encode({"kind": kind, "stamp": stamp(), **parts}), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -64,28 +103,24 @@ class Cache:
     root: Path
     warnings: list[str] = field(default_factory=list)
     writable: bool = True
-    hits: int = 0
-    misses: int = 0
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
 
     def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+        return self.root / stamp() / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Any | None:
         p = self.path(key)
         try:
             raw = p.read_text(encoding="utf-8")
         except (FileNotFoundError, NotADirectoryError):
-            self.misses += 1
             return None
         except UnicodeDecodeError:
             raw = ""  # not even text: corrupted, handled below
         except OSError as e:
             self.warn(f"cache entry {p} unreadable ({e.strerror or e}): running without it")
-            self.misses += 1
             return None
         try:
             doc = json.loads(raw)
@@ -96,9 +131,7 @@ class Cache:
             ok = False
         if not ok:
             self.warn(f"cache entry {p} is corrupted or truncated: rebuilt")
-            self.misses += 1
             return None
-        self.hits += 1
         return _decode(payload)
 
     def put(self, key: str, value: Any) -> None:
@@ -127,35 +160,38 @@ class Cache:
             self.warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
             return None
 
-    def memo(self, kind: str, parts: dict, compute: Callable[[], Any],
-             encode: Callable[[Any], Any] = lambda v: v, decode: Callable[[Any], Any] = lambda v: v) -> Any:
-        """The cached value for these parts, or compute, store and return it."""
-        key = key_of(kind, parts)
-        hit = self.lookup(key, decode)
-        if hit is not None:
-            return hit
-        value = compute()
-        self.put(key, encode(value))
-        return value
+    def entries(self) -> Iterator[tuple[Path, bool]]:
+        """Each of this cache's own files, and whether it is stale (another code stamp's, or
+        of the layout before stamps)."""
+        if not self.root.is_dir():
+            return
+        current = stamp()
+        for e in self.root.glob("*/??/*.json"):
+            if _STAMP.fullmatch(e.parent.parent.name) and _ENTRY.fullmatch(e.name) \
+                    and e.name.startswith(e.parent.name):
+                yield e, e.parent.parent.name != current
+        for e in self.root.glob("??/*.json"):  # bce-audit-cache/1: no stamp folder
+            if _ENTRY.fullmatch(e.name) and e.name.startswith(e.parent.name):
+                yield e, True
 
     def info(self) -> dict:
-        entries = [e for e in self.root.glob("??/*.json") if _ENTRY.fullmatch(e.name)] \
-            if self.root.is_dir() else []
-        return {"path": str(self.root), "entries": len(entries),
-                "bytes": sum(e.stat().st_size for e in entries)}
+        found = [(e, stale, e.stat().st_size) for e, stale in self.entries()]
+        return {"path": str(self.root), "stamp": stamp(), "code": code_digest(),
+                "deps": dependency_versions(), "entries": len(found),
+                "stale": sum(stale for _, stale, _ in found), "bytes": sum(n for _, _, n in found)}
 
-    def clear(self) -> int:
-        """Delete every entry (only this cache's own files); returns how many went."""
+    def clear(self, stale_only: bool = False) -> int:
+        """Delete every entry, or only the stale ones (only this cache's own files); returns
+        how many went."""
         n = 0
-        if not self.root.is_dir():
-            return 0
-        for e in self.root.glob("??/*.json"):
-            if _ENTRY.fullmatch(e.name) and e.name.startswith(e.parent.name):
+        for e, stale in list(self.entries()):
+            if stale or not stale_only:
                 e.unlink()
                 n += 1
-        for d in sorted((d for d in self.root.rglob("*") if d.is_dir()), reverse=True):
-            if not any(d.iterdir()):
-                d.rmdir()
+        if self.root.is_dir():
+            for d in sorted((d for d in self.root.rglob("*") if d.is_dir()), reverse=True):
+                if not any(d.iterdir()):
+                    d.rmdir()
         return n
 
 

@@ -484,21 +484,28 @@ def cache_group() -> None:
 
 @cache_group.command("info")
 def cache_info() -> int:
-    """Where the cache is, and how many entries and bytes it holds."""
+    """Where the cache is, how many entries and bytes it holds, and which are stale.
+
+    An entry is stale when the code or a library it was computed with has changed since: it is
+    never served (the key holds the code stamp), only kept until `cache clear --stale`.
+    """
     info = cache.Cache(cache.default_dir()).info()
-    click.echo(f"{info['path']}: {info['entries']} entries, {info['bytes']:,} bytes")
+    click.echo(f"{info['path']}: {info['entries']} entries ({info['stale']} stale), {info['bytes']:,} bytes")
+    deps = ", ".join(f"{k} {v or 'absent'}" for k, v in info["deps"].items())
+    click.echo(f"code stamp {info['stamp']}: source sha256 {info['code'][:16]}, {deps}")
     return 0
 
 
 @cache_group.command("clear")
-def cache_clear() -> int:
-    """Delete every cache entry (only bce-audit's own files)."""
+@click.option("--stale", is_flag=True, help="Remove only the entries of other code or library versions.")
+def cache_clear(stale: bool) -> int:
+    """Delete every cache entry (only bce-audit's own files), or only the stale ones."""
     store = cache.Cache(cache.default_dir())
     try:
-        n = store.clear()
+        n = store.clear(stale_only=stale)
     except OSError as e:
         _fail(f"cannot clear {store.root}: {e.strerror or e}")
-    click.echo(f"removed {n} entries from {store.root}")
+    click.echo(f"removed {n} {'stale ' if stale else ''}entries from {store.root}")
     return 0
 
 

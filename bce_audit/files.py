@@ -1,13 +1,16 @@
 """Atomic file writes: a temporary file beside the target, renamed over it when complete.
 
 An interrupted run never leaves a half-written file, and the finished file gets the ordinary
-permissions (the umask), not mkstemp's private 0600.
+permissions (the umask), not mkstemp's private 0600. A target that exists and is not a regular
+file (``/dev/null``, a FIFO, a terminal, or a symlink to one) is written to directly: renaming
+over it would replace the device with a plain file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -24,6 +27,14 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
     ``durable``: fsync before the rename, so a power cut cannot leave an empty file (a cache,
     which checks its entries anyway, can skip it and save the disk flush).
     """
+    if _special(path):
+        try:
+            f = open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))  # noqa: SIM115
+        except OSError as e:
+            raise WriteError(f"cannot write {path!r}: {e.strerror or e}") from None
+        with f:
+            yield f
+        return
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", suffix=suffix, dir=directory)
@@ -43,6 +54,15 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _special(path: str) -> bool:
+    """An existing target that is not a regular file or a directory (a device, a FIFO, a socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def write_text(path: str, text: str, durable: bool = True) -> None:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from bce_audit import backends, config, dtypes, formulas, gradients, keypoints, sweep
 from bce_audit.config import ConfigError
@@ -366,7 +366,3 @@ def digest(checks: Sequence[Check]) -> str:
     """Fingerprint of what the checks measure (not their limits), for baselines."""
     text = json.dumps([c.identity() for c in checks], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def result_record(r: CheckResult) -> dict:
-    return asdict(r)

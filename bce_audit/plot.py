@@ -172,7 +172,7 @@ def check_available(kind: str, rows: Sequence[Row]) -> None:
     if kind not in KINDS:
         raise PlotError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     if kind == "grad" and not any(r.quantity == GRAD_QUANTITY for r in rows):
-        raise PlotUnavailable("gradients are not audited yet: the sweep has no gradient rows to plot")
+        raise PlotUnavailable("the sweep has no gradient rows to plot (no formula has a gradient model here)")
 
 
 def _groups(rows: Sequence[Row], key) -> list[list[Row]]:
@@ -236,7 +236,7 @@ def plot_data(result: SweepResult, kind: str) -> PlotData:
                           g[0].eps) for i, (name, g, y) in enumerate(zip(names, groups, ys, strict=True)))
     xs = np.concatenate([sr.x for sr in series])
     exact, guides = _exact(kind, groups, s, series)
-    notes = list(getattr(result, "notes", ()))
+    notes = list(result.notes)
     every_y = np.concatenate([sr.y for sr in series] + ([exact.y] if exact is not None else []))
     yscale = "linear" if kind == "error" else y_scale(every_y)  # bits are already logarithmic
     if kind == "roundtrip" and yscale == "linear":
@@ -292,8 +292,8 @@ def _what(kind: str, label) -> tuple[str, str]:
 
 def _subtitle(s: Settings, kind: str, label, points: int) -> str:
     parts = [", ".join(s.dtypes), s.mode]
-    if getattr(s, "backend", "numpy") != "numpy":
-        parts.append(f"{s.backend} on {getattr(s, 'device', 'cpu')}")
+    if s.backend != "numpy":
+        parts.append(f"{s.backend} on {s.device}")
     if kind != "roundtrip":
         parts += ["eps " + ", ".join(fmt(e, 3) for e in s.eps), _label_text(label), ", ".join(s.formulas)]
     lo, hi = s.range

@@ -481,7 +481,7 @@ def to_markdown(result: SweepResult) -> str:
     """
     s = result.settings
     out = [f"## bce-audit {__version__}: {', '.join(s.dtypes)} ({s.mode})", "", _md_settings(s), ""]
-    notes = list(getattr(result, "notes", ()))
+    notes = list(result.notes)
     out += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     out += _md_table(
         ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted"],

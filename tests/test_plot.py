@@ -167,7 +167,7 @@ def test_linear_axis_when_values_span_few_decades():
 def test_grad_needs_gradient_rows(result):
     if any(r.quantity == plot.GRAD_QUANTITY for r in result.rows):
         pytest.skip("this sweep computes gradients by default")
-    with pytest.raises(plot.PlotUnavailable, match="gradients are not audited yet"):
+    with pytest.raises(plot.PlotUnavailable, match="no gradient rows"):
         plot.plot_data(result, "grad")
     # rows of quantity "grad" are all the picture needs: their magnitudes, label 1 for --label both
     grads = [dataclasses.replace(r, quantity=plot.GRAD_QUANTITY, value=-r.value)
@@ -189,7 +189,7 @@ def test_plot_kind_grad():
     """Exit 2 with one line while gradients are not audited; the picture once they are."""
     r = run("plot", *SMALL, "--kind", "grad")
     if not _sweep_has_gradients():
-        assert_usage_error(r, "gradients are not audited yet")
+        assert_usage_error(r, "no gradient rows")
         return
     out = assert_ok(r)
     assert "|dBCE/dx|, label 1" in out and "logits-stable" in out
