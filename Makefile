@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch,jax,plot,dask]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,jax,plot,dask,parquet]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## the main job: the float32 sweep on the shipped defaults

@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a check failed, 2 bad input (one line on stderr, never 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -31,6 +32,8 @@ from bce_audit import (
 )
 from bce_audit.config import FORMATS
 from bce_audit.sweep import MAX_POINTS, Settings
+
+DOCUMENT_FORMATS = ("table", "json", "csv", "markdown")  # points and check: one document each
 
 
 class _Group(click.Group):
@@ -129,9 +132,9 @@ def _grid(f: Callable) -> Callable:
         _JOBS,
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run the chunks on an existing Dask cluster (tcp://host:8786)."),
-        click.option("--rows", "show", type=int, default=11, show_default=True, metavar="N",
-                     help="Grid rows kept and shown (2 to 1000; evenly spread). JSON and CSV keep "
-                          "every row unless --rows is given."),
+        click.option("--rows", "show", default=None, metavar="N|all",
+                     help="Grid points whose rows are kept and shown, evenly spread: 2 to 1000 "
+                          "(default 11), or all. jsonl, csv and parquet stream every row by default."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -142,8 +145,8 @@ def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
                          metavar="FILE", help="Write to FILE (atomically) instead of stdout.")(f)
-        return click.option("--format", "fmt", type=click.Choice(formats), default="table",
-                            show_default=True, help="Output format.")(f)
+        return click.option("--format", "fmt", type=click.Choice(formats), default=None,
+                            help="Output format (default: from the -o extension, else table).")(f)
     return deco
 
 
@@ -181,34 +184,33 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
     return values, lambda k: origin.get(k, FLAGS.get(k, k))
 
 
-def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True
-              ) -> tuple[Settings, dict]:
+def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True,
+              formats: tuple[str, ...] = FORMATS) -> tuple[Settings, dict]:
     """Validate options (and --config) once into Settings plus the output choices."""
     try:
         values, origin = _merge(kw)
         s = config.build_settings(values, origin, default_dtypes, with_grid)
-        fmt = values.get("format", "table")
-        if fmt not in FORMATS:
+        given = "format" in values
+        fmt = values["format"] if given else config.format_for(kw.get("output"))
+        if given and fmt not in FORMATS:
             raise config.ConfigError(f"{origin('format')}: unknown format {fmt!r}; choose from "
-                                     f"{', '.join(FORMATS)}")
-        rows = config.check_rows_option(values.get("rows", 11), origin("rows"))
+                                     f"{', '.join(formats)}")
+        if fmt not in formats:
+            where = origin("format") if given else f"--output {kw.get('output')!r}"
+            raise config.ConfigError(f"{where}: this command cannot write {fmt}; choose --format from "
+                                     f"{', '.join(formats)}")
+        if fmt == "parquet" and kw.get("output") is None:
+            raise config.ConfigError("--format parquet is binary: give -o FILE.parquet")
+        keep = config.check_rows_option(values.get("rows"), origin("rows"), fmt)
     except config.ConfigError as e:
         _fail(str(e))
-    # the table shows a sample; JSON and CSV carry every row unless --rows is given
-    keep = rows if fmt in ("table", "markdown") or ("rows" in values and origin("rows") == "--rows") else None
-    if keep is None and with_grid and max(sweep.grid_size(s, d) for d in s.dtypes) > MAX_KEPT:
-        _fail(f"--format {fmt} keeps every grid row, and this grid has more than {MAX_KEPT:,}: "
-              "give --rows N to keep N evenly spread rows (the worst errors cover every point)")
     jobs = kw.get("jobs")
     if jobs is not None and jobs < 1:
         _fail(f"--jobs {jobs} must be at least 1")
     _use_cache(kw)
-    return replace(s, keep=keep), {"fmt": fmt, "show": rows, "output": kw.get("output"),
+    return replace(s, keep=keep), {"fmt": fmt, "show": keep, "output": kw.get("output"),
                                    "jobs": jobs or os.cpu_count() or 1, "scheduler": kw.get("scheduler"),
                                    "quiet": kw.get("quiet", False)}
-
-
-MAX_KEPT = 1_000_000  # grid rows a JSON or CSV document may carry
 
 
 def _use_cache(kw: dict) -> None:
@@ -238,6 +240,15 @@ def _run(job: Callable):
         _fail(str(e))
 
 
+def _format(kw: dict, formats: tuple[str, ...]) -> str:
+    """--format, else the one the -o extension names; one a command cannot write is an error."""
+    fmt = kw["fmt"] or config.format_for(kw["output"])
+    if fmt not in formats:
+        _fail(f"--output {kw['output']!r}: this command cannot write {fmt}; choose --format from "
+              f"{', '.join(formats)}")
+    return fmt
+
+
 def _emit(kw: dict, render: Callable[[str], object]) -> None:
     """Render in the chosen format to stdout or, atomically, to --output."""
     fmt, path = kw["fmt"], kw["output"]
@@ -256,6 +267,24 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
                 report.print_view(out, f)
     except files.WriteError as e:
         _fail(f"--output: {e}")
+
+
+def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
+    """Write rows chunk by chunk as the run makes them: to stdout, or atomically to --output."""
+    from bce_audit import streams
+
+    fmt, path = out["fmt"], out["output"]
+    try:
+        target = files.atomic_open(path, "wb" if fmt == "parquet" else "w") if path else \
+            contextlib.nullcontext(sys.stdout)
+        with target as f:
+            w = streams.writer(fmt, f)
+            run(w.write)
+            w.close()
+    except files.WriteError as e:
+        _fail(f"--output: {e}")
+    except streams.ParquetMissing as e:
+        _fail(str(e))
 
 
 # ---------------------------------------------------------------- commands
@@ -284,17 +313,23 @@ def sweep_cmd(**kw) -> int:
     """Sweep a logit grid: key points, sampled values and errors, worst errors."""
     s, out = _settings(kw)
     total = sum(sweep.grid_size(s, d) for d in s.dtypes)
-    with report.progress_bar(total, enabled=not out["quiet"] and total >= PROGRESS_POINTS) as advance:
-        result = _run(lambda: sweep.run_sweep(s, progress=advance, jobs=out["jobs"],
-                                              scheduler=out["scheduler"]))
+
+    def run(sink: sweep.Sink | None = None) -> sweep.SweepResult:
+        with report.progress_bar(total, enabled=not out["quiet"] and total >= PROGRESS_POINTS) as advance:
+            return _run(lambda: sweep.run_sweep(s, progress=advance, jobs=out["jobs"],
+                                                scheduler=out["scheduler"], sink=sink))
+
+    if out["fmt"] in config.STREAMING:
+        _stream(out, run)
+        _cache_warnings()
+        return 0
+    result = run()
     _cache_warnings()
 
     def render(fmt: str):
         if fmt == "json":
             return report.to_json(report.document(result.settings.as_dict(), result.keypoints, result.rows,
                                                   result.worst, result.notes))
-        if fmt == "csv":
-            return report.to_csv(result.rows, sweep.Row)
         if fmt == "markdown":
             return report.to_markdown(result)
         return report.sweep_view(result, out["show"], report.width_for(out["output"]))
@@ -306,10 +341,10 @@ def sweep_cmd(**kw) -> int:
 @cli.command()
 @_selection
 @_JOBS
-@_output(FORMATS)
+@_output(DOCUMENT_FORMATS)
 def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
-    s, out = _settings(kw, with_grid=False)
+    s, out = _settings(kw, with_grid=False, formats=DOCUMENT_FORMATS)
     result = _run(lambda: sweep.run_sweep(s, with_rows=False, jobs=out["jobs"]))
     _cache_warnings()
 
@@ -330,7 +365,7 @@ def points(**kw) -> int:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("logits", nargs=-1, required=True, metavar="X [X ...]")
 @_selection
-@_output(FORMATS)
+@_output(DOCUMENT_FORMATS)
 def check(logits: tuple[str, ...], **kw) -> int:
     """Check single logits: every dtype's sigmoid, round trip and BCE beside the exact values."""
     xs = []
@@ -342,7 +377,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
         if not math.isfinite(x):
             _fail(f"{text!r} is not a finite logit")
         xs.append(x)
-    s, out = _settings(kw, default_dtypes=dtypes.NAMES, with_grid=False)
+    s, out = _settings(kw, default_dtypes=dtypes.NAMES, with_grid=False, formats=DOCUMENT_FORMATS)
     rows, exact = _run(lambda: sweep.check_rows(xs, s))
 
     def render(fmt: str):
@@ -373,7 +408,7 @@ def dtypes_cmd(mode: str, **kw) -> int:
                                    "dtypes": report.dtypes_records(infos, overflow)})
         return report.dtypes_table(infos, overflow)
 
-    _emit(kw, render)
+    _emit({"fmt": _format(kw, ("table", "json")), "output": kw["output"]}, render)
     return 0
 
 
@@ -395,7 +430,7 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
     chosen = tuple(dict.fromkeys(dtype)) or fidelity.DEFAULT_DTYPES
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
-    out = {"fmt": kw["fmt"], "output": kw["output"]}
+    out = {"fmt": _format(kw, ("table", "json")), "output": kw["output"]}
 
     def render(fmt: str):
         if fmt == "json":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ from bce_audit.sweep import (
     step_count,
 )
 
-FORMATS = ("table", "json", "csv", "markdown")
+FORMATS = ("table", "json", "jsonl", "csv", "parquet", "markdown")
+STREAMING = ("jsonl", "csv", "parquet")  # written chunk by chunk: any number of rows
+EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+              ".pq": "parquet", ".md": "markdown", ".markdown": "markdown", ".txt": "table"}
 MAX_EXHAUSTIVE = 1 << 33  # dtype values one exhaustive grid may walk: every float32, on a cluster
 
 
@@ -95,6 +99,14 @@ def _bool(v, where: str) -> bool:
     return v
 
 
+def _rows(v, where: str) -> int | str:
+    if v == "all":
+        return v
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{where}: expected an integer or \"all\", got {v!r}")
+    return v
+
+
 def _label(v, where: str) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         v = str(v)
@@ -112,7 +124,7 @@ def _range(v, where: str) -> tuple[float, float] | str:
 TYPES = {
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
-    "rows": _int, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
+    "rows": _rows, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
     "grad": _bool, "exhaustive": _bool,
 }
 
@@ -305,7 +317,27 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     )
 
 
-def check_rows_option(value: int, where: str) -> int:
-    if not 2 <= value <= MAX_ROWS:
-        raise ConfigError(f"{where} {value} is out of range; it must be 2 to {MAX_ROWS}")
-    return value
+def check_rows_option(value: int | str | None, where: str, fmt: str) -> int | None:
+    """Grid rows to keep: N evenly spread (2 to MAX_ROWS), or None for every row ("all", and the
+    default of the streaming formats)."""
+    if value is None:
+        return None if fmt in STREAMING else 11
+    if value == "all":
+        if fmt not in STREAMING:
+            raise ConfigError(f"{where} all: a {fmt} output keeps at most {MAX_ROWS} rows; write every row "
+                              f"with --format jsonl, csv or parquet")
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{where} {value!r} is not a number of rows; give 2 to {MAX_ROWS}, or all "
+                          "(with --format jsonl, csv or parquet)") from None
+    if not 2 <= n <= MAX_ROWS:
+        raise ConfigError(f"{where} {n} is out of range; it must be 2 to {MAX_ROWS}, or all "
+                          "(with --format jsonl, csv or parquet)")
+    return n
+
+
+def format_for(path: str | None) -> str:
+    """The format an output file's extension names (table when it names none)."""
+    return EXTENSIONS.get(os.path.splitext(path or "")[1].lower(), "table")

@@ -7,9 +7,11 @@ formula, label and eps: BCE for both labels and the sigmoid all come from one `r
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -429,20 +431,55 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
                     yield col("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
 
 
-def materialize(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, where: str,
-                index=None) -> list[Row]:
-    """Rows of a column, at the chosen indices (all by default)."""
-    idx = range(len(c.values)) if index is None else index
-    out = []
-    for i in idx:
-        more = {}
-        if c.clip is not None and not math.isnan(c.clip[0][i]):
-            more = {"clipped_exact": float(c.clip[0][i]), "clip_rel": float(c.clip[1][i]),
-                    "round_ulp": float(c.clip[2][i])}
-        out.append(Row(dtype, s.mode, float(xs[i]), float(xd[i]), c.quantity, c.formula, c.eps, c.label,
-                       float(c.values[i]), float(c.exact[i]), float(c.abs_err[i]), float(c.rel_err[i]),
-                       float(c.ulp_err[i]), float(c.bits[i]), **more, backend=where))
-    return out
+ROW_FLOATS = ("x", "x_dtype", "value", "exact", "abs_err", "rel_err", "ulp_err", "bits")
+CLIP_FLOATS = ("clipped_exact", "clip_rel", "round_ulp")
+
+
+@dataclass
+class Block:
+    """Kept rows of one series over one chunk, as columns: rows are made only when read, and
+    streaming writers format the columns directly. ``clip`` columns are NaN where no clip applies."""
+
+    dtype: str
+    mode: str
+    backend: str
+    quantity: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    floats: dict[str, np.ndarray]  # ROW_FLOATS, and CLIP_FLOATS for a clipped formula
+
+    def __len__(self) -> int:
+        return len(self.floats["x"])
+
+    def rows(self) -> Iterator[Row]:
+        cols = [self.floats[n].tolist() for n in ROW_FLOATS]
+        clip = [self.floats[n].tolist() for n in CLIP_FLOATS] if "clipped_exact" in self.floats else None
+        for i, (x, xd, v, ex, ab, rel, ulp, bits) in enumerate(zip(*cols, strict=True)):
+            more = {}
+            if clip is not None and not math.isnan(clip[0][i]):
+                more = {"clipped_exact": clip[0][i], "clip_rel": clip[1][i], "round_ulp": clip[2][i]}
+            yield Row(self.dtype, self.mode, x, xd, self.quantity, self.formula, self.eps, self.label,
+                      v, ex, ab, rel, ulp, bits, **more, backend=self.backend)
+
+    def encode(self) -> dict:
+        return {**{k: v for k, v in vars(self).items() if k != "floats"},
+                "floats": {k: a.tolist() for k, a in self.floats.items()}}
+
+    @classmethod
+    def decode(cls, d: dict) -> Block:
+        return cls(**{**d, "floats": {k: np.asarray(v, dtype=np.float64) for k, v in d["floats"].items()}})
+
+
+def block(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, where: str,
+          index=None) -> Block:
+    """The kept rows of a column, at the chosen indices (all by default)."""
+    idx = slice(None) if index is None else np.asarray(index, dtype=np.intp)
+    arrays = (xs, xd, c.values, c.exact, c.abs_err, c.rel_err, c.ulp_err, c.bits)
+    names = ROW_FLOATS + (CLIP_FLOATS if c.clip is not None else ())
+    floats = {n: np.asarray(a, dtype=np.float64)[idx] for n, a in zip(names, (*arrays, *(c.clip or ())),
+                                                                           strict=True)}
+    return Block(dtype, s.mode, where, c.quantity, c.formula, c.eps, c.label, floats)
 
 
 def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
@@ -452,7 +489,7 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
     where = backend.label if backend else "numpy"
     rows: list[Row] = []
     for c in columns(s, dtype, xs, basics, backend):
-        rows += materialize(c, s, dtype, xs, xd, where)
+        rows += block(c, s, dtype, xs, xd, where).rows()
     return rows
 
 
@@ -512,7 +549,7 @@ class ChunkResult:
     """What one chunk of one dtype's grid leaves: per series its worst errors and kept rows."""
 
     worst: list[Worst]
-    rows: list[list[Row]]
+    blocks: list[Block]
 
 
 def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None) -> ChunkResult:
@@ -522,21 +559,21 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
     xd = Evaluator(dtype, s.mode).arr(xs)
-    worst, rows = [], []
+    worst, blocks = [], []
     for c in columns(s, dtype, xs, backend=backend):
         acc = _WorstAcc((dtype, s.mode, c.quantity, c.formula, c.eps, c.label))
         acc.update(c, xs)
         worst.append(acc.worst())
-        rows.append(materialize(c, s, dtype, xs, xd, where, index))
-    return ChunkResult(worst, rows)
+        blocks.append(block(c, s, dtype, xs, xd, where, index))
+    return ChunkResult(worst, blocks)
 
 
 def _encode_chunk(r: ChunkResult) -> dict:
-    return {"worst": [asdict(w) for w in r.worst], "rows": [[asdict(x) for x in rs] for rs in r.rows]}
+    return {"worst": [asdict(w) for w in r.worst], "blocks": [b.encode() for b in r.blocks]}
 
 
 def _decode_chunk(d: dict) -> ChunkResult:
-    return ChunkResult([Worst(**w) for w in d["worst"]], [[Row(**x) for x in rs] for rs in d["rows"]])
+    return ChunkResult([Worst(**w) for w in d["worst"]], [Block.decode(b) for b in d["blocks"]])
 
 
 def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
@@ -551,47 +588,47 @@ def _cacheable(s: Settings) -> bool:
     return not any(impl.is_impl(n) for n in s.formulas)
 
 
+def chunk_size(s: Settings) -> int:
+    """Grid points a chunk holds: smaller when every row is kept, so a chunk's rows stay small."""
+    return CHUNK if s.keep is not None else CHUNK >> 4
+
+
 def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int = 1,
-               scheduler: str | None = None, progress=None) -> list[ChunkResult]:
-    """Every chunk of one dtype's grid, in order: from the cache where done before (so a run
-    that stopped resumes), the rest serially, in a process pool (``jobs`` > 1) or on a Dask
-    cluster (``scheduler``), each stored in the cache as soon as it is done."""
+               scheduler: str | None = None, progress=None) -> Iterator[ChunkResult]:
+    """Every chunk of one dtype's grid, yielded in order: from the cache where done before (so
+    a run that stopped resumes), the rest serially, in a process pool (``jobs`` > 1) or on a Dask
+    cluster (``scheduler``), each stored in the cache as soon as it is done.
+
+    Only one chunk's result is held at a time here. A run that keeps every row is not cached:
+    its entries would be as large as its output.
+    """
     kept = None if keep is None else sorted(keep)
+    size = chunk_size(s)
     specs = []
-    for start in range(0, n, CHUNK):
-        stop = min(n, start + CHUNK)
+    for start in range(0, n, size):
+        stop = min(n, start + size)
         index = None
         if kept is not None:  # the kept rows in this chunk, relative to its start
             index = [i - start for i in kept[bisect.bisect_left(kept, start):bisect.bisect_left(kept, stop)]]
         specs.append((start, stop, index))
-    store = cache.active() if _cacheable(s) else None
+    store = cache.active() if _cacheable(s) and s.keep is not None else None
     keys = [cache.key_of("chunk", _chunk_key(s, dtype, *spec)) for spec in specs] if store else []
-    results: list[ChunkResult | None] = [None] * len(specs)
-    todo = []
-    for k, (start, stop, _) in enumerate(specs):
-        if store is not None:
-            hit = store.get(keys[k])
-            if hit is not None:
-                try:
-                    results[k] = _decode_chunk(hit)
-                except (TypeError, KeyError):
-                    results[k] = None
-        if results[k] is None:
-            todo.append(k)
-        elif progress is not None:
-            progress(stop - start)
-
-    def done(k: int, r: ChunkResult) -> None:
-        results[k] = r
-        start, stop, _ = specs[k]
-        if store is not None:
-            store.put(keys[k], _encode_chunk(r))
+    stored = [store is not None and store.path(k).is_file() for k in keys] or [False] * len(specs)
+    todo = [k for k in range(len(specs)) if not stored[k]]
+    computed = _execute(s, dtype, [specs[k] for k in todo], todo, jobs, scheduler)
+    for k, (start, stop, index) in enumerate(specs):
+        r = store.lookup(keys[k], _decode_chunk) if store is not None and stored[k] else None
+        if r is None:
+            if stored[k]:  # damaged since it was listed: computed here, as any miss
+                r = audit_chunk(s, dtype, start, stop, index)
+            else:
+                done, r = next(computed)
+                assert done == k
+            if store is not None:
+                store.put(keys[k], _encode_chunk(r))
         if progress is not None:
             progress(stop - start)
-
-    for k, r in _execute(s, dtype, [specs[k] for k in todo], todo, jobs, scheduler):
-        done(k, r)
-    return results  # type: ignore[return-value]
+        yield r
 
 
 def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, scheduler: str | None):
@@ -607,15 +644,28 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
         # forkserver: never fork a process that may hold threads (JAX, BLAS) mid-lock
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            yield from zip(ks, pool.map(audit_chunk, *zip(*args, strict=True)), strict=True)
+            # a window of chunks in flight: finished results never pile up behind a slow reader
+            work = iter(zip(ks, args, strict=True))
+            pending = collections.deque((k, pool.submit(audit_chunk, *a))
+                                        for k, a in itertools.islice(work, 2 * jobs))
+            while pending:
+                k, future = pending.popleft()
+                r = future.result()
+                for k2, a in itertools.islice(work, 1):
+                    pending.append((k2, pool.submit(audit_chunk, *a)))
+                yield k, r
     else:
         for k, a in zip(ks, args, strict=True):
             yield k, audit_chunk(*a)
 
 
+Sink = Callable[[list[Block]], None]
+
+
 def _audit_grid(s: Settings, dtype: str, n: int, keep: set[int] | None, result: SweepResult,
-                jobs: int = 1, scheduler: str | None = None, progress=None) -> None:
-    """Evaluate one dtype over the grid in chunks: keep the asked-for rows, reduce the rest."""
+                jobs: int = 1, scheduler: str | None = None, progress=None, sink: Sink | None = None) -> None:
+    """Evaluate one dtype over the grid in chunks: keep the asked-for rows (or hand each chunk's
+    to ``sink``, in order), reduce the rest."""
     accs: list[_WorstAcc] = []
     kept: list[list[Row]] = []
     for r in run_chunks(s, dtype, n, keep, jobs, scheduler, progress):
@@ -624,8 +674,11 @@ def _audit_grid(s: Settings, dtype: str, n: int, keep: set[int] | None, result: 
             kept = [[] for _ in r.worst]
         for acc, w in zip(accs, r.worst, strict=True):
             acc.merge(w)
-        for rows, new in zip(kept, r.rows, strict=True):
-            rows.extend(new)
+        if sink is not None:
+            sink(r.blocks)
+            continue
+        for rows, b in zip(kept, r.blocks, strict=True):
+            rows.extend(b.rows())
     for rows in kept:
         result.rows += rows
     result.worst += [a.worst() for a in accs]
@@ -650,13 +703,14 @@ def native(s: Settings) -> Settings:
 
 
 def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
-              scheduler: str | None = None) -> SweepResult:
+              scheduler: str | None = None, sink: Sink | None = None) -> SweepResult:
     """The whole audit for a selection: key points, and (for sweep) the grid.
 
     The grid is evaluated in chunks; ``s.keep`` rows (evenly spread, both ends included; None:
     all) are kept, and the worst errors are reduced over every point. ``progress(n)`` is called
     as each chunk of n points is done. ``jobs`` > 1 spreads the chunks over a process pool and
-    ``scheduler`` over a Dask cluster; the result is the same either way.
+    ``scheduler`` over a Dask cluster; the result is the same either way. With ``sink``, each
+    chunk's kept rows go to it as blocks, in grid order, and ``result.rows`` stays empty.
     """
     s = native(s)
     backend = backends.get(s.backend, s.device)
@@ -674,7 +728,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
             n = grid_size(s, d)
             keep = None if s.keep is None else set(sample_indices(n, s.keep))
             try:
-                _audit_grid(s, d, n, keep, result, jobs, scheduler, progress)
+                _audit_grid(s, d, n, keep, result, jobs, scheduler, progress, sink)
             except backends.Unsupported as e:
                 notes.append(f"{d}: grid not audited: {e}")
     result.notes = list(dict.fromkeys(notes))

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
 import stat
+import subprocess
+import sys
 import threading
+from dataclasses import asdict, fields
 
 import pytest
-from cli_support import ok
+from cli_support import assert_usage_error, ok, run, strict_json
+
+from bce_audit import report, sweep
+from bce_audit.sweep import Settings
 
 # ---------------------------------------------------------------- targets that are not regular files
 
@@ -53,3 +62,136 @@ def test_output_onto_a_symlink_to_a_regular_file_replaces_the_link_not_the_file(
     ok("dtypes", "--format", "json", "-o", str(link))
     assert target.read_text() == "mine\n"
     assert not link.is_symlink() and link.read_text().startswith("{")
+
+
+# ---------------------------------------------------------------- streaming formats
+
+STREAM = ("sweep", "--points", "301", "--dtype", "float16", "--dtype", "float32", "--eps", "1e-7",
+          "--eps", "1e-3", "--grad", "--jobs", "1")
+
+
+def _memory_rows() -> list[dict]:
+    """The rows of the same sweep, made in memory and cleaned as the JSON document cleans them."""
+    s = Settings(dtypes=("float16", "float32"), eps=(1e-7, 1e-3), points=301, grad=True)
+    return [json.loads(report.to_json(asdict(r))) for r in sweep.run_sweep(s).rows]
+
+
+def test_issue_10_jsonl_rows_equal_the_in_memory_rows():
+    lines = ok(*STREAM, "--format", "jsonl").splitlines()
+    assert [strict_json(line) for line in lines] == _memory_rows()
+    assert all(list(json.loads(line)) == sorted(json.loads(line)) for line in lines[:50])  # sorted keys
+
+
+def test_issue_10_csv_rows_equal_the_in_memory_rows(tmp_path):
+    out = tmp_path / "rows.csv"
+    ok(*STREAM, "-o", str(out))  # the format is inferred from the extension
+    with out.open(newline="") as f:
+        got = list(csv.DictReader(f))
+    want = _memory_rows()
+    assert len(got) == len(want) > 10_000
+    for g, w in zip(got, want, strict=True):
+        assert list(g) == [f.name for f in fields(sweep.Row)]
+        for k, v in w.items():
+            cell = g[k]
+            if v is None:
+                assert cell == "", (k, g)
+            elif isinstance(v, float):
+                assert float(cell) == v and cell == repr(v), (k, cell, v)
+            else:
+                assert cell == str(v), (k, cell, v)
+
+
+def test_issue_10_parquet_rows_equal_the_in_memory_rows(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "rows.parquet"
+    ok(*STREAM, "-o", str(out))
+    table = pq.read_table(out).to_pylist()
+    want = _memory_rows()
+    assert len(table) == len(want)
+    words = {"inf": math.inf, "-inf": -math.inf}
+    for g, w in zip(table, want, strict=True):
+        for k, v in w.items():
+            if k == "label":
+                assert g[k] == (None if v is None else str(v))
+            elif isinstance(v, str) and v in ("inf", "-inf", "nan") and k not in ("dtype", "mode"):
+                assert (math.isnan(g[k]) if v == "nan" else g[k] == words[v]), (k, g[k], v)
+            else:
+                assert g[k] == v, (k, g[k], v)
+
+
+def test_json_document_keeps_the_rows_asked_for():
+    doc = strict_json(ok("sweep", "--points", "301", "--format", "json", "--rows", "5", "--formula", "naive"))
+    assert sorted({r["x"] for r in doc["rows"]}) == [-40.0, -20.0, 0.0, 20.0, 40.0]
+    assert {"settings", "keypoints", "worst", "rows"} <= set(doc)
+
+
+@pytest.mark.parametrize("fmt", ["json", "table", "markdown"])
+def test_rows_all_is_for_the_streaming_formats(fmt):
+    assert_usage_error(run("sweep", "--format", fmt, "--rows", "all"), "--rows all", "jsonl", "parquet")
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (("sweep", "--rows", "many"), ("--rows", "'many'", "all")),
+    (("sweep", "--rows", "1"), ("--rows 1", "2 to 1000")),
+    (("sweep", "--format", "parquet"), ("parquet", "-o")),
+    (("points", "-o", "points.parquet"), ("cannot write parquet", "table, json, csv, markdown")),
+    (("dtypes", "-o", "d.csv"), ("cannot write csv", "table, json")),
+])
+def test_output_choices_are_checked_before_the_work(args, needles, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_usage_error(run(*args), *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "start"), [("p.json", "{"), ("p.csv", "dtype,"), ("p.md", "## bce-audit"),
+                                             ("p.txt", "")])
+def test_points_format_follows_the_output_extension(tmp_path, name, start):
+    out = tmp_path / name
+    ok("points", "--dtype", "float16", "-o", str(out))
+    assert out.read_text().startswith(start)
+    if name == "p.txt":
+        assert "overflow" in out.read_text()
+
+
+_HWM = """
+import atexit, sys
+from bce_audit.cli import main
+def report(path=sys.argv[1]):
+    with open("/proc/self/status") as f, open(path, "w") as out:
+        out.write(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+atexit.register(report)
+sys.argv = ["bce-audit", *sys.argv[2:]]
+main()
+"""
+
+
+def _peak_rss_kb(args: list[str], cwd) -> int:
+    """The command's own peak RSS (VmHWM, which exec resets: wait4's ru_maxrss would also count the
+    pytest process it was forked from)."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc: cannot read a process's peak RSS")
+    hwm = cwd / "hwm"
+    done = subprocess.run([sys.executable, "-c", _HWM, str(hwm), *args], cwd=cwd, capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(hwm.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_issue_10_streaming_every_fp16_row_stays_in_bounded_memory(tmp_path, fmt):
+    """1.7 million rows: the document would take gigabytes; the stream stays under 300 MB."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / f"rows.{fmt}"
+    args = ["sweep", "--exhaustive", "--dtype", "float16", "--no-cache", "-q", "-j1", "-o", str(out)]
+    peak = _peak_rss_kb(args, tmp_path)  # one process: the whole computation is measured
+    assert 30 * 1024 < peak < 300 * 1024, f"peak RSS {peak / 1024:.0f} MB"  # measured, and bounded
+    if fmt == "jsonl":
+        with out.open() as f:
+            n = sum(1 for _ in f)
+        points = sweep.grid_size(Settings(dtypes=("float16",), exhaustive=True, range=(-math.inf, math.inf)),
+                                 "float16")
+        doc = strict_json(ok("sweep", "--dtype", "float16", "--points", "2", "--format", "json"))
+        series = len(doc["worst"])
+        assert n == points * series

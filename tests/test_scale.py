@@ -32,7 +32,7 @@ from bce_audit import cache, cli, keypoints, report, sweep
 from bce_audit.sweep import CHUNK, Settings
 
 # a JSON sweep light enough to run several times: one formula, one label, every row kept
-SMALL = ("sweep", "--points", "5000", "--format", "json", "--dtype", "float16",
+SMALL = ("sweep", "--points", "5000", "--format", "json", "--rows", "1000", "--dtype", "float16",
          "--formula", "keras3", "--label", "1", "--jobs", "1")
 WARNING = "bce-audit: warning: "
 
@@ -374,7 +374,7 @@ def test_cli_second_run_is_served_from_the_cache(cache_root, chunk_spy, monkeypa
     assert len(chunk_spy.calls) == 1 and kp_spy.calls
     assert len(entries(cache_root)) >= 2
     doc = strict_json(first)
-    assert len(doc["rows"]) == 3 * 5000  # sigmoid, round trip, keras3 at label 1
+    assert len(doc["rows"]) == 3 * 1000  # sigmoid, round trip, keras3 at label 1
     chunk_spy.calls.clear()
     kp_spy.calls.clear()
 
@@ -412,7 +412,7 @@ def test_cli_corrupted_entry_warns_once_and_rebuilds(cache_root, chunk_spy):
     first = ok(*SMALL)
     chunk_spy.calls.clear()
     # the chunk's entry: the one whose payload carries rows
-    (chunk_entry,) = [p for p in entries(cache_root) if '"rows"' in p.read_text(encoding="utf-8")]
+    (chunk_entry,) = [p for p in entries(cache_root) if '"blocks"' in p.read_text(encoding="utf-8")]
     _truncate(chunk_entry)
 
     r = run(*SMALL)
@@ -770,27 +770,24 @@ def test_exhaustive_float32_is_a_usage_error():
 # ---------------------------------------------------------------- big grids
 
 
-def _no_sweep(s, with_rows=True, progress=None, jobs=1, scheduler=None):
+def _no_sweep(s, with_rows=True, progress=None, jobs=1, scheduler=None, sink=None):
     if progress is not None:
         progress(sum(sweep.grid_size(s, d) for d in s.dtypes))
     return sweep.SweepResult(s, [])
 
 
-def test_big_json_grid_needs_rows(monkeypatch):
+def test_big_json_grid_keeps_rows_and_every_row_streams(monkeypatch):
     called = []
     monkeypatch.setattr(sweep, "run_sweep", lambda *a, **kw: called.append(1) or _no_sweep(*a, **kw))
     big = ("sweep", "--points", "2000000", "--format", "json")
-    assert_usage_error(run(*big), "--rows")
-    assert_usage_error(run(*big[:-1], "csv"), "--rows")
+    assert_usage_error(run(*big, "--rows", "all"), "--rows all", "jsonl")
+    assert_usage_error(run(*big, "--rows", "1001"), "--rows 1001", "2 to 1000")
     assert called == []
     doc = strict_json(ok(*big, "--rows", "5"))
     assert called == [1]
     assert doc["settings"]["points"] == 2_000_000
-    # the table keeps a sample anyway; a grid at the limit may still be kept whole
-    ok("sweep", "--points", "2000000")
-    ok("sweep", "--points", str(cli.MAX_KEPT), "--format", "json")
-    assert called == [1, 1, 1]
-    assert_usage_error(run("sweep", "--points", str(cli.MAX_KEPT + 1), "--format", "json"), "--rows")
+    ok("sweep", "--points", "2000000")  # the table keeps its sample
+    ok(*big[:-1], "jsonl", "--rows", "all")  # a stream may carry every row
     assert called == [1, 1, 1]
 
 

@@ -1,0 +1,163 @@
+"""Streaming row writers: JSON Lines, CSV and Parquet, fed a chunk's blocks at a time.
+
+Each writer formats a block's columns directly (no `Row` per point), so a sweep of every row
+writes in memory bounded by one chunk. The records are the rows of the JSON document: the same
+fields and values, inf/nan as the strings "inf", "-inf", "nan" (Parquet keeps them as floats),
+an absent clipped-exact value as null (CSV: empty).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import IO, Protocol
+
+import numpy as np
+
+from bce_audit.sweep import CLIP_FLOATS, Block, Row
+
+FIELDS = tuple(f.name for f in fields(Row))
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+class Writer(Protocol):
+    def write(self, blocks: Sequence[Block]) -> None: ...
+    def close(self) -> None: ...
+
+
+def _floats(a: np.ndarray, style: str, absent: np.ndarray | None = None, memo: dict | None = None
+            ) -> list[str]:
+    """Each float as text: repr for finite values (as json.dumps writes them), the words for
+    inf/nan (quoted in JSON), and null (CSV: empty) where ``absent``. ``memo``: the texts of
+    columns already formatted in this chunk (the inputs, and exact values, repeat across series)."""
+    if absent is None and memo is not None:
+        key = a.tobytes()
+        if key not in memo:
+            memo[key] = _floats(a, style)
+        return memo[key]
+    out = list(map(repr, a.tolist()))
+    quote = '"{}"' if style == "json" else "{}"
+    for i in np.flatnonzero(~np.isfinite(a)).tolist():
+        out[i] = quote.format(_word(float(a[i])))
+    if absent is not None:
+        gone = "null" if style == "json" else ""
+        for i in np.flatnonzero(absent).tolist():
+            out[i] = gone
+    return out
+
+
+def _word(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _constant(v, style: str) -> str:
+    if style == "json":
+        return json.dumps(_word(v) if isinstance(v, float) and not math.isfinite(v) else v)
+    if v is None:
+        return ""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _columns(b: Block, style: str, memo: dict) -> dict[str, list[str]]:
+    """Every field of the block's rows as text ("json" or "csv"), one list per field."""
+    n = len(b)
+    cols = {k: _floats(a, style, memo=memo) for k, a in b.floats.items() if k not in CLIP_FLOATS}
+    if "clipped_exact" in b.floats:
+        absent = np.isnan(b.floats["clipped_exact"])
+        cols.update({k: _floats(b.floats[k], style, absent) for k in CLIP_FLOATS})
+    else:
+        cols.update({k: [_constant(None, style)] * n for k in CLIP_FLOATS})
+    for k in ("dtype", "mode", "backend", "quantity", "formula", "eps", "label"):
+        cols[k] = [_constant(getattr(b, k), style)] * n
+    return cols
+
+
+class JsonLines:
+    """One JSON object a line, keys sorted (as the JSON document's rows)."""
+
+    KEYS = tuple(sorted(FIELDS))
+
+    def __init__(self, f: IO[str]):
+        self.f = f
+        self.template = "{{" + ",".join(f'"{k}":{{}}' for k in self.KEYS) + "}}\n"
+
+    def write(self, blocks: Sequence[Block]) -> None:
+        fmt = self.template.format
+        memo: dict = {}
+        for b in blocks:
+            cols = _columns(b, "json", memo)
+            self.f.write("".join(fmt(*vals) for vals in zip(*(cols[k] for k in self.KEYS), strict=True)))
+
+    def close(self) -> None:
+        self.f.flush()
+
+
+class Csv:
+    """A header of the row fields, then one row a line: inf/nan as words, absent values empty."""
+
+    def __init__(self, f: IO[str]):
+        self.f = f
+        self.w = csv.writer(f, lineterminator="\n")
+        self.w.writerow(FIELDS)
+
+    def write(self, blocks: Sequence[Block]) -> None:
+        memo: dict = {}
+        for b in blocks:
+            cols = _columns(b, "csv", memo)
+            self.w.writerows(zip(*(cols[k] for k in FIELDS), strict=True))
+
+    def close(self) -> None:
+        self.f.flush()
+
+
+class Parquet:
+    """Row groups of a chunk each; floats stay floats (inf/nan included), absent values null."""
+
+    def __init__(self, f: IO[bytes]):
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ParquetMissing("--format parquet needs pyarrow: pip install 'bce-audit[parquet]'") from None
+        self.pa = pa
+        self.schema = pa.schema([
+            (n, pa.float64()) if n in (*CLIP_FLOATS, "x", "x_dtype", "value", "exact", "abs_err", "rel_err",
+                                       "ulp_err", "bits", "eps")
+            else (n, pa.string()) for n in FIELDS])
+        self.w = pq.ParquetWriter(f, self.schema)
+
+    def write(self, blocks: Sequence[Block]) -> None:
+        pa = self.pa
+        parts = []
+        for b in blocks:
+            n = len(b)
+            cols = {}
+            for name in FIELDS:
+                if name in b.floats:
+                    a = b.floats[name]
+                    mask = np.isnan(b.floats["clipped_exact"]) if name in CLIP_FLOATS else None
+                    cols[name] = pa.array(a, type=pa.float64(), mask=mask)
+                elif name in CLIP_FLOATS:
+                    cols[name] = pa.nulls(n, type=pa.float64())
+                elif name == "eps":
+                    cols[name] = pa.array([b.eps] * n, type=pa.float64())
+                else:
+                    v = getattr(b, name)
+                    cols[name] = pa.array([None if v is None else str(v)] * n, type=pa.string())
+            parts.append(pa.table(cols, schema=self.schema))
+        if parts:
+            self.w.write_table(pa.concat_tables(parts))
+
+    def close(self) -> None:
+        self.w.close()
+
+
+class ParquetMissing(RuntimeError):
+    """pyarrow is not installed."""
+
+
+def writer(fmt: str, f: IO) -> Writer:
+    return {"jsonl": JsonLines, "csv": Csv, "parquet": Parquet}[fmt](f)
