@@ -515,9 +515,12 @@ class ChunkResult:
     rows: list[list[Row]]
 
 
-def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None) -> ChunkResult:
+def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None,
+                users: tuple[impl.Source, ...] = ()) -> ChunkResult:
     """The unit of work: grid points start..stop-1 of one dtype. Pure, so it runs anywhere
-    (a process pool, a Dask worker) and the same inputs give the same result."""
+    (a process pool, a Dask worker) and the same inputs give the same result; ``users`` (see
+    `formulas.sources`) lets a worker import the ``impl:`` formulas again."""
+    formulas.ensure(users)
     backend = backends.get(s.backend, s.device)
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
@@ -596,11 +599,12 @@ def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int
 
 def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, scheduler: str | None):
     """Yield (k, result) for each chunk spec, in order, wherever the work runs."""
-    args = [(s, dtype, start, stop, index) for start, stop, index in specs]
+    users = formulas.sources(s.formulas)
+    args = [(s, dtype, start, stop, index, users) for start, stop, index in specs]
     if scheduler:
         from bce_audit import distributed
         yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
-    elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and _cacheable(s):
+    elif jobs > 1 and len(args) > 1 and s.backend == "numpy":
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
