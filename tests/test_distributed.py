@@ -1,22 +1,29 @@
-"""Chunks that run away from the process that resolved the selection: user ``impl:`` formulas in
-the process pool (``--jobs``) and on process-based Dask workers give the local run's output.
+"""Chunks that run away from the process that resolved the selection, or side by side.
 
-The user modules are written into tmp_path, the current directory of the run, as a user's would
-be; the workers never have tmp_path on their sys.path, so what lets them import the module is
-what each chunk carries (`impl.Source`: spec, kind, directory, digest).
+User ``impl:`` formulas in the process pool (``--jobs``) and on process-based Dask workers give
+the local run's output. The user modules are written into tmp_path, the current directory of the
+run, as a user's would be; the workers never have tmp_path on their sys.path, so what lets them
+import the module is what each chunk carries (`impl.Source`: spec, kind, directory, digest).
+
+Chunks in several threads of one process (a Dask worker's) give the serial results: each thread
+computes in an mpmath context of its own, whatever another thread does to mpmath's global one.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
 import types
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict
 
 import pytest
 from cli_support import assert_usage_error, ok, run
+from mpmath import mp
 
-from bce_audit import sweep
+from bce_audit import reference, sweep
+from bce_audit.sweep import Settings
 
 STABLE = '''import numpy as np
 
@@ -130,3 +137,43 @@ def test_impl_formula_on_process_dask_cluster_equals_local_run(user_module, smal
         assert runs["stable"] != runs["naive"]  # the workers really ran the edited module
         r = run(*sweep_args(parent_only_module(monkeypatch)), "--scheduler", address)
     assert_usage_error(r, "impl:bce_user_parent_only:bce", "cannot import module", "worker process")
+
+
+# ---------------------------------------------------------------- threads
+
+
+def canon(chunks: list[sweep.ChunkResult]) -> list[str]:
+    """Chunk results as exact text: repr keeps every float bit (and -0.0, nan)."""
+    return [repr(asdict(c)) for c in chunks]
+
+
+def test_chunks_in_threads_equal_serial_while_global_precision_changes():
+    """Regression: mpmath's working precision was one global per process, so chunks in one
+    process's threads raced on it (and took turns behind a lock); now each thread owns its own."""
+    s = Settings(dtypes=("float16",), points=1200, range=(-30.0, 30.0), formulas=("keras3", "tf-keras"),
+                 reference="mpmath", grad=True)
+    spans = [(start, start + 200, [0, 199]) for start in range(0, s.points, 200)]
+    serial = [sweep.audit_chunk(s, "float16", *span) for span in spans]
+    with mp.workprec(20):  # the global precision is not the baseline's
+        assert canon([sweep.audit_chunk(s, "float16", *spans[0])]) == canon(serial[:1])
+
+    before, done = mp.prec, threading.Event()
+
+    def meddle() -> None:  # another thread's mpmath work moving the global precision about
+        while not done.is_set():
+            for prec in (11, 53, 300):
+                mp.prec = prec
+
+    meddler = threading.Thread(target=meddle)
+    meddler.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            threaded = list(pool.map(lambda span: sweep.audit_chunk(s, "float16", *span), spans))
+            contexts = set(pool.map(lambda _: id(reference.context()), range(8)))
+    finally:
+        done.set()
+        meddler.join()
+        mp.prec = before
+    assert canon(threaded) == canon(serial)
+    assert id(reference.context()) not in contexts  # every thread its own context
+    assert reference.context().prec == reference.PREC
