@@ -300,7 +300,7 @@ def _register(user: impl.UserImpl) -> Formula:
 
 def sources(names: Sequence[str]) -> tuple[impl.Source, ...]:
     """What a worker needs to register the user implementations among ``names`` again."""
-    return tuple(_USER[n].user.source for n in names if impl.is_impl(n))
+    return tuple(get(n).user.source for n in names if impl.is_impl(n))
 
 
 def ensure(sources_: Sequence[impl.Source]) -> None:
