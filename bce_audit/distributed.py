@@ -2,21 +2,13 @@
 
 Each chunk is one task; results come back in submission order, so the merged audit equals a
 local run's. Finished chunks are also in the cache, so a run that stops resumes from them.
+A worker's threads run chunks side by side: each computes in an mpmath context of its own
+(`reference.context`), and each chunk carries the ``impl:`` formulas it needs (`impl.Source`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
-
-# mpmath's working precision is one global per process: chunks that run in a worker's threads at
-# the same time must take turns (run workers with --nthreads 1 to lose nothing by it).
-_ONE_AT_A_TIME = threading.Lock()
-
-
-def _serialised(fn: Callable, *args):
-    with _ONE_AT_A_TIME:
-        return fn(*args)
 
 
 class DaskMissing(RuntimeError):
@@ -33,7 +25,7 @@ def run(address: str, fn: Callable, args: Sequence[tuple]) -> Iterator:
     except (OSError, TimeoutError) as e:
         raise DaskMissing(f"--scheduler {address}: cannot reach the Dask scheduler ({e})") from None
     try:
-        futures = [client.submit(_serialised, fn, *a, pure=True) for a in args]
+        futures = [client.submit(fn, *a, pure=True) for a in args]
         for f in futures:
             yield f.result()
     finally:

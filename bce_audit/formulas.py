@@ -22,7 +22,7 @@ inf
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -281,18 +281,35 @@ def get(name: str) -> Formula:
 
 def register_impl(spec: str, kind: str) -> Formula:
     """Import a user implementation and make it available by its spec; raises ImplError."""
-    user = impl.load(spec, kind)
+    return _register(impl.load(spec, kind))
 
+
+def _register(user: impl.UserImpl) -> Formula:
     def bce_logits(x, y, eps, ev):
         return user(x, y)
 
     def bce_probs(x, y, eps, ev):
         return user(ev.sigmoid(x), y)
 
+    kind = user.kind
     fn = {"bce-logits": bce_logits, "bce-probs": bce_probs}.get(kind, bce_logits)
-    f = Formula(spec, fn, f"user {kind}", None, "bce" if kind.startswith("bce") else kind, user)
-    _USER[spec] = f
+    f = Formula(user.spec, fn, f"user {kind}", None, "bce" if kind.startswith("bce") else kind, user)
+    _USER[user.spec] = f
     return f
+
+
+def sources(names: Sequence[str]) -> tuple[impl.Source, ...]:
+    """What a worker needs to register the user implementations among ``names`` again."""
+    return tuple(get(n).user.source for n in names if impl.is_impl(n))
+
+
+def ensure(sources_: Sequence[impl.Source]) -> None:
+    """Register user implementations where they are missing or another version (a worker
+    process); a no-op where they are already the same (the process that resolved them)."""
+    for src in sources_:
+        f = _USER.get(src.spec)
+        if f is None or f.user.source != src:
+            _register(impl.resolve(src))
 
 
 def clip_bounds(formula: Formula, eps: float, ev: Evaluator) -> tuple[np.generic, np.generic]:

@@ -11,9 +11,11 @@ dtype; ``sigmoid`` f(x) -> p; ``logit`` f(p) -> x.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +31,25 @@ class ImplError(ValueError):
 
 
 @dataclass(frozen=True)
+class Source:
+    """What a worker process needs to import a user implementation again.
+
+    ``root``: the directory its module was found under (put on sys.path in the worker);
+    ``digest``: sha256 of the module's file, so a worker never runs another version of it.
+    """
+
+    spec: str
+    kind: str
+    root: str | None = None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
 class UserImpl:
     spec: str
     kind: str
     func: Callable
+    source: Source | None = None
 
     def __call__(self, *args: np.ndarray) -> np.ndarray:
         """Call with dtype arrays and check the result, turning every failure into ImplError."""
@@ -66,27 +83,67 @@ def is_impl(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def load(spec: str, kind: str) -> UserImpl:
-    """Import ``impl:package.module:function`` (the current directory is importable)."""
+def _parse(spec: str, kind: str) -> tuple[str, str]:
     if kind not in KINDS:
         raise ImplError(f"unknown implementation kind {kind!r}; choose from {', '.join(KINDS)}")
-    body = spec[len(PREFIX):]
-    module_name, _, func_name = body.partition(":")
+    module_name, _, func_name = spec[len(PREFIX):].partition(":")
     if not module_name or not func_name or ":" in func_name:
         raise ImplError(f"{spec!r} is malformed; write impl:package.module:function")
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or anything the module raises at import time
-        raise ImplError(f"{spec}: cannot import module {module_name!r}: "
-                        f"{type(e).__name__}: {_short(e)}") from None
-    finally:
+    return module_name, func_name
+
+
+_IMPORTING = threading.Lock()  # sys.path is shared by a worker's threads
+_DIGESTS: dict[str, str | None] = {}  # module name -> digest of the file it was imported from
+
+
+def _import(spec: str, module_name: str, where: str | None, again: bool = False,
+            who: str = "") -> tuple[object, str | None]:
+    """Import a module with ``where`` first on sys.path for the while (``again``: reload it);
+    return it and the digest of the file it was imported from."""
+    with _IMPORTING:
+        added = where is not None and where not in sys.path
         if added:
-            sys.path.remove(os.getcwd())
+            sys.path.insert(0, where)
+        try:
+            fresh = again or module_name not in sys.modules
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(module_name)
+                if again:
+                    module = importlib.reload(module)
+        except Exception as e:  # ImportError, or anything the module raises at import time
+            raise ImplError(f"{spec}: {who}cannot import module {module_name!r}: "
+                            f"{type(e).__name__}: {_short(e)}") from None
+        finally:
+            if added:
+                sys.path.remove(where)
+        if fresh or module_name not in _DIGESTS:
+            _DIGESTS[module_name] = _digest(module)
+        return module, _DIGESTS[module_name]
+
+
+def _root(module, module_name: str) -> str | None:
+    """The sys.path entry a module was found under (None for a module without a file)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    root = os.path.dirname(os.path.abspath(path))
+    depth = module_name.count(".") + (1 if os.path.basename(path).startswith("__init__.") else 0)
+    for _ in range(depth):
+        root = os.path.dirname(root)
+    return root
+
+
+def _digest(module) -> str | None:
+    path = getattr(module, "__file__", None)
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def _user(spec: str, kind: str, module, module_name: str, func_name: str, source: Source) -> UserImpl:
     func = module
     for part in func_name.split("."):
         func = getattr(func, part, None)
@@ -94,4 +151,37 @@ def load(spec: str, kind: str) -> UserImpl:
             raise ImplError(f"{spec}: module {module_name!r} has no attribute {func_name!r}")
     if not callable(func):
         raise ImplError(f"{spec}: {func_name!r} is a {type(func).__name__}, not a function")
-    return UserImpl(spec, kind, func)
+    return UserImpl(spec, kind, func, source)
+
+
+def load(spec: str, kind: str) -> UserImpl:
+    """Import ``impl:package.module:function`` (the current directory is importable)."""
+    module_name, func_name = _parse(spec, kind)
+    module, digest = _import(spec, module_name, os.getcwd())
+    return _user(spec, kind, module, module_name, func_name,
+                 Source(spec, kind, _root(module, module_name), digest))
+
+
+WORKER = "a worker process "
+WORKER_HINT = "start the workers where it is importable, or put its directory on their PYTHONPATH"
+
+
+def resolve(source: Source) -> UserImpl:
+    """Import a user implementation again where a chunk runs (a pool process, a Dask worker).
+
+    Its module is looked for under ``source.root`` too; one already imported from another file
+    (a long-lived worker, a module edited since) is re-imported, and one that still differs is
+    an ImplError, as is one that cannot be imported: never another version's results.
+    """
+    module_name, func_name = _parse(source.spec, source.kind)
+    try:
+        module, digest = _import(source.spec, module_name, source.root, who=WORKER)
+        if source.digest is not None and digest != source.digest:
+            module, digest = _import(source.spec, module_name, source.root, again=True, who=WORKER)
+    except ImplError as e:
+        raise ImplError(f"{e}; {WORKER_HINT}") from None
+    if source.digest is not None and digest != source.digest:
+        raise ImplError(f"{source.spec}: {WORKER}imports module {module_name!r} from another file "
+                        f"({getattr(module, '__file__', None)}) than this run did (under {source.root}); "
+                        "the workers must run the same code")
+    return _user(source.spec, source.kind, module, module_name, func_name, source)

@@ -197,9 +197,9 @@ def predicted_onset(info: dtypes.DtypeInfo, mode: str, threshold: float) -> floa
 
 def predicted_zero(info: dtypes.DtypeInfo) -> float:
     """Where even a correctly rounded BCE is 0: softplus(-x) below half the smallest subnormal."""
-    with mp.workprec(reference.PREC):
-        sub = info.smallest_subnormal
-        return float(-mp.log(mp.expm1(mpf(sub.numerator) / sub.denominator / 2)))
+    ctx = reference.context()
+    sub = info.smallest_subnormal
+    return float(-ctx.log(ctx.expm1(ctx.mpf(sub.numerator) / sub.denominator / 2)))
 
 
 _LIMIT_HI = reference.Exact(mp.inf, mpf(1), mpf(0), mpf(0), mp.inf)   # x -> +inf
@@ -224,9 +224,7 @@ def predicted_limit(formula: Formula, eps: float | None, label: Label, ev: Evalu
         limit = _LIMIT_HI if toward_hi else _LIMIT_LO
         return reference.clipped_exact(limit, lab, formula.clip, lo, hi, shift)
 
-    with mp.workprec(reference.PREC):
-        v = (one(0) + one(1)) / 2 if label == "pair" else one(label)
-    return float(v)
+    return float((one(0) + one(1)) / 2 if label == "pair" else one(label))
 
 
 # ---------------------------------------------------------------- the key points

@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from mpmath import mp, mpf
+from mpmath import mpf
 
 from bce_audit.dtypes import DtypeInfo
-from bce_audit.reference import PREC, to_mpf
+from bce_audit.reference import PREC, context, to_mpf
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False, below: bool = F
     to 1, so it lies in the binade [1/2, 1). ``below``: |exact| is a power of two that the
     working precision reached from just beneath, so it lies in the binade under it.
     """
-    with mp.workprec(PREC):
-        a = abs(exact)
+    ctx = context()
+    with ctx.workprec(PREC):
+        a = abs(ctx.convert(exact))
         if a == 0:
             e = info.minexp
         else:
@@ -54,7 +55,7 @@ def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False, below: bool = F
             e = -1
         if below and a != 0 and a.man == 1:
             e = max(e - 1, info.minexp)
-        return mpf((1, e - info.nmant))
+        return ctx.mpf((1, e - info.nmant))
 
 
 def bits(ulps: float) -> float:
@@ -75,11 +76,14 @@ def errors(computed, exact: mpf, info: DtypeInfo, complement: mpf | None = None,
         return NONFINITE_NAN
     if np.isinf(c):
         return NONFINITE_INF
-    with mp.workprec(PREC):
+    ctx = context()
+    with ctx.workprec(PREC):
         c = to_mpf(computed)
+        exact = ctx.convert(exact)
+        complement = None if complement is None else ctx.convert(complement)
         near_one = complement is not None and complement > 0 and abs(exact) >= 0.5
         # near 1, |c - exact| = |(sign * c - 1) + complement|: no digits lost to the rounding of 1 - q
-        diff = abs((c * mp.sign(exact) - 1) + complement) if near_one else abs(c - exact)
+        diff = abs((c * ctx.sign(exact) - 1) + complement) if near_one else abs(c - exact)
         zero_rel = 0.0 if diff == 0 else math.inf
         rel = zero_rel if exact == 0 else float(diff / abs(exact))
         ulps = float(diff / ulp_of(exact, info, below_one=near_one, below=below))

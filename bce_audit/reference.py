@@ -1,8 +1,11 @@
 """The mpmath baseline: exact values at the exact value of the dtype-rounded input.
 
-Precision is scoped with ``mp.workprec`` and never leaks. 128 bits is twice the widest
-significand audited (x87 longdouble, 64 bits), so every exact value here is far more accurate
-than any ULP it is compared against.
+The working precision belongs to the computation, not to the process: each thread computes in
+an mpmath context of its own (`context`), held at ``PREC`` bits, so threads computing side by
+side (a Dask worker's) never change each other's precision, and mpmath's global ``mp`` is never
+touched. Values from it stay in it: arithmetic on them is at ``PREC`` wherever it is written.
+128 bits is twice the widest significand audited (x87 longdouble, 64 bits), so every exact
+value here is far more accurate than any ULP it is compared against.
 
 >>> from mpmath import mp
 >>> before = mp.prec
@@ -14,41 +17,67 @@ True
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-from mpmath import mp, mpf
+from mpmath import MPContext, mpf
+from mpmath.libmp import ln2_fixed, pi_fixed
 
 from bce_audit import dtypes
 from bce_audit.formulas import Clip
 
 PREC = 128  # bits; at least twice the widest audited significand (longdouble: 64)
 
+# mpmath caches ln 2 and pi process-wide, and extends the cache in two steps that another
+# thread can see half done. Filled once here, past any precision the baseline asks for (exp of
+# the largest longdouble works at about PREC + 16400 bits), it is only ever read afterwards.
+ln2_fixed(1 << 15)
+pi_fixed(1 << 15)
+
+_THREAD = threading.local()
+
+
+def context() -> MPContext:
+    """This thread's mpmath context, at ``PREC`` bits (functions here scope other precisions)."""
+    ctx = getattr(_THREAD, "ctx", None)
+    if ctx is None:
+        ctx = _THREAD.ctx = MPContext()
+        ctx.prec = PREC
+    return ctx
+
 
 def to_mpf(v) -> mpf:
     """Exact mpf of a finite dtype value (no decimal round trip)."""
-    with mp.workprec(PREC):
+    ctx = context()
+    with ctx.workprec(PREC):
         if isinstance(v, np.longdouble):
             fr = dtypes.to_fraction(v)
-            return mpf((fr.numerator, -(fr.denominator.bit_length() - 1)))
-        return mpf(float(v))
+            return ctx.mpf((fr.numerator, -(fr.denominator.bit_length() - 1)))
+        return ctx.mpf(float(v))
 
 
 def softplus(t: mpf) -> mpf:
-    """``log(1 + exp(t))`` without cancellation at either tail (caller sets precision)."""
+    """``log(1 + exp(t))`` without cancellation at either tail (at this thread's precision)."""
+    ctx = context()
+    t = ctx.convert(t)
     if t > 0:
-        return t + mp.log1p(mp.exp(-t))
-    return mp.log1p(mp.exp(t))
+        return t + ctx.log1p(ctx.exp(-t))
+    return ctx.log1p(ctx.exp(t))
 
 
 def exact_sigmoid(x: mpf, prec: int = PREC) -> mpf:
-    with mp.workprec(prec):
-        return 1 / (1 + mp.exp(-x)) if x >= 0 else mp.exp(x) / (1 + mp.exp(x))
+    ctx = context()
+    with ctx.workprec(prec):
+        x = ctx.convert(x)
+        return 1 / (1 + ctx.exp(-x)) if x >= 0 else ctx.exp(x) / (1 + ctx.exp(x))
 
 
 def exact_bce(x: mpf, label: int, prec: int = PREC) -> mpf:
     """``y*softplus(-x) + (1-y)*softplus(x)`` for a 0/1 label."""
-    with mp.workprec(prec):
+    ctx = context()
+    with ctx.workprec(prec):
+        x = ctx.convert(x)
         return softplus(-x) if label == 1 else softplus(x)
 
 
@@ -68,11 +97,12 @@ class Exact:
 
 def exact(v, prec: int = PREC) -> Exact:
     """The baseline at one dtype value v, computed once and shared by every formula and label."""
-    with mp.workprec(prec):
+    ctx = context()
+    with ctx.workprec(prec):
         x = to_mpf(v)
         sp_neg, sp_pos = softplus(-x), softplus(x)
         # sigmoid(x) = exp(-softplus(-x)): one exp each, no cancellation.
-        return Exact(x, mp.exp(-sp_neg), mp.exp(-sp_pos), sp_neg, sp_pos)
+        return Exact(x, ctx.exp(-sp_neg), ctx.exp(-sp_pos), sp_neg, sp_pos)
 
 
 def clipped_exact(e: Exact, label: int, clip: Clip, lo, hi, shift, prec: int = PREC) -> mpf:
@@ -81,8 +111,9 @@ def clipped_exact(e: Exact, label: int, clip: Clip, lo, hi, shift, prec: int = P
     ``lo``, ``hi`` and ``shift`` are the dtype values the framework really uses (or None), so
     the difference from the exact BCE is the part of the error the clipping causes.
     """
-    with mp.workprec(prec):
-        p, q = e.p, e.q
+    ctx = context()
+    with ctx.workprec(prec):
+        p, q = ctx.convert(e.p), ctx.convert(e.q)
         clipped = False
         if lo is not None:
             mlo, mhi = to_mpf(lo), to_mpf(hi)
@@ -90,16 +121,16 @@ def clipped_exact(e: Exact, label: int, clip: Clip, lo, hi, shift, prec: int = P
                 p, q, clipped = mlo, 1 - mlo, True
             elif p > mhi:
                 p, q, clipped = mhi, 1 - mhi, True
-        s = to_mpf(shift) if shift is not None else mpf(0)
+        s = to_mpf(shift) if shift is not None else ctx.mpf(0)
         t, other = (p, q) if label == 1 else (q, p)
         if not clipped and s == 0:
-            log_t = -e.bce(label)  # log(sigmoid(+-x)) = -softplus(-+x), no cancellation
+            log_t = -ctx.convert(e.bce(label))  # log(sigmoid(+-x)) = -softplus(-+x), no cancellation
         elif t + s <= 0:
-            log_t = mp.ninf
+            log_t = ctx.ninf
         elif t < 0.5:
-            log_t = mp.log(t + s)
+            log_t = ctx.log(t + s)
         else:  # t = 1 - other: log1p keeps the digits that log(1 - tiny) would lose
-            log_t = mp.log1p(s - other)
+            log_t = ctx.log1p(s - other)
         if clip.log_floor is not None:
-            log_t = max(log_t, mpf(clip.log_floor))
+            log_t = max(log_t, ctx.mpf(clip.log_floor))
         return -log_t

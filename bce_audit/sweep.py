@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from mpmath import mp
 
 from bce_audit import (
     backends,
@@ -300,9 +299,8 @@ class _MpRefs:
                     col.append(math.nan)
                 continue
             clip, ex = _clipped(e, label, f, clip_args), e.bce(1 if label == "pair" else label)
-            with mp.workprec(reference.PREC):
-                out[0].append(_f(clip))
-                out[1].append(_f(abs(clip - ex) / ex) if ex != 0 else 0.0)
+            out[0].append(_f(clip))  # baseline values: arithmetic at the baseline's precision
+            out[1].append(_f(abs(clip - ex) / ex) if ex != 0 else 0.0)
             out[2].append(metrics.errors(v, clip, self.info).ulp)
         return out
 
@@ -552,9 +550,12 @@ class ChunkResult:
     blocks: list[Block]
 
 
-def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None) -> ChunkResult:
+def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None,
+                users: tuple[impl.Source, ...] = ()) -> ChunkResult:
     """The unit of work: grid points start..stop-1 of one dtype. Pure, so it runs anywhere
-    (a process pool, a Dask worker) and the same inputs give the same result."""
+    (a process pool, a Dask worker) and the same inputs give the same result; ``users`` (see
+    `formulas.sources`) lets a worker import the ``impl:`` formulas again."""
+    formulas.ensure(users)
     backend = backends.get(s.backend, s.device)
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
@@ -633,11 +634,12 @@ def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int
 
 def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, scheduler: str | None):
     """Yield (k, result) for each chunk spec, in order, wherever the work runs."""
-    args = [(s, dtype, start, stop, index) for start, stop, index in specs]
+    users = formulas.sources(s.formulas)
+    args = [(s, dtype, start, stop, index, users) for start, stop, index in specs]
     if scheduler:
         from bce_audit import distributed
         yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
-    elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and _cacheable(s):
+    elif jobs > 1 and len(args) > 1 and s.backend == "numpy":
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -690,9 +692,8 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
         return reference.clipped_exact(e, label, f.clip, lo, hi, shift)
     # the pair at a is (BCE(-a, 0) + BCE(a, 1)) / 2; by symmetry BCE(-a, 0) has p -> 1 - p
     mirrored = reference.Exact(-e.x, e.q, e.p, e.sp_pos, e.sp_neg)
-    with mp.workprec(reference.PREC):
-        return (reference.clipped_exact(mirrored, 0, f.clip, lo, hi, shift)
-                + reference.clipped_exact(e, 1, f.clip, lo, hi, shift)) / 2
+    return (reference.clipped_exact(mirrored, 0, f.clip, lo, hi, shift)
+            + reference.clipped_exact(e, 1, f.clip, lo, hi, shift)) / 2
 
 
 def native(s: Settings) -> Settings:

@@ -639,11 +639,11 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     original = sweep.audit_chunk
     failed = []
 
-    def flaky(s, dtype, start, stop, index):
+    def flaky(s, dtype, start, stop, index, users=()):
         if start == 2 * CHUNK and not failed:
             failed.append(start)
             raise KeyboardInterrupt  # the user stopped the run in the third chunk
-        return original(s, dtype, start, stop, index)
+        return original(s, dtype, start, stop, index, users)
 
     cache.use(cache.Cache(tmp_path))
     monkeypatch.setattr(sweep, "audit_chunk", flaky)
@@ -696,8 +696,8 @@ def test_dask_local_cluster_equals_local_run(monkeypatch):
             "--formula", "keras3", "--formula", "logits-stable", "--format", "json", "--no-cache")
     local_json = ok(*args, "--jobs", "1")
     assert spy.calls == []
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, scheduler_port=0,
+                                  dashboard_address=":0") as cluster:
         remote = sweep.run_sweep(s, scheduler=cluster.scheduler_address)
         remote_json = ok(*args, "--scheduler", cluster.scheduler_address)
     assert [(c[0], len(c[2])) for c in spy.calls] == [(cluster.scheduler_address, 4)] * 2
@@ -710,7 +710,8 @@ def test_dask_worker_with_threads_equals_local_run(monkeypatch):
     """A `dask worker` runs as many threads as cores by default: chunks run side by side in one process.
 
     Regression: mpmath's precision is one global per process, so chunks in one worker's threads
-    raced on it (values computed at 53 bits, mp.prec left at 128); they now take turns.
+    raced on it (values computed at 53 bits, mp.prec left at 128); each thread now computes in an
+    mpmath context of its own (see also test_distributed.py).
     """
     distributed = pytest.importorskip("dask.distributed")
     monkeypatch.setattr(sweep, "CHUNK", 1500)  # chunking never changes the result; small chunks overlap more
@@ -719,8 +720,8 @@ def test_dask_worker_with_threads_equals_local_run(monkeypatch):
     local = sweep.run_sweep(s)
     before = mp.prec
     try:
-        with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=False,
-                                      dashboard_address=None) as cluster:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=False, scheduler_port=0,
+                                      dashboard_address=":0") as cluster:
             remote = sweep.run_sweep(s, scheduler=cluster.scheduler_address)
         after = mp.prec
     finally:
