@@ -66,34 +66,38 @@ class GridCheck:
         return {"1": (1,), "0": (0,), "both": (1, 0), "pair": ("pair",)}[self.label]
 
     def measure(self) -> Measurement:
-        xs = sweep.grid(self.grid["range"][0], self.grid["range"][1], self.grid["points"],
-                        self.grid["step"], self.grid["spacing"])
+        """The figures over every grid point, reduced chunk by chunk by the sweep's engine."""
         basics = self.formula in QUANTITIES
-        s = sweep.native(sweep.Settings(dtypes=self.dtypes, eps=(self.eps,), mode=self.mode, label="both",
-                                        formulas=() if basics else (self.formula,), backend=self.backend,
-                                        grad=self.grad))
-        backend = backends.get(self.backend)
-        rows = []
-        for d in self.dtypes:
-            rows += [r for r in sweep.rows_for_dtype(s, d, xs, basics=basics, backend=backend)
-                     if self._selects(r)]
-        finite = [r for r in rows if math.isfinite(r.value)]
-        nonfinite = [r for r in rows if not math.isfinite(r.value)]
+        g = self.grid
+        s = sweep.native(sweep.Settings(
+            dtypes=self.dtypes, eps=(self.eps,), mode=self.mode, label="both",
+            formulas=() if basics else (self.formula,), backend=self.backend, grad=self.grad,
+            range=tuple(g["range"]), points=g["points"], step=g["step"], spacing=g["spacing"], keep=0))
+        series = [w for d in self.dtypes for w in sweep.audit_grid(s, d, set())[0] if self._selects(w)]
+        found = [w for w in series if w.x is not None]
         figures = {
-            "max_ulp": max((r.ulp_err for r in finite), default=0.0),
-            "max_rel": max((r.rel_err for r in finite), default=0.0),
-            "max_abs": max((r.abs_err for r in finite), default=0.0),
-            "max_bits": max((r.bits for r in finite), default=0.0),
-            "nonfinite": float(len(nonfinite)),
-            "points": float(len(rows)),
+            "max_ulp": max((w.max_ulp for w in found), default=0.0),
+            "max_rel": max((w.max_rel for w in found), default=0.0),
+            "max_abs": max((w.max_abs for w in found), default=0.0),
+            "max_bits": max((w.max_bits for w in found), default=0.0),
+            "nonfinite": float(sum(w.nonfinite for w in series)),
+            "points": float(sum(w.points for w in series)),
         }
-        bad = nonfinite[0] if nonfinite and not self.allow_nonfinite else None
-        top = bad or (max(finite, key=lambda r: r.ulp_err) if finite else None)
-        worst = None if top is None else {"x": top.x_dtype, "label": top.label, "dtype": top.dtype,
-                                          "computed": top.value, "exact": top.exact}
+        bad = next((w for w in series if w.nonfinite), None) if not self.allow_nonfinite else None
+        worst = None
+        if bad is not None:
+            worst = {"x": bad.nonfinite_x, "label": bad.label, "dtype": bad.dtype,
+                     "computed": bad.nonfinite_value, "exact": bad.nonfinite_exact}
+        elif found:
+            top = found[0]
+            for w in found[1:]:  # the first of the largest, as one pass over the rows finds it
+                if w.max_ulp > top.max_ulp:
+                    top = w
+            worst = {"x": top.x_dtype, "label": top.label, "dtype": top.dtype, "computed": top.value,
+                     "exact": top.exact}
         return Measurement(figures, worst)
 
-    def _selects(self, r: sweep.Row) -> bool:
+    def _selects(self, r: sweep.Worst) -> bool:
         if self.formula in QUANTITIES:
             return r.quantity == self.formula and r.formula is None
         if r.formula != self.formula:

@@ -122,6 +122,13 @@ class Worst:
     points: int
     max_clip_rel: float | None = None   # clipping's share: clipped-exact vs exact
     max_round_ulp: float | None = None  # rounding's share: computed vs clipped-exact
+    max_abs: float = math.nan
+    x_dtype: float | None = None  # the worst point: its input in the dtype, computed and exact values
+    value: float | None = None
+    exact: float | None = None
+    nonfinite_x: float | None = None  # the first non-finite result: its input, and the exact value
+    nonfinite_value: float | None = None
+    nonfinite_exact: float | None = None
 
 
 @dataclass
@@ -496,21 +503,29 @@ class _WorstAcc:
 
     def __init__(self, head: tuple):
         self.head = head
-        self.ulp, self.bits, self.rel, self.x = -math.inf, math.nan, -math.inf, None
+        self.ulp, self.bits, self.rel, self.abs, self.x = -math.inf, math.nan, -math.inf, -math.inf, None
+        self.at: tuple[float | None, float | None, float | None] = (None, None, None)
+        self.first_nonfinite: tuple[float | None, float | None, float | None] = (None, None, None)
         self.nonfinite = self.points = 0
         self.clip_rel = self.round_ulp = None
 
-    def update(self, c: Column, xs: np.ndarray) -> None:
+    def update(self, c: Column, xs: np.ndarray, xd: np.ndarray) -> None:
         vals = c.values.astype(np.float64)
         finite = np.isfinite(vals)
         self.points += len(vals)
-        self.nonfinite += int((~finite).sum())
+        bad = np.flatnonzero(~finite)
+        self.nonfinite += len(bad)
+        if len(bad):
+            j = int(bad[0])
+            self.first_nonfinite = (float(xd[j]), float(vals[j]), float(c.exact[j]))
         if finite.any():
             ulp = np.where(finite, c.ulp_err, -np.inf)
             i = int(np.argmax(ulp))
             if ulp[i] > self.ulp:
                 self.ulp, self.bits, self.x = float(ulp[i]), float(c.bits[i]), float(xs[i])
+                self.at = (float(xd[i]), float(vals[i]), float(c.exact[i]))
             self.rel = max(self.rel, float(np.max(np.where(finite, c.rel_err, -np.inf))))
+            self.abs = max(self.abs, float(np.max(np.where(finite, c.abs_err, -np.inf))))
             if c.clip is not None:
                 has = finite & ~np.isnan(c.clip[0])
                 if has.any():
@@ -525,18 +540,24 @@ class _WorstAcc:
     def merge(self, w: Worst) -> None:
         """Fold in a later chunk's `Worst` (ties keep the earlier x, as one pass would)."""
         self.points += w.points
+        if w.nonfinite and not self.nonfinite:
+            self.first_nonfinite = (w.nonfinite_x, w.nonfinite_value, w.nonfinite_exact)
         self.nonfinite += w.nonfinite
         if w.x is not None:
             if w.max_ulp > self.ulp:
                 self.ulp, self.bits, self.x = w.max_ulp, w.max_bits, w.x
+                self.at = (w.x_dtype, w.value, w.exact)
             self.rel = max(self.rel, w.max_rel)
+            self.abs = max(self.abs, w.max_abs)
         self._clip(w.max_clip_rel, w.max_round_ulp)
 
     def worst(self) -> Worst:
         found = self.x is not None
-        return Worst(*self.head, self.ulp if found else math.nan, self.rel if found else math.nan,
-                     self.bits if found else math.nan, self.x, self.nonfinite, self.points,
-                     self.clip_rel, self.round_ulp)
+        nan = math.nan
+        return Worst(*self.head, self.ulp if found else nan, self.rel if found else nan,
+                     self.bits if found else nan, self.x, self.nonfinite, self.points,
+                     self.clip_rel, self.round_ulp, self.abs if found else nan, *self.at,
+                     *self.first_nonfinite)
 
 
 CHUNK = 1 << 16  # grid points evaluated at once: memory stays bounded for any grid size
@@ -563,7 +584,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     worst, blocks = [], []
     for c in columns(s, dtype, xs, backend=backend):
         acc = _WorstAcc((dtype, s.mode, c.quantity, c.formula, c.eps, c.label))
-        acc.update(c, xs)
+        acc.update(c, xs, xd)
         worst.append(acc.worst())
         blocks.append(block(c, s, dtype, xs, xd, where, index))
     return ChunkResult(worst, blocks)
@@ -664,13 +685,13 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
 Sink = Callable[[list[Block]], None]
 
 
-def _audit_grid(s: Settings, dtype: str, n: int, keep: set[int] | None, result: SweepResult,
-                jobs: int = 1, scheduler: str | None = None, progress=None, sink: Sink | None = None) -> None:
-    """Evaluate one dtype over the grid in chunks: keep the asked-for rows (or hand each chunk's
-    to ``sink``, in order), reduce the rest."""
+def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, scheduler: str | None = None,
+               progress=None, sink: Sink | None = None) -> tuple[list[Worst], list[Row]]:
+    """One dtype over the grid in chunks: the worst errors of each series over every point, and
+    the kept rows (or, with ``sink``, each chunk's kept rows handed to it in grid order)."""
     accs: list[_WorstAcc] = []
     kept: list[list[Row]] = []
-    for r in run_chunks(s, dtype, n, keep, jobs, scheduler, progress):
+    for r in run_chunks(s, dtype, grid_size(s, dtype), keep, jobs, scheduler, progress):
         if not accs:
             accs = [_WorstAcc((w.dtype, w.mode, w.quantity, w.formula, w.eps, w.label)) for w in r.worst]
             kept = [[] for _ in r.worst]
@@ -681,9 +702,7 @@ def _audit_grid(s: Settings, dtype: str, n: int, keep: set[int] | None, result: 
             continue
         for rows, b in zip(kept, r.blocks, strict=True):
             rows.extend(b.rows())
-    for rows in kept:
-        result.rows += rows
-    result.worst += [a.worst() for a in accs]
+    return [a.worst() for a in accs], [row for rows in kept for row in rows]
 
 
 def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
@@ -726,10 +745,11 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     result = SweepResult(s, kps)
     if with_rows:
         for d in s.dtypes:
-            n = grid_size(s, d)
-            keep = None if s.keep is None else set(sample_indices(n, s.keep))
+            keep = None if s.keep is None else set(sample_indices(grid_size(s, d), s.keep))
             try:
-                _audit_grid(s, d, n, keep, result, jobs, scheduler, progress, sink)
+                worst, rows = audit_grid(s, d, keep, jobs, scheduler, progress, sink)
+                result.worst += worst
+                result.rows += rows
             except backends.Unsupported as e:
                 notes.append(f"{d}: grid not audited: {e}")
     result.notes = list(dict.fromkeys(notes))

@@ -881,3 +881,16 @@ def test_shipped_example_gate_own_loss(monkeypatch, tmp_path):
     assert {c["name"]: c["passed"] for c in doc["checks"]} == {good[0]: True, poor[0]: False, poor[1]: False}
     text = " ".join(r.stdout.split())
     assert "PASS good" in text
+
+
+@pytest.mark.parametrize(("config", "golden"), [("configs/gate-example.toml", "gate-example.json"),
+                                                ("examples/gate-own-loss.toml", "gate-own-loss.json")])
+def test_issue_10_grid_checks_through_the_engine_keep_their_verdicts(monkeypatch, tmp_path, config, golden):
+    """The shipped presets give the verdicts, figures and worst inputs the gate gave when it built a
+    Row per grid point (the goldens are that gate's --json, taken at 686e2b4 before the change)."""
+    monkeypatch.chdir(ROOT)
+    report = tmp_path / "gate.json"
+    r = run("gate", config, "--json", str(report))
+    want = json.loads((ROOT / "tests" / "golden" / golden).read_text(encoding="utf-8"))
+    assert r.exit_code == (0 if want["passed"] else 1), r.stderr
+    assert strict_json(report.read_text(encoding="utf-8")) == want

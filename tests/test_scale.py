@@ -856,3 +856,26 @@ def test_quiet_never_shows_a_bar(monkeypatch):
     assert code == 0
     strict_json(out)
     assert err == ""
+
+
+def test_worst_records_the_worst_point_and_the_first_nonfinite_one():
+    """Each Worst carries what the gate reports: the largest abs error, the computed and exact values
+    at the worst input, and the first non-finite result, as one pass over the rows finds them."""
+    s = Settings(dtypes=("float16",), points=(CHUNK >> 4) + 77, range=(-30.0, 30.0), eps=(1e-7,), keep=None)
+    assert sweep.chunk_size(s) < s.points  # two chunks, merged
+    r = sweep.run_sweep(s)
+    assert any(w.nonfinite for w in r.worst)
+    for w in r.worst:
+        rows = [x for x in r.rows if (x.quantity, x.formula, x.eps, x.label) == (w.quantity, w.formula, w.eps,
+                                                                                   w.label)]
+        assert len(rows) == w.points
+        finite = [x for x in rows if math.isfinite(x.value)]
+        bad = [x for x in rows if not math.isfinite(x.value)]
+        assert w.max_abs == max(x.abs_err for x in finite)
+        top = max(finite, key=lambda x: x.ulp_err)
+        assert (w.x, w.x_dtype, w.value, w.exact) == (top.x, top.x_dtype, top.value, top.exact)
+        if bad:
+            assert w.nonfinite_x == bad[0].x_dtype
+            assert repr((w.nonfinite_value, w.nonfinite_exact)) == repr((bad[0].value, bad[0].exact))
+        else:
+            assert w.nonfinite_x is None
