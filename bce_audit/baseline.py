@@ -11,9 +11,10 @@ import json
 import math
 from collections.abc import Sequence
 
-from bce_audit import __version__, files, report
+from bce_audit import __version__, files, records
 from bce_audit.config import ConfigError
-from bce_audit.gate import Check, CheckResult, digest
+from bce_audit.gate import Check, digest
+from bce_audit.records import CheckResult
 
 SCHEMA = "bce-audit-baseline/1"
 # Schema history: bce-audit-baseline/1 (0.1.0): checks -> {kind, figures}.
@@ -45,7 +46,7 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def save(path: str, checks, results, configs, tolerance: float = DEFAULT_TOLERANCE) -> None:
-    write_atomic(path, report.to_json(document(checks, results, configs, tolerance)))
+    write_atomic(path, records.to_json(document(checks, results, configs, tolerance)))
 
 
 def load(path: str, checks: Sequence[Check]) -> dict:

@@ -8,8 +8,9 @@ folder of its code stamp, so entries that an edit or an upgrade made stale are t
 (``cache info``) and cleared (``cache clear --stale``) without reading them. Files are
 written atomically (temporary file + rename), so two runs writing the same entry both leave a
 whole file; each carries a checksum of its payload, so a truncated or corrupted file is noticed,
-reported and rebuilt. A directory that cannot be written means running without the cache,
-with a warning, never a crash. JSON, not pickle: nothing in the cache can run code.
+reported and rebuilt. Values are stored as records.clean writes JSON (inf and nan as strings);
+the reader decodes its records with records.decode. A directory that cannot be written means
+running without the cache, with a warning, never a crash. JSON, not pickle: nothing in the cache can run code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import re
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bce_audit import files
+from bce_audit.records import clean
 
 FORMAT = "bce-audit-cache/2"
 _ENTRY = re.compile(r"[0-9a-f]{64}\.json")  # the only files the cache writes, and so deletes
@@ -71,28 +72,8 @@ def default_dir() -> Path:
     return Path(base) / "bce-audit"
 
 
-def _encode(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return {"__float__": repr(v)}
-    if isinstance(v, dict):
-        return {k: _encode(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_encode(x) for x in v]
-    return v
-
-
-def _decode(v):
-    if isinstance(v, dict):
-        if set(v) == {"__float__"}:
-            return float(v["__float__"])
-        return {k: _decode(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_decode(x) for x in v]
-    return v
-
-
 def key_of(kind: str, parts: dict) -> str:
-    text = json.dumps(_encode({"kind": kind, "stamp": stamp(), **parts}), sort_keys=True, default=str)
+    text = json.dumps(clean({"kind": kind, "stamp": stamp(), **parts}), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -132,12 +113,12 @@ class Cache:
         if not ok:
             self.warn(f"cache entry {p} is corrupted or truncated: rebuilt")
             return None
-        return _decode(payload)
+        return payload
 
     def put(self, key: str, value: Any) -> None:
         if not self.writable:
             return
-        payload = _encode(value)
+        payload = clean(value)
         doc = {"format": FORMAT, "key": key, "sha256": _digest(payload), "payload": payload}
         p = self.path(key)
         try:

@@ -10,9 +10,10 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import click
+import numpy as np
 from click.core import ParameterSource
 
 from bce_audit import (
@@ -27,11 +28,13 @@ from bce_audit import (
     gate,
     impl,
     keypoints,
+    plot,
+    records,
     report,
     sweep,
 )
 from bce_audit.config import FORMATS
-from bce_audit.sweep import MAX_POINTS, Settings
+from bce_audit.records import MAX_POINTS, Settings
 
 DOCUMENT_FORMATS = ("table", "json", "csv", "markdown")  # points and check: one document each
 
@@ -86,7 +89,7 @@ def _selection(f: Callable) -> Callable:
         click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
                      help="per-op: every op rounds to the dtype; upcast: framework ops on dtypes "
                           "narrower than float32 run in float32 and round once (PyTorch opmath)."),
-        click.option("--label", type=click.Choice(sweep.LABELS), default="both", show_default=True,
+        click.option("--label", type=click.Choice(records.LABELS), default="both", show_default=True,
                      help="Label to audit; 'both' adds the seed article's two-point pair."),
         click.option("--threshold", "threshold", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
@@ -121,10 +124,10 @@ def _grid(f: Callable) -> Callable:
         click.option("--range", "range_", metavar="LO:HI", default=None,
                      help="Logit range of the grid (default -40:40)."),
         click.option("--points", type=int, default=None, metavar="N",
-                     help=f"Grid points, 2 to {MAX_POINTS:,} (default {sweep.DEFAULT_POINTS})."),
+                     help=f"Grid points, 2 to {MAX_POINTS:,} (default {records.DEFAULT_POINTS})."),
         click.option("--step", type=float, default=None, metavar="S",
                      help="Grid step instead of --points (linear spacing)."),
-        click.option("--spacing", type=click.Choice(sweep.SPACINGS), default="lin", show_default=True,
+        click.option("--spacing", type=click.Choice(records.SPACINGS), default="lin", show_default=True,
                      help="lin, or log (geometric on each side of zero)."),
         click.option("--exhaustive", is_flag=True, default=False,
                      help="The grid is every value of each dtype in --range (every finite value "
@@ -314,7 +317,7 @@ def sweep_cmd(**kw) -> int:
     s, out = _settings(kw)
     total = sum(sweep.grid_size(s, d) for d in s.dtypes)
 
-    def run(sink: sweep.Sink | None = None) -> sweep.SweepResult:
+    def run(sink: sweep.Sink | None = None) -> records.SweepResult:
         with report.progress_bar(total, enabled=not out["quiet"] and total >= PROGRESS_POINTS) as advance:
             return _run(lambda: sweep.run_sweep(s, progress=advance, jobs=out["jobs"],
                                                 scheduler=out["scheduler"], sink=sink))
@@ -328,7 +331,7 @@ def sweep_cmd(**kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(result.settings.as_dict(), result.keypoints, result.rows,
+            return records.to_json(report.document(result.settings.as_dict(), result.keypoints, result.rows,
                                                   result.worst, result.notes))
         if fmt == "markdown":
             return report.to_markdown(result)
@@ -350,10 +353,10 @@ def points(**kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(result.settings.as_dict(), result.keypoints,
+            return records.to_json(report.document(result.settings.as_dict(), result.keypoints,
                                                   notes=result.notes))
         if fmt == "csv":
-            return report.to_csv(result.keypoints, keypoints.KeyPoint)
+            return report.to_csv(result.keypoints, records.KeyPoint)
         if fmt == "markdown":
             return report.to_markdown(result)
         return report.sweep_view(result)
@@ -382,9 +385,9 @@ def check(logits: tuple[str, ...], **kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json(report.document(sweep.native(s).as_dict() | {"logits": xs}, [], rows))
+            return records.to_json(report.document(sweep.native(s).as_dict() | {"logits": xs}, [], rows))
         if fmt == "csv":
-            return report.to_csv(rows, sweep.Row)
+            return report.to_csv(rows, records.Row)
         if fmt == "markdown":
             return report.check_markdown(rows, exact)
         return report.check_view(rows, exact, report.width_for(out["output"]))
@@ -404,7 +407,7 @@ def dtypes_cmd(mode: str, **kw) -> int:
 
     def render(fmt: str):
         if fmt == "json":
-            return report.to_json({"schema": report.SCHEMA, "version": __version__, "mode": mode,
+            return records.to_json({"schema": records.SCHEMA, "version": __version__, "mode": mode,
                                    "dtypes": report.dtypes_records(infos, overflow)})
         return report.dtypes_table(infos, overflow)
 
@@ -438,6 +441,62 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
         return report.fidelity_view(diffs, pairs, be.label)
 
     _emit(out, render)
+    return 0
+
+
+@cli.command("plot")
+@_selection
+@_grid
+@click.option("--kind", "plot_kind", type=click.Choice(plot.KINDS), default="roundtrip", show_default=True,
+              help="roundtrip: relative error of logit(sigmoid(x)); bce: each formula's BCE beside the "
+                   "exact one; error: bits of error; grad: |dBCE/dx| beside the exact |sigmoid(x) - y|.")
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write a .png, .svg or .pdf picture (matplotlib) instead of drawing in the terminal.")
+@click.option("--size", default="{}x{}".format(*plot.DEFAULT_SIZE), show_default=True, metavar="WxH",
+              help=f"Picture size in pixels for --output (at {plot.DPI} dpi; SVG and PDF get the same "
+                   "size in inches).")
+def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
+    """Plot a sweep: in the terminal (plotext), or to a picture file with --output (matplotlib).
+
+    \b
+    With --label both (the default), --kind bce and error show the seed article's pair
+    {(-a, 0), (a, 1)} and grad shows label 1; --label 1 or 0 shows one label. Needs the plot extra:
+      pip install 'bce-audit[plot]'
+    \b
+    Examples:
+      bce-audit plot --dtype float32 --range 0:40
+      bce-audit plot --config configs/seed-article.toml --kind bce -o docs/seed-bce.png
+    """
+    try:
+        if output is not None:
+            plot.check_path(output)
+            width_px, height_px = plot.parse_size(size)
+            plot.require("matplotlib.figure", "--output")
+        else:
+            plot.require("plotext", "the terminal chart")
+    except plot.PlotError as e:
+        _fail(str(e))
+    s, _ = _settings(kw)
+    s = replace(s, keep=None)  # a curve needs every grid point
+    if plot_kind == "grad" and "grad" in {f.name for f in fields(records.Settings)}:
+        s = replace(s, grad=True)  # gradients are computed only when asked for
+    if plot_kind == "grad":  # a one-point probe: fail fast while the sweep has no gradient rows
+        probe = _run(lambda: sweep.rows_for_dtype(s, s.dtypes[0], np.zeros(1)))
+        try:
+            plot.check_available(plot_kind, probe)
+        except plot.PlotError as e:
+            _fail(str(e))
+    result = _run(lambda: sweep.run_sweep(s))
+    try:
+        data = plot.plot_data(result, plot_kind)
+        if output is not None:
+            plot.render_file(data, output, width_px, height_px)
+        else:
+            color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+            text = plot.render_terminal(data, report.width_for(None), plot.TERMINAL_HEIGHT, color)
+            click.echo(text, nl=False)
+    except plot.PlotError as e:
+        _fail(str(e))
     return 0
 
 
@@ -563,4 +622,3 @@ def _write(path: str, text: str) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli.main()
-from bce_audit import cli_plot  # noqa: E402, F401  registers the plot command

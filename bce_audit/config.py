@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bce_audit import dtypes, formulas, impl
-from bce_audit.sweep import (
+from bce_audit.records import (
     DEFAULT_EPS,
     DEFAULT_POINTS,
     DEFAULT_RANGE,
@@ -37,9 +37,8 @@ MAX_EXHAUSTIVE = 1 << 33  # dtype values one exhaustive grid may walk: every flo
 
 
 def exhaustive_count(dtype: str, rng: tuple[float, float]) -> int:
-    from bce_audit.sweep import exhaustive_bounds
 
-    lo, hi = exhaustive_bounds(dtypes.get(dtype), rng)
+    lo, hi = dtypes.exhaustive_bounds(dtypes.get(dtype), rng)
     return hi - lo + 1
 MAX_ROWS = 1000
 

@@ -222,3 +222,27 @@ def to_fraction(v) -> Fraction:
     if isinstance(v, np.longdouble):
         return _ld_to_fraction(v)
     return Fraction(float(v))
+
+
+def exhaustive_bounds(info: DtypeInfo, rng: tuple[float, float]) -> tuple[int, int]:
+    """Ordinals of the first and last dtype values inside [lo, hi] (every finite one for +-inf)."""
+    lo, hi = rng
+    top = info.max_ordinal
+
+    def ordinal(v: float, up: bool) -> int:
+        if math.isinf(v):
+            return top if v > 0 else -top
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = np.asarray([v]).astype(info.dtype)
+        if not np.isfinite(d[0]):  # beyond the dtype's largest value
+            beyond = top + 1 if up else top
+            return beyond if v > 0 else -beyond
+        o = int(np.asarray(info.ordinal(d))[0])
+        got = float(d[0])
+        if up and got < v:
+            o += 1
+        if not up and got > v:
+            o -= 1
+        return o
+
+    return ordinal(lo, True), ordinal(hi, False)

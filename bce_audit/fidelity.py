@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bce_audit import backends, dtypes, formulas, gradients, keypoints, sweep
+from bce_audit import backends, dtypes, formulas, gradients, records, sweep
 from bce_audit.formulas import Evaluator
 
 FLOAT32_POINTS = 200_001
@@ -75,7 +75,7 @@ def _compare(dtype: str, quantity: str, label, x: np.ndarray, model: np.ndarray,
 
 def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Difference]:
     """Every model/real comparison for the formulas the backend has."""
-    mode = sweep.native(sweep.Settings(backend=backend.name)).mode
+    mode = sweep.native(records.Settings(backend=backend.name)).mode
     out = []
     for d in dtypes_:
         x = inputs(d)
@@ -103,13 +103,13 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Diffe
 def keypoint_pairs(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[KeyPointPair]:
     """The key points found through the models and through the real ops, side by side."""
     names = tuple(backend.bce)
-    mode = sweep.native(sweep.Settings(backend=backend.name)).mode
-    model = sweep.run_sweep(sweep.Settings(dtypes=dtypes_, formulas=names, mode=mode, grad=True),
+    mode = sweep.native(records.Settings(backend=backend.name)).mode
+    model = sweep.run_sweep(records.Settings(dtypes=dtypes_, formulas=names, mode=mode, grad=True),
                             with_rows=False).keypoints
-    real = sweep.run_sweep(sweep.Settings(dtypes=dtypes_, formulas=names, backend=backend.name,
+    real = sweep.run_sweep(records.Settings(dtypes=dtypes_, formulas=names, backend=backend.name,
                                           device=backend.device, grad=True), with_rows=False).keypoints
 
-    def key(k: keypoints.KeyPoint):
+    def key(k: records.KeyPoint):
         return (k.dtype, k.name, k.formula, str(k.label), k.threshold, math.copysign(1, k.x))
 
     by_real = {key(k): k for k in real}

@@ -16,10 +16,11 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from bce_audit import backends, config, dtypes, formulas, gradients, keypoints, sweep
+from bce_audit import backends, config, dtypes, formulas, gradients, keypoints, records, sweep
 from bce_audit.config import ConfigError
+from bce_audit.records import CheckResult
 
 GRID_LIMITS = ("max_ulp", "max_rel", "max_abs", "max_bits")
 KEYPOINT_LIMITS = ("min_x", "max_x", "min_value", "max_value")
@@ -37,7 +38,7 @@ class Measurement:
     figures: dict[str, float | None]
     worst: dict | None = None
     note: str = ""
-    found: tuple[keypoints.KeyPoint, ...] = ()
+    found: tuple[records.KeyPoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class GridCheck:
         """The figures over every grid point, reduced chunk by chunk by the sweep's engine."""
         basics = self.formula in QUANTITIES
         g = self.grid
-        s = sweep.native(sweep.Settings(
+        s = sweep.native(records.Settings(
             dtypes=self.dtypes, eps=(self.eps,), mode=self.mode, label="both",
             formulas=() if basics else (self.formula,), backend=self.backend, grad=self.grad,
             range=tuple(g["range"]), points=g["points"], step=g["step"], spacing=g["spacing"], keep=0))
@@ -97,7 +98,7 @@ class GridCheck:
                      "exact": top.exact}
         return Measurement(figures, worst)
 
-    def _selects(self, r: sweep.Worst) -> bool:
+    def _selects(self, r: records.Worst) -> bool:
         if self.formula in QUANTITIES:
             return r.quantity == self.formula and r.formula is None
         if r.formula != self.formula:
@@ -137,17 +138,17 @@ class KeypointCheck:
                 "mode": self.mode, "formula": self.formula, "eps": self.eps, "label": self.label,
                 "threshold": self.threshold, "backend": self.backend, "side": self.side}
 
-    def matches(self) -> list[keypoints.KeyPoint]:
-        found: list[keypoints.KeyPoint] = []
+    def matches(self) -> list[records.KeyPoint]:
+        found: list[records.KeyPoint] = []
         backend = backends.get(self.backend)
-        mode = sweep.native(sweep.Settings(mode=self.mode, backend=self.backend)).mode
+        mode = sweep.native(records.Settings(mode=self.mode, backend=self.backend)).mode
         for d in self.dtypes:
             if self.keypoint.startswith("roundtrip"):
                 user = formulas.get(self.formula) if self.formula else None
-                thr = (self.threshold,) if self.threshold is not None else sweep.DEFAULT_THRESHOLDS
+                thr = (self.threshold,) if self.threshold is not None else records.DEFAULT_THRESHOLDS
                 kps = keypoints.roundtrip_points(d, mode, thr, user=user, backend=backend)
             elif self.keypoint.startswith("grad"):
-                kps = gradients.grad_points(d, mode, self.formula, self.eps, self.label, backend)
+                kps = keypoints.grad_points(d, mode, self.formula, self.eps, self.label, backend)
             else:
                 kps = keypoints.formula_points(d, mode, self.formula, self.eps, self.label, backend)
             found += [k for k in kps if k.name == self.keypoint
@@ -164,7 +165,7 @@ class KeypointCheck:
                            {"x": worst.x, "label": worst.label, "dtype": worst.dtype, "value": worst.value,
                             "predicted": worst.predicted}, found=tuple(kps))
 
-    def _broken(self, k: keypoints.KeyPoint) -> list[str]:
+    def _broken(self, k: records.KeyPoint) -> list[str]:
         out = []
         for key, limit in self.limits.items():
             got = k.x if key.endswith("_x") else k.value
@@ -182,24 +183,6 @@ class KeypointCheck:
 
 
 Check = GridCheck | KeypointCheck
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    kind: str
-    passed: bool
-    failures: list[str]
-    figures: dict
-    limits: dict
-    worst: dict | None
-    note: str = ""
-    regressions: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """The verdict: passed its limits and, against a baseline, got no worse."""
-        return self.passed and not self.regressions
 
 
 def _fmt(v) -> str:
@@ -266,7 +249,7 @@ def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
     mode = config._one_of(values.get("mode", "per-op"), formulas.MODES, "mode", origin("mode"))
     kind = config._one_of(values.get("kind", "bce-logits"), ("bce-logits", "bce-probs", "sigmoid", "logit"),
                           "implementation kind", origin("kind"))
-    eps_all = config.check_eps(values.get("eps", sweep.DEFAULT_EPS), origin("eps"))
+    eps_all = config.check_eps(values.get("eps", records.DEFAULT_EPS), origin("eps"))
     if len(eps_all) != 1:
         raise ConfigError(f"{origin('eps')}: a check takes one eps, got {list(eps_all)}")
     eps = eps_all[0]

@@ -28,9 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bce_audit import dtypes, fastref, formulas, keypoints, reference
+from bce_audit import fastref, reference
 from bce_audit.formulas import Evaluator
-from bce_audit.keypoints import KeyPoint, first_hit, run_start
 
 NAMES = ("grad_dead_zone", "grad_vanishing", "grad_nonfinite")
 VANISH = 10.0  # "vanishing": more than this many times too small
@@ -186,45 +185,3 @@ def exact_magnitude(v: np.ndarray, label: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- key points
-
-
-def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: int,
-                backend=None) -> list[KeyPoint]:
-    """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
-    info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode, backend.ops() if backend else None)
-    g = keypoints.tabulated(info, grad_fn(formula, eps, label, ev, backend))
-    f = formulas.get(formula)
-    rec_eps = eps if f.uses_eps else None
-    where = backend.label if backend else "numpy"
-    method = keypoints._method(info)
-    floor = float(info.smallest_subnormal) / 2 * VANISH
-    top = info.max_ordinal
-    good = 1 if label == 1 else -1  # the tail where the exact gradient goes to 0
-    out = []
-
-    def at(o):
-        return g(info.value(keypoints._ords(info, [o])))[0]
-
-    def vanishing(v):
-        exact = exact_magnitude(v, label)
-        got = np.abs(np.asarray(g(v)).astype(exact.dtype))
-        return (got * VANISH < exact) & (exact > floor)
-
-    for sign in (1, -1):
-        end = sign * top
-        o = run_start(info, lambda v: np.asarray(g(v)) == 0, 0, end)
-        if o is not None:
-            ideal = keypoints.predicted_zero(info) * sign if sign == good else None
-            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_dead_zone", None,
-                                float(keypoints._scalar(info, o)), 0.0, ideal, "x" if ideal else None,
-                                method, where))
-        o = first_hit(info, vanishing, 0, end)
-        if o is not None:
-            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_vanishing", None,
-                                float(keypoints._scalar(info, o)), float(at(o)), None, None, method, where))
-        o = first_hit(info, lambda v: ~np.isfinite(np.asarray(g(v))), 0, end)
-        if o is not None:
-            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_nonfinite", None,
-                                float(keypoints._scalar(info, o)), float(at(o)), None, None, method, where))
-    return out

@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from mpmath import mp, mpf
 
-from bce_audit import dtypes, formulas, metrics, reference
+from bce_audit import dtypes, formulas, gradients, metrics, records, reference
 from bce_audit.formulas import Evaluator, Formula
-
-Label = int | str  # 1, 0 or "pair"
+from bce_audit.records import KeyPoint, Label
 
 NAMES = (
     "roundtrip_overflow",
@@ -38,25 +37,6 @@ NAMES = (
     "bce_zero",
     "bce_nonfinite",
 )
-
-
-@dataclass(frozen=True)
-class KeyPoint:
-    """One key point: a flat record, the JSON schema's unit."""
-
-    dtype: str
-    mode: str
-    formula: str | None
-    eps: float | None
-    label: Label | None
-    name: str
-    threshold: float | None
-    x: float
-    value: float
-    predicted: float | None
-    predicts: str | None  # "x" or "value": which field `predicted` stands beside
-    method: str
-    backend: str = "numpy"  # "numpy" (the models), or the real framework, e.g. "torch-cpu"
 
 
 # ---------------------------------------------------------------- searching the grid
@@ -593,7 +573,7 @@ def _cache_key(d: str, sel: Selection, backend) -> str | None:
 
 
 def _decode(entry: dict) -> tuple[list[KeyPoint], list[str]]:
-    return [KeyPoint(**r) for r in entry["keypoints"]], [str(n) for n in entry["notes"]]
+    return [records.decode(KeyPoint, r) for r in entry["keypoints"]], [str(n) for n in entry["notes"]]
 
 
 COST = {"longdouble": 6, "float64": 3, "float16": 3, "bfloat16": 2, "float32": 2}  # relative search time
@@ -628,7 +608,6 @@ def _forkable(sel: Selection, backend) -> bool:
 
 
 def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
-    from bce_audit import gradients
     from bce_audit.backends import Unsupported
 
     if not gradients.has_grad(name, backend):
@@ -637,8 +616,50 @@ def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:
     out: list[KeyPoint] = []
     for label in (lab for lab in labels if lab != "pair"):
         try:
-            out += gradients.grad_points(d, mode, name, eps, label, backend)
+            out += grad_points(d, mode, name, eps, label, backend)
         except Unsupported as e:
             notes.append(f"{d}: gradient of {name} not audited: {e}")
             break
+    return out
+
+
+def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: int,
+                backend=None) -> list[KeyPoint]:
+    """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
+    info = dtypes.get(dtype)
+    ev = Evaluator(dtype, mode, backend.ops() if backend else None)
+    g = tabulated(info, gradients.grad_fn(formula, eps, label, ev, backend))
+    f = formulas.get(formula)
+    rec_eps = eps if f.uses_eps else None
+    where = backend.label if backend else "numpy"
+    method = _method(info)
+    floor = float(info.smallest_subnormal) / 2 * gradients.VANISH
+    top = info.max_ordinal
+    good = 1 if label == 1 else -1  # the tail where the exact gradient goes to 0
+    out = []
+
+    def at(o):
+        return g(info.value(_ords(info, [o])))[0]
+
+    def vanishing(v):
+        exact = gradients.exact_magnitude(v, label)
+        got = np.abs(np.asarray(g(v)).astype(exact.dtype))
+        return (got * gradients.VANISH < exact) & (exact > floor)
+
+    for sign in (1, -1):
+        end = sign * top
+        o = run_start(info, lambda v: np.asarray(g(v)) == 0, 0, end)
+        if o is not None:
+            ideal = predicted_zero(info) * sign if sign == good else None
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_dead_zone", None,
+                                float(_scalar(info, o)), 0.0, ideal, "x" if ideal else None,
+                                method, where))
+        o = first_hit(info, vanishing, 0, end)
+        if o is not None:
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_vanishing", None,
+                                float(_scalar(info, o)), float(at(o)), None, None, method, where))
+        o = first_hit(info, lambda v: ~np.isfinite(np.asarray(g(v))), 0, end)
+        if o is not None:
+            out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_nonfinite", None,
+                                float(_scalar(info, o)), float(at(o)), None, None, method, where))
     return out

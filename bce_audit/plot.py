@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bce_audit import dtypes, files
+from bce_audit.records import Row, Settings, SweepResult
 from bce_audit.report import fmt, fmt_x
-from bce_audit.sweep import Row, Settings, SweepResult
 
 KINDS = ("roundtrip", "bce", "error", "grad")
 SUFFIXES = (".png", ".svg", ".pdf")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -18,7 +17,6 @@ from dataclasses import asdict, fields
 from decimal import Decimal
 from fractions import Fraction
 
-import numpy as np
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
@@ -27,10 +25,8 @@ from rich.text import Text
 from bce_audit import __version__
 from bce_audit.dtypes import DtypeInfo
 from bce_audit.dtypes import get as get_dtype
-from bce_audit.keypoints import KeyPoint
-from bce_audit.sweep import Row, SweepResult, Worst, sample_indices
+from bce_audit.records import SCHEMA, KeyPoint, Row, SweepResult, Worst, clean, sample_indices, to_json
 
-SCHEMA = "bce-audit/1"
 # Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
 
 SHORT = {
@@ -408,25 +404,6 @@ def _first(rows, dtype):
 # ---------------------------------------------------------------- machine formats
 
 
-def _clean(v):
-    """inf/nan as strings (strict JSON has no NaN), numpy scalars as Python numbers."""
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    return v
-
-
-def to_json(doc: dict) -> str:
-    """Deterministic, strictly valid JSON: sorted keys, inf/nan as strings."""
-    return json.dumps(_clean(doc), sort_keys=True, indent=1, allow_nan=False) + "\n"
 
 
 def document(settings: dict, kps: Sequence[KeyPoint], rows: Sequence[Row] | None = None,
@@ -452,7 +429,7 @@ def to_csv(records: Sequence, cls) -> str:
 
 
 def _csv_cell(v):
-    c = _clean(v)
+    c = clean(v)
     return repr(c) if isinstance(c, float) else c
 
 

@@ -17,7 +17,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from bce_audit.sweep import CLIP_FLOATS, Block, Row
+from bce_audit.records import CLIP_FLOATS, Block, Row
 
 FIELDS = tuple(f.name for f in fields(Row))
 FORMATS = ("jsonl", "csv", "parquet")

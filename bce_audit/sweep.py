@@ -12,7 +12,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -26,154 +26,22 @@ from bce_audit import (
     impl,
     keypoints,
     metrics,
+    records,
     reference,
 )
+from bce_audit.dtypes import exhaustive_bounds
 from bce_audit.formulas import Evaluator
-
-LABELS = ("1", "0", "both")
-SPACINGS = ("lin", "log")
-DEFAULT_RANGE = (-40.0, 40.0)
-DEFAULT_POINTS = 161
-DEFAULT_EPS = (1e-7,)
-DEFAULT_THRESHOLDS = (1e-3, 1e-2)
-MAX_POINTS = 100_000_000  # beyond this a grid is a mistake; --exhaustive covers the 16-bit dtypes
-
-
-@dataclass(frozen=True)
-class Settings:
-    """One validated selection; every command works from one of these."""
-
-    dtypes: tuple[str, ...] = ("float32",)
-    eps: tuple[float, ...] = DEFAULT_EPS
-    formulas: tuple[str, ...] = formulas.NAMES
-    range: tuple[float, float] = DEFAULT_RANGE
-    points: int = DEFAULT_POINTS
-    step: float | None = None
-    spacing: str = "lin"
-    label: str = "both"
-    mode: str = "per-op"
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    backend: str = "numpy"
-    device: str = "cpu"
-    grad: bool = False
-    reference: str = "fast"  # "fast" (vectorised float64, <= 32-bit dtypes) or "mpmath"
-    exhaustive: bool = False  # the grid is every value of each dtype in the range (+-inf: all)
-    keep: int | None = None   # grid rows kept in the result (evenly spread); None: all
-
-    @property
-    def labels(self) -> tuple[int | str, ...]:
-        """Labels audited: 1, 0 and the seed's two-point pair when both are asked for."""
-        return {"1": (1,), "0": (0,), "both": (1, 0, "pair")}[self.label]
-
-    def as_dict(self) -> dict:
-        return {
-            "dtypes": list(self.dtypes), "eps": list(self.eps), "formulas": list(self.formulas),
-            "range": list(self.range), "points": self.points, "step": self.step,
-            "spacing": self.spacing, "label": self.label, "mode": self.mode,
-            "thresholds": list(self.thresholds), "backend": self.backend, "device": self.device,
-            "grad": self.grad, "reference": self.reference, "exhaustive": self.exhaustive,
-        }
-
-
-@dataclass(frozen=True)
-class Row:
-    """One computed quantity at one input, beside its exact value and its errors.
-
-    ``clip_rel``: how far the clipped formula is from the exact BCE in exact arithmetic (the
-    part the clipping causes); ``round_ulp``: how far the computed value is from that
-    clipped-exact value, in ULPs (the part rounding causes). None where no clipping applies.
-    """
-
-    dtype: str
-    mode: str
-    x: float
-    x_dtype: float
-    quantity: str  # "sigmoid", "roundtrip", "bce" or "grad"
-    formula: str | None
-    eps: float | None
-    label: int | str | None
-    value: float
-    exact: float
-    abs_err: float
-    rel_err: float
-    ulp_err: float
-    bits: float
-    clipped_exact: float | None = None
-    clip_rel: float | None = None
-    round_ulp: float | None = None
-    backend: str = "numpy"
-
-
-@dataclass(frozen=True)
-class Worst:
-    """The largest error of one formula over the grid, and where it happened."""
-
-    dtype: str
-    mode: str
-    quantity: str
-    formula: str | None
-    eps: float | None
-    label: int | str | None
-    max_ulp: float
-    max_rel: float
-    max_bits: float
-    x: float | None
-    nonfinite: int
-    points: int
-    max_clip_rel: float | None = None   # clipping's share: clipped-exact vs exact
-    max_round_ulp: float | None = None  # rounding's share: computed vs clipped-exact
-    max_abs: float = math.nan
-    x_dtype: float | None = None  # the worst point: its input in the dtype, computed and exact values
-    value: float | None = None
-    exact: float | None = None
-    nonfinite_x: float | None = None  # the first non-finite result: its input, and the exact value
-    nonfinite_value: float | None = None
-    nonfinite_exact: float | None = None
-
-
-@dataclass
-class SweepResult:
-    settings: Settings
-    keypoints: list[keypoints.KeyPoint]
-    rows: list[Row] = field(default_factory=list)
-    worst: list[Worst] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def sample_indices(n: int, show: int) -> list[int]:
-    """Evenly spread indices of n points, both ends included (all of them when n <= show)."""
-    if n <= show:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
-
-
-def exhaustive_bounds(info: dtypes.DtypeInfo, rng: tuple[float, float]) -> tuple[int, int]:
-    """Ordinals of the first and last dtype values inside [lo, hi] (every finite one for +-inf)."""
-    lo, hi = rng
-    top = info.max_ordinal
-
-    def ordinal(v: float, up: bool) -> int:
-        if math.isinf(v):
-            return top if v > 0 else -top
-        with np.errstate(over="ignore", invalid="ignore"):
-            d = np.asarray([v]).astype(info.dtype)
-        if not np.isfinite(d[0]):  # beyond the dtype's largest value
-            beyond = top + 1 if up else top
-            return beyond if v > 0 else -beyond
-        o = int(np.asarray(info.ordinal(d))[0])
-        got = float(d[0])
-        if up and got < v:
-            o += 1
-        if not up and got > v:
-            o -= 1
-        return o
-
-    return ordinal(lo, True), ordinal(hi, False)
-
-
-def step_count(lo: float, hi: float, step: float) -> int:
-    """Points of a stepped grid: LO, LO + step, ... up to HI (a hair of slack for rounding)."""
-    return math.floor((hi - lo) / step + 1e-9) + 1
+from bce_audit.records import (
+    CLIP_FLOATS,
+    ROW_FLOATS,
+    Block,
+    Row,
+    Settings,
+    SweepResult,
+    Worst,
+    sample_indices,
+    step_count,
+)
 
 
 def grid_size(s: Settings, dtype: str) -> int:
@@ -436,46 +304,6 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
                     yield col("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
 
 
-ROW_FLOATS = ("x", "x_dtype", "value", "exact", "abs_err", "rel_err", "ulp_err", "bits")
-CLIP_FLOATS = ("clipped_exact", "clip_rel", "round_ulp")
-
-
-@dataclass
-class Block:
-    """Kept rows of one series over one chunk, as columns: rows are made only when read, and
-    streaming writers format the columns directly. ``clip`` columns are NaN where no clip applies."""
-
-    dtype: str
-    mode: str
-    backend: str
-    quantity: str
-    formula: str | None
-    eps: float | None
-    label: int | str | None
-    floats: dict[str, np.ndarray]  # ROW_FLOATS, and CLIP_FLOATS for a clipped formula
-
-    def __len__(self) -> int:
-        return len(self.floats["x"])
-
-    def rows(self) -> Iterator[Row]:
-        cols = [self.floats[n].tolist() for n in ROW_FLOATS]
-        clip = [self.floats[n].tolist() for n in CLIP_FLOATS] if "clipped_exact" in self.floats else None
-        for i, (x, xd, v, ex, ab, rel, ulp, bits) in enumerate(zip(*cols, strict=True)):
-            more = {}
-            if clip is not None and not math.isnan(clip[0][i]):
-                more = {"clipped_exact": clip[0][i], "clip_rel": clip[1][i], "round_ulp": clip[2][i]}
-            yield Row(self.dtype, self.mode, x, xd, self.quantity, self.formula, self.eps, self.label,
-                      v, ex, ab, rel, ulp, bits, **more, backend=self.backend)
-
-    def encode(self) -> dict:
-        return {**{k: v for k, v in vars(self).items() if k != "floats"},
-                "floats": {k: a.tolist() for k, a in self.floats.items()}}
-
-    @classmethod
-    def decode(cls, d: dict) -> Block:
-        return cls(**{**d, "floats": {k: np.asarray(v, dtype=np.float64) for k, v in d["floats"].items()}})
-
-
 def block(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, where: str,
           index=None) -> Block:
     """The kept rows of a column, at the chosen indices (all by default)."""
@@ -591,11 +419,11 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
 
 
 def _encode_chunk(r: ChunkResult) -> dict:
-    return {"worst": [asdict(w) for w in r.worst], "blocks": [b.encode() for b in r.blocks]}
+    return {"worst": [records.clean(asdict(w)) for w in r.worst], "blocks": [b.encode() for b in r.blocks]}
 
 
 def _decode_chunk(d: dict) -> ChunkResult:
-    return ChunkResult([Worst(**w) for w in d["worst"]], [Block.decode(b) for b in d["blocks"]])
+    return ChunkResult([records.decode(Worst, w) for w in d["worst"]], [Block.decode(b) for b in d["blocks"]])
 
 
 def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:

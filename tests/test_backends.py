@@ -21,7 +21,7 @@ from ulp_support import ulp_distance
 
 from bce_audit import backends, dtypes, formulas, keypoints, sweep
 from bce_audit.formulas import Evaluator
-from bce_audit.sweep import Settings
+from bce_audit.records import Settings
 
 TORCH_FORMULAS = ("torch-bce", "torch-bce-logits")
 NO_TORCH_COUNTERPART = ("naive", "keras2-logits", "tf-keras", "keras3", "logits-stable", "optax")

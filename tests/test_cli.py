@@ -28,8 +28,7 @@ import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 
 from bce_audit import __version__, dtypes, formulas
-from bce_audit.keypoints import KeyPoint
-from bce_audit.sweep import MAX_POINTS, Row
+from bce_audit.records import MAX_POINTS, KeyPoint, Row
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"

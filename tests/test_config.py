@@ -22,7 +22,7 @@ import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 
 from bce_audit import formulas
-from bce_audit.sweep import Row, Settings
+from bce_audit.records import Row, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"

@@ -23,7 +23,7 @@ from cli_support import assert_usage_error, ok, run
 from mpmath import mp
 
 from bce_audit import reference, sweep
-from bce_audit.sweep import Settings
+from bce_audit.records import Settings
 
 STABLE = '''import numpy as np
 

@@ -28,9 +28,9 @@ import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 from mpmath import mp, mpf
 
-from bce_audit import dtypes, fastref, formulas, gradients, keypoints, metrics, reference, sweep
+from bce_audit import dtypes, fastref, formulas, gradients, keypoints, metrics, records, reference, sweep
 from bce_audit.formulas import Evaluator
-from bce_audit.sweep import Settings
+from bce_audit.records import Settings
 
 HIGH = 200  # bits for the independent values: 2**-200 is nothing beside BOUND = 2**-49
 SEED = 20240611
@@ -500,7 +500,7 @@ def _same(a, b) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
-def row_mismatches(fast: sweep.Row, slow: sweep.Row) -> list[str]:
+def row_mismatches(fast: records.Row, slow: records.Row) -> list[str]:
     """How a fast-reference row differs from the mpmath one (empty: they agree)."""
     out = [f"{k} {getattr(fast, k)!r} vs {getattr(slow, k)!r}" for k in (*IDENTITY, "value")
            if not _same(getattr(fast, k), getattr(slow, k))]
@@ -521,7 +521,7 @@ def row_mismatches(fast: sweep.Row, slow: sweep.Row) -> list[str]:
     return out
 
 
-def sweep_mismatches(s: Settings) -> tuple[sweep.SweepResult, sweep.SweepResult, list[str]]:
+def sweep_mismatches(s: Settings) -> tuple[records.SweepResult, records.SweepResult, list[str]]:
     fast = sweep.run_sweep(replace(s, reference="fast"))
     slow = sweep.run_sweep(replace(s, reference="mpmath"))
     bad = [] if len(fast.rows) == len(slow.rows) else [f"{len(fast.rows)} rows vs {len(slow.rows)}"]

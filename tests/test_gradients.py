@@ -239,7 +239,7 @@ GRID_CASES = [(d, m, f) for d, m in (("float16", "per-op"), ("float16", "upcast"
 @pytest.mark.parametrize(("dtype", "mode", "name"), GRID_CASES)
 @pytest.mark.parametrize("label", [1, 0])
 def test_grad_points_are_tight(dtype, mode, name, label):
-    kps = gradients.grad_points(dtype, mode, name, KERAS_EPS, label)
+    kps = keypoints.grad_points(dtype, mode, name, KERAS_EPS, label)
     top = int(ordinals(np.array([np.finfo(dtype).max], dtype=dtype))[0])
 
     def g(o):
@@ -305,7 +305,7 @@ def _f32_sigmoid(x: np.ndarray) -> np.ndarray:
 def test_torch_bce_logits_dead_zone_is_the_float32_overflow_point():
     """Label 1: g = sigmoid(x) - 1 is exactly 0 once sigmoid(x) rounds to 1, i.e. once exp(-x) is
     below half of eps: x = -ln(eps/2) = 16.64, the round trip's overflow point."""
-    kps = gradients.grad_points("float32", "upcast", "torch-bce-logits", None, 1)
+    kps = keypoints.grad_points("float32", "upcast", "torch-bce-logits", None, 1)
     dead = _one(kps, "grad_dead_zone", 1)
     predicted = -math.log(EPS32 / 2)
     assert abs(dead.x - predicted) <= float(np.spacing(F32(predicted)))
@@ -318,7 +318,7 @@ def test_torch_bce_logits_dead_zone_is_the_float32_overflow_point():
 
 def test_torch_bce_logits_dead_zone_in_real_torch():
     torch = pytest.importorskip("torch", reason=NO_TORCH)
-    dead = _one(gradients.grad_points("float32", "upcast", "torch-bce-logits", None, 1), "grad_dead_zone", 1)
+    dead = _one(keypoints.grad_points("float32", "upcast", "torch-bce-logits", None, 1), "grad_dead_zone", 1)
     x = np.array([dead.x], dtype=np.float32)
     xs = np.concatenate([np.nextafter(x, F32(0)), x, np.float32([30.0, 1e30])])
     g = torch_grad(torch, "torch-bce-logits", xs, 1)
@@ -340,20 +340,20 @@ def _issue_103316_x() -> float:
 
 def test_issue_103316_torch_bce_gradient_vanishes_for_negative_logits():
     """pytorch issue 103316: BCELoss(sigmoid(x)) gives a vanishing gradient for very negative x."""
-    kps = gradients.grad_points("float32", "upcast", "torch-bce", None, 1)
+    kps = keypoints.grad_points("float32", "upcast", "torch-bce", None, 1)
     van = _one(kps, "grad_vanishing", -1)
     want = _issue_103316_x()  # -29.934
     assert abs(van.x - want) <= 4 * float(np.spacing(F32(abs(want))))
     assert van.value == pytest.approx(-1 / TEN, rel=1e-4)  # just past 10x too small
     # label 0's gradient p**2 (1 - p) 1e12 against the exact p vanishes at the same p
-    van0 = _one(gradients.grad_points("float32", "upcast", "torch-bce", None, 0), "grad_vanishing", -1)
+    van0 = _one(keypoints.grad_points("float32", "upcast", "torch-bce", None, 0), "grad_vanishing", -1)
     assert abs(van0.x - want) <= 4 * float(np.spacing(F32(abs(want))))
 
 
 def test_issue_103316_in_real_torch():
     """The same point through torch's own autograd: 10x too small at x, not one step toward 0."""
     torch = pytest.importorskip("torch", reason=NO_TORCH)
-    van = _one(gradients.grad_points("float32", "upcast", "torch-bce", None, 1), "grad_vanishing", -1)
+    van = _one(keypoints.grad_points("float32", "upcast", "torch-bce", None, 1), "grad_vanishing", -1)
     x = np.array([van.x], dtype=np.float32)
     xs = np.concatenate([x, np.nextafter(x, F32(0)), np.float32([-40.0, -60.0])])
     g = torch_grad(torch, "torch-bce", xs, 1).astype(np.float64)
@@ -364,7 +364,7 @@ def test_issue_103316_in_real_torch():
 def test_keras3_dead_zone_on_the_bad_tail_is_the_clip_bound():
     """Keras 3 clips p to [eps, 1 - eps] and the clip passes no gradient outside: label 1's gradient
     is exactly 0 once sigmoid(x) < float32(1e-7), from x = ln(lo / (1 - lo)) = -16.12 on."""
-    kps = gradients.grad_points("float32", "per-op", "keras3", KERAS_EPS, 1)
+    kps = keypoints.grad_points("float32", "per-op", "keras3", KERAS_EPS, 1)
     dead = _one(kps, "grad_dead_zone", -1)
     lo = float(F32(KERAS_EPS))  # 1.0000000117e-07
     want = math.log(lo / (1 - lo))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bce_audit import dtypes, formulas, keypoints, metrics, reference
+from bce_audit import dtypes, formulas, keypoints, metrics, records, reference
 from bce_audit.formulas import Evaluator
 
 F32 = dtypes.get("float32")
@@ -25,16 +25,16 @@ LABELS = (1, 0, "pair")
 
 
 @functools.cache
-def _roundtrip_points(dtype: str, mode: str) -> tuple[keypoints.KeyPoint, ...]:
+def _roundtrip_points(dtype: str, mode: str) -> tuple[records.KeyPoint, ...]:
     return tuple(keypoints.roundtrip_points(dtype, mode, THRESHOLDS))
 
 
 @functools.cache
-def _formula_points(dtype: str, mode: str, formula: str, label) -> tuple[keypoints.KeyPoint, ...]:
+def _formula_points(dtype: str, mode: str, formula: str, label) -> tuple[records.KeyPoint, ...]:
     return tuple(keypoints.formula_points(dtype, mode, formula, KERAS_EPS, label))
 
 
-def _one(points, name, threshold=None) -> keypoints.KeyPoint:
+def _one(points, name, threshold=None) -> records.KeyPoint:
     found = [k for k in points if k.name == name and k.threshold == threshold]
     assert len(found) == 1, (name, threshold, points)
     return found[0]

@@ -15,8 +15,8 @@ from dataclasses import asdict, fields
 import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 
-from bce_audit import report, sweep
-from bce_audit.sweep import Settings
+from bce_audit import records, sweep
+from bce_audit.records import Settings
 
 # ---------------------------------------------------------------- targets that are not regular files
 
@@ -73,7 +73,7 @@ STREAM = ("sweep", "--points", "301", "--dtype", "float16", "--dtype", "float32"
 def _memory_rows() -> list[dict]:
     """The rows of the same sweep, made in memory and cleaned as the JSON document cleans them."""
     s = Settings(dtypes=("float16", "float32"), eps=(1e-7, 1e-3), points=301, grad=True)
-    return [json.loads(report.to_json(asdict(r))) for r in sweep.run_sweep(s).rows]
+    return [json.loads(records.to_json(asdict(r))) for r in sweep.run_sweep(s).rows]
 
 
 def test_issue_10_jsonl_rows_equal_the_in_memory_rows():
@@ -90,7 +90,7 @@ def test_issue_10_csv_rows_equal_the_in_memory_rows(tmp_path):
     want = _memory_rows()
     assert len(got) == len(want) > 10_000
     for g, w in zip(got, want, strict=True):
-        assert list(g) == [f.name for f in fields(sweep.Row)]
+        assert list(g) == [f.name for f in fields(records.Row)]
         for k, v in w.items():
             cell = g[k]
             if v is None:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from bce_audit import plot, sweep
+from bce_audit import plot, records, sweep
 from bce_audit.cli import cli
-from bce_audit.sweep import Settings
+from bce_audit.records import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("--dtype", "float32", "--range", "0:40", "--points", "41", "--formula", "keras3",
@@ -58,7 +58,7 @@ def assert_usage_error(r: Result, *needles: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def result() -> sweep.SweepResult:
+def result() -> records.SweepResult:
     """float32 over 0..40 (the seed article's range): keras3 floors, logits-stable does not."""
     s = Settings(dtypes=("float32",), formulas=("keras3", "logits-stable", "tf-keras"), range=(0.0, 40.0),
                  points=81, thresholds=(1e-3, 1e-2))
@@ -66,13 +66,13 @@ def result() -> sweep.SweepResult:
 
 
 @pytest.fixture(scope="module")
-def two_dtypes() -> sweep.SweepResult:
+def two_dtypes() -> records.SweepResult:
     s = Settings(dtypes=("float16", "float32"), formulas=("keras3", "torch-bce"), eps=(1e-7, 1e-4),
                  range=(-20.0, 20.0), points=41, label="1")
     return sweep.run_sweep(s)
 
 
-def _rows(res, **match) -> list[sweep.Row]:
+def _rows(res, **match) -> list[records.Row]:
     return [r for r in res.rows if all(getattr(r, k) == v for k, v in match.items())]
 
 

@@ -1,0 +1,272 @@
+"""The records bce-audit passes between its parts, and their one JSON codec.
+
+A leaf: it imports nothing of bce_audit, so every module may import it (report, plot, gate,
+config and cli take their types from here, not from the pipeline). JSON is strict and versioned
+(`SCHEMA`): inf and nan are the strings "inf", "-inf", "nan" everywhere, in documents, streams,
+baselines and the cache, and `decode_float` reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
+FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
+                 "torch-bce-logits", "optax")  # the built-in formulas, in table order (formulas.py)
+Label = int | str  # 1, 0 or "pair"
+
+LABELS = ("1", "0", "both")
+SPACINGS = ("lin", "log")
+DEFAULT_RANGE = (-40.0, 40.0)
+DEFAULT_POINTS = 161
+DEFAULT_EPS = (1e-7,)
+DEFAULT_THRESHOLDS = (1e-3, 1e-2)
+MAX_POINTS = 100_000_000  # beyond this a grid is a mistake; --exhaustive covers the 16-bit dtypes
+
+
+def step_count(lo: float, hi: float, step: float) -> int:
+    """Points of a stepped grid: LO, LO + step, ... up to HI (a hair of slack for rounding)."""
+    return math.floor((hi - lo) / step + 1e-9) + 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One validated selection; every command works from one of these."""
+
+    dtypes: tuple[str, ...] = ("float32",)
+    eps: tuple[float, ...] = DEFAULT_EPS
+    formulas: tuple[str, ...] = FORMULA_NAMES
+    range: tuple[float, float] = DEFAULT_RANGE
+    points: int = DEFAULT_POINTS
+    step: float | None = None
+    spacing: str = "lin"
+    label: str = "both"
+    mode: str = "per-op"
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    backend: str = "numpy"
+    device: str = "cpu"
+    grad: bool = False
+    reference: str = "fast"  # "fast" (vectorised float64, <= 32-bit dtypes) or "mpmath"
+    exhaustive: bool = False  # the grid is every value of each dtype in the range (+-inf: all)
+    keep: int | None = None   # grid rows kept in the result (evenly spread); None: all
+
+    @property
+    def labels(self) -> tuple[int | str, ...]:
+        """Labels audited: 1, 0 and the seed's two-point pair when both are asked for."""
+        return {"1": (1,), "0": (0,), "both": (1, 0, "pair")}[self.label]
+
+    def as_dict(self) -> dict:
+        return {
+            "dtypes": list(self.dtypes), "eps": list(self.eps), "formulas": list(self.formulas),
+            "range": list(self.range), "points": self.points, "step": self.step,
+            "spacing": self.spacing, "label": self.label, "mode": self.mode,
+            "thresholds": list(self.thresholds), "backend": self.backend, "device": self.device,
+            "grad": self.grad, "reference": self.reference, "exhaustive": self.exhaustive,
+        }
+
+
+@dataclass(frozen=True)
+class Row:
+    """One computed quantity at one input, beside its exact value and its errors.
+
+    ``clip_rel``: how far the clipped formula is from the exact BCE in exact arithmetic (the
+    part the clipping causes); ``round_ulp``: how far the computed value is from that
+    clipped-exact value, in ULPs (the part rounding causes). None where no clipping applies.
+    """
+
+    dtype: str
+    mode: str
+    x: float
+    x_dtype: float
+    quantity: str  # "sigmoid", "roundtrip", "bce" or "grad"
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    value: float
+    exact: float
+    abs_err: float
+    rel_err: float
+    ulp_err: float
+    bits: float
+    clipped_exact: float | None = None
+    clip_rel: float | None = None
+    round_ulp: float | None = None
+    backend: str = "numpy"
+
+
+@dataclass(frozen=True)
+class Worst:
+    """The largest error of one formula over the grid, and where it happened."""
+
+    dtype: str
+    mode: str
+    quantity: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    max_ulp: float
+    max_rel: float
+    max_bits: float
+    x: float | None
+    nonfinite: int
+    points: int
+    max_clip_rel: float | None = None   # clipping's share: clipped-exact vs exact
+    max_round_ulp: float | None = None  # rounding's share: computed vs clipped-exact
+    max_abs: float = math.nan
+    x_dtype: float | None = None  # the worst point: its input in the dtype, computed and exact values
+    value: float | None = None
+    exact: float | None = None
+    nonfinite_x: float | None = None  # the first non-finite result: its input, and the exact value
+    nonfinite_value: float | None = None
+    nonfinite_exact: float | None = None
+
+
+@dataclass
+class SweepResult:
+    settings: Settings
+    keypoints: list[KeyPoint]
+    rows: list[Row] = field(default_factory=list)
+    worst: list[Worst] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def sample_indices(n: int, show: int) -> list[int]:
+    """Evenly spread indices of n points, both ends included (all of them when n <= show)."""
+    if n <= show:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, show).round().astype(int).tolist()))
+
+
+@dataclass(frozen=True)
+class KeyPoint:
+    """One key point: a flat record, the JSON schema's unit."""
+
+    dtype: str
+    mode: str
+    formula: str | None
+    eps: float | None
+    label: Label | None
+    name: str
+    threshold: float | None
+    x: float
+    value: float
+    predicted: float | None
+    predicts: str | None  # "x" or "value": which field `predicted` stands beside
+    method: str
+    backend: str = "numpy"  # "numpy" (the models), or the real framework, e.g. "torch-cpu"
+
+
+ROW_FLOATS = ("x", "x_dtype", "value", "exact", "abs_err", "rel_err", "ulp_err", "bits")
+CLIP_FLOATS = ("clipped_exact", "clip_rel", "round_ulp")
+
+
+@dataclass
+class Block:
+    """Kept rows of one series over one chunk, as columns: rows are made only when read, and
+    streaming writers format the columns directly. ``clip`` columns are NaN where no clip applies."""
+
+    dtype: str
+    mode: str
+    backend: str
+    quantity: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    floats: dict[str, np.ndarray]  # ROW_FLOATS, and CLIP_FLOATS for a clipped formula
+
+    def __len__(self) -> int:
+        return len(self.floats["x"])
+
+    def rows(self) -> Iterator[Row]:
+        cols = [self.floats[n].tolist() for n in ROW_FLOATS]
+        clip = [self.floats[n].tolist() for n in CLIP_FLOATS] if "clipped_exact" in self.floats else None
+        for i, (x, xd, v, ex, ab, rel, ulp, bits) in enumerate(zip(*cols, strict=True)):
+            more = {}
+            if clip is not None and not math.isnan(clip[0][i]):
+                more = {"clipped_exact": clip[0][i], "clip_rel": clip[1][i], "round_ulp": clip[2][i]}
+            yield Row(self.dtype, self.mode, x, xd, self.quantity, self.formula, self.eps, self.label,
+                      v, ex, ab, rel, ulp, bits, **more, backend=self.backend)
+
+    def encode(self) -> dict:
+        return clean({**{k: v for k, v in vars(self).items() if k != "floats"},
+                      "floats": {k: a.tolist() for k, a in self.floats.items()}})
+
+    @classmethod
+    def decode(cls, d: dict) -> Block:
+        eps = None if d["eps"] is None else decode_float(d["eps"])
+        return cls(**{**d, "eps": eps, "floats": {k: decode_floats(v) for k, v in d["floats"].items()}})
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    kind: str
+    passed: bool
+    failures: list[str]
+    figures: dict
+    limits: dict
+    worst: dict | None
+    note: str = ""
+    regressions: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The verdict: passed its limits and, against a baseline, got no worse."""
+        return self.passed and not self.regressions
+
+
+# ---------------------------------------------------------------- the codec
+
+
+def clean(v: Any) -> Any:
+    """inf/nan as strings (strict JSON has no NaN), numpy scalars as Python numbers."""
+    if isinstance(v, dict):
+        return {k: clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [clean(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    return v
+
+
+def to_json(doc: dict) -> str:
+    """Deterministic, strictly valid JSON: sorted keys, inf/nan as strings."""
+    return json.dumps(clean(doc), sort_keys=True, indent=1, allow_nan=False) + "\n"
+
+
+def decode(cls: type, d: dict) -> Any:
+    """A record read back from its JSON object: float fields from numbers or clean()'s strings."""
+    kw = {}
+    for f in fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            is_float = isinstance(f.type, str) and f.type.startswith("float")
+            kw[f.name] = decode_float(v) if is_float and v is not None else v
+    return cls(**kw)
+
+
+def decode_floats(values: list) -> np.ndarray:
+    """A float column read back from JSON (numbers, or clean()'s strings for inf and nan)."""
+    return np.array([decode_float(v) for v in values], dtype=np.float64)
+
+
+def decode_float(v: Any) -> float:
+    """A float field read back from JSON: a number, or one of the strings clean() writes."""
+    if isinstance(v, str):
+        if v not in ("inf", "-inf", "nan"):
+            raise ValueError(f"not a number: {v!r}")
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"not a number: {v!r}")
+    return float(v)
