@@ -79,7 +79,7 @@ def test_torch_native_mode_is_upcast():
     assert sweep.native(Settings(backend="jax")).mode == "per-op"
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", [pytest.param("float16", marks=pytest.mark.slow), "bfloat16"])
 def test_torch_keypoints_identical_to_models_narrow(dtype):
     """Every key point (including the gradient's) of torch's real ops sits at the model's x."""
     _torch()
@@ -352,6 +352,7 @@ def test_backend_without_extra_says_how_to_install(monkeypatch, module, extra):
     assert f"pip install 'bce-audit[{extra}]'" in line
 
 
+@pytest.mark.slow
 def test_fidelity_torch_json():
     torch = _torch()
     r = run("fidelity", "--backend", "torch", "--format", "json")
