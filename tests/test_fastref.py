@@ -536,6 +536,7 @@ def sweep_mismatches(s: Settings) -> tuple[sweep.SweepResult, sweep.SweepResult,
     return fast, slow, bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEP_DTYPES)
 def test_sweeps_agree_fast_and_mpmath(name):
     """Every row of a gradient sweep over [-120, 120] (481 points): same values, same figures."""
