@@ -29,7 +29,7 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
     """
     if _special(path):
         try:
-            f = open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))  # noqa: SIM115
+            f = open(path, mode, encoding=None if "b" in mode else "utf-8")  # noqa: SIM115
         except OSError as e:
             raise WriteError(f"cannot write {path!r}: {e.strerror or e}") from None
         with f:
@@ -41,7 +41,7 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
     except OSError as e:
         raise WriteError(f"cannot write {path!r}: {e.strerror or e}") from None
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             if durable:

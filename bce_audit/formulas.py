@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -300,7 +301,13 @@ def _register(user: impl.UserImpl) -> Formula:
 
 def sources(names: Sequence[str]) -> tuple[impl.Source, ...]:
     """What a worker needs to register the user implementations among ``names`` again."""
-    return tuple(get(n).user.source for n in names if impl.is_impl(n))
+    out = []
+    for n in names:
+        if impl.is_impl(n):
+            user = get(n).user
+            assert user is not None and user.source is not None  # impl.load gave it both
+            out.append(user.source)
+    return tuple(out)
 
 
 def ensure(sources_: Sequence[impl.Source]) -> None:
@@ -308,16 +315,18 @@ def ensure(sources_: Sequence[impl.Source]) -> None:
     process); a no-op where they are already the same (the process that resolved them)."""
     for src in sources_:
         f = _USER.get(src.spec)
-        if f is None or f.user.source != src:
+        if f is None or f.user is None or f.user.source != src:
             _register(impl.resolve(src))
 
 
 def clip_bounds(formula: Formula, eps: float, ev: Evaluator) -> tuple[np.generic, np.generic]:
     """The clip bounds as the framework really uses them, rounded to the dtype."""
+    assert formula.clip is not None  # only a clipping formula has bounds
     lo = ev.c(eps)
     with np.errstate(all="ignore"):
         hi = ev.c(1.0) - lo if formula.clip.hi_in_dtype else ev.c(1.0 - eps)
-    return lo[()], np.asarray(hi).astype(ev.dtype)[()]
+    # 0-d arrays indexed by (): numpy scalars, which the stubs type as arrays
+    return cast(np.generic, lo[()]), cast(np.generic, np.asarray(hi).astype(ev.dtype)[()])
 
 
 def evaluate_sigmoid(x: np.ndarray, ev: Evaluator) -> np.ndarray:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from bce_audit import backends, config, dtypes, formulas, gradients, keypoints, records, sweep
 from bce_audit.config import ConfigError
@@ -35,7 +36,7 @@ class Measurement:
     ``found``: the key points a key-point check measured, kept for its ``fails`` (not reported).
     """
 
-    figures: dict[str, float | None]
+    figures: Mapping[str, float | None]
     worst: dict | None = None
     note: str = ""
     found: tuple[records.KeyPoint, ...] = ()
@@ -111,6 +112,7 @@ class GridCheck:
         out = []
         for key, limit in self.limits.items():
             got = m.figures[key]
+            assert got is not None  # a grid check's figures are all numbers
             if got > limit:
                 out.append(f"{key} {_fmt(got)} > {_fmt(limit)}")
         if m.figures["nonfinite"] and not self.allow_nonfinite:
@@ -148,8 +150,10 @@ class KeypointCheck:
                 thr = (self.threshold,) if self.threshold is not None else records.DEFAULT_THRESHOLDS
                 kps = keypoints.roundtrip_points(d, mode, thr, user=user, backend=backend)
             elif self.keypoint.startswith("grad"):
+                assert self.formula is not None and isinstance(self.label, int)  # see _keypoint_check
                 kps = keypoints.grad_points(d, mode, self.formula, self.eps, self.label, backend)
             else:
+                assert self.formula is not None and self.label is not None  # see _keypoint_check
                 kps = keypoints.formula_points(d, mode, self.formula, self.eps, self.label, backend)
             found += [k for k in kps if k.name == self.keypoint
                       and (self.threshold is None or k.threshold == self.threshold)
@@ -227,7 +231,7 @@ def checks_from(cf: config.ConfigFile) -> list[Check]:
     return out
 
 
-def _check(cf: config.ConfigFile, i: int, table: dict) -> Check:
+def _check(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Check:
     name = table.get("name")
     where = f"{cf.path}: check[{i + 1}]" + (f" ({name!r})" if isinstance(name, str) else "")
     is_kp = "keypoint" in table
@@ -299,6 +303,7 @@ def _check_backend_formula(backend: str, formula: str | None, grad: bool, where:
     if backend == "numpy" or formula is None or formula in QUANTITIES:
         return
     be = backends.get(backend)
+    assert be is not None  # None only for numpy
     if be.formula(formula) is None:
         raise ConfigError(f"{where}: {backend} has no real counterpart of {formula!r}; it has "
                           f"{', '.join(be.bce)}")

@@ -101,9 +101,9 @@ def _import(spec: str, module_name: str, where: str | None, again: bool = False,
     """Import a module with ``where`` first on sys.path for the while (``again``: reload it);
     return it and the digest of the file it was imported from."""
     with _IMPORTING:
-        added = where is not None and where not in sys.path
-        if added:
-            sys.path.insert(0, where)
+        added = where if where is not None and where not in sys.path else None
+        if added is not None:
+            sys.path.insert(0, added)
         try:
             fresh = again or module_name not in sys.modules
             with warnings.catch_warnings():
@@ -115,8 +115,8 @@ def _import(spec: str, module_name: str, where: str | None, again: bool = False,
             raise ImplError(f"{spec}: {who}cannot import module {module_name!r}: "
                             f"{type(e).__name__}: {_short(e)}") from None
         finally:
-            if added:
-                sys.path.remove(where)
+            if added is not None:
+                sys.path.remove(added)
         if fresh or module_name not in _DIGESTS:
             _DIGESTS[module_name] = _digest(module)
         return module, _DIGESTS[module_name]
@@ -136,6 +136,8 @@ def _root(module, module_name: str) -> str | None:
 
 def _digest(module) -> str | None:
     path = getattr(module, "__file__", None)
+    if path is None:
+        return None
     try:
         with open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()

@@ -188,6 +188,7 @@ _LIMIT_LO = reference.Exact(-mp.inf, mpf(0), mpf(1), mp.inf, mpf(0))  # x -> -in
 
 def clip_args(formula: Formula, eps: float | None, ev: Evaluator):
     if formula.uses_eps:
+        assert formula.clip is not None and eps is not None  # uses_eps: a clip, at an eps
         lo, hi = formulas.clip_bounds(formula, eps, ev)
         return lo, hi, (lo if formula.clip.shift else None)
     return None, None, None
@@ -195,16 +196,17 @@ def clip_args(formula: Formula, eps: float | None, ev: Evaluator):
 
 def predicted_limit(formula: Formula, eps: float | None, label: Label, ev: Evaluator, good: bool):
     """The clipped-exact value a clipping formula tends to at one tail (None if it does not clip)."""
-    if formula.clip is None:
+    clip = formula.clip
+    if clip is None:
         return None
     lo, hi, shift = clip_args(formula, eps, ev)
 
     def one(lab: int) -> mpf:
         toward_hi = (lab == 1) == good  # label 1 improves as x -> +inf
         limit = _LIMIT_HI if toward_hi else _LIMIT_LO
-        return reference.clipped_exact(limit, lab, formula.clip, lo, hi, shift)
+        return reference.clipped_exact(limit, lab, clip, lo, hi, shift)
 
-    return float((one(0) + one(1)) / 2 if label == "pair" else one(label))
+    return float((one(0) + one(1)) / 2 if isinstance(label, str) else one(label))  # str: "pair"
 
 
 # ---------------------------------------------------------------- the key points
@@ -495,14 +497,15 @@ def keypoints(
     keys = {d: _cache_key(d, sel, backend) if store else None for d in dict.fromkeys(dtypes_)}
     found: dict[str, tuple[list[KeyPoint], list[str]]] = {}
     for d, key in keys.items():
-        hit = store.lookup(key, _decode) if key else None
+        hit = store.lookup(key, _decode) if store is not None and key else None
         if hit is not None:
             found[d] = hit
     todo = [d for d in keys if d not in found]
     for d, result in zip(todo, _map_dtypes(todo, sel, backend, jobs), strict=True):
         found[d] = result
-        if keys[d]:
-            store.put(keys[d], {"keypoints": [asdict(k) for k in result[0]], "notes": result[1]})
+        key = keys[d]
+        if store is not None and key:
+            store.put(key, {"keypoints": [asdict(k) for k in result[0]], "notes": result[1]})
     out: list[KeyPoint] = []
     for d in dtypes_:
         out += found[d][0]

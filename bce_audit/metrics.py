@@ -99,7 +99,7 @@ def rel_err_exact_x(computed: np.ndarray, x: np.ndarray) -> np.ndarray:
     Non-finite results give inf.
     """
     wide = np.asarray(x).dtype in (np.float64, np.longdouble)
-    work = np.longdouble if wide else np.float64
+    work: type[np.floating] = np.longdouble if wide else np.float64
     c = np.asarray(computed).astype(work)
     xf = np.asarray(x).astype(work)
     with np.errstate(all="ignore"):

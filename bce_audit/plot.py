@@ -549,11 +549,12 @@ def render_terminal(data: PlotData, width: int = 80, height: int = TERMINAL_HEIG
         lo, hi = lo - 1.0, hi + 1.0
     pad = (hi - lo) * 0.04
     ylim = (lo - pad, hi + pad)
+    x0, x1 = (float(v) for v in tx(data.xlim))
     chart = _Chart(
         curves=[(sr.style, _segments(tx(sr.x), y)) for sr, y in zip(drawn, ys, strict=True)],
         guides=[float(v) for v in ty([g.y for g in data.guides]) if ylim[0] <= v <= ylim[1]],
         markers=[float(v) for v in tx([m.x for m in data.markers])],
-        xlim=tuple(float(v) for v in tx(data.xlim)), ylim=ylim,
+        xlim=(x0, x1), ylim=ylim,
         yticks=_decade_ticks(*ylim) if ylog else None,
         title=_fit(data.title, width), width=width, height=max(8, height),
     )

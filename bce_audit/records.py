@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -209,7 +209,7 @@ class CheckResult:
     kind: str
     passed: bool
     failures: list[str]
-    figures: dict
+    figures: Mapping[str, float | None]
     limits: dict
     worst: dict | None
     note: str = ""

@@ -18,7 +18,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -193,7 +193,7 @@ def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list
     """Per label (and eps): the formulas' values side by side, then their bits of error."""
     tables = []
     labels = list(dict.fromkeys(r.label for r in rows))
-    eps_values = list(dict.fromkeys(r.eps for r in rows if r.eps is not None)) or [None]
+    eps_values: list[float | None] = list(dict.fromkeys(r.eps for r in rows if r.eps is not None)) or [None]
     for label in labels:
         for eps in eps_values:
             cols = [r for r in rows if r.label == label and (r.eps is None or r.eps == eps)]
@@ -264,7 +264,7 @@ def dtype_eps(name: str) -> float:
 
 def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
     """The table view of a sweep: key points first, then sampled rows and worst errors."""
-    parts = [Text(f"note: {n}", style="yellow") for n in result.notes]
+    parts: list[RenderableType] = [Text(f"note: {n}", style="yellow") for n in result.notes]
     parts += keypoint_tables(result.keypoints)
     if result.rows:
         parts += sample_tables(result.rows, show, width)
@@ -308,8 +308,11 @@ def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Tab
     for key in keys:
         q, f, eps, label = key
         cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-        name = _check_name(SHORT.get(f, f), label) if q == "bce" else (
-            _check_name("grad " + SHORT.get(f, f), label) if q == "grad" else _what(q, f))
+        if q in ("bce", "grad"):
+            assert f is not None  # BCE and gradient rows name their formula
+            name = _check_name(("grad " if q == "grad" else "") + SHORT.get(f, f), label)
+        else:
+            name = _what(q, f)
         t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
                   *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
     return t

@@ -156,7 +156,7 @@ class _MpRefs:
         return bool(arg < 0)
 
     def errors(self, kind: str, label, values: np.ndarray):
-        cols = [[], [], [], [], []]
+        cols: list[list[float]] = [[], [], [], [], []]
         for v, e, ex, comp in zip(values, self.exacts, self._of(kind, label), self._complements(kind, label),
                                   strict=True):
             below = e is not None and self.below_of(e, kind, label)
@@ -167,7 +167,7 @@ class _MpRefs:
         return cols
 
     def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
-        out = [[], [], []]
+        out: list[list[float]] = [[], [], []]
         for v, e in zip(values, self.exacts, strict=True):
             if e is None:
                 for col in out:
@@ -276,7 +276,8 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
         exact, ab, rel, ulp, bits = _arrays(refs.errors(quantity, label, values))
         extra = None
         if clip is not None:
-            extra = tuple(_arrays(refs.clipped(label, clip[0], clip[1], values)))
+            clip_exact, clip_rel, round_ulp = _arrays(refs.clipped(label, clip[0], clip[1], values))
+            extra = (clip_exact, clip_rel, round_ulp)
         return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, bits, extra)
 
     if basics:
@@ -300,7 +301,7 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
                 values = keypoints.loss_fn(f, eps, label, ev)(xd)
                 yield col("bce", name, eps, label, values, (f, clip_args) if clip_args is not None else None)
             if s.grad and gradients.has_grad(name, backend):
-                for label in (lab for lab in s.labels if lab != "pair"):
+                for label in (lab for lab in s.labels if not isinstance(lab, str)):  # str: "pair"
                     yield col("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
 
 
@@ -329,7 +330,11 @@ def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
 class _WorstAcc:
     """A running `Worst` for one series, fed chunk by chunk (memory stays per chunk)."""
 
-    def __init__(self, head: tuple):
+    x: float | None
+    clip_rel: float | None
+    round_ulp: float | None
+
+    def __init__(self, head: tuple[str, str, str, str | None, float | None, int | str | None]):
         self.head = head
         self.ulp, self.bits, self.rel, self.abs, self.x = -math.inf, math.nan, -math.inf, -math.inf, None
         self.at: tuple[float | None, float | None, float | None] = (None, None, None)
@@ -535,6 +540,7 @@ def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, sc
 
 def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
     lo, hi, shift = clip_args
+    assert f.clip is not None  # clip_args: a clipping formula
     if label != "pair":
         return reference.clipped_exact(e, label, f.clip, lo, hi, shift)
     # the pair at a is (BCE(-a, 0) + BCE(a, 1)) / 2; by symmetry BCE(-a, 0) has p -> 1 - p

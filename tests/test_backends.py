@@ -79,6 +79,7 @@ def test_torch_native_mode_is_upcast():
     assert sweep.native(Settings(backend="jax")).mode == "per-op"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_torch_keypoints_identical_to_models_narrow(dtype):
     """Every key point (including the gradient's) of torch's real ops sits at the model's x."""
@@ -90,6 +91,7 @@ def test_torch_keypoints_identical_to_models_narrow(dtype):
     assert {"roundtrip_overflow", "bce_zero", "grad_dead_zone"} <= names
 
 
+@pytest.mark.slow
 def test_torch_keypoints_float32_differ_only_where_libm_does():
     """float32: identical except two documented libm-level differences.
 
@@ -167,6 +169,7 @@ def _jax():
     return jax
 
 
+@pytest.mark.slow
 def test_jax_keypoints_identical_to_models_float16():
     """float16 with optax: identical key points. XLA flushes float32 subnormals to 0 (see below),
     but any value that small is far below float16's smallest subnormal, 2**-24, and rounds to 0
@@ -352,6 +355,7 @@ def test_backend_without_extra_says_how_to_install(monkeypatch, module, extra):
     assert f"pip install 'bce-audit[{extra}]'" in line
 
 
+@pytest.mark.slow
 def test_fidelity_torch_json():
     torch = _torch()
     r = run("fidelity", "--backend", "torch", "--format", "json")

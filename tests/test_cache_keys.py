@@ -38,6 +38,7 @@ def _values(doc: str) -> list[float]:
     return [r["value"] for r in json.loads(doc)["rows"] if r["formula"] == "keras3"]
 
 
+@pytest.mark.slow
 def test_issue_10_editing_a_formula_misses_the_cache(tmp_path):
     root, xdg = tmp_path / "copy", tmp_path / "xdg"
     pkg = _copy_package(root)

@@ -118,6 +118,7 @@ def test_impl_formula_the_pool_cannot_import_is_a_usage_error(monkeypatch, small
 # ---------------------------------------------------------------- Dask
 
 
+@pytest.mark.slow
 def test_impl_formula_on_process_dask_cluster_equals_local_run(user_module, small_chunks, monkeypatch,
                                                                tmp_path, tmp_path_factory):
     """Worker processes import the user module from the directory the run resolved it in, import
@@ -147,6 +148,7 @@ def canon(chunks: list[sweep.ChunkResult]) -> list[str]:
     return [repr(asdict(c)) for c in chunks]
 
 
+@pytest.mark.slow
 def test_chunks_in_threads_equal_serial_while_global_precision_changes():
     """Regression: mpmath's working precision was one global per process, so chunks in one
     process's threads raced on it (and took turns behind a lock); now each thread owns its own."""

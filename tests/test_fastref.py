@@ -191,6 +191,7 @@ def test_input_set_covers_the_issue(inputs):
     assert np.isin(_every_finite("bfloat16"), inputs).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("j, name", list(enumerate(FUNCTIONS)))
 def test_fast_exact_within_bound_on_over_1e5_inputs(truth, fast, j, name):
     """Every value >= TINY within BOUND = 2**-49 of mpmath; every value below TINY flagged.
@@ -206,6 +207,7 @@ def test_fast_exact_within_bound_on_over_1e5_inputs(truth, fast, j, name):
     assert truth.under[j].any() and (~truth.under[j]).sum() > 50_000  # both regimes were tested
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("j, name", list(enumerate(FUNCTIONS)))
 def test_log_stand_in_where_the_exact_value_underflows(truth, fast, j, name):
     """Below TINY the sweep measures with +-x as log(exact): within 1e-12 of the true log there."""
@@ -216,6 +218,7 @@ def test_log_stand_in_where_the_exact_value_underflows(truth, fast, j, name):
         assert bad.size == 0, f"{name}: {bad.size} logs off, e.g. {shown}"
 
 
+@pytest.mark.slow
 def test_the_bound_check_can_fail(truth, fast):
     """A copy of a fast value moved by 2 BOUND, an unflagged underflow and a shifted log are caught."""
     p = fast.p.copy()
@@ -533,6 +536,7 @@ def sweep_mismatches(s: Settings) -> tuple[records.SweepResult, records.SweepRes
     return fast, slow, bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEP_DTYPES)
 def test_sweeps_agree_fast_and_mpmath(name):
     """Every row of a gradient sweep over [-120, 120] (481 points): same values, same figures."""

@@ -76,12 +76,14 @@ def _memory_rows() -> list[dict]:
     return [json.loads(records.to_json(asdict(r))) for r in sweep.run_sweep(s).rows]
 
 
+@pytest.mark.slow
 def test_issue_10_jsonl_rows_equal_the_in_memory_rows():
     lines = ok(*STREAM, "--format", "jsonl").splitlines()
     assert [strict_json(line) for line in lines] == _memory_rows()
     assert all(list(json.loads(line)) == sorted(json.loads(line)) for line in lines[:50])  # sorted keys
 
 
+@pytest.mark.slow
 def test_issue_10_csv_rows_equal_the_in_memory_rows(tmp_path):
     out = tmp_path / "rows.csv"
     ok(*STREAM, "-o", str(out))  # the format is inferred from the extension
@@ -101,6 +103,7 @@ def test_issue_10_csv_rows_equal_the_in_memory_rows(tmp_path):
                 assert cell == str(v), (k, cell, v)
 
 
+@pytest.mark.slow
 def test_issue_10_parquet_rows_equal_the_in_memory_rows(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "rows.parquet"

@@ -198,6 +198,7 @@ def test_plot_kind_grad():
 # ---------------------------------------------------------------- files
 
 
+@pytest.mark.slow
 def test_png_svg_and_pdf_of_the_requested_size(tmp_path):
     pil = pytest.importorskip("PIL.Image")
     png, svg, pdf = tmp_path / "rt.png", tmp_path / "bce.svg", tmp_path / "err.pdf"
@@ -212,6 +213,7 @@ def test_png_svg_and_pdf_of_the_requested_size(tmp_path):
     assert not list(tmp_path.glob(".bce-audit-*"))  # written atomically, no temporary left
 
 
+@pytest.mark.slow
 def test_same_picture_same_bytes(result, tmp_path):
     """No timestamps and no random SVG ids: docs/*.png regenerate byte for byte."""
     data = plot.plot_data(result, "bce")

@@ -308,6 +308,7 @@ def _is_written_value(v) -> bool:
     return ok and v["inf"] == "inf"  # inf as records.clean writes it
 
 
+@pytest.mark.slow
 def test_cache_concurrent_writers_and_a_reader(tmp_path):
     key = cache.key_of("t", {"shared": True})
     writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), key, str(who), "200"],
@@ -584,6 +585,7 @@ print(json.dumps({"pools": pools, "same": same,
 """
 
 
+@pytest.mark.slow
 def test_key_points_forked_equal_serial():
     """Forked workers search the dtypes side by side; the records are the same, in the same order.
     (Run in a fresh interpreter: this test process may hold JAX, where no fork is made.)"""
@@ -718,6 +720,7 @@ def test_dask_local_cluster_equals_local_run(monkeypatch):
     assert remote_json == local_json
 
 
+@pytest.mark.slow
 def test_dask_worker_with_threads_equals_local_run(monkeypatch):
     """A `dask worker` runs as many threads as cores by default: chunks run side by side in one process.
 
