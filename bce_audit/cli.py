@@ -10,7 +10,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import click
 import numpy as np
@@ -477,8 +477,8 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     except plot.PlotError as e:
         _fail(str(e))
     s, _ = _settings(kw)
-    s = replace(s, keep=None)  # a curve needs every grid point
-    if plot_kind == "grad" and "grad" in {f.name for f in fields(records.Settings)}:
+    s = replace(s, keep=plot.MAX_POINTS)  # evenly spread: a picture's memory never grows with the grid
+    if plot_kind == "grad":
         s = replace(s, grad=True)  # gradients are computed only when asked for
     if plot_kind == "grad":  # a one-point probe: fail fast while the sweep has no gradient rows
         probe = _run(lambda: sweep.rows_for_dtype(s, s.dtypes[0], np.zeros(1)))

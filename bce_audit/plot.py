@@ -54,6 +54,7 @@ DASHES = ("solid", "dashed", "dashdot", "dotted")
 MARKS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "8", "H", "x")  # matplotlib
 CHARS = ("•", "+", "x", "o", "◆", "▲", "■", "*", "#", "%", "@", "&", "=", "~", "$", "?")  # terminal
 EXACT_COLOR = "#9A9A9A"
+MAX_POINTS = 20_000  # grid points a curve draws, evenly spread: ten to a pixel of the widest picture
 
 
 class PlotError(ValueError):

@@ -61,18 +61,26 @@ def _constant(v, style: str) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def _columns(b: Block, style: str, memo: dict) -> dict[str, list[str]]:
-    """Every field of the block's rows as text ("json" or "csv"), one list per field."""
-    n = len(b)
-    cols = {k: _floats(a, style, memo=memo) for k, a in b.floats.items() if k not in CLIP_FLOATS}
+CONSTANT = ("dtype", "mode", "backend", "quantity", "formula", "eps", "label")  # one value per block
+
+
+def _columns(b: Block, style: str, memo: dict) -> dict[str, list[str] | str]:
+    """Every field of the block's rows as text ("json" or "csv"): a list per varying field, one
+    text for a field that is the same on every row of the block."""
+    cols: dict[str, list[str] | str] = {k: _floats(a, style, memo=memo) for k, a in b.floats.items()
+                                        if k not in CLIP_FLOATS}
     if "clipped_exact" in b.floats:
         absent = np.isnan(b.floats["clipped_exact"])
         cols.update({k: _floats(b.floats[k], style, absent) for k in CLIP_FLOATS})
     else:
-        cols.update({k: [_constant(None, style)] * n for k in CLIP_FLOATS})
-    for k in ("dtype", "mode", "backend", "quantity", "formula", "eps", "label"):
-        cols[k] = [_constant(getattr(b, k), style)] * n
+        cols.update({k: _constant(None, style) for k in CLIP_FLOATS})
+    cols.update({k: _constant(getattr(b, k), style) for k in CONSTANT})
     return cols
+
+
+def _escape(text: str) -> str:
+    """Literal text inside a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class JsonLines:
@@ -82,14 +90,16 @@ class JsonLines:
 
     def __init__(self, f: IO[str]):
         self.f = f
-        self.template = "{{" + ",".join(f'"{k}":{{}}' for k in self.KEYS) + "}}\n"
 
     def write(self, blocks: Sequence[Block]) -> None:
-        fmt = self.template.format
         memo: dict = {}
         for b in blocks:
             cols = _columns(b, "json", memo)
-            self.f.write("".join(fmt(*vals) for vals in zip(*(cols[k] for k in self.KEYS), strict=True)))
+            # the block's constants go into the line's template once; the rest row by row
+            parts = [f'"{k}":' + (_escape(v) if isinstance(v := cols[k], str) else "{}") for k in self.KEYS]
+            template = "{{" + ",".join(parts) + "}}\n"
+            varying = [v for k in self.KEYS if not isinstance(v := cols[k], str)]
+            self.f.write("".join(map(template.format, *varying)))
 
     def close(self) -> None:
         self.f.flush()
@@ -107,7 +117,9 @@ class Csv:
         memo: dict = {}
         for b in blocks:
             cols = _columns(b, "csv", memo)
-            self.w.writerows(zip(*(cols[k] for k in FIELDS), strict=True))
+            n = len(b)
+            rows = zip(*([v] * n if isinstance(v := cols[k], str) else v for k in FIELDS), strict=True)
+            self.w.writerows(rows)
 
     def close(self) -> None:
         self.f.flush()

@@ -364,3 +364,18 @@ def test_gate_markdown_parses_and_states_pass_and_fail(tmp_path):
     assert failed[:2] == ["**FAIL**", "round trip survives to 20"]
     assert "<" in failed[2] and ">=" not in failed[2], failed  # the failure, not the passing form
     assert "1 of 2 checks failed: round trip survives to 20" in text
+
+
+def test_issue_14_plot_of_a_huge_grid_keeps_a_bounded_sample(monkeypatch):
+    """A curve draws plot.MAX_POINTS evenly spread grid points, never a Row per grid point."""
+    seen = []
+    original = sweep.run_sweep
+
+    def spy(s, *a, **kw):
+        seen.append(s.keep)
+        return original(s, *a, **kw)
+
+    monkeypatch.setattr(sweep, "run_sweep", spy)
+    out = assert_ok(run("plot", "--points", "3000000", "--dtype", "float16", "--formula", "keras3",
+                        "--label", "1", "--kind", "bce", "-q"))
+    assert seen == [plot.MAX_POINTS] and "keras3" in out
