@@ -57,7 +57,7 @@ class Backend:
             return op(x, y)
 
         model = formulas.get(name)
-        return Formula(name, fn, self.what.get(name, name), model.clip)
+        return Formula(name, fn, model.clip)
 
     def missing(self, names) -> list[str]:
         return [n for n in names if formulas.get(n).kind == "bce" and n not in self.bce]

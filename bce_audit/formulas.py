@@ -227,7 +227,6 @@ class Formula:
 
     name: str
     fn: Callable[..., np.ndarray]
-    framework: str
     clip: Clip | None = None
     kind: str = "bce"  # "bce", "sigmoid" or "logit"
     user: impl.UserImpl | None = None
@@ -255,14 +254,14 @@ class Formula:
 FORMULAS: dict[str, Formula] = {
     f.name: f
     for f in (
-        Formula("naive", naive, "textbook"),
-        Formula("keras2-logits", keras2_logits, "Keras <= 2.2.4", Clip()),
-        Formula("tf-keras", tf_keras, "tf.keras 2.x", Clip(shift=True)),
-        Formula("keras3", keras3, "Keras 3", Clip(hi_in_dtype=False)),
-        Formula("torch-bce", torch_bce, "torch BCELoss", Clip(uses_eps=False, log_floor=-100.0)),
-        Formula("logits-stable", logits_stable, "tf sigmoid_cross_entropy_with_logits"),
-        Formula("torch-bce-logits", torch_bce_logits, "torch BCEWithLogitsLoss"),
-        Formula("optax", optax, "optax sigmoid_binary_cross_entropy"),
+        Formula("naive", naive),
+        Formula("keras2-logits", keras2_logits, Clip()),
+        Formula("tf-keras", tf_keras, Clip(shift=True)),
+        Formula("keras3", keras3, Clip(hi_in_dtype=False)),
+        Formula("torch-bce", torch_bce, Clip(uses_eps=False, log_floor=-100.0)),
+        Formula("logits-stable", logits_stable),
+        Formula("torch-bce-logits", torch_bce_logits),
+        Formula("optax", optax),
     )
 }
 NAMES: tuple[str, ...] = records.FORMULA_NAMES  # one list of the built-ins; FORMULAS has one each
@@ -294,7 +293,7 @@ def _register(user: impl.UserImpl) -> Formula:
 
     kind = user.kind
     fn = {"bce-logits": bce_logits, "bce-probs": bce_probs}.get(kind, bce_logits)
-    f = Formula(user.spec, fn, f"user {kind}", None, "bce" if kind.startswith("bce") else kind, user)
+    f = Formula(user.spec, fn, None, "bce" if kind.startswith("bce") else kind, user)
     _USER[user.spec] = f
     return f
 
