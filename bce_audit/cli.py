@@ -74,16 +74,16 @@ def _selection(f: Callable) -> Callable:
     opts = [
         click.option("--config", "config", type=str, default=None, metavar="FILE",
                      help="Read options from a TOML file (see configs/); flags given here override it."),
-        click.option("--dtype", "dtype", multiple=True, metavar="NAME",
+        click.option("--dtype", "dtypes", multiple=True, metavar="NAME",
                      type=click.Choice((*dtypes.NAMES, "all")),
                      help=f"Dtype to audit (repeatable, or 'all'): {', '.join(dtypes.NAMES)}."),
         click.option("--eps", "eps", multiple=True, type=float, metavar="EPS",
                      help="Clip epsilon, in [0, 0.5) (repeatable; default 1e-7). "
                           "Formulas that do not clip ignore it."),
-        click.option("--formula", "formula", multiple=True, metavar="NAME",
+        click.option("--formula", "formulas", multiple=True, metavar="NAME",
                      help=f"BCE formula (repeatable; default all): {', '.join(formulas.NAMES)}, "
                           "or your own as impl:package.module:function."),
-        click.option("--impl-kind", "impl_kind", type=click.Choice(impl.KINDS), default="bce-logits",
+        click.option("--impl-kind", "kind", type=click.Choice(impl.KINDS), default="bce-logits",
                      show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
                                              "sigmoid f(x) or logit f(p)."),
         click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
@@ -91,7 +91,7 @@ def _selection(f: Callable) -> Callable:
                           "narrower than float32 run in float32 and round once (PyTorch opmath)."),
         click.option("--label", type=click.Choice(records.LABELS), default="both", show_default=True,
                      help="Label to audit; 'both' adds the seed article's two-point pair."),
-        click.option("--threshold", "threshold", multiple=True, type=float, metavar="REL",
+        click.option("--threshold", "thresholds", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
                           "(repeatable; default 1e-3 and 1e-2)."),
         click.option("--backend", type=click.Choice(("numpy", "torch", "jax")), default="numpy",
@@ -121,7 +121,7 @@ _JOBS = click.option("--jobs", "-j", type=int, default=None, metavar="N",
 
 def _grid(f: Callable) -> Callable:
     opts = [
-        click.option("--range", "range_", metavar="LO:HI", default=None,
+        click.option("--range", "range", metavar="LO:HI", default=None,
                      help="Logit range of the grid (default -40:40)."),
         click.option("--points", type=int, default=None, metavar="N",
                      help=f"Grid points, 2 to {MAX_POINTS:,} (default {records.DEFAULT_POINTS})."),
@@ -135,7 +135,7 @@ def _grid(f: Callable) -> Callable:
         _JOBS,
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run the chunks on an existing Dask cluster (tcp://host:8786)."),
-        click.option("--rows", "show", default=None, metavar="N|all",
+        click.option("--rows", "rows", default=None, metavar="N|all",
                      help="Grid points whose rows are kept and shown, evenly spread: 2 to 1000 "
                           "(default 11), or all. jsonl, csv and parquet stream every row by default."),
     ]
@@ -148,22 +148,9 @@ def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
                          metavar="FILE", help="Write to FILE (atomically) instead of stdout.")(f)
-        return click.option("--format", "fmt", type=click.Choice(formats), default=None,
+        return click.option("--format", "format", type=click.Choice(formats), default=None,
                             help="Output format (default: from the -o extension, else table).")(f)
     return deco
-
-
-# option parameter -> (config key, flag as the user typed it)
-PARAMS = {
-    "dtype": ("dtypes", "--dtype"), "eps": ("eps", "--eps"), "formula": ("formulas", "--formula"),
-    "impl_kind": ("kind", "--impl-kind"), "mode": ("mode", "--mode"), "label": ("label", "--label"),
-    "threshold": ("thresholds", "--threshold"), "range_": ("range", "--range"),
-    "points": ("points", "--points"), "step": ("step", "--step"), "spacing": ("spacing", "--spacing"),
-    "show": ("rows", "--rows"), "fmt": ("format", "--format"), "backend": ("backend", "--backend"),
-    "device": ("device", "--device"), "grad": ("grad", "--grad"),
-    "reference": ("reference", "--reference"), "exhaustive": ("exhaustive", "--exhaustive"),
-}
-FLAGS = {key: flag for key, flag in PARAMS.values()}
 
 
 def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
@@ -175,16 +162,16 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
         cf = config.load(kw["config"])
         values.update(cf.options)
         origin.update({k: cf.origin(k) for k in cf.options})
-    for param, (key, flag) in PARAMS.items():
-        if param not in kw or ctx.get_parameter_source(param) != ParameterSource.COMMANDLINE:
+    for key, flag in config.FLAGS.items():  # a click option's name is its config key
+        if key not in kw or ctx.get_parameter_source(key) != ParameterSource.COMMANDLINE:
             continue
-        if kw[param] == ():
+        if kw[key] == ():
             continue
-        values[key], origin[key] = kw[param], flag
+        values[key], origin[key] = kw[key], flag
         rival = {"points": "step", "step": "points"}.get(key)
         if rival and origin.get(rival, "").startswith(kw.get("config") or "\0"):
             values.pop(rival)  # a grid flag replaces the file's other way of giving the grid
-    return values, lambda k: origin.get(k, FLAGS.get(k, k))
+    return values, lambda k: origin.get(k, config.FLAGS.get(k, k))
 
 
 def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True,
@@ -245,7 +232,7 @@ def _run(job: Callable):
 
 def _format(kw: dict, formats: tuple[str, ...]) -> str:
     """--format, else the one the -o extension names; one a command cannot write is an error."""
-    fmt = kw["fmt"] or config.format_for(kw["output"])
+    fmt = kw["format"] or config.format_for(kw["output"])
     if fmt not in formats:
         _fail(f"--output {kw['output']!r}: this command cannot write {fmt}; choose --format from "
               f"{', '.join(formats)}")

@@ -26,6 +26,7 @@ from bce_audit.records import (
     MAX_POINTS,
     SPACINGS,
     Settings,
+    setting_flags,
     step_count,
 )
 
@@ -50,9 +51,9 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------- TOML -> typed values
 
 ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
-SELECTION_KEYS = ("dtypes", "eps", "formulas", "range", "points", "step", "spacing", "label", "mode",
-                  "thresholds", "rows", "format", "kind", "backend", "device", "grad", "reference",
-                  "exhaustive")
+# config key -> command-line flag: the Settings options, and the output and impl choices
+FLAGS = {**setting_flags(), "rows": "--rows", "format": "--format", "kind": "--impl-kind"}
+SELECTION_KEYS = tuple(FLAGS)
 TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
 
 
@@ -120,7 +121,7 @@ def _range(v, where: str) -> tuple[float, float] | str:
     raise ConfigError(f"{where}: expected [LO, HI] or \"LO:HI\", got {v!r}")
 
 
-TYPES = {
+TYPES = {  # how a config value of each key is read (one entry for each key of FLAGS)
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
     "rows": _rows, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,

@@ -35,25 +35,31 @@ def step_count(lo: float, hi: float, step: float) -> int:
     return math.floor((hi - lo) / step + 1e-9) + 1
 
 
+def _option(default: Any, flag: str) -> Any:
+    """A Settings field that is also an option: its config key is the field's name, its flag
+    ``flag`` (cli and config read both from here), and it is part of the JSON settings."""
+    return field(default=default, metadata={"flag": flag})
+
+
 @dataclass(frozen=True)
 class Settings:
     """One validated selection; every command works from one of these."""
 
-    dtypes: tuple[str, ...] = ("float32",)
-    eps: tuple[float, ...] = DEFAULT_EPS
-    formulas: tuple[str, ...] = FORMULA_NAMES
-    range: tuple[float, float] = DEFAULT_RANGE
-    points: int = DEFAULT_POINTS
-    step: float | None = None
-    spacing: str = "lin"
-    label: str = "both"
-    mode: str = "per-op"
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    backend: str = "numpy"
-    device: str = "cpu"
-    grad: bool = False
-    reference: str = "fast"  # "fast" (vectorised float64, <= 32-bit dtypes) or "mpmath"
-    exhaustive: bool = False  # the grid is every value of each dtype in the range (+-inf: all)
+    dtypes: tuple[str, ...] = _option(("float32",), "--dtype")
+    eps: tuple[float, ...] = _option(DEFAULT_EPS, "--eps")
+    formulas: tuple[str, ...] = _option(FORMULA_NAMES, "--formula")
+    range: tuple[float, float] = _option(DEFAULT_RANGE, "--range")
+    points: int = _option(DEFAULT_POINTS, "--points")
+    step: float | None = _option(None, "--step")
+    spacing: str = _option("lin", "--spacing")
+    label: str = _option("both", "--label")
+    mode: str = _option("per-op", "--mode")
+    thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, "--threshold")
+    backend: str = _option("numpy", "--backend")
+    device: str = _option("cpu", "--device")
+    grad: bool = _option(False, "--grad")
+    reference: str = _option("fast", "--reference")  # "fast" (float64, <= 32-bit dtypes) or "mpmath"
+    exhaustive: bool = _option(False, "--exhaustive")  # every value of each dtype in the range
     keep: int | None = None   # grid rows kept in the result (evenly spread); None: all
 
     @property
@@ -62,13 +68,18 @@ class Settings:
         return {"1": (1,), "0": (0,), "both": (1, 0, "pair")}[self.label]
 
     def as_dict(self) -> dict:
-        return {
-            "dtypes": list(self.dtypes), "eps": list(self.eps), "formulas": list(self.formulas),
-            "range": list(self.range), "points": self.points, "step": self.step,
-            "spacing": self.spacing, "label": self.label, "mode": self.mode,
-            "thresholds": list(self.thresholds), "backend": self.backend, "device": self.device,
-            "grad": self.grad, "reference": self.reference, "exhaustive": self.exhaustive,
-        }
+        """The options, as the JSON settings record (tuples as lists)."""
+        out = {}
+        for f in fields(self):
+            if "flag" in f.metadata:
+                v = getattr(self, f.name)
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def setting_flags() -> dict[str, str]:
+    """Each option of Settings: its config key (the field's name) -> its command-line flag."""
+    return {f.name: f.metadata["flag"] for f in fields(Settings) if "flag" in f.metadata}
 
 
 @dataclass(frozen=True)

@@ -73,3 +73,16 @@ def test_only_the_cli_imports_click():
 def test_builtin_formula_names_are_defined_once():
     assert tuple(formulas.FORMULAS) == formulas.NAMES == records.FORMULA_NAMES
     assert records.Settings().formulas == records.FORMULA_NAMES
+
+
+def test_options_are_declared_once():
+    """Settings' option fields give the config keys, the flags and the JSON settings."""
+    from bce_audit import cli, config
+
+    options = records.setting_flags()
+    assert set(records.Settings().as_dict()) == set(options)
+    assert set(config.TYPES) == set(config.FLAGS) == set(config.SELECTION_KEYS)
+    assert set(options) <= set(config.FLAGS)
+    sweep_opts = {p.name: p.opts for p in cli.cli.commands["sweep"].params}
+    for key, flag in config.FLAGS.items():
+        assert flag in sweep_opts[key], (key, flag)  # the click option is named after its key
