@@ -61,6 +61,7 @@ class Settings:
     reference: str = _option("fast", "--reference")  # "fast" (float64, <= 32-bit dtypes) or "mpmath"
     exhaustive: bool = _option(False, "--exhaustive")  # every value of each dtype in the range
     keep: int | None = None   # grid rows kept in the result (evenly spread); None: all
+    values: tuple[float, ...] | None = None  # given inputs instead of a grid (the check command)
 
     @property
     def labels(self) -> tuple[int | str, ...]:

@@ -46,6 +46,8 @@ from bce_audit.records import (
 
 def grid_size(s: Settings, dtype: str) -> int:
     """Points of the grid for one dtype: every dtype value in the range with ``exhaustive``."""
+    if s.values is not None:
+        return len(s.values)
     if s.exhaustive:
         lo, hi = exhaustive_bounds(dtypes.get(dtype), s.range)
         return hi - lo + 1
@@ -56,6 +58,8 @@ def grid_size(s: Settings, dtype: str) -> int:
 
 def grid_slice(s: Settings, dtype: str, start: int, stop: int) -> np.ndarray:
     """Points start..stop-1 of the grid, equal bit for bit to the same slice of `grid`."""
+    if s.values is not None:
+        return np.asarray(s.values[start:stop], dtype=np.float64)
     if s.exhaustive:
         info = dtypes.get(dtype)
         first, _ = exhaustive_bounds(info, s.range)
@@ -436,6 +440,7 @@ def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
     return {"settings": {k: v for k, v in s.as_dict().items() if k not in ("thresholds",)},
             "dtype": dtype, "bits": info.bits, "reference": s.reference if fastref.serves(info) else "mpmath",
             "precision": reference.PREC, "chunk": [start, stop], "index": index,
+            "values": None if s.values is None else list(s.values),
             "backend_version": backends.version(s.backend)}
 
 
@@ -596,15 +601,13 @@ def check_rows(xs: Sequence[float], s: Settings) -> tuple[list[Row], dict[tuple,
     Also returns the exact values at the logits as given (before rounding to any narrower
     dtype), keyed by (x, quantity, formula, eps, label).
     """
-    arr = np.asarray(xs, dtype=np.float64)
+    s = replace(native(s), values=tuple(float(x) for x in xs), keep=None)
     rows: list[Row] = []
-    s = native(s)
-    backend = backends.get(s.backend, s.device)
     for d in s.dtypes:
         try:
-            rows += rows_for_dtype(s, d, arr, backend=backend)
+            rows += audit_grid(s, d, None)[1]
         except backends.Unsupported:
             continue  # the dtype's column stays empty
-    given = rows_for_dtype(s, "float64", arr)
+    given = audit_grid(replace(s, backend="numpy", device="cpu"), "float64", None)[1]
     exact = {(r.x, r.quantity, r.formula, r.eps, r.label): r.exact for r in given}
     return rows, exact
