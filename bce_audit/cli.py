@@ -24,6 +24,7 @@ from bce_audit import (
     files,
     formulas,
     gate,
+    heap,
     impl,
     keypoints,
     report,
@@ -520,5 +521,6 @@ def _write(path: str, text: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    heap.tune()
     cli.main()
 from bce_audit import cli_plot  # noqa: E402, F401  registers the plot command

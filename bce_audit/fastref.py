@@ -232,20 +232,27 @@ def ties(kind: str, label, x: np.ndarray, exact_: np.ndarray, complement: np.nda
 
 
 def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:
-    """`reference.clipped_exact`, vectorised: the clipping formula in exact arithmetic."""
+    """`reference.clipped_exact`, vectorised: the clipping formula in exact arithmetic.
+
+    Where p is clipped, t and 1 - t are the bounds: two logs of constants, not of the column.
+    Unshifted and unclipped, log(t) is -softplus, exactly.
+    """
     p, q = e.p, e.q
-    was_clipped = np.zeros(p.shape, dtype=bool)
-    if lo is not None:
-        lo_f, hi_f = float(lo), float(hi)  # dtype values: exact in float64, and so are 1 - them
-        low, high = p < lo_f, p > hi_f
-        p = np.where(low, lo_f, np.where(high, hi_f, p))
-        q = np.where(low, 1.0 - lo_f, np.where(high, 1.0 - hi_f, q))
-        was_clipped = low | high
     s = float(shift) if shift is not None else 0.0
     t, other = (p, q) if label == 1 else (q, p)
     with np.errstate(all="ignore"):
-        direct = np.where(t < 0.5, np.log(t + s), np.log1p(s - other))
-        log_t = direct if s != 0 else np.where(was_clipped, direct, -e.bce(label))
+        log_t = np.negative(e.bce(label)) if s == 0 else _log_shifted(t, other, s)
+        if lo is not None:
+            lo_f, hi_f = float(lo), float(hi)  # dtype values: exact in float64, and so are 1 - them
+            for bound, where in ((lo_f, p < lo_f), (hi_f, p > hi_f)):
+                if where.any():
+                    pair = (bound, 1.0 - bound) if label == 1 else (1.0 - bound, bound)
+                    log_t[where] = _log_shifted(np.array([pair[0]]), np.array([pair[1]]), s)[0]
         if clip.log_floor is not None:
             log_t = np.maximum(log_t, clip.log_floor)
-    return -log_t
+        return np.negative(log_t)
+
+
+def _log_shifted(t: np.ndarray, other: np.ndarray, s: float) -> np.ndarray:
+    """log(t + s), with t = 1 - other: log1p keeps the digits where t is near 1."""
+    return np.where(t < 0.5, np.log(t + s), np.log1p(s - other))

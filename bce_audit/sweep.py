@@ -22,6 +22,7 @@ from bce_audit import (
     fastref,
     formulas,
     gradients,
+    heap,
     impl,
     keypoints,
     metrics,
@@ -322,6 +323,7 @@ class _FastRefs:
         self.e = fastref.exact(np.where(self.finite, x64, 0.0) if self.nan.size else x64)
         self._scales: dict[tuple, tuple[fastref.Scale, np.ndarray]] = {}
         self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, fastref.Scale]] = {}
+        self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
 
     def _of(self, kind: str, label):
@@ -382,19 +384,28 @@ class _FastRefs:
             ulps[self.nan] = rels[self.nan] = np.nan
         return ulps, rels, bits  # type: ignore[return-value]
 
+    def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
+        """`fastref.clipped` at x (or at -x: ``mirrored``), once per chunk for the formulas that
+        clip alike (the pair's label-1 half is label 1's)."""
+        key = (mirrored, label, f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
+        if key not in self._clipped_memo:
+            e = self.e
+            if mirrored:
+                e = fastref.Exact64(-e.x, e.sp_pos, e.sp_neg, e.q, e.p)
+            self._clipped_memo[key] = fastref.clipped(e, label, f.clip, *clip_args)
+        return self._clipped_memo[key]
+
     def _clip_exact(self, label, f: formulas.Formula, clip_args) -> tuple[np.ndarray, np.ndarray]:
         """The clipped-exact BCE and its relative distance from the exact BCE."""
-        lo, hi, shift = clip_args
         if label == "pair":
-            mirrored = fastref.Exact64(-self.e.x, self.e.sp_pos, self.e.sp_neg, self.e.q, self.e.p)
-            clip = (fastref.clipped(mirrored, 0, f.clip, lo, hi, shift)
-                    + fastref.clipped(self.e, 1, f.clip, lo, hi, shift)) / 2
+            clip = (self._clipped(True, 0, f, clip_args) + self._clipped(False, 1, f, clip_args)) / 2
         else:
-            clip = fastref.clipped(self.e, label, f.clip, lo, hi, shift)
+            clip = self._clipped(False, label, f, clip_args)
         exact, log_exact, _ = self._of("bce", label)
         with np.errstate(all="ignore"):
-            rel = np.where(exact >= fastref.TINY, np.abs(clip - exact) / exact,
-                           np.exp(np.log(np.abs(clip)) - log_exact))
+            rel = np.abs(clip - exact) / exact
+            under = np.flatnonzero(~(exact >= fastref.TINY))  # there: relative to exp(log_exact)
+            rel[under] = np.exp(np.log(np.abs(clip[under])) - log_exact[under])
         return clip, rel
 
     def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
@@ -406,7 +417,7 @@ class _FastRefs:
     def measure_clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
         """`clipped`, with the rounding ULPs only as `measure` gives them (finite values); the
         clipped-exact columns are shared by the formulas that clip alike."""
-        key = (label, f.clip, *(None if a is None else float(a) for a in clip_args))
+        key = (label, f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
             nan = ~self.finite
@@ -578,7 +589,7 @@ class _WorstAcc:
         self.clip_rel = self.round_ulp = None
 
     def update(self, c: Column | Measured, xs: np.ndarray) -> None:
-        finite = np.isfinite(c.values.astype(np.float64, copy=False))
+        finite = np.isfinite(c.values)
         n_finite = int(np.count_nonzero(finite))
         self.points += len(finite)
         self.nonfinite += len(finite) - n_finite
@@ -742,7 +753,7 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
 
         # forkserver: never fork a process that may hold threads (JAX, BLAS) mid-lock
         ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=heap.tune) as pool:
             yield from zip(ks, pool.map(audit_chunk, *zip(*args, strict=True)), strict=True)
     else:
         for k, a in zip(ks, args, strict=True):
