@@ -26,6 +26,7 @@ from bce_audit import (
     files,
     formulas,
     gate,
+    heap,
     impl,
     keypoints,
     plot,
@@ -608,4 +609,5 @@ def _write(path: str, text: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    heap.tune()
     cli.main()

@@ -69,9 +69,19 @@ class Exact64:
 
 
 def exact(x: np.ndarray) -> Exact64:
-    """The exact values at dtype values x (converted to float64 exactly)."""
+    """The exact values at dtype values x (converted to float64 exactly).
+
+    Equal bit for bit to ``softplus(-x), softplus(x), sigmoid(x), sigmoid(-x)``: all four share
+    one ``exp(-|x|)`` and one ``log1p`` of it (``softplus(-x)`` adds ``-x`` where it is positive).
+    """
     xf = np.asarray(x).astype(np.float64)
-    return Exact64(xf, softplus(-xf), softplus(xf), sigmoid(xf), sigmoid(-xf))
+    with np.errstate(all="ignore"):
+        e = np.exp(-np.abs(xf))
+        tail = np.log1p(e)
+        one_e = 1.0 + e
+        big, small = 1.0 / one_e, e / one_e  # sigmoid of +|x| and of -|x|
+        return Exact64(xf, np.where(xf < 0, tail - xf, tail), np.where(xf > 0, xf + tail, tail),
+                       np.where(xf >= 0, big, small), np.where(xf <= 0, big, small))
 
 
 def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
@@ -125,6 +135,68 @@ def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | Non
     return diff, rel, ulps, bits
 
 
+@dataclass(frozen=True)
+class Scale:
+    """The part of `errors` that depends only on the exact values, worked out once and reused by
+    every computed column measured against them (`measure`): each formula and label that shares
+    an exact column shares its ULPs, zeros and underflows."""
+
+    exact: np.ndarray
+    mag: np.ndarray
+    inv_ulp: np.ndarray  # 1 / (the dtype's ULP at the exact value): a power of two, so exact
+    log_exact: np.ndarray | None
+    complement: np.ndarray | None
+    zero: np.ndarray     # indices where |exact| is not > 0
+    under: np.ndarray    # indices where |exact| underflows float64 (``log_exact`` carries it)
+    sub: float           # the dtype's smallest subnormal
+
+    def measure(self, computed: np.ndarray, rel: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """ULPs, relative and absolute errors of ``computed``, equal bit for bit to those of `errors`
+        wherever ``computed`` is finite (elsewhere: don't care). ``rel=False`` skips the relative
+        errors."""
+        c = np.asarray(computed).astype(np.float64)
+        e, mag = self.exact, self.mag
+        with np.errstate(all="ignore"):
+            diff = np.subtract(c, e)
+            np.abs(diff, out=diff)
+            if self.complement is not None:
+                near_one = mag >= 0.5
+                diff = np.where(near_one, np.abs((c * np.sign(e) - 1.0) + self.complement), diff)
+            ulps = diff * self.inv_ulp  # = diff / ULP: scaling by a power of two rounds once
+            rels = None
+            if rel:
+                rels = np.divide(diff, mag)
+                if self.zero.size:
+                    rels[self.zero] = np.where(diff[self.zero] == 0, 0.0, np.inf)
+            if self.log_exact is not None and self.under.size:
+                i = self.under[np.isfinite(c[self.under])]
+                ci, le = c[i], self.log_exact[i]
+                zero = ci == 0
+                ulps[i] = np.where(zero, np.exp(le - np.log(self.sub)), np.abs(ci) / self.sub)
+                diff[i] = np.where(zero, np.exp(le), np.abs(ci))  # exp(le): what float(mpf) gives
+                if rels is not None:
+                    rels[i] = np.where(zero, 1.0, np.exp(np.log(np.abs(ci)) - le))
+        return ulps, rels, diff
+
+
+def scale(exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
+          complement: np.ndarray | None = None, below: np.ndarray | None = None) -> Scale:
+    """The `Scale` of an exact column (arguments as for `errors`)."""
+    e = np.asarray(exact_, dtype=np.float64)
+    mag = np.abs(e)
+    _, k = np.frexp(mag)
+    if complement is not None:
+        k = np.where(mag >= 0.5, 0, k)
+    if below is not None:
+        k = np.where(below & (mag > 0), k - 1, k)
+    k = np.where(mag == 0, info.minexp + 1, k)
+    inv_ulp = np.ldexp(1.0, info.nmant - np.maximum(k - 1, info.minexp))
+    le = None if log_exact is None else np.asarray(log_exact, dtype=np.float64)
+    return Scale(e, mag, inv_ulp, le, complement, np.flatnonzero(~(mag > 0)), np.flatnonzero(mag < TINY),
+                 float(info.smallest_subnormal))
+
+
 def on_power_of_two(values: np.ndarray) -> np.ndarray:
     """Values that are exactly a power of two (where rounding may have crossed a binade)."""
     m, _ = np.frexp(np.abs(np.asarray(values, dtype=np.float64)))
@@ -163,20 +235,27 @@ def ties(kind: str, label, x: np.ndarray, exact_: np.ndarray, complement: np.nda
 
 
 def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:
-    """`reference.clipped_exact`, vectorised: the clipping formula in exact arithmetic."""
+    """`reference.clipped_exact`, vectorised: the clipping formula in exact arithmetic.
+
+    Where p is clipped, t and 1 - t are the bounds: two logs of constants, not of the column.
+    Unshifted and unclipped, log(t) is -softplus, exactly.
+    """
     p, q = e.p, e.q
-    was_clipped = np.zeros(p.shape, dtype=bool)
-    if lo is not None:
-        lo_f, hi_f = float(lo), float(hi)  # dtype values: exact in float64, and so are 1 - them
-        low, high = p < lo_f, p > hi_f
-        p = np.where(low, lo_f, np.where(high, hi_f, p))
-        q = np.where(low, 1.0 - lo_f, np.where(high, 1.0 - hi_f, q))
-        was_clipped = low | high
     s = float(shift) if shift is not None else 0.0
     t, other = (p, q) if label == 1 else (q, p)
     with np.errstate(all="ignore"):
-        direct = np.where(t < 0.5, np.log(t + s), np.log1p(s - other))
-        log_t = direct if s != 0 else np.where(was_clipped, direct, -e.bce(label))
+        log_t = np.negative(e.bce(label)) if s == 0 else _log_shifted(t, other, s)
+        if lo is not None:
+            lo_f, hi_f = float(lo), float(hi)  # dtype values: exact in float64, and so are 1 - them
+            for bound, where in ((lo_f, p < lo_f), (hi_f, p > hi_f)):
+                if where.any():
+                    pair = (bound, 1.0 - bound) if label == 1 else (1.0 - bound, bound)
+                    log_t[where] = _log_shifted(np.array([pair[0]]), np.array([pair[1]]), s)[0]
         if clip.log_floor is not None:
             log_t = np.maximum(log_t, clip.log_floor)
-    return -log_t
+        return np.negative(log_t)
+
+
+def _log_shifted(t: np.ndarray, other: np.ndarray, s: float) -> np.ndarray:
+    """log(t + s), with t = 1 - other: log1p keeps the digits where t is near 1."""
+    return np.where(t < 0.5, np.log(t + s), np.log1p(s - other))

@@ -396,6 +396,21 @@ def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) ->
     return lambda v: formula(v, np.full(np.shape(v), label), eps, ev)
 
 
+def loss_values(formula: Formula, eps: float | None, labels: Sequence[Label], ev: Evaluator,
+                x: np.ndarray) -> list[np.ndarray]:
+    """``loss_fn(formula, eps, label, ev)(x)`` for each label; with label 1 asked for too, the
+    pair's label-1 half is label 1's values (the same evaluation: y is 1 either way)."""
+    out: dict = {}
+    for label in labels:
+        if label == "pair" and 1 in out:
+            l0 = formula(-np.asarray(x), np.zeros(np.shape(x)), eps, ev)
+            with np.errstate(all="ignore"):
+                out[label] = (l0 + out[1]) * ev.c(0.5)
+        else:
+            out[label] = loss_fn(formula, eps, label, ev)(x)
+    return [out[label] for label in labels]
+
+
 @functools.lru_cache(maxsize=64)
 def _label_table(dtype: str, mode: str, formula: str, eps: float | None, label: Label) -> np.ndarray:
     """A built-in formula over every finite value of an 8- or 16-bit dtype, once per label; the

@@ -23,6 +23,7 @@ from bce_audit import (
     fastref,
     formulas,
     gradients,
+    heap,
     impl,
     keypoints,
     metrics,
@@ -185,13 +186,24 @@ class _MpRefs:
 
 
 class _FastRefs:
-    """The vectorised float64 baseline (`fastref`), for dtypes of 32 bits or fewer."""
+    """The vectorised float64 baseline (`fastref`), for dtypes of 32 bits or fewer.
+
+    What depends only on the inputs is worked out once per chunk and shared by every series:
+    each exact column's `fastref.Scale` (its ULPs, and the ties only mpmath decides), each clipped
+    exact column, and the mpmath baseline at the inputs of those ties.
+    """
 
     def __init__(self, info: dtypes.DtypeInfo, xd: np.ndarray):
         self.info = info
         self.xd = xd
-        self.finite = np.isfinite(np.asarray(xd).astype(np.float64))
-        self.e = fastref.exact(np.where(self.finite, xd.astype(np.float64), 0.0))
+        x64 = np.asarray(xd).astype(np.float64)
+        self.finite = np.isfinite(x64)
+        self.nan = np.flatnonzero(~self.finite)  # inputs with no exact value: every measure is NaN
+        self.e = fastref.exact(np.where(self.finite, x64, 0.0) if self.nan.size else x64)
+        self._scales: dict[tuple, tuple[fastref.Scale, np.ndarray]] = {}
+        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, fastref.Scale]] = {}
+        self._clipped_memo: dict[tuple, np.ndarray] = {}
+        self._mp: dict[int, reference.Exact] = {}
 
     def _of(self, kind: str, label):
         """The exact values, their log where they underflow, and their complement to 1."""
@@ -205,6 +217,14 @@ class _FastRefs:
             return e.bce(lab), e.log_bce(lab), None
         return e.grad(lab), e.log_grad_magnitude(lab), (e.p if lab == 1 else e.q)
 
+    def _mp_errors(self, i: int, kind: str, label, value) -> metrics.Errors:
+        """The errors at input i by the mpmath baseline (computed once per input and chunk)."""
+        e = self._mp.get(i)
+        if e is None:
+            e = self._mp[i] = reference.exact(self.xd[i])
+        return metrics.errors(value, _MpRefs.exact_of(e, kind, label), self.info,
+                              _MpRefs.complement_of(e, kind, label), _MpRefs.below_of(e, kind, label))
+
     def errors(self, kind: str, label, values: np.ndarray):
         exact, log_exact, comp = self._of(kind, label)
         # An exact value that float64 rounds onto a power of two may lie just below it, in the
@@ -213,30 +233,85 @@ class _FastRefs:
         cols = [np.array(a, dtype=np.float64)
                 for a in fastref.errors(values, exact, log_exact, self.info, comp, below)]
         for i in np.flatnonzero(undecided & self.finite):
-            e = reference.exact(self.xd[i])
-            ex = _MpRefs.exact_of(e, kind, label)
-            comp_i = _MpRefs.complement_of(e, kind, label)
-            err = metrics.errors(values[i], ex, self.info, comp_i, _MpRefs.below_of(e, kind, label))
+            err = self._mp_errors(int(i), kind, label, values[i])
             for col, v in zip(cols, (err.abs, err.rel, err.ulp, err.bits), strict=True):
                 col[i] = v
         nan = ~self.finite
         return [np.where(nan, np.nan, a) for a in (exact, *cols)]
 
-    def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
-        lo, hi, shift = clip_args
+    def _scale(self, kind: str, label) -> tuple[fastref.Scale, np.ndarray]:
+        """The `fastref.Scale` of one exact column and the inputs where mpmath decides a tie."""
+        key = (kind, 1 if label == "pair" else label)
+        if key not in self._scales:
+            exact, log_exact, comp = self._of(kind, label)
+            below, undecided = fastref.ties(kind, label, self.e.x, exact, comp)
+            self._scales[key] = (fastref.scale(exact, log_exact, self.info, comp, below),
+                                 np.flatnonzero(undecided & self.finite))
+        return self._scales[key]
+
+    def measure(self, kind: str, label, values: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
+        """The exact column, and ULPs, relative and absolute errors as `errors` gives them
+        wherever values are finite; the bits of error where the mpmath baseline decided
+        (elsewhere they are log2(1 + ULPs))."""
+        sc, undecided = self._scale(kind, label)
+        ulps, rels, diffs = sc.measure(values)
+        assert rels is not None  # asked for
+        bits = {}
+        for i in undecided.tolist():
+            err = self._mp_errors(i, kind, label, values[i])
+            ulps[i], rels[i], diffs[i], bits[i] = err.ulp, err.rel, err.abs, err.bits
+        exact = self._of(kind, label)[0]
+        if self.nan.size:
+            ulps[self.nan] = rels[self.nan] = diffs[self.nan] = np.nan
+            exact = np.where(self.finite, exact, np.nan)
+        return exact, ulps, rels, diffs, bits
+
+    def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
+        """`fastref.clipped` at x (or at -x: ``mirrored``), once per chunk for the formulas that
+        clip alike (the pair's label-1 half is label 1's)."""
+        assert f.clip is not None  # a clipping formula
+        key = (mirrored, label, f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
+        if key not in self._clipped_memo:
+            e = self.e
+            if mirrored:
+                e = fastref.Exact64(-e.x, e.sp_pos, e.sp_neg, e.q, e.p)
+            self._clipped_memo[key] = fastref.clipped(e, label, f.clip, *clip_args)
+        return self._clipped_memo[key]
+
+    def _clip_exact(self, label, f: formulas.Formula, clip_args) -> tuple[np.ndarray, np.ndarray]:
+        """The clipped-exact BCE and its relative distance from the exact BCE."""
         if label == "pair":
-            mirrored = fastref.Exact64(-self.e.x, self.e.sp_pos, self.e.sp_neg, self.e.q, self.e.p)
-            clip = (fastref.clipped(mirrored, 0, f.clip, lo, hi, shift)
-                    + fastref.clipped(self.e, 1, f.clip, lo, hi, shift)) / 2
+            clip = (self._clipped(True, 0, f, clip_args) + self._clipped(False, 1, f, clip_args)) / 2
         else:
-            clip = fastref.clipped(self.e, label, f.clip, lo, hi, shift)
+            clip = self._clipped(False, label, f, clip_args)
         exact, log_exact, _ = self._of("bce", label)
         with np.errstate(all="ignore"):
-            rel = np.where(exact >= fastref.TINY, np.abs(clip - exact) / exact,
-                           np.exp(np.log(np.abs(clip)) - log_exact))
+            rel = np.abs(clip - exact) / exact
+            under = np.flatnonzero(~(exact >= fastref.TINY))  # there: relative to exp(log_exact)
+            rel[under] = np.exp(np.log(np.abs(clip[under])) - log_exact[under])
+        return clip, rel
+
+    def clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
+        clip, rel = self._clip_exact(label, f, clip_args)
         _, _, ulps, _ = fastref.errors(values, clip, None, self.info)
         nan = ~self.finite
         return [np.where(nan, np.nan, a) for a in (clip, rel, ulps)]
+
+    def measure_clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
+        """`clipped`, with the rounding ULPs only as `measure` gives them (finite values); the
+        clipped-exact columns are shared by the formulas that clip alike."""
+        assert f.clip is not None  # a clipping formula
+        key = (label, f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
+        if key not in self._clips:
+            clip, rel = self._clip_exact(label, f, clip_args)
+            sc = fastref.scale(clip, None, self.info)
+            if self.nan.size:
+                clip, rel = clip.copy(), rel.copy()
+                clip[self.nan] = rel[self.nan] = np.nan
+            self._clips[key] = clip, rel, sc
+        clip, rel, sc = self._clips[key]
+        return clip, rel, sc.measure(values, rel=False)[0]
 
 
 @dataclass
@@ -259,9 +334,92 @@ class Column:
     def key(self) -> tuple:
         return (self.quantity, self.formula, self.eps, str(self.label))
 
+    def bits_at(self, i: int) -> float:
+        return float(self.bits[i])
+
+
+@dataclass
+class Measured:
+    """One series over a chunk, measured for its worst errors only: ULPs and relative errors at
+    every point (equal to a `Column`'s wherever the value is finite), bits at any one point."""
+
+    quantity: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    values: np.ndarray
+    exact: np.ndarray
+    ulp_err: np.ndarray
+    rel_err: np.ndarray
+    abs_err: np.ndarray
+    mp_bits: dict[int, float]  # bits of error where the mpmath baseline decided a tie
+    clip: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def bits_at(self, i: int) -> float:
+        if i in self.mp_bits:
+            return self.mp_bits[i]
+        with np.errstate(all="ignore"):
+            return float(np.log2(1.0 + self.ulp_err[i:i + 1])[0])  # as `fastref.errors` computes them
+
 
 def _arrays(cols) -> list[np.ndarray]:
     return [np.asarray(c, dtype=np.float64) for c in cols]
+
+
+def _series(s: Settings, dtype: str, xd: np.ndarray, basics: bool = True, backend=None):
+    """Every series of one dtype evaluated at its values xd (a generator): (quantity, formula,
+    eps, label, values, clip), clip being (formula, clip args) for a clipping formula, else None.
+
+    The built-in formulas share one sigmoid and log-sigmoid per distinct input (`Evaluator` memo).
+    """
+    ev = Evaluator(dtype, s.mode, backend.ops() if backend else None, memo=backend is None)
+    if basics:
+        yield "sigmoid", None, None, None, formulas.evaluate_sigmoid(xd, ev), None
+        yield "roundtrip", None, None, None, formulas.evaluate_roundtrip(xd, ev), None
+    for name in s.formulas:
+        f = formulas.get(name)
+        fev = Evaluator(dtype, s.mode) if impl.is_impl(name) else ev  # user code gets arrays of its own
+        if backend is not None and f.kind == "bce":
+            f, fev = backend.formula(name), ev
+            if f is None:
+                continue
+        if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
+            uev = Evaluator(dtype, s.mode, f.ops)
+            if f.kind == "sigmoid":
+                yield "sigmoid", name, None, None, formulas.evaluate_sigmoid(xd, uev), None
+            yield "roundtrip", name, None, None, formulas.evaluate_roundtrip(xd, uev), None
+            continue
+        for eps in s.eps if f.uses_eps else (None,):
+            clip_args = keypoints.clip_args(f, eps, fev) if f.clip is not None else None
+            if fev is ev and backend is None:  # a built-in model: labels share what they can
+                per_label = keypoints.loss_values(f, eps, s.labels, fev, xd)
+            else:
+                per_label = [keypoints.loss_fn(f, eps, label, fev)(xd) for label in s.labels]
+            for label, values in zip(s.labels, per_label, strict=True):
+                yield "bce", name, eps, label, values, (f, clip_args) if clip_args is not None else None
+            if s.grad and gradients.has_grad(name, backend):
+                for label in (lab for lab in s.labels if isinstance(lab, int)):  # not the "pair"
+                    values = gradients.grad_fn(name, eps, label, fev, backend)(xd)
+                    yield "grad", name, eps, label, values, None
+
+
+def _column(refs, quantity, formula, eps, label, values, clip=None) -> Column:
+    """One series with every error measure at every point."""
+    values = np.asarray(values)
+    exact, ab, rel, ulp, bits = _arrays(refs.errors(quantity, label, values))
+    extra = None
+    if clip is not None:
+        clip_exact, clip_rel, round_ulp = _arrays(refs.clipped(label, clip[0], clip[1], values))
+        extra = (clip_exact, clip_rel, round_ulp)
+    return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, bits, extra)
+
+
+def _measured(refs: _FastRefs, quantity, formula, eps, label, values, clip=None) -> Measured:
+    """One series measured for its worst errors only (the fast baseline)."""
+    values = np.asarray(values)
+    exact, ulps, rels, diffs, bits = refs.measure(quantity, label, values)
+    extra = None if clip is None else refs.measure_clipped(label, clip[0], clip[1], values)
+    return Measured(quantity, formula, eps, label, values, exact, ulps, rels, diffs, bits, extra)
 
 
 def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backend=None):
@@ -271,42 +429,20 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
     baseline is `fastref` for dtypes of 32 bits or fewer unless ``s.reference`` is "mpmath".
     """
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, s.mode, backend.ops() if backend else None)
-    xd = ev.arr(xs)
-    refs = _FastRefs(info, xd) if s.reference == "fast" and fastref.serves(info) else _MpRefs(info, xd)
+    xd = Evaluator(dtype, s.mode).arr(xs)
+    refs = _FastRefs(info, xd) if _fast(s, info) else _MpRefs(info, xd)
+    for series in _series(s, dtype, xd, basics, backend):
+        yield _column(refs, *series)
 
-    def col(quantity, formula, eps, label, values, clip=None) -> Column:
-        values = np.asarray(values)
-        exact, ab, rel, ulp, bits = _arrays(refs.errors(quantity, label, values))
-        extra = None
-        if clip is not None:
-            clip_exact, clip_rel, round_ulp = _arrays(refs.clipped(label, clip[0], clip[1], values))
-            extra = (clip_exact, clip_rel, round_ulp)
-        return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, bits, extra)
 
-    if basics:
-        yield col("sigmoid", None, None, None, formulas.evaluate_sigmoid(xd, ev))
-        yield col("roundtrip", None, None, None, formulas.evaluate_roundtrip(xd, ev))
-    for name in s.formulas:
-        f = formulas.get(name)
-        if backend is not None and f.kind == "bce":
-            f = backend.formula(name)
-            if f is None:
-                continue
-        if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
-            uev = Evaluator(dtype, s.mode, f.ops)
-            if f.kind == "sigmoid":
-                yield col("sigmoid", name, None, None, formulas.evaluate_sigmoid(xd, uev))
-            yield col("roundtrip", name, None, None, formulas.evaluate_roundtrip(xd, uev))
-            continue
-        for eps in s.eps if f.uses_eps else (None,):
-            clip_args = keypoints.clip_args(f, eps, ev) if f.clip is not None else None
-            for label in s.labels:
-                values = keypoints.loss_fn(f, eps, label, ev)(xd)
-                yield col("bce", name, eps, label, values, (f, clip_args) if clip_args is not None else None)
-            if s.grad and gradients.has_grad(name, backend):
-                for label in (lab for lab in s.labels if not isinstance(lab, str)):  # str: "pair"
-                    yield col("grad", name, eps, label, gradients.grad_fn(name, eps, label, ev, backend)(xd))
+def _fast(s: Settings, info: dtypes.DtypeInfo) -> bool:
+    return s.reference == "fast" and fastref.serves(info)
+
+
+def _sampled_fast(s: Settings, info: dtypes.DtypeInfo, index: list[int] | None) -> bool:
+    """Whether a chunk measures every point for its worst errors only: rows are sampled (not
+    all kept) and the baseline is the fast one."""
+    return index is not None and _fast(s, info)
 
 
 def block(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, where: str,
@@ -346,26 +482,30 @@ class _WorstAcc:
         self.nonfinite = self.points = 0
         self.clip_rel = self.round_ulp = None
 
-    def update(self, c: Column, xs: np.ndarray, xd: np.ndarray) -> None:
-        vals = c.values.astype(np.float64)
-        finite = np.isfinite(vals)
-        self.points += len(vals)
-        bad = np.flatnonzero(~finite)
-        self.nonfinite += len(bad)
-        if len(bad):
-            j = int(bad[0])
-            self.first_nonfinite = (float(xd[j]), float(vals[j]), float(c.exact[j]))
-        if finite.any():
-            ulp = np.where(finite, c.ulp_err, -np.inf)
+    def update(self, c: Column | Measured, xs: np.ndarray, xd: np.ndarray) -> None:
+        finite = np.isfinite(c.values)
+        n_finite = int(np.count_nonzero(finite))
+        self.points += len(finite)
+        if n_finite < len(finite) and not self.nonfinite:
+            j = int(np.argmin(finite))  # the first non-finite result
+            self.first_nonfinite = (float(xd[j]), float(c.values[j]), float(c.exact[j]))
+        self.nonfinite += len(finite) - n_finite
+        if n_finite:
+            every = n_finite == len(finite)  # then the masks below would change nothing
+            ulp = c.ulp_err if every else np.where(finite, c.ulp_err, -np.inf)
             i = int(np.argmax(ulp))
             if ulp[i] > self.ulp:
-                self.ulp, self.bits, self.x = float(ulp[i]), float(c.bits[i]), float(xs[i])
-                self.at = (float(xd[i]), float(vals[i]), float(c.exact[i]))
-            self.rel = max(self.rel, float(np.max(np.where(finite, c.rel_err, -np.inf))))
-            self.abs = max(self.abs, float(np.max(np.where(finite, c.abs_err, -np.inf))))
+                self.ulp, self.bits, self.x = float(ulp[i]), c.bits_at(i), float(xs[i])
+                self.at = (float(xd[i]), float(c.values[i]), float(c.exact[i]))
+            rel = c.rel_err if every else np.where(finite, c.rel_err, -np.inf)
+            self.rel = max(self.rel, float(np.max(rel)))
+            ab = c.abs_err if every else np.where(finite, c.abs_err, -np.inf)
+            self.abs = max(self.abs, float(np.max(ab)))
             if c.clip is not None:
                 has = finite & ~np.isnan(c.clip[0])
-                if has.any():
+                if has.all():
+                    self._clip(float(np.max(c.clip[1])), float(np.max(c.clip[2])))
+                elif has.any():
                     self._clip(float(np.max(c.clip[1][has])), float(np.max(c.clip[2][has])))
 
     def _clip(self, cr: float | None, ru: float | None) -> None:
@@ -418,12 +558,34 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
     xd = Evaluator(dtype, s.mode).arr(xs)
-    worst, blocks = [], []
-    for c in columns(s, dtype, xs, backend=backend):
+    worst: list[Worst] = []
+    blocks: list[Block] = []
+
+    def reduce(c: Column | Measured) -> None:
         acc = _WorstAcc((dtype, s.mode, c.quantity, c.formula, c.eps, c.label))
         acc.update(c, xs, xd)
         worst.append(acc.worst())
-        blocks.append(block(c, s, dtype, xs, xd, where, index))
+
+    info = dtypes.get(dtype)
+    if not _sampled_fast(s, info, index):
+        for c in columns(s, dtype, xs, backend=backend):
+            reduce(c)
+            blocks.append(block(c, s, dtype, xs, xd, where, index))
+        return ChunkResult(worst, blocks)
+    # The fast baseline: every point measured for the worst errors only, the kept rows in full
+    # (every measure is elementwise, so the kept points alone give the same numbers).
+    refs = _FastRefs(info, xd)
+    kept = _FastRefs(info, xd[index]) if index else None
+    for series in _series(s, dtype, xd, backend=backend):
+        reduce(_measured(refs, *series))
+        quantity, formula, eps, label, values, clip = series
+        if kept is None:
+            names = ROW_FLOATS + (CLIP_FLOATS if clip is not None else ())
+            blocks.append(Block(dtype, s.mode, where, quantity, formula, eps, label,
+                                {n: np.empty(0) for n in names}))
+            continue
+        c = _column(kept, quantity, formula, eps, label, np.asarray(values)[index], clip)
+        blocks.append(block(c, s, dtype, xs[index], xd[index], where))
     return ChunkResult(worst, blocks)
 
 
@@ -491,6 +653,18 @@ def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int
         yield r
 
 
+POOL_MIN_POINTS = 1 << 22  # fast-baseline grid points below which a process pool costs more than it saves
+
+
+def _pool_pays(s: Settings, dtype: str, specs: list) -> bool:
+    """Whether a process pool is worth its start-up: a fresh interpreter that imports the package,
+    then a worker each (about 0.5 s on 2 cores, against about 25 ms a chunk of 65,536 points
+    on the fast baseline). Every grid on the mpmath baseline (milliseconds a point) pays."""
+    if not _fast(s, dtypes.get(dtype)):
+        return True
+    return sum(stop - start for start, stop, _ in specs) >= POOL_MIN_POINTS
+
+
 def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, scheduler: str | None):
     """Yield (k, result) for each chunk spec, in order, wherever the work runs."""
     users = formulas.sources(s.formulas)
@@ -498,13 +672,13 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
     if scheduler:
         from bce_audit import distributed
         yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
-    elif jobs > 1 and len(args) > 1 and s.backend == "numpy":
+    elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and _pool_pays(s, dtype, specs):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         # forkserver: never fork a process that may hold threads (JAX, BLAS) mid-lock
         ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=heap.tune) as pool:
             # a window of chunks in flight: finished results never pile up behind a slow reader
             work = iter(zip(ks, args, strict=True))
             pending = collections.deque((k, pool.submit(audit_chunk, *a))

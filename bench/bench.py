@@ -67,6 +67,32 @@ def per_point_mpmath(xs: np.ndarray, prec: int = 113) -> float:
     return (time.perf_counter() - t) / len(xs)
 
 
+NUMPY_26 = """
+import sys, time
+import numpy as np
+if sys.argv[3] == "tuned":
+    from bce_audit import heap
+    heap.tune()
+x = np.arange(int(sys.argv[1]), int(sys.argv[2]) + 1).astype(np.uint32).view(np.float32).astype(np.float64)
+best = float("inf")
+for _ in range({repeat}):
+    t = time.perf_counter()
+    for _ in range(26):
+        np.log1p(np.exp(-x))
+    best = min(best, time.perf_counter() - t)
+print(best)
+"""
+
+
+def numpy_26(first: int, last: int, tuned: bool) -> float:
+    """Seconds numpy takes for 26 float64 columns of log1p(exp(-x)) over the float32 values with bit
+    patterns first..last (best of REPEAT), in a process of its own; ``tuned``: after `heap.tune`."""
+    code = NUMPY_26.format(repeat=REPEAT)
+    out = subprocess.run([sys.executable, "-c", code, str(first), str(last), "tuned" if tuned else "plain"],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out)
+
+
 def line(name: str, value: str, ratio: str, target: str, ok: bool | None) -> None:
     mark = "" if ok is None else ("  ok" if ok else "  MISSED")
     print(f"  {name:<52} {value:>10}  {ratio:>16}  {target}{mark}")
@@ -121,6 +147,7 @@ def main() -> int:
     t_points = best_cold([*cli, "points", "--dtype", "all"])
     line("5. points --dtype all, cold", f"{t_points:.2f} s", f"{t_points / t_import:.1f}x import",
          "< 1 s", t_points < 1)
+    exhaustive_float32(cli)
     streams(cli)
     gate_grid(cli)
     return 0
@@ -169,3 +196,44 @@ def gate_grid(cli: list[str]) -> None:
          "<= 1.5x sweep", t_gate <= 1.5 * t_sweep)
     line("   ... gate grid check: peak RSS", f"{rss_gate:.0f} MB", f"{rss_gate / rss_sweep:.2f}x sweep",
          "<= 1.5x sweep", rss_gate <= 1.5 * rss_sweep)
+
+def exhaustive_float32(cli: list[str]) -> None:
+    """Target 6: every float32 in [16, 18] (2^20 + 1 inputs, all formulas and labels, key points
+    included, default --jobs) against numpy's 26 float64 log1p(exp(-x)) columns of those inputs."""
+    from bce_audit import dtypes, records, sweep
+
+    info = dtypes.get("float32")
+    lo, hi = dtypes.exhaustive_bounds(info, (16.0, 18.0))
+    n = hi - lo + 1
+    bits = [int(np.asarray(info.value(o)).view(np.uint32)) for o in (lo, hi)]  # positive: in order
+    t_np = numpy_26(*bits, tuned=False)
+    t_np_tuned = numpy_26(*bits, tuned=True)
+    args = [*cli, "sweep", "--exhaustive", "--dtype", "float32", "--rows", "11", "--no-cache"]
+    t_sweep = best([*args, "--range", "16:18"])
+    t_small = best([*args, "--range", "16:16.0001"])  # the same run on 53 inputs: its fixed costs
+    n_small = sweep.grid_size(records.Settings(exhaustive=True, range=(16.0, 16.0001)), "float32")
+    per_input = (t_sweep - t_small) / (n - n_small)
+    line("numpy: 26 float64 log1p(exp(-x)) columns, 2^20 inputs", f"{t_np:.3f} s", "1.0x numpy",
+         "(reference)", None)
+    line("   ... after heap.tune (as the CLI runs)", f"{t_np_tuned:.3f} s",
+         f"{t_np_tuned / t_np:.2f}x numpy", "", None)
+    line("6. sweep --exhaustive float32 16:18, default jobs", f"{t_sweep:.2f} s",
+         f"{t_sweep / t_np:.1f}x numpy", "<= 5x numpy", t_sweep <= 5 * t_np)
+    line("   ... against numpy after heap.tune", "", f"{t_sweep / t_np_tuned:.1f}x numpy", "", None)
+    line("   ... fixed costs (start-up, key points, report)", f"{t_small:.2f} s",
+         f"{t_small / t_sweep:.0%} of it", "", None)
+    line("   ... each further input", f"{per_input * 1e9:.0f} ns", f"{per_input * n / t_np:.1f}x numpy",
+         "", None)
+    every = per_input * 2 ** 32
+    line("   ... every float32 (2^32 inputs), this machine", _duration(every), "at that rate, serial",
+         "", None)
+    line("   ... on a 64-worker Dask cluster", _duration(every / 64), "linear scaling",
+         "(assumed)", None)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -65,8 +65,10 @@ def user_module(request, tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks are cut in this process: small ones make several tasks of a small grid."""
+    """Chunks are cut in this process: small ones make several tasks of a small grid, which the
+    pool takes however small (POOL_MIN_POINTS)."""
     monkeypatch.setattr(sweep, "CHUNK", 1000)
+    monkeypatch.setattr(sweep, "POOL_MIN_POINTS", 0)
 
 
 def sweep_args(spec: str) -> tuple[str, ...]:

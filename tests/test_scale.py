@@ -491,10 +491,23 @@ def pool_spy(monkeypatch):
 
     RecordingPool.made = []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(sweep, "POOL_MIN_POINTS", 0)  # these grids are small: make the pool run anyway
     return RecordingPool.made
 
 
 MULTI = Settings(points=3 * CHUNK + 17, range=(-60.0, 60.0), keep=11)
+
+
+def test_small_fast_grids_run_without_a_pool(monkeypatch):
+    import concurrent.futures
+
+    RecordingPool.made = []
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    sweep.run_sweep(MULTI, jobs=2)
+    assert RecordingPool.made == []  # under POOL_MIN_POINTS on the fast baseline: serial
+    monkeypatch.setattr(sweep, "CHUNK", 100)
+    sweep.run_sweep(replace(MULTI, points=250, reference="mpmath", formulas=("naive",)), jobs=2)
+    assert RecordingPool.made == [2]  # the mpmath baseline always pays for the pool
 
 
 def test_jobs_2_equals_jobs_1(pool_spy):
