@@ -90,12 +90,22 @@ class DtypeInfo:
         """Small enough to evaluate every finite value (8- and 16-bit formats)."""
         return self.bits <= 16
 
+    def ulp_exponent(self, binade):
+        """log2 of the dtype's ULP, the gap between consecutive values, in the binade
+        [2**binade, 2**(binade + 1)); below the normals the subnormal gap. The one definition of
+        an ULP: the exact (Fraction), mpmath and vectorised (numpy) measures all take it from here.
+
+        >>> get("float32").ulp_exponent(0), get("float32").ulp_exponent(-200)
+        (-23, -149)
+        """
+        if isinstance(binade, (int, np.integer)):
+            return max(int(binade), self.minexp) - self.nmant
+        return np.maximum(binade, self.minexp) - self.nmant
+
     def ulp(self, magnitude: Fraction) -> Fraction:
         """Gap between consecutive dtype values at |magnitude| (subnormal spacing near zero)."""
-        if magnitude == 0:
-            return self.smallest_subnormal
-        e = _floor_log2(abs(magnitude))
-        return Fraction(2) ** (max(e, self.minexp) - self.nmant)
+        e = self.minexp if magnitude == 0 else _floor_log2(abs(magnitude))
+        return Fraction(2) ** self.ulp_exponent(e)
 
     def ordinal(self, values):
         """Ordinals of dtype values (array in, int64 array out; Python int for longdouble)."""

@@ -112,7 +112,7 @@ def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | Non
         if below is not None:
             k = np.where(below & (mag > 0), k - 1, k)
         k = np.where(mag == 0, info.minexp + 1, k)  # 0: the subnormal spacing
-        ulp = np.ldexp(1.0, np.maximum(k - 1, info.minexp) - info.nmant)
+        ulp = np.ldexp(1.0, info.ulp_exponent(k - 1))
         rel = np.where(mag > 0, diff / mag, np.where(diff == 0, 0.0, np.inf))
         ulps = diff / ulp
         if log_exact is not None:
@@ -191,7 +191,7 @@ def scale(exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
     if below is not None:
         k = np.where(below & (mag > 0), k - 1, k)
     k = np.where(mag == 0, info.minexp + 1, k)
-    inv_ulp = np.ldexp(1.0, info.nmant - np.maximum(k - 1, info.minexp))
+    inv_ulp = np.ldexp(1.0, -info.ulp_exponent(k - 1))
     le = None if log_exact is None else np.asarray(log_exact, dtype=np.float64)
     return Scale(e, mag, inv_ulp, le, complement, np.flatnonzero(~(mag > 0)), np.flatnonzero(mag < TINY),
                  float(info.smallest_subnormal))

@@ -65,8 +65,7 @@ def _compare(dtype: str, quantity: str, label, x: np.ndarray, model: np.ndarray,
         return Difference(dtype, quantity, label, len(x), 0, 0.0, None, None)
     with np.errstate(all="ignore"):
         gap = np.abs(m[bad] - r[bad])
-        ref = np.maximum(np.abs(r[bad]), float(info.tiny))
-        ulp = np.exp2(np.floor(np.log2(ref)) - info.nmant)
+        ulp = np.exp2(info.ulp_exponent(np.floor(np.log2(np.abs(r[bad])))))  # 0: the subnormal gap
         ulps = np.where(np.isfinite(gap), gap / ulp, np.inf)
     i = int(np.argmax(ulps))
     return Difference(dtype, quantity, label, len(x), int(bad.size), float(ulps[i]), float(x[bad[0]]),

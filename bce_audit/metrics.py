@@ -50,12 +50,12 @@ def ulp_of(exact: mpf, info: DtypeInfo, below_one: bool = False, below: bool = F
             e = info.minexp
         else:
             man, exp = a.man_exp
-            e = max(exp + int(man).bit_length() - 1, info.minexp)
+            e = exp + int(man).bit_length() - 1  # the binade; ulp_exponent clamps it to the normals
         if below_one and e >= 0:
             e = -1
         if below and a != 0 and a.man == 1:
-            e = max(e - 1, info.minexp)
-        return ctx.mpf((1, e - info.nmant))
+            e -= 1
+        return ctx.mpf((1, info.ulp_exponent(e)))
 
 
 def bits(ulps: float) -> float:
