@@ -52,8 +52,11 @@ def save(path: str, checks, results, configs, tolerance: float = DEFAULT_TOLERAN
 def load(path: str, checks: Sequence[Check]) -> dict:
     """Read a baseline and make sure it belongs to these checks; ConfigError otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = json.loads(files.read_limited(path).decode("utf-8"))
+    except files.TooLarge as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a bce-audit baseline (nested too deep)") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such baseline file; create it with "
                           "`bce-audit baseline save`") from None

@@ -108,7 +108,7 @@ class Cache:
             payload = doc["payload"]
             ok = (doc.get("format") == FORMAT and doc.get("key") == key
                   and doc.get("sha256") == _digest(payload))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
             ok = False
         if not ok:
             self.warn(f"cache entry {p} is corrupted or truncated: rebuilt")
@@ -137,7 +137,7 @@ class Cache:
             return None
         try:
             return decode(hit)
-        except (TypeError, KeyError, ValueError):
+        except (TypeError, KeyError, ValueError, AttributeError, IndexError, RecursionError):
             self.warn(f"cache entry {self.path(key)} does not fit this version: rebuilt")
             return None
 

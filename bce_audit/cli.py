@@ -55,9 +55,29 @@ class _Group(click.Group):
         except click.exceptions.Abort:
             click.echo("bce-audit: aborted", err=True)
             sys.exit(130)
+        except OSError as e:  # disk full, permission, a directory: one line, never a traceback
+            where = f"{e.filename!r}: " if e.filename else ""
+            click.echo(f"bce-audit: error: {where}{e.strerror or e}", err=True)
+            if not standalone_mode:
+                return 2
+            sys.exit(2)
         if not standalone_mode:
             return rv
         sys.exit(rv or 0)
+
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # `bce-audit ... | head`: the reader left, and nothing is wrong
+            _quiet_stdout()
+            raise click.exceptions.Exit(0) from None
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _one_line(msg: str) -> str:
@@ -69,6 +89,20 @@ def _fail(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- options
+
+
+_IMPL_TIMEOUT = click.option(
+    "--impl-timeout", "impl_timeout", type=float, default=None, metavar="SECONDS",
+    help=f"Stop an impl: function (or its import) that runs longer than this (default {impl.TIMEOUT:g}; "
+         "0: no limit): it is reported as an error, not waited for.")
+
+
+def _impl_timeout(value: float | None) -> None:
+    if value is None:
+        return
+    if not (math.isfinite(value) and value >= 0):
+        _fail(f"--impl-timeout {value!r} must be a number of seconds, 0 or more")
+    impl.TIMEOUT = value
 
 
 def _selection(f: Callable) -> Callable:
@@ -87,6 +121,7 @@ def _selection(f: Callable) -> Callable:
         click.option("--impl-kind", "kind", type=click.Choice(impl.KINDS), default="bce-logits",
                      show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
                                              "sigmoid f(x) or logit f(p)."),
+        _IMPL_TIMEOUT,
         click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
                      help="per-op: every op rounds to the dtype; upcast: framework ops on dtypes "
                           "narrower than float32 run in float32 and round once (PyTorch opmath)."),
@@ -178,6 +213,7 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
 def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True,
               formats: tuple[str, ...] = FORMATS) -> tuple[Settings, dict]:
     """Validate options (and --config) once into Settings plus the output choices."""
+    _impl_timeout(kw.get("impl_timeout"))  # before the config imports any impl: module
     try:
         values, origin = _merge(kw)
         s = config.build_settings(values, origin, default_dtypes, with_grid)
@@ -244,13 +280,13 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
     """Render in the chosen format to stdout or, atomically, to --output."""
     fmt, path = kw["fmt"], kw["output"]
     out = render(fmt)
-    if path is None:
-        if isinstance(out, str):
-            click.echo(out, nl=False)
-        else:
-            report.print_view(out)
-        return
     try:
+        if path is None:
+            if isinstance(out, str):
+                click.echo(out, nl=False)
+            else:
+                report.print_view(out)
+            return
         with files.atomic_open(path) as f:
             if isinstance(out, str):
                 f.write(out)
@@ -258,6 +294,10 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
                 report.print_view(out, f)
     except files.WriteError as e:
         _fail(f"--output: {e}")
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        _fail(f"{'stdout' if path is None else f'--output {path!r}'}: {e.strerror or e}")
 
 
 def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
@@ -276,6 +316,10 @@ def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
         _fail(f"--output: {e}")
     except streams.ParquetMissing as e:
         _fail(str(e))
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        _fail(f"{'stdout' if path is None else f'--output {path!r}'}: {e.strerror or e}")
 
 
 # ---------------------------------------------------------------- commands
@@ -499,7 +543,8 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the results as JSON.")
 @click.option("--markdown", "markdown_path", default=None, metavar="FILE",
               help="Write a markdown summary (for a PR comment).")
-def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path) -> int:
+@_IMPL_TIMEOUT
+def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, impl_timeout) -> int:
     """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails, 2 on bad input.
 
     Every check runs and every failure is reported. With GITHUB_ACTIONS=true each failure is
@@ -507,6 +552,7 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     """
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
+    _impl_timeout(impl_timeout)
     try:
         checks = gate.load_checks(configs)
         base = baseline.load(baseline_path, checks) if baseline_path else None

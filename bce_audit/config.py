@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bce_audit import dtypes, formulas, impl
+from bce_audit import dtypes, files, formulas, impl
 from bce_audit.records import (
     DEFAULT_EPS,
     DEFAULT_POINTS,
@@ -166,8 +166,13 @@ class ConfigFile:
 def load(path: str) -> ConfigFile:
     """Read and type-check one TOML config; every problem is a ConfigError naming the file."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(files.read_limited(path).decode("utf-8"))
+    except files.TooLarge as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deep") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except IsADirectoryError:

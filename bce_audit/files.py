@@ -15,6 +15,22 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+MAX_INPUT = 4 << 20  # bytes a config or a baseline may have: a file (or a stream) past it is refused
+
+
+class TooLarge(ValueError):
+    """An input past MAX_INPUT bytes."""
+
+
+def read_limited(path: str, limit: int = MAX_INPUT) -> bytes:
+    """A file's bytes, read up to ``limit``: a bigger file, or a stream with no end, is refused
+    after ``limit`` + 1 bytes instead of filling the memory."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"larger than {limit / (1 << 20):g} MiB; not a config or baseline bce-audit wrote")
+    return data
+
 
 class WriteError(OSError):
     """The target cannot be written; the message names it."""

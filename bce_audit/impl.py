@@ -7,17 +7,25 @@ the CLI prints it as one line and exits 2.
 
 Kinds: ``bce-logits`` f(x, y) -> loss; ``bce-probs`` f(p, y) -> loss, p = sigmoid(x) in the
 dtype; ``sigmoid`` f(x) -> p; ``logit`` f(p) -> x.
+
+User code runs in a sandbox of behaviour, not of security (a config that names code runs it, as
+a conftest does): whatever it raises, ``sys.exit`` included, is an `ImplError`, never the tool's
+own exit; what it prints goes to stderr, so machine-readable stdout stays valid; a call or an
+import that takes longer than `TIMEOUT` seconds is stopped and reported. Only a real Ctrl-C
+stops the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
+import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +34,62 @@ KINDS = ("bce-logits", "bce-probs", "sigmoid", "logit")
 PREFIX = "impl:"
 
 
+TIMEOUT = 60.0  # seconds one call or import of user code may take (0: no limit); --impl-timeout
+
+
 class ImplError(ValueError):
     """A user implementation that cannot be audited; the message names it and says why."""
+
+
+class _Timeout(BaseException):
+    """Raised in user code by the timer of `_sandbox` (a BaseException: user code's
+    ``except Exception`` cannot swallow it)."""
+
+
+_CTRL_C = threading.Event()  # set by a real SIGINT while user code runs
+
+
+def _on_sigint(signum, frame):
+    _CTRL_C.set()
+    raise KeyboardInterrupt
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout
+
+
+@contextlib.contextmanager
+def _sandbox(raised: Callable[[str], str], late: Callable[[str], str]) -> Iterator[None]:
+    """Run user code: its prints to stderr, anything it raises (SystemExit, a KeyboardInterrupt
+    of its own, ...) an ImplError with the message ``raised(the exception)``, a hang past
+    TIMEOUT one with ``late(the limit)``."""
+    main = threading.current_thread() is threading.main_thread()
+    timed = main and TIMEOUT > 0 and hasattr(signal, "setitimer")
+    if main:
+        _CTRL_C.clear()
+        old_int = signal.signal(signal.SIGINT, _on_sigint)
+    if timed:
+        old_alarm = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except _Timeout:
+        raise ImplError(late(f"{TIMEOUT:g} s")) from None
+    except KeyboardInterrupt:
+        if _CTRL_C.is_set() or not main:
+            raise
+        raise ImplError(raised("KeyboardInterrupt")) from None
+    except ImplError:
+        raise
+    except BaseException as e:  # the user's code: any failure is reported, never re-raised
+        raise ImplError(raised(f"{type(e).__name__}: {_short(e)}")) from None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_alarm)
+        if main:
+            signal.signal(signal.SIGINT, old_int)
 
 
 @dataclass(frozen=True)
@@ -57,11 +119,11 @@ class UserImpl:
         where = f"{self.spec} ({self.kind})"
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
+            called = f"called with {x.dtype} arrays of shape {x.shape}"
+            with _sandbox(lambda why: f"{where} raised {why} ({called})",
+                          lambda limit: f"{where} did not return within {limit} ({called}; "
+                                        "--impl-timeout sets the limit)"):
                 out = self.func(*args)
-            except Exception as e:  # the user's code: any failure is reported, never re-raised
-                raise ImplError(f"{where} raised {type(e).__name__}: {_short(e)} "
-                                f"(called with {x.dtype} arrays of shape {x.shape})") from None
         if not isinstance(out, np.ndarray):
             raise ImplError(f"{where} returned {type(out).__name__}; it must return a numpy array "
                             f"of the input's shape and dtype")
@@ -74,7 +136,7 @@ class UserImpl:
         return out
 
 
-def _short(e: Exception) -> str:
+def _short(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text[:200] + ("..." if len(text) > 200 else "")
 
@@ -106,14 +168,13 @@ def _import(spec: str, module_name: str, where: str | None, again: bool = False,
             sys.path.insert(0, added)
         try:
             fresh = again or module_name not in sys.modules
-            with warnings.catch_warnings():
+            fail = f"{spec}: {who}cannot import module {module_name!r}: "
+            late = f"{fail}the import took more than "
+            with warnings.catch_warnings(), _sandbox(lambda why: fail + why, lambda limit: late + limit):
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(module_name)
                 if again:
                     module = importlib.reload(module)
-        except Exception as e:  # ImportError, or anything the module raises at import time
-            raise ImplError(f"{spec}: {who}cannot import module {module_name!r}: "
-                            f"{type(e).__name__}: {_short(e)}") from None
         finally:
             if added is not None:
                 sys.path.remove(added)

@@ -34,3 +34,13 @@ def _private_cache(tmp_path_factory, monkeypatch):
     from bce_audit import cache
 
     cache.use(None)
+
+
+@pytest.fixture(autouse=True)
+def _impl_timeout():
+    """--impl-timeout sets a module-level limit: each test starts from the default."""
+    from bce_audit import impl
+
+    before = impl.TIMEOUT
+    yield
+    impl.TIMEOUT = before

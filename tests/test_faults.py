@@ -1,0 +1,208 @@
+"""Fault injection (issue 14): user code that exits, prints, hangs or interrupts; each ends as one
+line on stderr and exit 2, never a traceback, a silent exit 0 or a broken stdout."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from cli_support import assert_usage_error, run, strict_json
+
+GOOD = "import numpy as np\ndef bce(x, y):\n    return np.logaddexp(0, x).astype(x.dtype) - x * y\n"
+
+
+@pytest.fixture
+def module(tmp_path, monkeypatch):
+    """Write a user module into a fresh directory and run from there (impl: imports from the cwd)."""
+    monkeypatch.chdir(tmp_path)
+    names = iter(range(1000))
+
+    def write(body: str) -> str:
+        name = f"user_mod_{next(names)}_{time.monotonic_ns()}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(body), encoding="utf-8")
+        return f"impl:{name}:bce"
+
+    return write
+
+
+def _sweep(spec: str, *extra: str):
+    return run("sweep", "--dtype", "float32", "--points", "11", "--formula", spec, "--jobs", "1",
+               "--no-cache", *extra)
+
+
+@pytest.mark.parametrize(("body", "needles"), [
+    ("import sys\ndef bce(x, y):\n    sys.exit(0)\n", ("raised SystemExit",)),
+    ("def bce(x, y):\n    raise KeyboardInterrupt\n", ("raised KeyboardInterrupt",)),
+    ("def bce(x, y):\n    raise GeneratorExit\n", ("raised GeneratorExit",)),
+    ("import sys\nsys.exit(0)\ndef bce(x, y):\n    return x\n", ("cannot import module", "SystemExit")),
+], ids=["exit-in-call", "interrupt-in-call", "generator-exit", "exit-at-import"])
+def test_issue_14_user_code_cannot_end_the_tool(module, body, needles):
+    assert_usage_error(_sweep(module(body)), *needles)
+
+
+def test_issue_14_a_gate_whose_user_code_exits_0_does_not_pass(module, tmp_path):
+    """sys.exit(0) in a check's function after a failing check: exit 2 naming it, never 0."""
+    spec = module("import sys\ndef bce(x, y):\n    sys.exit(0)\n")
+    config = tmp_path / "gate.toml"
+    config.write_text(textwrap.dedent(f"""
+        [[check]]
+        name = "keras3 floors"
+        formula = "keras3"
+        max_ulp = 1
+        [[check]]
+        name = "mine"
+        formula = "{spec}"
+        max_ulp = 4
+        """), encoding="utf-8")
+    r = run("gate", str(config))
+    assert_usage_error(r, spec, "raised SystemExit")
+
+
+def test_issue_14_user_prints_never_reach_machine_readable_stdout(module):
+    spec = module("import numpy as np\ndef bce(x, y):\n    print('hello from the user')\n"
+                  "    return np.logaddexp(0, x).astype(x.dtype) - x * y\n")
+    r = _sweep(spec, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    doc = strict_json(r.stdout)
+    assert spec in doc["settings"]["formulas"]
+    assert "hello from the user" in r.stderr
+
+
+def test_issue_14_a_hanging_user_function_times_out(module):
+    spec = module("import time\ndef bce(x, y):\n    time.sleep(30)\n    return x\n")
+    t = time.monotonic()
+    assert_usage_error(_sweep(spec, "--impl-timeout", "0.5"), spec, "did not return within 0.5 s",
+                       "--impl-timeout")
+    assert time.monotonic() - t < 15
+
+
+def test_issue_14_a_hanging_import_times_out(module):
+    spec = module("import time\ntime.sleep(30)\ndef bce(x, y):\n    return x\n")
+    assert_usage_error(_sweep(spec, "--impl-timeout", "0.5"), "cannot import module", "more than 0.5 s")
+
+
+def test_issue_14_a_user_loop_that_catches_exception_still_times_out(module):
+    """The timer's exception is no Exception: `except Exception` in user code cannot swallow it."""
+    spec = module("""
+        def bce(x, y):
+            while True:
+                try:
+                    sum(range(1000))
+                except Exception:
+                    pass
+        """)
+    assert_usage_error(_sweep(spec, "--impl-timeout", "0.3"), "did not return within 0.3 s")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_impl_timeout_is_validated(value):
+    assert_usage_error(run("sweep", "--impl-timeout", value), "--impl-timeout")
+
+
+def test_a_good_user_function_is_unaffected(module):
+    r = _sweep(module(GOOD), "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["worst"]
+
+
+# ---------------------------------------------------------------- inputs with no bound, malformed inputs
+
+
+def test_issue_14_a_config_that_never_ends_is_refused():
+    assert_usage_error(run("sweep", "--config", "/dev/zero"), "/dev/zero", "larger than 4 MiB")
+
+
+def test_issue_14_a_binary_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"dtype = \"float32\"\n\xff\xfe\x00garbage")
+    assert_usage_error(run("sweep", "--config", str(bad)), "bad.toml", "not a text file")
+
+
+def test_issue_14_a_config_nested_thousands_deep_is_one_line(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("eps = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    assert_usage_error(run("sweep", "--config", str(deep)), "deep.toml")
+
+
+def test_issue_14_a_baseline_nested_thousands_deep_is_one_line(tmp_path):
+    config = tmp_path / "gate.toml"
+    config.write_text('[[check]]\nname = "c"\nformula = "logits-stable"\nmax_ulp = 1000\n', encoding="utf-8")
+    base = tmp_path / "base.json"
+    base.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert_usage_error(run("gate", str(config), "--baseline", str(base)), "base.json", "nested too deep")
+
+
+def test_issue_14_a_cache_entry_of_the_wrong_shape_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
+    from bce_audit import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = ("sweep", "--dtype", "float16", "--points", "101", "--formula", "keras3", "--jobs", "1",
+            "--format", "json")
+    first = run(*args)
+    assert first.exit_code == 0
+    store = cache.Cache(cache.default_dir())
+    damaged = 0
+    for path, _ in store.entries():
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if "blocks" in doc["payload"]:
+            key = path.stem
+            store.put(key, {"worst": [], "blocks": [["not", "a", "block"]]})  # a valid checksum
+            damaged += 1
+    assert damaged
+    again = run(*args)
+    assert again.exit_code == 0 and again.stdout == first.stdout
+    assert "does not fit this version: rebuilt" in again.stderr and "Traceback" not in again.stderr
+
+
+# ---------------------------------------------------------------- OS errors
+
+
+def test_issue_14_disk_full_on_output_is_one_line(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    assert_usage_error(run("dtypes", "-o", "/dev/full"), "--output '/dev/full'", "No space left")
+
+
+def test_issue_14_disk_full_while_streaming_leaves_no_file(tmp_path, monkeypatch):
+    """ENOSPC in the middle of a stream to a file: one line, exit 2, no partial or temporary file."""
+    from bce_audit import streams
+
+    calls = []
+    original = streams.JsonLines.write
+
+    def full(self, blocks):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, blocks)
+
+    monkeypatch.setattr(streams.JsonLines, "write", full)
+    out = tmp_path / "rows.jsonl"
+    r = run("sweep", "--exhaustive", "--dtype", "float16", "--range", "0:10", "--no-cache", "-q", "-j1",
+            "-o", str(out))
+    assert_usage_error(r, f"--output {str(out)!r}", "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_issue_14_a_directory_as_output_is_refused_before_the_work(tmp_path):
+    assert_usage_error(run("sweep", "-o", str(tmp_path)), str(tmp_path))
+
+
+def test_issue_14_a_closed_pipe_is_no_error():
+    """`bce-audit ... | head`: the reader leaving is not a failure (exit 0, nothing on stderr)."""
+    args = ["sweep", "--format", "jsonl", "--points", "100000", "--no-cache", "-q", "-j1"]
+    proc = subprocess.Popen([sys.executable, "-m", "bce_audit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == b""
