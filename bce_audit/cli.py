@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -81,7 +82,8 @@ def _quiet_stdout() -> None:
 
 
 def _one_line(msg: str) -> str:
-    return " ".join(msg.split())
+    """One line, whatever a config or user code put in it (newlines, ESC sequences)."""
+    return report.printable(" ".join(msg.split()))
 
 
 def _fail(msg: str) -> None:
@@ -567,13 +569,19 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
 
         results = [replace(r, regressions=baseline.regressions(c, r, base["checks"].get(r.name), tol))
                    for c, r in zip(checks, results, strict=True)]
+    actions = os.environ.get("GITHUB_ACTIONS") == "true"
+    token = secrets.token_hex(16)
+    if actions:  # check names come from configs: nothing in the table may act as a workflow command
+        click.echo(f"::stop-commands::{token}")
     report.print_view(report.gate_view(results))
+    if actions:
+        click.echo(f"::{token}::")
     for path, text in ((junit_path, report.junit_xml(results)),
                        (json_path, report.gate_json(results, configs, baseline_path)),
                        (markdown_path, report.gate_markdown(results))):
         if path:
             _write(path, text)
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if actions:
         click.echo(report.github_annotations(results), nl=False)
     return 0 if all(r.ok for r in results) else 1
 

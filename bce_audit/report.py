@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
@@ -392,10 +393,15 @@ def dtypes_records(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> li
              "description": i.description} for i in infos]
 
 
+PIPE_WIDTH = 1000  # piped stdout: tables as wide as they need, never a number cut to fit 80
+
+
 def print_view(view, file=None) -> None:
-    """Print a renderable: to the terminal, or to a file as plain text 100 columns wide."""
+    """Print a renderable: to the terminal, or to a file as plain text 100 columns wide. Piped
+    (stdout not a terminal, no COLUMNS) a table takes the width it needs: nothing is cut."""
     if file is None:
-        Console(highlight=False).print(view)
+        piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        Console(highlight=False, width=PIPE_WIDTH if piped else None).print(view)
     else:
         Console(file=file, width=100, color_system=None, highlight=False).print(view)
 
@@ -522,8 +528,8 @@ def gate_table(results) -> Table:
     t.add_column("worst input: computed vs exact", ratio=2)
     for r in results:
         status = Text("PASS", style="bold green") if r.ok else Text("FAIL", style="bold red")
-        detail = "; ".join(r.failures + r.regressions)
-        t.add_row(status, r.name, detail or _gate_figure(r), _gate_worst(r))
+        detail = printable("; ".join(r.failures + r.regressions))
+        t.add_row(status, Text(printable(r.name)), detail or _gate_figure(r), _gate_worst(r))
     return t
 
 
@@ -531,8 +537,8 @@ def gate_summary(results) -> Text:
     failed = [r for r in results if not r.ok]
     if not failed:
         return Text(f"{len(results)} check{'s' if len(results) != 1 else ''} passed", style="green")
-    return Text(f"{len(failed)} of {len(results)} checks failed: " + ", ".join(r.name for r in failed),
-                style="bold red")
+    names = ", ".join(printable(r.name) for r in failed)
+    return Text(f"{len(failed)} of {len(results)} checks failed: {names}", style="bold red")
 
 
 def gate_view(results) -> Group:
@@ -542,7 +548,21 @@ def gate_view(results) -> Group:
 def _failure_message(r) -> str:
     text = "; ".join(r.failures + r.regressions)
     worst = _gate_worst(r)
-    return text + (f" (worst: {worst})" if worst else "")
+    return printable(text + (f" (worst: {worst})" if worst else ""))
+
+
+def printable(text: str) -> str:
+    """Text from a config or user code, safe for a terminal, a log or a CI annotation: control
+    characters (newlines, ESC sequences) written as escapes, never passed through."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _xml_safe(text: str) -> str:
+    """Text XML 1.0 can hold: its invalid characters (most control characters) as escapes."""
+    def ok(c: str) -> bool:
+        return c in "\t\n\r" or (c >= " " and c not in "\ufffe\uffff" and not 0xD800 <= ord(c) <= 0xDFFF)
+
+    return "".join(c if ok(c) else repr(c)[1:-1] for c in text)
 
 
 def junit_xml(results, suite: str = "bce-audit gate") -> str:
@@ -554,13 +574,13 @@ def junit_xml(results, suite: str = "bce-audit gate") -> str:
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(len(failed)),
                        errors="0", skipped="0")
     for r in results:
-        tc = ET.SubElement(ts, "testcase", classname="bce_audit.gate", name=r.name)
+        tc = ET.SubElement(ts, "testcase", classname="bce_audit.gate", name=_xml_safe(r.name))
         if not r.ok:
             f = ET.SubElement(tc, "failure", message=_failure_message(r), type="PrecisionGateFailure")
             f.text = _failure_message(r)
         else:
             out = ET.SubElement(tc, "system-out")
-            out.text = _gate_figure(r)
+            out.text = _xml_safe(_gate_figure(r))
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
@@ -572,7 +592,8 @@ def github_annotations(results) -> str:
     def esc_property(s: str) -> str:
         return esc(s).replace(":", "%3A").replace(",", "%2C")
 
-    lines = [f"::error title={esc_property('bce-audit gate: ' + r.name)}::{esc(_failure_message(r))}"
+    lines = [f"::error title={esc_property('bce-audit gate: ' + printable(r.name))}::"
+             f"{esc(_failure_message(r))}"
              for r in results if not r.ok]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -590,10 +611,10 @@ def gate_markdown(results) -> str:
     A failed check shows its failures (and regressions) as the terminal table does, not the
     passing form of its figures.
     """
-    rows = [["PASS" if r.ok else "**FAIL**", r.name,
-             "; ".join(r.failures + r.regressions) or _gate_figure(r), _gate_worst(r) or "-"]
+    rows = [["PASS" if r.ok else "**FAIL**", printable(r.name),
+             printable("; ".join(r.failures + r.regressions)) or _gate_figure(r), _gate_worst(r) or "-"]
             for r in results]
-    failed = [r.name for r in results if not r.ok]
+    failed = [printable(r.name) for r in results if not r.ok]
     head = f"## bce-audit gate: {len(results) - len(failed)}/{len(results)} passed"
     summary = (f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed
                else f"{len(results)} checks passed")

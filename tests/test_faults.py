@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 from cli_support import assert_usage_error, run, strict_json
@@ -206,3 +207,41 @@ def test_issue_14_a_closed_pipe_is_no_error():
     proc.stderr.close()
     assert proc.wait(timeout=120) == 0, err
     assert err == b""
+
+
+# ---------------------------------------------------------------- output hygiene
+
+
+FORGED = 'bad\\n::warning file=x::forged\\u001b[31mred\\u0001'  # TOML escapes: newline, ESC, SOH
+
+
+def _forged_config(tmp_path):
+    config = tmp_path / "gate.toml"
+    config.write_text(f'[[check]]\nname = "{FORGED}"\nformula = "keras3"\nmax_ulp = 1\n', encoding="utf-8")
+    return config
+
+
+def test_issue_14_a_check_name_cannot_forge_an_annotation(tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    junit = tmp_path / "junit.xml"
+    r = run("gate", str(_forged_config(tmp_path)), "--junit", str(junit))
+    assert r.exit_code == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert not any(line.lstrip().startswith("::warning") for line in lines), r.stdout
+    assert "\x1b" not in r.stdout and "\x01" not in r.stdout
+    stop = [i for i, line in enumerate(lines) if line.startswith("::stop-commands::")]
+    assert len(stop) == 1 and f"::{lines[stop[0]].split('::')[2]}::" in lines  # the table is fenced
+    errors = [line for line in lines if line.startswith("::error ")]
+    assert len(errors) == 1 and "%0A" not in errors[0] and "bad\\n%3A%3Awarning" in errors[0]
+    root = ET.fromstring(junit.read_text(encoding="utf-8"))  # well-formed XML
+    (case,) = root.iter("testcase")
+    assert case.get("name", "").startswith("bad\n::warning") and "\\x1b" in case.get("name", "")
+
+
+def test_issue_14_piped_tables_never_cut_a_number():
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run([sys.executable, "-m", "bce_audit", "sweep", "--points", "7", "--no-cache", "-q"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) > 80  # wider than a default terminal
