@@ -87,8 +87,9 @@ def _number_like(v) -> bool:
 def _validate(path: str, doc: dict) -> None:
     """Every entry the regression gate reads must be there and of the right type."""
     checks = doc.get("checks")
-    if not isinstance(checks, dict):
-        raise ConfigError(f"{path}: baseline has no checks table")
+    if not isinstance(checks, dict) or not checks:
+        raise ConfigError(f"{path}: baseline has no checks: nothing to compare against; save it again "
+                          "with `bce-audit baseline save`")
     tol = doc.get("tolerance", DEFAULT_TOLERANCE)
     if not _number_like(tol) or isinstance(tol, str) or tol is None or not (math.isfinite(tol) and tol >= 0):
         raise ConfigError(f"{path}: tolerance {tol!r} must be a number >= 0")
@@ -99,7 +100,7 @@ def _validate(path: str, doc: dict) -> None:
         if not isinstance(figures, dict):
             raise ConfigError(f"{path}: check {name!r}: expected {{\"kind\": ..., \"figures\": {{...}}}}")
         for key, v in figures.items():
-            if not _number_like(v):
+            if not _number_like(v) or v == "nan":  # nan compares false with everything: no regression
                 raise ConfigError(f"{path}: check {name!r}: figure {key!r} = {v!r} is not a number")
 
 

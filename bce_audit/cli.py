@@ -196,7 +196,9 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
     ctx = click.get_current_context()
     values: dict = {}
     origin: dict[str, str] = {}
-    if kw.get("config"):
+    if kw.get("config") is not None:
+        if not kw["config"]:
+            raise config.ConfigError("--config '': give the path of a TOML config file")
         cf = config.load(kw["config"])
         values.update(cf.options)
         origin.update({k: cf.origin(k) for k in cf.options})
@@ -216,6 +218,7 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_gri
               formats: tuple[str, ...] = FORMATS) -> tuple[Settings, dict]:
     """Validate options (and --config) once into Settings plus the output choices."""
     _impl_timeout(kw.get("impl_timeout"))  # before the config imports any impl: module
+    kw = {**kw, "output": _output_path(kw)}
     try:
         values, origin = _merge(kw)
         s = config.build_settings(values, origin, default_dtypes, with_grid)
@@ -269,8 +272,20 @@ def _run(job: Callable):
         _fail(str(e))
 
 
+def _output_path(kw: dict) -> str | None:
+    """-o FILE (``-`` and no -o: stdout); never the config being read."""
+    path = kw.get("output")
+    if path is None or path == "-":
+        return None
+    source = kw.get("config")
+    if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        _fail(f"--output {path!r} is the config being read (--config); write elsewhere")
+    return path
+
+
 def _format(kw: dict, formats: tuple[str, ...]) -> str:
     """--format, else the one the -o extension names; one a command cannot write is an error."""
+    kw["output"] = _output_path(kw)
     fmt = kw["format"] or config.format_for(kw["output"])
     if fmt not in formats:
         _fail(f"--output {kw['output']!r}: this command cannot write {fmt}; choose --format from "

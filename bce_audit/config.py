@@ -247,6 +247,12 @@ def check_thresholds(values: tuple[float, ...], where: str) -> tuple[float, ...]
 
 def check_grid(values: Mapping[str, Any], origin) -> dict:
     exhaustive = bool(values.get("exhaustive", False))
+    if exhaustive:
+        meaningless = [k for k in ("points", "step", "spacing") if k in values]
+        if meaningless:
+            flag = origin(meaningless[0])
+            raise ConfigError(f"{flag} and {origin('exhaustive')}: an exhaustive grid is every dtype value "
+                              f"in the range; {flag} means nothing with it")
     rng = check_range(values["range"], origin("range"), exhaustive) if "range" in values else DEFAULT_RANGE
     spacing = _one_of(values.get("spacing", "lin"), SPACINGS, "spacing", origin("spacing"))
     points, step = values.get("points"), values.get("step")

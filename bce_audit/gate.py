@@ -241,6 +241,10 @@ def _check(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Check:
             raise config.unknown_key(key, allowed, where)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: name: every check needs a non-empty string name")
+    ignored = sorted(k for k in cf.options if k not in INHERITED)
+    if ignored:
+        raise ConfigError(f"{cf.path}: top-level {', '.join(ignored)}: [[check]] tables inherit only "
+                          f"{', '.join(INHERITED)}; set the others in each check")
     values = {k: v for k, v in cf.options.items() if k in INHERITED}
     opts = config.typed_options({k: v for k, v in table.items()
                                  if k in config.TYPES or k in config.ALIASES}, where, allowed)

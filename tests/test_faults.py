@@ -245,3 +245,62 @@ def test_issue_14_piped_tables_never_cut_a_number():
     assert done.returncode == 0, done.stderr
     assert "…" not in done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) > 80  # wider than a default terminal
+
+
+# ---------------------------------------------------------------- integrity, ignored options
+
+
+GATE = '[[check]]\nname = "stable"\nformula = "logits-stable"\npoints = 101\nmax_ulp = 1000\n'
+
+
+def _saved_baseline(tmp_path):
+    config = tmp_path / "gate.toml"
+    config.write_text(GATE, encoding="utf-8")
+    base = tmp_path / "base.json"
+    r = run("baseline", "save", str(config), "-o", str(base))
+    assert r.exit_code == 0, r.stderr
+    return config, base
+
+
+@pytest.mark.parametrize("damage", ["empty", "nan"])
+def test_issue_14_a_baseline_that_compares_nothing_is_refused(tmp_path, damage):
+    config, base = _saved_baseline(tmp_path)
+    doc = json.loads(base.read_text(encoding="utf-8"))
+    if damage == "empty":
+        doc["checks"] = {}
+    else:
+        for entry in doc["checks"].values():
+            entry["figures"]["max_ulp"] = "nan"
+    base.write_text(json.dumps(doc), encoding="utf-8")
+    assert_usage_error(run("gate", str(config), "--baseline", str(base)), "base.json")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--points", "10"), ("--spacing", "log"), ("--step", "0.5")])
+def test_issue_14_exhaustive_with_a_grid_option_is_an_error(flag, value):
+    assert_usage_error(run("sweep", "--exhaustive", "--dtype", "float16", flag, value), flag, "exhaustive")
+
+
+def test_issue_14_an_empty_config_path_is_an_error():
+    assert_usage_error(run("sweep", "--config", ""), "--config ''")
+
+
+def test_issue_14_gate_top_level_keys_it_would_ignore_are_errors(tmp_path):
+    config = tmp_path / "gate.toml"
+    config.write_text('formulas = ["keras3"]\n' + GATE, encoding="utf-8")
+    assert_usage_error(run("gate", str(config)), "top-level formulas", "inherit only")
+
+
+def test_issue_14_dash_output_is_stdout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("dtypes", "--format", "json", "-o", "-")
+    assert r.exit_code == 0 and r.stdout.startswith("{")
+    r = run("sweep", "--points", "5", "--format", "json", "-o", "-")
+    assert r.exit_code == 0 and strict_json(r.stdout)["rows"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_issue_14_output_over_the_config_being_read_is_refused(tmp_path):
+    config = tmp_path / "mine.toml"
+    config.write_text('dtype = "float16"\n', encoding="utf-8")
+    assert_usage_error(run("sweep", "--config", str(config), "-o", str(config)), "is the config being read")
+    assert config.read_text(encoding="utf-8") == 'dtype = "float16"\n'
