@@ -14,11 +14,61 @@ its worker processes call `tune` once; a library user may call it too.
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import sys
+import threading
+import time
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
 MMAP = 16 << 20    # blocks of 16 MiB or more still get an mmap of their own
 TRIM = 128 << 20   # free memory kept for reuse before it goes back to the system
+
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def worker(main_pid: int) -> None:
+    """A pool worker's set-up: the allocator as the CLI's, and an end with the main process (a
+    worker left running after `kill -9` of it would compute for no one, and keep the forkserver
+    and the resource tracker alive). Its parent is the forkserver, not the main process: a thread
+    watches the main process and ends the worker once it is gone."""
+    tune()
+    threading.Thread(target=_watch, args=(main_pid,), name="bce-audit-watch", daemon=True).start()
+
+
+def _watch(pid: int, every: float = 0.5) -> None:
+    while _alive(pid):
+        time.sleep(every)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs: not gone, and not a zombie waiting for its parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def die_with_parent() -> bool:
+    """Ask Linux for SIGKILL when the parent process dies; True if it was set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return False
+    return prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
 
 
 def tune() -> bool:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from mpmath import mp, mpf
 
-from bce_audit import dtypes, formulas, gradients, metrics, records, reference
+from bce_audit import dtypes, formulas, gradients, heap, metrics, records, reference
 from bce_audit.formulas import Evaluator, Formula
 from bce_audit.records import KeyPoint, Label
 
@@ -604,7 +604,8 @@ def _map_dtypes(todo: list[str], sel: Selection, backend, jobs: int) -> list:
     import multiprocessing
 
     order = sorted(todo, key=lambda d: -COST.get(d, 1))
-    with multiprocessing.get_context("fork").Pool(min(jobs, len(todo))) as pool:
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(min(jobs, len(todo)), initializer=heap.die_with_parent) as pool:
         done = dict(zip(order, pool.imap(functools.partial(dtype_points, sel=sel), order), strict=True))
     return [done[d] for d in todo]
 

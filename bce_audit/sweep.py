@@ -11,6 +11,7 @@ import collections
 import functools
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -678,7 +679,8 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
 
         # forkserver: never fork a process that may hold threads (JAX, BLAS) mid-lock
         ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=heap.tune) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=heap.worker,
+                                 initargs=(os.getpid(),)) as pool:
             # a window of chunks in flight: finished results never pile up behind a slow reader
             work = iter(zip(ks, args, strict=True))
             pending = collections.deque((k, pool.submit(audit_chunk, *a))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -304,3 +305,35 @@ def test_issue_14_output_over_the_config_being_read_is_refused(tmp_path):
     config.write_text('dtype = "float16"\n', encoding="utf-8")
     assert_usage_error(run("sweep", "--config", str(config), "-o", str(config)), "is the config being read")
     assert config.read_text(encoding="utf-8") == 'dtype = "float16"\n'
+
+
+# ---------------------------------------------------------------- no orphans
+
+
+def _group(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.slow
+def test_issue_14_kill_9_of_the_main_process_leaves_no_worker():
+    """The pool's workers, the forkserver and the resource tracker all end with the main process."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("process groups and ps as on Linux")
+    args = ["sweep", "--reference", "mpmath", "--points", "200000", "--dtype", "float32", "--no-cache", "-q",
+            "--jobs", "2", "--rows", "11"]
+    proc = subprocess.Popen([sys.executable, "-m", "bce_audit", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_group(proc.pid)) < 4 and time.monotonic() < deadline:  # main, forkserver, 2 workers
+        time.sleep(0.1)
+    assert len(_group(proc.pid)) >= 4, "the pool never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while _group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _group(proc.pid)
+    for pid in left:  # never leave them behind for the next test
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
