@@ -239,6 +239,13 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_gri
     jobs = kw.get("jobs")
     if jobs is not None and jobs < 1:
         _fail(f"--jobs {jobs} must be at least 1")
+    if kw.get("scheduler") is not None:
+        from bce_audit import distributed
+
+        try:
+            distributed.check_address(kw["scheduler"])
+        except distributed.DaskMissing as e:
+            _fail(str(e))
     _use_cache(kw)
     return replace(s, keep=keep), {"fmt": fmt, "show": keep, "output": kw.get("output"),
                                    "jobs": jobs or os.cpu_count() or 1, "scheduler": kw.get("scheduler"),

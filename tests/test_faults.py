@@ -337,3 +337,39 @@ def test_issue_14_kill_9_of_the_main_process_leaves_no_worker():
     for pid in left:  # never leave them behind for the next test
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+# ---------------------------------------------------------------- a remote scheduler that misbehaves
+
+
+@pytest.mark.parametrize("address", ["not a url", "tcp://host", "tcp://host:99999", "http://x:1"])
+def test_issue_14_a_scheduler_address_is_checked_before_the_work(address):
+    assert_usage_error(run("sweep", "--scheduler", address), "--scheduler", "tcp://HOST:PORT")
+
+
+def test_issue_14_a_peer_that_is_no_scheduler_is_one_line(monkeypatch):
+    """A TCP server that accepts and never answers: no wait past CONNECT_TIMEOUT, one line."""
+    pytest.importorskip("dask.distributed")
+    import socket
+
+    from bce_audit import distributed
+
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", 1.0)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        t = time.monotonic()
+        r = run("sweep", "--points", "11", "--no-cache", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert_usage_error(r, f"tcp://127.0.0.1:{port}", "no Dask scheduler answered")
+    assert time.monotonic() - t < 30
+
+
+def test_issue_14_a_cluster_without_workers_is_one_line(monkeypatch):
+    dd = pytest.importorskip("dask.distributed")
+    from bce_audit import distributed
+
+    monkeypatch.setattr(distributed, "WORKER_TIMEOUT", 1.0)
+    with dd.LocalCluster(n_workers=0, processes=False, scheduler_port=0, dashboard_address=":0") as cluster:
+        r = run("sweep", "--points", "11", "--no-cache", "--scheduler", cluster.scheduler_address)
+    assert_usage_error(r, "has no worker after 1 s", "dask worker")
