@@ -623,6 +623,7 @@ def baseline_save(configs, output, tolerance) -> int:
     if not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
     try:
+        _writable(output, "--output")  # before every check runs, not after
         checks = gate.load_checks(configs)
     except config.ConfigError as e:
         _fail(str(e))

@@ -373,3 +373,16 @@ def test_issue_14_a_cluster_without_workers_is_one_line(monkeypatch):
     with dd.LocalCluster(n_workers=0, processes=False, scheduler_port=0, dashboard_address=":0") as cluster:
         r = run("sweep", "--points", "11", "--no-cache", "--scheduler", cluster.scheduler_address)
     assert_usage_error(r, "has no worker after 1 s", "dask worker")
+
+
+@pytest.mark.parametrize("target", ["dir", "missing"])
+def test_issue_14_baseline_save_checks_its_output_before_running(tmp_path, monkeypatch, target):
+    from bce_audit import gate
+
+    ran = []
+    monkeypatch.setattr(gate, "run", lambda checks: ran.append(1) or [])
+    config = tmp_path / "gate.toml"
+    config.write_text(GATE, encoding="utf-8")
+    out = tmp_path if target == "dir" else tmp_path / "no" / "such" / "base.json"
+    assert_usage_error(run("baseline", "save", str(config), "-o", str(out)), "--output", str(out))
+    assert ran == []
