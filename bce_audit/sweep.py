@@ -316,33 +316,10 @@ class _FastRefs:
 
 
 @dataclass
-class Column:
-    """One audited series (a quantity, formula, eps and label) over a chunk of the grid."""
-
-    quantity: str
-    formula: str | None
-    eps: float | None
-    label: int | str | None
-    values: np.ndarray
-    exact: np.ndarray
-    abs_err: np.ndarray
-    rel_err: np.ndarray
-    ulp_err: np.ndarray
-    bits: np.ndarray
-    clip: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # clipped-exact, clip rel, round ULP
-
-    @property
-    def key(self) -> tuple:
-        return (self.quantity, self.formula, self.eps, str(self.label))
-
-    def bits_at(self, i: int) -> float:
-        return float(self.bits[i])
-
-
-@dataclass
 class Measured:
-    """One series over a chunk, measured for its worst errors only: ULPs and relative errors at
-    every point (equal to a `Column`'s wherever the value is finite), bits at any one point."""
+    """One audited series (a quantity, formula, eps and label) over a chunk of the grid: its
+    values, exact values and errors at every point, and the bits of error at any one point
+    (from the ULPs, or where the mpmath baseline decided a tie, from it)."""
 
     quantity: str
     formula: str | None
@@ -350,17 +327,27 @@ class Measured:
     label: int | str | None
     values: np.ndarray
     exact: np.ndarray
-    ulp_err: np.ndarray
-    rel_err: np.ndarray
     abs_err: np.ndarray
+    rel_err: np.ndarray
+    ulp_err: np.ndarray
+    clip: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # clipped-exact, clip rel, round ULP
     mp_bits: dict[int, float]  # bits of error where the mpmath baseline decided a tie
-    clip: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def bits_at(self, i: int) -> float:
         if i in self.mp_bits:
             return self.mp_bits[i]
         with np.errstate(all="ignore"):
             return float(np.log2(1.0 + self.ulp_err[i:i + 1])[0])  # as `fastref.errors` computes them
+
+
+@dataclass
+class Column(Measured):
+    """A `Measured` series with the bits of error at every point too: the kept rows show them."""
+
+    bits: np.ndarray
+
+    def bits_at(self, i: int) -> float:
+        return float(self.bits[i])
 
 
 def _arrays(cols) -> list[np.ndarray]:
@@ -412,7 +399,7 @@ def _column(refs, quantity, formula, eps, label, values, clip=None) -> Column:
     if clip is not None:
         clip_exact, clip_rel, round_ulp = _arrays(refs.clipped(label, clip[0], clip[1], values))
         extra = (clip_exact, clip_rel, round_ulp)
-    return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, bits, extra)
+    return Column(quantity, formula, eps, label, values, exact, ab, rel, ulp, extra, {}, bits)
 
 
 def _measured(refs: _FastRefs, quantity, formula, eps, label, values, clip=None) -> Measured:
@@ -420,7 +407,7 @@ def _measured(refs: _FastRefs, quantity, formula, eps, label, values, clip=None)
     values = np.asarray(values)
     exact, ulps, rels, diffs, bits = refs.measure(quantity, label, values)
     extra = None if clip is None else refs.measure_clipped(label, clip[0], clip[1], values)
-    return Measured(quantity, formula, eps, label, values, exact, ulps, rels, diffs, bits, extra)
+    return Measured(quantity, formula, eps, label, values, exact, diffs, rels, ulps, extra, bits)
 
 
 def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backend=None):
