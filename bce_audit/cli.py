@@ -94,17 +94,14 @@ def _fail(msg: str) -> None:
 
 
 _IMPL_TIMEOUT = click.option(
-    "--impl-timeout", "impl_timeout", type=float, default=None, metavar="SECONDS",
+    "--impl-timeout", "timeout", type=float, default=None, metavar="SECONDS",
     help=f"Stop an impl: function (or its import) that runs longer than this (default {impl.TIMEOUT:g}; "
          "0: no limit): it is reported as an error, not waited for.")
 
 
-def _impl_timeout(value: float | None) -> None:
-    if value is None:
-        return
-    if not (math.isfinite(value) and value >= 0):
-        _fail(f"--impl-timeout {value!r} must be a number of seconds, 0 or more")
-    impl.TIMEOUT = value
+def _impl_timeout(value: float | None, where: str = "--impl-timeout") -> None:
+    if value is not None:
+        impl.TIMEOUT = config.check_timeout(value, where)
 
 
 def _selection(f: Callable) -> Callable:
@@ -217,10 +214,10 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
 def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True,
               formats: tuple[str, ...] = FORMATS) -> tuple[Settings, dict]:
     """Validate options (and --config) once into Settings plus the output choices."""
-    _impl_timeout(kw.get("impl_timeout"))  # before the config imports any impl: module
     kw = {**kw, "output": _output_path(kw)}
     try:
         values, origin = _merge(kw)
+        _impl_timeout(values.get("timeout"), origin("timeout"))  # before any impl: module is imported
         s = config.build_settings(values, origin, default_dtypes, with_grid)
         given = "format" in values
         fmt = values["format"] if given else config.format_for(kw.get("output"))
@@ -568,7 +565,7 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
 @click.option("--markdown", "markdown_path", default=None, metavar="FILE",
               help="Write a markdown summary (for a PR comment).")
 @_IMPL_TIMEOUT
-def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, impl_timeout) -> int:
+def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, timeout) -> int:
     """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails, 2 on bad input.
 
     Every check runs and every failure is reported. With GITHUB_ACTIONS=true each failure is
@@ -576,13 +573,17 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     """
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
-    _impl_timeout(impl_timeout)
+    try:
+        _impl_timeout(timeout)
+    except config.ConfigError as e:
+        _fail(str(e))
     try:
         checks = gate.load_checks(configs)
         base = baseline.load(baseline_path, checks) if baseline_path else None
+        inputs = (*configs, *((baseline_path,) if baseline_path else ()))
         for path, flag in ((junit_path, "--junit"), (json_path, "--json"), (markdown_path, "--markdown")):
             if path:
-                _writable(path, flag)
+                _writable(path, flag, inputs)
     except config.ConfigError as e:
         _fail(str(e))
     results = _run(lambda: gate.run(checks))
@@ -623,7 +624,7 @@ def baseline_save(configs, output, tolerance) -> int:
     if not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
     try:
-        _writable(output, "--output")  # before every check runs, not after
+        _writable(output, "--output", tuple(configs))  # before every check runs, not after
         checks = gate.load_checks(configs)
     except config.ConfigError as e:
         _fail(str(e))
@@ -668,8 +669,12 @@ def cache_clear(stale: bool) -> int:
     return 0
 
 
-def _writable(path: str, flag: str) -> None:
-    """Fail before the work, not after it, when an output file cannot be written."""
+def _writable(path: str, flag: str, inputs: tuple[str, ...] = ()) -> None:
+    """Fail before the work, not after it, when an output file cannot be written or is one of
+    the ``inputs`` being read (a config, a baseline)."""
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise config.ConfigError(f"{flag} {path!r} is an input being read ({source}); write elsewhere")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise config.ConfigError(f"{flag} {path!r}: no such directory {directory!r}")

@@ -52,7 +52,8 @@ class ConfigError(ValueError):
 
 ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
 # config key -> command-line flag: the Settings options, and the output and impl choices
-FLAGS = {**setting_flags(), "rows": "--rows", "format": "--format", "kind": "--impl-kind"}
+FLAGS = {**setting_flags(), "rows": "--rows", "format": "--format", "kind": "--impl-kind",
+         "timeout": "--impl-timeout"}
 SELECTION_KEYS = tuple(FLAGS)
 TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
 
@@ -125,7 +126,7 @@ TYPES = {  # how a config value of each key is read (one entry for each key of F
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
     "rows": _rows, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
-    "grad": _bool, "exhaustive": _bool,
+    "grad": _bool, "exhaustive": _bool, "timeout": _number,
 }
 
 
@@ -326,6 +327,13 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
         thresholds=check_thresholds(values.get("thresholds", DEFAULT_THRESHOLDS), origin("thresholds")),
         **grid,
     )
+
+
+def check_timeout(value: float, where: str) -> float:
+    """Seconds an impl: call may take (0: no limit)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{where} {value!r} must be a number of seconds, 0 or more")
+    return value
 
 
 def check_rows_option(value: int | str | None, where: str, fmt: str) -> int | None:

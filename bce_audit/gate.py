@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bce_audit import backends, config, dtypes, formulas, gradients, keypoints, records, sweep
+from bce_audit import backends, config, dtypes, formulas, gradients, impl, keypoints, records, sweep
 from bce_audit.config import ConfigError
 from bce_audit.records import CheckResult
 
@@ -56,6 +56,7 @@ class GridCheck:
     kind: str = "grid"
     backend: str = "numpy"
     grad: bool = False  # bound the gradient d BCE / dx instead of the loss
+    timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
 
     def identity(self) -> dict:
         """What is measured (not the limits): baselines are tied to it."""
@@ -134,6 +135,7 @@ class KeypointCheck:
     kind: str = "keypoint"
     backend: str = "numpy"
     side: str = "both"  # key points found on each tail (bce_nonfinite, grad_*): which x sign counts
+    timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
 
     def identity(self) -> dict:
         return {"name": self.name, "kind": self.kind, "keypoint": self.keypoint, "dtypes": list(self.dtypes),
@@ -199,7 +201,13 @@ def _fmt(v) -> str:
 
 
 def run_check(check: Check) -> CheckResult:
-    m = check.measure()
+    before = impl.TIMEOUT
+    if check.timeout is not None:  # the check's own limit on its impl: calls
+        impl.TIMEOUT = check.timeout
+    try:
+        m = check.measure()
+    finally:
+        impl.TIMEOUT = before
     failures = check.fails(m)
     return CheckResult(check.name, check.kind, not failures, failures, m.figures, dict(check.limits),
                        m.worst, m.note)
@@ -213,11 +221,12 @@ def run(checks: Sequence[Check]) -> list[CheckResult]:
 # ---------------------------------------------------------------- checks from config tables
 
 GRID_KEYS = ("name", "formula", "dtype", "dtypes", "mode", "eps", "label", "range", "points", "step",
-             "spacing", "kind", "backend", "grad", *GRID_LIMITS, "allow_nonfinite")
+             "spacing", "kind", "backend", "grad", *GRID_LIMITS, "allow_nonfinite", "timeout")
 KEYPOINT_KEYS = ("name", "keypoint", "formula", "dtype", "dtypes", "mode", "eps", "label", "threshold",
-                 "kind", "backend", "side", *KEYPOINT_LIMITS)
+                 "kind", "backend", "side", "timeout", *KEYPOINT_LIMITS)
 SIDES = ("both", "positive", "negative")
-INHERITED = ("dtypes", "mode", "eps", "label", "range", "points", "step", "spacing", "kind", "backend")
+INHERITED = ("dtypes", "mode", "eps", "label", "range", "points", "step", "spacing", "kind", "backend",
+             "timeout")
 KEYPOINT_NAMES = (*keypoints.NAMES, *gradients.NAMES)
 
 
@@ -232,6 +241,15 @@ def checks_from(cf: config.ConfigFile) -> list[Check]:
 
 
 def _check(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Check:
+    check = _check_table(cf, i, table)
+    timeout = table.get("timeout", cf.options.get("timeout"))
+    if timeout is None:
+        return check
+    where = f"{cf.path}: check[{i + 1}] ({check.name!r}): timeout"
+    return replace(check, timeout=config.check_timeout(config._number(timeout, where), where))
+
+
+def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Check:
     name = table.get("name")
     where = f"{cf.path}: check[{i + 1}]" + (f" ({name!r})" if isinstance(name, str) else "")
     is_kp = "keypoint" in table

@@ -386,3 +386,31 @@ def test_issue_14_baseline_save_checks_its_output_before_running(tmp_path, monke
     out = tmp_path if target == "dir" else tmp_path / "no" / "such" / "base.json"
     assert_usage_error(run("baseline", "save", str(config), "-o", str(out)), "--output", str(out))
     assert ran == []
+
+
+def test_issue_14_a_checks_own_timeout_stops_its_user_function(module, tmp_path):
+    spec = module("import time\ndef bce(x, y):\n    time.sleep(30)\n    return x\n")
+    config = tmp_path / "gate.toml"
+    config.write_text(f'[[check]]\nname = "slow"\nformula = "{spec}"\nmax_ulp = 4\ntimeout = 0.5\n',
+                      encoding="utf-8")
+    t = time.monotonic()
+    assert_usage_error(run("gate", str(config)), spec, "did not return within 0.5 s")
+    assert time.monotonic() - t < 15
+
+
+def test_issue_14_a_configs_timeout_applies_to_a_sweep(module, tmp_path):
+    spec = module("import time\ndef bce(x, y):\n    time.sleep(30)\n    return x\n")
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'formula = "{spec}"\ntimeout = 0.5\npoints = 11\n', encoding="utf-8")
+    r = run("sweep", "--config", str(config), "--no-cache", "-j1")
+    assert_usage_error(r, "did not return within 0.5 s")
+    config.write_text('timeout = -3\n', encoding="utf-8")
+    assert_usage_error(run("sweep", "--config", str(config)), "sweep.toml: timeout", "0 or more")
+
+
+@pytest.mark.parametrize("flag", ["--junit", "--json", "--markdown"])
+def test_issue_14_gate_outputs_never_overwrite_an_input(tmp_path, flag):
+    config = tmp_path / "gate.toml"
+    config.write_text(GATE, encoding="utf-8")
+    assert_usage_error(run("gate", str(config), flag, str(config)), flag, "is an input being read")
+    assert config.read_text(encoding="utf-8") == GATE
