@@ -9,12 +9,11 @@ The key points found through both are compared too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bce_audit import backends, dtypes, formulas, gradients, records, sweep
-from bce_audit.formulas import Evaluator
+from bce_audit import backends, dtypes, records, sweep
 
 FLOAT32_POINTS = 200_001
 FLOAT32_RANGE = (-120.0, 120.0)
@@ -47,56 +46,77 @@ class KeyPointPair:
     steps: int | None  # dtype steps between them (0: the same point); None if one is absent
 
 
-def inputs(dtype: str) -> np.ndarray:
-    """Every finite value of a 16-bit dtype; a dense grid for wider ones."""
-    info = dtypes.get(dtype)
-    if info.exhaustive:
-        return info.finite_values()
-    return np.linspace(*FLOAT32_RANGE, FLOAT32_POINTS).astype(info.dtype)
+def grid(dtype: str) -> records.Settings:
+    """The inputs compared: every finite value of a 16-bit dtype; a dense grid for wider ones."""
+    if dtypes.get(dtype).exhaustive:
+        return records.Settings(dtypes=(dtype,), exhaustive=True, range=(-math.inf, math.inf))
+    return records.Settings(dtypes=(dtype,), range=FLOAT32_RANGE, points=FLOAT32_POINTS)
 
 
-def _compare(dtype: str, quantity: str, label, x: np.ndarray, model: np.ndarray, real: np.ndarray
-             ) -> Difference:
-    info = dtypes.get(dtype)
-    m, r = model.astype(np.float64), real.astype(np.float64)
-    same = (m == r) | (np.isnan(m) & np.isnan(r))
-    bad = np.flatnonzero(~same)
-    if not bad.size:
-        return Difference(dtype, quantity, label, len(x), 0, 0.0, None, None)
-    with np.errstate(all="ignore"):
-        gap = np.abs(m[bad] - r[bad])
-        ulp = np.exp2(info.ulp_exponent(np.floor(np.log2(np.abs(r[bad])))))  # 0: the subnormal gap
-        ulps = np.where(np.isfinite(gap), gap / ulp, np.inf)
-    i = int(np.argmax(ulps))
-    return Difference(dtype, quantity, label, len(x), int(bad.size), float(ulps[i]), float(x[bad[0]]),
-                      float(x[bad[i]]))
+class _Gap:
+    """Model against real values of one series, fed block by block (as one pass would find)."""
+
+    def __init__(self) -> None:
+        self.n = self.count = 0
+        self.worst = 0.0
+        self.first_x: float | None = None
+        self.worst_x: float | None = None
+
+    def update(self, dtype: str, x: np.ndarray, model: np.ndarray, real: np.ndarray) -> None:
+        self.n += len(x)
+        same = (model == real) | (np.isnan(model) & np.isnan(real))
+        bad = np.flatnonzero(~same)
+        if not bad.size:
+            return
+        with np.errstate(all="ignore"):
+            gap = np.abs(model[bad] - real[bad])
+            binade = np.floor(np.log2(np.abs(real[bad])))
+            ulp = np.exp2(dtypes.get(dtype).ulp_exponent(binade))  # at 0: the subnormal gap
+            ulps = np.where(np.isfinite(gap), gap / ulp, np.inf)
+        i = int(np.argmax(ulps))
+        if self.first_x is None:
+            self.first_x = float(x[bad[0]])
+        if self.worst_x is None or ulps[i] > self.worst:
+            self.worst, self.worst_x = float(ulps[i]), float(x[bad[i]])
+        self.count += int(bad.size)
 
 
 def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Difference]:
-    """Every model/real comparison for the formulas the backend has."""
+    """Every model/real comparison for the formulas the backend has: the sweep's engine run twice
+    over the same inputs, once through the models and once through the real ops, its blocks
+    compared value by value as they come (memory: one chunk)."""
     mode = sweep.native(records.Settings(backend=backend.name)).mode
+    names = tuple(backend.bce)
     out = []
     for d in dtypes_:
-        x = inputs(d)
-        ev = Evaluator(d, mode)
+        model = replace(grid(d), formulas=names, mode=mode, grad=True, keep=None)
+        real = replace(model, backend=backend.name, device=backend.device)
+        gaps: dict[tuple, _Gap] = {}
+        n = sweep.grid_size(model, d)
         try:
-            real_sig = backend.sigmoid(x)
-            real_rt = backend.logit(real_sig)
+            chunks = zip(sweep.run_chunks(model, d, n, None), sweep.run_chunks(real, d, n, None), strict=True)
+            for m, r in chunks:
+                reals = {_key(b): b for b in r.blocks}
+                for b in m.blocks:
+                    if b.label != "pair" and _key(b) in reals:
+                        gaps.setdefault(_key(b), _Gap()).update(d, b.floats["x_dtype"], b.floats["value"],
+                                                                 reals[_key(b)].floats["value"])
         except backends.Unsupported:
             continue
-        out.append(_compare(d, "sigmoid", None, x, formulas.evaluate_sigmoid(x, ev), real_sig))
-        out.append(_compare(d, "roundtrip", None, x, formulas.evaluate_roundtrip(x, ev), real_rt))
-        for name in backend.bce:
-            model = formulas.get(name)
+        order: list[tuple[str, str | None, int | None]] = [("sigmoid", None, None), ("roundtrip", None, None)]
+        for name in names:
             for label in (1, 0):
-                y = np.full(x.shape, label)
-                real = backend.bce[name](x, ev.arr(y))
-                out.append(_compare(d, name, label, x, model(x, y, None, ev), real))
-                if name in backend.grad:
-                    g_model = gradients.grad(name, x, y, None, ev)
-                    g_real = backend.grad[name](x, ev.arr(y))
-                    out.append(_compare(d, f"grad {name}", label, x, g_model, g_real))
+                order += [("bce", name, label), ("grad", name, label)]
+        for key in order:
+            if key in gaps:
+                g = gaps[key]
+                quantity = {"bce": str(key[1]), "grad": f"grad {key[1]}"}.get(key[0], key[0])
+                out.append(Difference(d, quantity, key[2], g.n, g.count, g.worst, g.first_x, g.worst_x))
     return out
+
+
+def _key(b: records.Block) -> tuple:
+    return (b.quantity, b.formula, b.label)
 
 
 def keypoint_pairs(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[KeyPointPair]:
