@@ -17,10 +17,9 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from bce_audit.records import CLIP_FLOATS, Block, Row
+from bce_audit.records import CLIP_FLOATS, ROW_FLOATS, Block, Row
 
 FIELDS = tuple(f.name for f in fields(Row))
-FORMATS = ("jsonl", "csv", "parquet")
 
 
 class Writer(Protocol):
@@ -135,10 +134,8 @@ class Parquet:
         except ImportError:
             raise ParquetMissing("--format parquet needs pyarrow: pip install 'bce-audit[parquet]'") from None
         self.pa = pa
-        self.schema = pa.schema([
-            (n, pa.float64()) if n in (*CLIP_FLOATS, "x", "x_dtype", "value", "exact", "abs_err", "rel_err",
-                                       "ulp_err", "bits", "eps")
-            else (n, pa.string()) for n in FIELDS])
+        floats = (*ROW_FLOATS, *CLIP_FLOATS, "eps")
+        self.schema = pa.schema([(n, pa.float64() if n in floats else pa.string()) for n in FIELDS])
         self.w = pq.ParquetWriter(f, self.schema)
 
     def write(self, blocks: Sequence[Block]) -> None:
