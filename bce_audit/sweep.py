@@ -537,10 +537,13 @@ class ChunkResult:
 
 
 def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int] | None,
-                users: tuple[impl.Source, ...] = ()) -> ChunkResult:
+                users: tuple[impl.Source, ...] = (), timeout: float | None = None) -> ChunkResult:
     """The unit of work: grid points start..stop-1 of one dtype. Pure, so it runs anywhere
     (a process pool, a Dask worker) and the same inputs give the same result; ``users`` (see
-    `formulas.sources`) lets a worker import the ``impl:`` formulas again."""
+    `formulas.sources`) lets a worker import the ``impl:`` formulas again, under the parent's
+    ``timeout`` (`impl.TIMEOUT`)."""
+    if timeout is not None:
+        impl.TIMEOUT = timeout
     formulas.ensure(users)
     backend = backends.get(s.backend, s.device)
     where = backend.label if backend else "numpy"
@@ -656,7 +659,8 @@ def _pool_pays(s: Settings, dtype: str, specs: list) -> bool:
 def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, scheduler: str | None):
     """Yield (k, result) for each chunk spec, in order, wherever the work runs."""
     users = formulas.sources(s.formulas)
-    args = [(s, dtype, start, stop, index, users) for start, stop, index in specs]
+    timeout = impl.TIMEOUT if users else None  # what the workers' impl: calls may take
+    args = [(s, dtype, start, stop, index, users, timeout) for start, stop, index in specs]
     if scheduler:
         from bce_audit import distributed
         yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)

@@ -414,3 +414,23 @@ def test_issue_14_gate_outputs_never_overwrite_an_input(tmp_path, flag):
     config.write_text(GATE, encoding="utf-8")
     assert_usage_error(run("gate", str(config), flag, str(config)), flag, "is an input being read")
     assert config.read_text(encoding="utf-8") == GATE
+
+
+def test_issue_14_the_timeout_reaches_pool_workers(module, monkeypatch):
+    """A hung call in a --jobs worker stops at the parent's --impl-timeout, not at the default."""
+    from bce_audit import sweep
+
+    monkeypatch.setattr(sweep, "CHUNK", 4)
+    monkeypatch.setattr(sweep, "POOL_MIN_POINTS", 0)
+    spec = module(f"""
+        import os, time
+        def bce(x, y):
+            if os.getpid() != {os.getpid()}:  # hangs in the pool's workers only, not in the key points here
+                time.sleep(30)
+            return x
+        """)
+    t = time.monotonic()
+    r = run("sweep", "--dtype", "float32", "--points", "11", "--formula", spec, "--jobs", "2", "--no-cache",
+            "--impl-timeout", "0.5")
+    assert_usage_error(r, "did not return within 0.5 s")
+    assert time.monotonic() - t < 20

@@ -666,11 +666,11 @@ def test_resume_after_an_interrupted_run(tmp_path, monkeypatch):
     original = sweep.audit_chunk
     failed = []
 
-    def flaky(s, dtype, start, stop, index, users=()):
+    def flaky(s, dtype, start, stop, index, *rest):
         if start == 2 * CHUNK and not failed:
             failed.append(start)
             raise KeyboardInterrupt  # the user stopped the run in the third chunk
-        return original(s, dtype, start, stop, index, users)
+        return original(s, dtype, start, stop, index, *rest)
 
     cache.use(cache.Cache(tmp_path))
     monkeypatch.setattr(sweep, "audit_chunk", flaky)
