@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import click
-import numpy as np
 from click.core import ParameterSource
 
 from bce_audit import (
@@ -534,7 +533,8 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     if plot_kind == "grad":
         s = replace(s, grad=True)  # gradients are computed only when asked for
     if plot_kind == "grad":  # a one-point probe: fail fast while the sweep has no gradient rows
-        probe = _run(lambda: sweep.rows_for_dtype(s, s.dtypes[0], np.zeros(1)))
+        one = replace(s, values=(0.0,), keep=None)
+        probe = _run(lambda: sweep.audit_grid(one, s.dtypes[0], None)[1])
         try:
             plot.check_available(plot_kind, probe)
         except plot.PlotError as e:

@@ -444,17 +444,6 @@ def block(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, wh
     return Block(dtype, s.mode, where, c.quantity, c.formula, c.eps, c.label, floats)
 
 
-def rows_for_dtype(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True,
-                   backend=None) -> list[Row]:
-    """Every row of one dtype: the sigmoid and round trip (``basics``), then each formula."""
-    xd = Evaluator(dtype, s.mode).arr(xs)
-    where = backend.label if backend else "numpy"
-    rows: list[Row] = []
-    for c in columns(s, dtype, xs, basics, backend):
-        rows += block(c, s, dtype, xs, xd, where).rows()
-    return rows
-
-
 class _WorstAcc:
     """A running `Worst` for one series, fed chunk by chunk (memory stays per chunk)."""
 
