@@ -10,7 +10,7 @@ import math
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import click
@@ -280,27 +280,46 @@ def _output_path(kw: dict) -> str | None:
     path = kw.get("output")
     if path is None or path == "-":
         return None
-    source = kw.get("config")
-    if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+    if kw.get("config") and _same_file(path, kw["config"]):
         _fail(f"--output {path!r} is the config being read (--config); write elsewhere")
     return path
 
 
-def _format(kw: dict, formats: tuple[str, ...]) -> str:
-    """--format, else the one the -o extension names; one a command cannot write is an error."""
-    kw["output"] = _output_path(kw)
-    fmt = kw["format"] or config.format_for(kw["output"])
+def _same_file(path: str, source: str) -> bool:
+    """Whether writing ``path`` would write over the input ``source``."""
+    return os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source)
+
+
+def _document(kw: dict, formats: tuple[str, ...]) -> dict:
+    """The output of a one-document command: --format (else the one the -o extension names; one
+    the command cannot write is an error) and the target (None: stdout)."""
+    path = _output_path(kw)
+    fmt = kw["format"] or config.format_for(path)
     if fmt not in formats:
-        _fail(f"--output {kw['output']!r}: this command cannot write {fmt}; choose --format from "
+        _fail(f"--output {path!r}: this command cannot write {fmt}; choose --format from "
               f"{', '.join(formats)}")
-    return fmt
+    return {"fmt": fmt, "output": path}
+
+
+@contextlib.contextmanager
+def _writing(path: str | None) -> Iterator[None]:
+    """Writing to stdout (None) or --output: a failure is one line naming the target (a closed
+    pipe is no failure: `_Group.invoke` ends the run quietly)."""
+    try:
+        yield
+    except files.WriteError as e:
+        _fail(f"--output: {e}")
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        _fail(f"{'stdout' if path is None else f'--output {path!r}'}: {e.strerror or e}")
 
 
 def _emit(kw: dict, render: Callable[[str], object]) -> None:
     """Render in the chosen format to stdout or, atomically, to --output."""
     fmt, path = kw["fmt"], kw["output"]
     out = render(fmt)
-    try:
+    with _writing(path):
         if path is None:
             if isinstance(out, str):
                 click.echo(out, nl=False)
@@ -312,12 +331,6 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
                 f.write(out)
             else:
                 report.print_view(out, f)
-    except files.WriteError as e:
-        _fail(f"--output: {e}")
-    except BrokenPipeError:
-        raise
-    except OSError as e:
-        _fail(f"{'stdout' if path is None else f'--output {path!r}'}: {e.strerror or e}")
 
 
 def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
@@ -326,20 +339,15 @@ def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
 
     fmt, path = out["fmt"], out["output"]
     try:
-        target = files.atomic_open(path, "wb" if fmt == "parquet" else "w") if path else \
-            contextlib.nullcontext(sys.stdout)
-        with target as f:
-            w = streams.writer(fmt, f)
-            run(w.write)
-            w.close()
-    except files.WriteError as e:
-        _fail(f"--output: {e}")
+        with _writing(path):
+            target = files.atomic_open(path, "wb" if fmt == "parquet" else "w") if path else \
+                contextlib.nullcontext(sys.stdout)
+            with target as f:
+                w = streams.writer(fmt, f)
+                run(w.write)
+                w.close()
     except streams.ParquetMissing as e:
         _fail(str(e))
-    except BrokenPipeError:
-        raise
-    except OSError as e:
-        _fail(f"{'stdout' if path is None else f'--output {path!r}'}: {e.strerror or e}")
 
 
 # ---------------------------------------------------------------- commands
@@ -463,7 +471,7 @@ def dtypes_cmd(mode: str, **kw) -> int:
                                    "dtypes": report.dtypes_records(infos, overflow)})
         return report.dtypes_table(infos, overflow)
 
-    _emit({"fmt": _format(kw, ("table", "json")), "output": kw["output"]}, render)
+    _emit(_document(kw, ("table", "json")), render)
     return 0
 
 
@@ -485,7 +493,7 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
     chosen = tuple(dict.fromkeys(dtype)) or fidelity.DEFAULT_DTYPES
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
-    out = {"fmt": _format(kw, ("table", "json")), "output": kw["output"]}
+    out = _document(kw, ("table", "json"))
 
     def render(fmt: str):
         if fmt == "json":
@@ -532,7 +540,7 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     s = replace(s, keep=plot.MAX_POINTS)  # evenly spread: a picture's memory never grows with the grid
     if plot_kind == "grad":
         s = replace(s, grad=True)  # gradients are computed only when asked for
-    if plot_kind == "grad":  # a one-point probe: fail fast while the sweep has no gradient rows
+        # a one-point probe: fail fast when the sweep has no gradient rows
         one = replace(s, values=(0.0,), keep=None)
         probe = _run(lambda: sweep.audit_grid(one, s.dtypes[0], None)[1])
         try:
@@ -673,7 +681,7 @@ def _writable(path: str, flag: str, inputs: tuple[str, ...] = ()) -> None:
     """Fail before the work, not after it, when an output file cannot be written or is one of
     the ``inputs`` being read (a config, a baseline)."""
     for source in inputs:
-        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        if _same_file(path, source):
             raise config.ConfigError(f"{flag} {path!r} is an input being read ({source}); write elsewhere")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):

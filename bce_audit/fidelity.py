@@ -92,9 +92,8 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Diffe
         model = replace(grid(d), formulas=names, mode=mode, grad=True, keep=None)
         real = replace(model, backend=backend.name, device=backend.device)
         gaps: dict[tuple, _Gap] = {}
-        n = sweep.grid_size(model, d)
         try:
-            chunks = zip(sweep.run_chunks(model, d, n, None), sweep.run_chunks(real, d, n, None), strict=True)
+            chunks = zip(sweep.run_chunks(model, d, None), sweep.run_chunks(real, d, None), strict=True)
             for m, r in chunks:
                 reals = {_key(b): b for b in r.blocks}
                 for b in m.blocks:

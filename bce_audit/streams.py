@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import IO, Protocol
 
 import numpy as np
 
-from bce_audit.records import CLIP_FLOATS, ROW_FLOATS, Block, Row
+from bce_audit.records import CLIP_FLOATS, ROW_FLOATS, Block, Row, clean
 
 FIELDS = tuple(f.name for f in fields(Row))
 
@@ -40,7 +39,7 @@ def _floats(a: np.ndarray, style: str, absent: np.ndarray | None = None, memo: d
     out = list(map(repr, a.tolist()))
     quote = '"{}"' if style == "json" else "{}"
     for i in np.flatnonzero(~np.isfinite(a)).tolist():
-        out[i] = quote.format(_word(float(a[i])))
+        out[i] = quote.format(clean(float(a[i])))
     if absent is not None:
         gone = "null" if style == "json" else ""
         for i in np.flatnonzero(absent).tolist():
@@ -48,13 +47,9 @@ def _floats(a: np.ndarray, style: str, absent: np.ndarray | None = None, memo: d
     return out
 
 
-def _word(v: float) -> str:
-    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-
-
 def _constant(v, style: str) -> str:
     if style == "json":
-        return json.dumps(_word(v) if isinstance(v, float) and not math.isfinite(v) else v)
+        return json.dumps(clean(v))
     if v is None:
         return ""
     return repr(v) if isinstance(v, float) else str(v)

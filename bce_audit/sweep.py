@@ -271,8 +271,7 @@ class _FastRefs:
     def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
         """`fastref.clipped` at x (or at -x: ``mirrored``), once per chunk for the formulas that
         clip alike (the pair's label-1 half is label 1's)."""
-        assert f.clip is not None  # a clipping formula
-        key = (mirrored, label, f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
+        key = (mirrored, label, *_clip_key(f, clip_args))
         if key not in self._clipped_memo:
             e = self.e
             if mirrored:
@@ -302,8 +301,7 @@ class _FastRefs:
     def measure_clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
         """`clipped`, with the rounding ULPs only as `measure` gives them (finite values); the
         clipped-exact columns are shared by the formulas that clip alike."""
-        assert f.clip is not None  # a clipping formula
-        key = (label, f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
+        key = (label, *_clip_key(f, clip_args))
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
             sc = fastref.scale(clip, None, self.info)
@@ -313,6 +311,12 @@ class _FastRefs:
             self._clips[key] = clip, rel, sc
         clip, rel, sc = self._clips[key]
         return clip, rel, sc.measure(values, rel=False)[0]
+
+
+def _clip_key(f: formulas.Formula, clip_args) -> tuple:
+    """What decides a clipped-exact column besides the label: formulas that clip alike share it."""
+    assert f.clip is not None  # a clipping formula
+    return (f.clip.log_floor, *(None if a is None else float(a) for a in clip_args))
 
 
 @dataclass
@@ -595,7 +599,7 @@ def chunk_size(s: Settings) -> int:
     return CHUNK if s.keep is not None else CHUNK >> 4
 
 
-def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int = 1,
+def run_chunks(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1,
                scheduler: str | None = None, progress=None) -> Iterator[ChunkResult]:
     """Every chunk of one dtype's grid, yielded in order: from the cache where done before (so
     a run that stopped resumes), the rest serially, in a process pool (``jobs`` > 1) or on a Dask
@@ -604,6 +608,7 @@ def run_chunks(s: Settings, dtype: str, n: int, keep: set[int] | None, jobs: int
     Only one chunk's result is held at a time here. A run that keeps every row is not cached:
     its entries would be as large as its output.
     """
+    n = grid_size(s, dtype)
     kept = None if keep is None else sorted(keep)
     size = chunk_size(s)
     specs = []
@@ -685,7 +690,7 @@ def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, sc
     the kept rows (or, with ``sink``, each chunk's kept rows handed to it in grid order)."""
     accs: list[_WorstAcc] = []
     kept: list[list[Row]] = []
-    for r in run_chunks(s, dtype, grid_size(s, dtype), keep, jobs, scheduler, progress):
+    for r in run_chunks(s, dtype, keep, jobs, scheduler, progress):
         if not accs:
             accs = [_WorstAcc((w.dtype, w.mode, w.quantity, w.formula, w.eps, w.label)) for w in r.worst]
             kept = [[] for _ in r.worst]
