@@ -18,7 +18,7 @@ import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
-                 "torch-bce-logits", "optax")  # the built-in formulas, in table order (formulas.py)
+                 "torch-bce-logits", "optax", "sklearn")  # the built-in formulas, in table order (formulas.py)
 Label = int | str  # 1, 0 or "pair"
 
 LABELS = ("1", "0", "both")

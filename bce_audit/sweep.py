@@ -717,8 +717,9 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
 
 def native(s: Settings) -> Settings:
     """A real backend computes as it does: its records carry the model mode it follows
-    (torch: float32 opmath for narrow dtypes, like ``upcast``; jax: ``per-op``)."""
-    mode = {"torch": "upcast", "jax": "per-op"}.get(s.backend, s.mode)
+    (torch: float32 opmath for narrow dtypes, ``upcast``; jax: XLA's, ``xla``; TensorFlow's
+    kernels, ``tf``; scikit-learn: numpy's, ``per-op``)."""
+    mode = {"torch": "upcast", "jax": "xla", "tensorflow": "tf", "sklearn": "per-op"}.get(s.backend, s.mode)
     return s if mode == s.mode else replace(s, mode=mode)
 
 
