@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,8 @@ def get(name: str, device: str = "cpu") -> Backend | None:
     if key not in _BACKENDS:
         if device != "cpu" and name != "torch":
             raise BackendMissing(f"--device applies to the torch backend; {name} runs on cpu here")
-        _BACKENDS[key] = {"torch": _torch, "jax": _jax, "tensorflow": _tensorflow, "sklearn": _sklearn}[name](device)
+        make = {"torch": _torch, "jax": _jax, "tensorflow": _tensorflow, "sklearn": _sklearn}[name]
+        _BACKENDS[key] = make(device)
     return _BACKENDS[key]
 
 
@@ -283,6 +285,9 @@ def _tensorflow(device: str) -> Backend:
             return out
         return _padded(run, _TF_BLOCK)
 
+    def logit(p):
+        return tf.math.log(p / (1 - p))
+
     def stable(x, y):
         return tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)
 
@@ -311,7 +316,7 @@ def _tensorflow(device: str) -> Backend:
             return tape.gradient(out, x)
         return g
 
-    bce = {"keras2-logits": keras2, "logits-stable": stable}
+    bce: dict[str, Callable[..., Any]] = {"keras2-logits": keras2, "logits-stable": stable}
     what = {"keras2-logits": "tf.nn.sigmoid_cross_entropy_with_logits(y, tf.math.log(p / (1 - p))), "
                              "p = tf.clip_by_value(tf.math.sigmoid(x), eps, 1 - eps)",
             "logits-stable": "tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)"}
@@ -321,7 +326,7 @@ def _tensorflow(device: str) -> Backend:
     return Backend(
         "tensorflow", "cpu",
         sigmoid=wrap("tf.math.sigmoid", tf.math.sigmoid),
-        logit=wrap("tf.math.log(p / (1 - p))", lambda p: tf.math.log(p / (1 - p))),
+        logit=wrap("tf.math.log(p / (1 - p))", logit),
         bce={k: wrap(k, f) for k, f in bce.items()},
         grad={k: wrap(f"{k} gradient", grad_of(f)) for k, f in bce.items()},
         what=what,
@@ -359,7 +364,8 @@ def _sklearn(device: str) -> Backend:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 probs = check_array(pu[good], ensure_2d=False, dtype=supported_float_dtypes(np))
-                labels, probs = skc._validate_multiclass_probabilistic_prediction(yu[good], probs, None, [0, 1])
+                labels, probs = skc._validate_multiclass_probabilistic_prediction(
+                    yu[good], probs, None, [0, 1])
                 vals[good] = [skc._log_loss(labels[i:i + 1], probs[i:i + 1], normalize=False)
                               for i in range(len(good))]
         with np.errstate(over="ignore"):

@@ -316,7 +316,9 @@ def sklearn(x, y, eps, ev: Evaluator) -> np.ndarray:
     e = work.c(np.finfo(work.dtype).eps)
     q = one - p
     pc, qc = work.clip(p, e, one - e), work.clip(q, e, one - e)
-    return -(np.where(y == zero, zero, y * work.log(pc)) + np.where(one - y == zero, zero, (one - y) * work.log(qc)))
+    ones = np.where(y == zero, zero, y * work.log(pc))  # xlogy: a zero weight's term is 0
+    zeros = np.where(one - y == zero, zero, (one - y) * work.log(qc))
+    return -(ones + zeros)
 
 
 _SKLEARN_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
