@@ -263,6 +263,8 @@ def _tensorflow(device: str) -> Backend:
     try:
         with quiet():
             import tensorflow as tf
+
+            tf.math.sigmoid(tf.constant([0.0]))  # the first op finds the devices, noisily
     except ImportError:
         raise BackendMissing(f"the tensorflow backend needs TensorFlow: {INSTALL['tensorflow']}") from None
     tf.get_logger().setLevel("ERROR")
