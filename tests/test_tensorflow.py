@@ -119,15 +119,17 @@ def test_tensorflow_flushes_subnormals_and_the_tf_mode_does_too():
 def test_mean_of_the_pair_as_tensorflow_reduces_it():
     """TF's reduce_mean of float16 sums in float16; the formulas of TF code say so (mean32=False)."""
     tf = _tf()
-    a = np.float16([2048.0, 0.5])  # 2048 + 1 is not a float16: the sum rounds in float16
-    b = np.float16([1.0, 0.25])
+    a = np.float16([40000.0, 0.5])  # 40000 + 40000 overflows float16: the mean is inf in float16
+    b = np.float16([40000.0, 0.25])
     real = tf.reduce_mean(tf.stack([tf.constant(a), tf.constant(b)]), axis=0).numpy()
     ev = Evaluator("float16", "tf")
     model = formulas.pair_mean(formulas.get("logits-stable"), a, b, ev)
     np.testing.assert_array_equal(model, real)
+    assert np.isinf(real[0])
     wide = formulas.pair_mean(formulas.get("optax"), a, b, ev)  # jax, torch: float32, rounded once
     once = ((a.astype(np.float32) + b.astype(np.float32)) / 2).astype(np.float16)
     np.testing.assert_array_equal(wide, once)
+    assert wide[0] == 40000
     assert formulas.get("logits-stable").mean32 is False and formulas.get("optax").mean32 is True
 
 
