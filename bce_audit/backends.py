@@ -47,6 +47,15 @@ class Backend:
     bce: dict[str, Callable[..., np.ndarray]]  # f(x, y), or f(x, y, eps) for a clipping formula
     grad: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict)
     what: dict[str, str] = field(default_factory=dict)  # formula -> the real call it runs
+    block: int = 0  # arrays are padded to whole blocks of this many elements (0: not padded)
+
+    @property
+    def evaluation(self) -> str:
+        """How the real ops see the inputs, for the output to say."""
+        if not self.block:
+            return f"{self.label} evaluates each array as given"
+        return (f"{self.label} evaluates arrays padded to whole blocks of {self.block} values, so "
+                "every value takes the kernel's vector path wherever it sits")
 
     @property
     def label(self) -> str:
@@ -196,6 +205,7 @@ def _torch(device: str) -> Backend:
               "torch-bce-logits": wrap("binary_cross_entropy_with_logits backward", grad_of(bce_logits))},
         what={"torch-bce": "F.binary_cross_entropy(torch.sigmoid(x), y)",
               "torch-bce-logits": "F.binary_cross_entropy_with_logits(x, y)"},
+        block=_BLOCK,
     )
 
 
@@ -332,6 +342,7 @@ def _tensorflow(device: str) -> Backend:
         bce={k: wrap(k, f) for k, f in bce.items()},
         grad={k: wrap(f"{k} gradient", grad_of(f)) for k, f in bce.items()},
         what=what,
+        block=_TF_BLOCK,
     )
 
 

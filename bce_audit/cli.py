@@ -496,11 +496,13 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
     out = _document(kw, ("table", "json"))
+    mode = sweep.native(records.Settings(backend=backend)).mode
+    notes = [f"the models run in mode {mode}, as {backend} computes", be.evaluation]
 
     def render(fmt: str):
         if fmt == "json":
-            return report.fidelity_json(diffs, pairs, be.label)
-        return report.fidelity_view(diffs, pairs, be.label)
+            return report.fidelity_json(diffs, pairs, be.label, notes)
+        return report.fidelity_view(diffs, pairs, be.label, notes)
 
     _emit(out, render)
     return 0

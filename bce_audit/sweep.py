@@ -737,6 +737,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     backend = backends.get(s.backend, s.device)
     notes: list[str] = []
     if backend is not None:
+        notes.append(backend.evaluation)
         missing = backend.missing(s.formulas)
         if missing:
             notes.append(f"{backend.name} has no real counterpart of {', '.join(missing)}: not audited "
