@@ -2,27 +2,32 @@
 
 TensorFlow evaluates these element-wise ops with Eigen's Tensor executor. The model follows the Eigen
 headers shipped in the tensorflow 2.21.0 wheel (``tensorflow/include/Eigen``, version string
-``5.0.1-dev+master``; TensorFlow pins Eigen by commit in ``third_party/eigen3/workspace.bzl``):
+``5.0.1-dev+master``; TensorFlow pins the Eigen commit in ``third_party/eigen3/workspace.bzl``):
 
 - ``Eigen/src/Core/functors/UnaryFunctors.h``: ``scalar_logistic_op<float>`` (its own packet code: a
-  halved argument, a degree-5 polynomial, then squaring) and the generic ``scalar_logistic_op_impl``
-  used for half and bfloat16 (``e = pexp(x); e == inf ? 1 : e / (1 + e)``);
+  halved argument, a degree-5 polynomial, then squaring; its scalar code ``e = exp(min(x, 16.6355324f));
+  e / (1 + e)``) and the generic ``scalar_logistic_op_impl`` used for half and bfloat16
+  (``e = exp(x); e == inf ? 1 : e / (1 + e)``);
 - ``Eigen/src/Core/arch/Default/GenericPacketMathFunctions.h``: ``pexp_float``, ``plog_impl_float``,
   ``generic_log1p``, ``pfrexp_generic``, ``pldexp_generic``, ``pldexp_fast``;
 - ``Eigen/src/Core/arch/AVX/PacketMath.h`` and ``MathFunctions.h``: ``Packet8f``, ``Packet8h`` and
   ``Packet8bf``. float16 and bfloat16 packets are widened to float32, computed there and rounded back
-  after every single operation (``F16_PACKET_FUNCTION``, ``BF16_PACKET_FUNCTION``, ``padd``, ``pdiv``).
+  after every single operation (``F16_PACKET_FUNCTION``, ``BF16_PACKET_FUNCTION``, ``padd``, ``pdiv``);
+- the scalar path's exp is glibc's ``expf`` (``sysdeps/ieee754/flt-32/e_expf.c``, glibc >= 2.28).
 
 Facts measured on the x86-64 wheel, which is built for AVX without FMA:
 
 - Packets hold ``BLOCK`` = 8 elements for all three dtypes. An array of ``n`` elements runs its first
-  ``n - n % 8`` elements through the packet code and the last ``n % 8`` through the scalar code
-  (``numext::exp``, i.e. libm ``expf``), which rounds differently. ``pad`` appends elements so that
-  every original element takes the packet path; the model is exact for those.
+  ``n - n % 8`` elements through the packet code and the last ``n % 8`` through the scalar code, which
+  rounds differently for float32 (about a third of a grid over [-20, 20]); float16 never differs, and
+  bfloat16 only in the sign of a NaN. ``pad`` makes every element take the packet path;
+  ``logistic_unpadded`` models an array as it is.
 - ``pmadd`` is a multiply and then an add, two roundings (no FMA in the AVX build).
-- TensorFlow runs its CPU kernels with flush-to-zero and denormals-are-zero (MXCSR FTZ|DAZ): subnormal
-  inputs count as zero and every subnormal float32 result becomes a signed zero. Conversions to
-  float16/bfloat16 are integer code and keep the float16/bfloat16 subnormals they produce.
+- TensorFlow runs its CPU kernels (eager and graph) with flush-to-zero and denormals-are-zero (MXCSR
+  FTZ|DAZ): subnormal float32 inputs count as zero and every subnormal float32 result becomes a signed
+  zero; bfloat16 shares float32's exponent range, so its subnormals go the same way. Sign flips
+  (``tf.negative``, ``tf.abs``) and the conversions to float16/bfloat16 are bit operations and keep
+  subnormals; float16's subnormals are normal float32 values and survive.
 
 >>> import numpy as np
 >>> x = np.array([-np.inf, -100.0, 0.0, 1.0, 16.0, 17.0, np.inf], np.float32)
@@ -39,7 +44,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["BLOCK", "DTYPES", "exp", "log", "log1p", "logistic", "pad", "sigmoid_cross_entropy_with_logits"]
+__all__ = [
+    "BLOCK", "DTYPES", "exp", "log", "log1p", "logistic", "logistic_unpadded", "pad",
+    "sigmoid_cross_entropy_with_logits",
+]
 
 BLOCK = 8
 """Elements per packet (Packet8f, Packet8h, Packet8bf): the tail ``n % BLOCK`` takes the scalar path."""
@@ -177,6 +185,52 @@ def _logistic_f32(x0: np.ndarray) -> np.ndarray:
     return np.where(zero_mask, _F32(0), _div(e, _add(_F32(1.0), e)))
 
 
+# glibc's expf (sysdeps/ieee754/flt-32/e_expf.c, e_exp2f_data.c: glibc 2.28 and later), which the scalar
+# path reaches through numext::exp -> std::exp. Its double arithmetic is reproduced operation by operation.
+_EXP2F_TAB = np.array([
+    0x3FF0000000000000, 0x3FEFD9B0D3158574, 0x3FEFB5586CF9890F, 0x3FEF9301D0125B51,
+    0x3FEF72B83C7D517B, 0x3FEF54873168B9AA, 0x3FEF387A6E756238, 0x3FEF1E9DF51FDEE1,
+    0x3FEF06FE0A31B715, 0x3FEEF1A7373AA9CB, 0x3FEEDEA64C123422, 0x3FEECE086061892D,
+    0x3FEEBFDAD5362A27, 0x3FEEB42B569D4F82, 0x3FEEAB07DD485429, 0x3FEEA47EB03A5585,
+    0x3FEEA09E667F3BCD, 0x3FEE9F75E8EC5F74, 0x3FEEA11473EB0187, 0x3FEEA589994CCE13,
+    0x3FEEACE5422AA0DB, 0x3FEEB737B0CDC5E5, 0x3FEEC49182A3F090, 0x3FEED503B23E255D,
+    0x3FEEE89F995AD3AD, 0x3FEEFF76F2FB5E47, 0x3FEF199BDD85529C, 0x3FEF3720DCEF9069,
+    0x3FEF5818DCFBA487, 0x3FEF7C97337B9B5F, 0x3FEFA4AFA2A490DA, 0x3FEFD0765B6E4540,
+], np.uint64)  # tab[i] = bits(2^(i/32)) - (i << 47)
+_EXP2F_N = 32
+_EXP2F_POLY = (float.fromhex("0x1.c6af84b912394p-5") / 32**3, float.fromhex("0x1.ebfce50fac4f3p-3") / 32**2,
+               float.fromhex("0x1.62e42ff0c52d6p-1") / 32)
+_EXP2F_INVLN2N = float.fromhex("0x1.71547652b82fep+0") * 32
+_EXP2F_SHIFT = float.fromhex("0x1.8p+52")
+
+
+def _expf_libm(x: np.ndarray) -> np.ndarray:
+    """glibc ``expf`` on float32 (DAZ applied to ``x`` already), its result rounded under FTZ."""
+    xd = np.where(np.isfinite(x), x, _F32(0)).astype(_F64)
+    z = _EXP2F_INVLN2N * xd
+    kd = z + _EXP2F_SHIFT
+    ki = kd.view(np.uint64)
+    kd = kd - _EXP2F_SHIFT
+    r = z - kd
+    t = _EXP2F_TAB[ki % np.uint64(_EXP2F_N)] + (ki << np.uint64(52 - 5))
+    s = t.view(_F64)
+    c0, c1, c2 = _EXP2F_POLY
+    zp = c0 * r + c1
+    r2 = r * r
+    y = c2 * r + 1.0
+    y = zp * r2 + y
+    out = _round(y * s)
+    out = np.where(x > _F32(float.fromhex("0x1.62e42ep6")), _F32(np.inf), out)
+    out = np.where(x < _F32(float.fromhex("-0x1.9fe368p6")), _F32(0), out)
+    return np.where(np.isnan(x), _quiet(x), out)
+
+
+def _logistic_scalar_f32(x0: np.ndarray) -> np.ndarray:
+    """``scalar_logistic_op<float>::operator()``: ``e = expf(min(x, 16.6355324f)); e / (1 + e)``."""
+    e = _expf_libm(_pmin(x0, _F32(16.6355324)))
+    return _div(e, _add(_F32(1.0), e))
+
+
 def _frexp(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``pfrexp_generic`` under DAZ: mantissa in [0.5, 1) and exponent, both float32."""
     is_denormal = np.abs(a) < _F32(_TINY)
@@ -249,30 +303,45 @@ def _widen(x: np.ndarray) -> np.ndarray:
     return _daz(np.asarray(x).astype(_F32))
 
 
-def _narrow(y: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """Packet8f -> dtype with round-to-nearest-even; Eigen's float2bf16 maps every NaN to 0x7fc0."""
+def _narrow(y: np.ndarray, dtype: np.dtype[Any], packet: bool = True) -> np.ndarray:
+    """float32 -> dtype with round-to-nearest-even. Eigen's bfloat16 conversion maps a NaN to 0x7fc0
+    (packet) or to 0x7fc0 with the NaN's sign (scalar)."""
     out = y.astype(dtype)
     if dtype == np.dtype(ml_dtypes.bfloat16):
-        out = np.where(np.isnan(y), np.uint16(0x7FC0).view(dtype), out)
+        nan = np.where(packet | ~np.signbit(y), np.uint16(0x7FC0), np.uint16(0xFFC0)).view(dtype)
+        out = np.where(np.isnan(y), nan, out)
     return out
 
 
-def logistic(x: np.ndarray) -> np.ndarray:
-    """TensorFlow's CPU ``tf.math.sigmoid`` (packet path), elementwise, in ``x``'s dtype.
+def logistic(x: np.ndarray, *, scalar: bool = False) -> np.ndarray:
+    """TensorFlow's CPU ``tf.math.sigmoid``, elementwise, in ``x``'s dtype.
 
-    float32 runs ``scalar_logistic_op<float>``; float16 and bfloat16 run the generic
-    ``e = pexp(x); e == inf ? 1 : e / (1 + e)`` with each of pexp, + and / rounded to the dtype.
+    The packet path by default; ``scalar=True`` gives the scalar path that the last ``n % BLOCK``
+    elements of an array take (libm ``expf`` in place of Eigen's polynomial). float32 runs
+    ``scalar_logistic_op<float>``; float16 and bfloat16 run the generic
+    ``e = exp(x); e == inf ? 1 : e / (1 + e)`` with each of exp, + and / rounded to the dtype.
     """
     dtype = _check(x)
     x = np.asarray(x)
     with np.errstate(all="ignore"):
         if dtype == _F32:
-            return _logistic_f32(_daz(x))
-        e = _narrow(_pexp_f32(_widen(x)), dtype)
+            return _logistic_scalar_f32(_daz(x)) if scalar else _logistic_f32(_daz(x))
+        packet = not scalar
+        e = _narrow((_expf_libm if scalar else _pexp_f32)(_widen(x)), dtype, packet)
         ef = _widen(e)
-        den = _widen(_narrow(_add(_F32(1.0), ef), dtype))
-        q = _narrow(_div(ef, den), dtype)
+        den = _widen(_narrow(_add(_F32(1.0), ef), dtype, packet))
+        q = _narrow(_div(ef, den), dtype, packet)
         return np.where(np.isinf(e) & (e > 0), np.ones_like(q), q)
+
+
+def logistic_unpadded(x: np.ndarray) -> np.ndarray:
+    """What ``tf.math.sigmoid(x)`` returns for ``x`` as it is: the packet path for the first
+    ``n - n % BLOCK`` elements (C order), the scalar path for the rest."""
+    x = np.asarray(x)
+    flat = x.ravel()
+    head = flat.size - flat.size % BLOCK
+    out = np.concatenate([logistic(flat[:head]), logistic(flat[head:], scalar=True)])
+    return out.reshape(x.shape)
 
 
 def exp(x: np.ndarray) -> np.ndarray:
