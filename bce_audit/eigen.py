@@ -344,11 +344,12 @@ def logistic_unpadded(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def exp(x: np.ndarray) -> np.ndarray:
-    """TensorFlow's CPU ``tf.math.exp`` (packet path: ``pexp_float``), in ``x``'s dtype."""
+def exp(x: np.ndarray, *, scalar: bool = False) -> np.ndarray:
+    """TensorFlow's CPU ``tf.math.exp``, in ``x``'s dtype: ``pexp_float`` on the packet path, glibc
+    ``expf`` on the scalar path (``scalar=True``: the last ``n % BLOCK`` elements)."""
     dtype = _check(x)
     with np.errstate(all="ignore"):
-        return _narrow(_pexp_f32(_widen(x)), dtype)
+        return _narrow((_expf_libm if scalar else _pexp_f32)(_widen(x)), dtype, not scalar)
 
 
 def log(x: np.ndarray) -> np.ndarray:
