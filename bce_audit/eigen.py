@@ -124,11 +124,6 @@ def _pmax(a: np.ndarray, b: Any) -> np.ndarray:
     return np.where(b > a, b, a).astype(_F32)
 
 
-def _pow2(k: np.ndarray) -> np.ndarray:
-    """2**k for integer-valued float32 ``k`` in [-126, 127], built from the exponent bits as Eigen does."""
-    return ((k.astype(np.int32) + 127).astype(np.uint32) << 23).view(_F32)
-
-
 def _ldexp_fast(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``pldexp_fast``: biased exponent clamped to [0, 255]; a NaN exponent gives the factor 0."""
     biased = _pmin(_pmax(_add(m, 127.0), _F32(0)), _F32(255))
@@ -238,7 +233,7 @@ def _frexp(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     offset = np.where(is_denormal, _F32(-126 - 24), _F32(-126))
     biased = (np.abs(normalized).view(np.uint32) >> 23).astype(_F32)
     special = (a == 0) | (biased == 255)
-    bits = (normalized.view(np.uint32) & np.uint32(0x807FFFFF)) | np.float32(0.5).view(np.uint32)
+    bits = (normalized.view(np.uint32) & np.uint32(0x807FFFFF)) | _F32(0.5).view(np.uint32)
     mant = np.where(special, a, bits.view(_F32))
     expo = np.where(special, _F32(0), _add(biased, offset))
     return mant, expo
