@@ -11,7 +11,10 @@ framework-level op is rounded:
   logit stays per-op: torch.logit on CPU rounds ``p / (1 - p)`` to the dtype before the log;
 - ``tf``: TensorFlow on CPU: per-op, with TensorFlow's own sigmoid kernel (Eigen's logistic,
   `eigen.logistic`) and subnormals flushed to zero (FTZ/DAZ) in every op;
-- ``xla``: JAX (XLA) on CPU: per-op, subnormals flushed to zero in every op.
+- ``xla``: JAX (XLA) on CPU: per-op, subnormals flushed to zero in every op;
+- ``native``: each formula in the mode of the framework it models (`FRAMEWORK_MODES`: the
+  Keras and TensorFlow formulas ``tf``, torch's ``upcast``, optax ``xla``, the rest ``per-op``);
+  the sigmoid and the round trip, numpy's ``per-op``.
 
 Flushing follows the CPU: the float32 arithmetic that float32, bfloat16, float16 and float8
 compute in flushes below float32's smallest normal (1.18e-38), so float16 and float8 values,
@@ -37,7 +40,8 @@ import numpy as np
 
 from bce_audit import dtypes, impl, records
 
-MODES = ("per-op", "upcast", "tf", "xla")
+EVALUATED = ("per-op", "upcast", "tf", "xla")  # the modes an Evaluator computes in
+MODES = (*EVALUATED, "native")  # and "native": each formula in its framework's
 FLUSHING = ("tf", "xla")  # the modes that flush subnormals to zero (FTZ/DAZ)
 
 
@@ -46,7 +50,7 @@ def flush(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == np.bool_ or a.dtype.kind in "iub" or a.itemsize > 8:
         return a
-    tiny = _TINY64 if a.itemsize == 8 else _TINY32
+    tiny = flush_floor(a.dtype)
     with np.errstate(all="ignore"):
         small = np.abs(a) < tiny
         if not small.any():
@@ -56,6 +60,12 @@ def flush(a: np.ndarray) -> np.ndarray:
 
 _TINY32 = float.fromhex("0x1p-126")   # 1.18e-38, float32's smallest normal
 _TINY64 = float.fromhex("0x1p-1022")  # 2.23e-308
+
+
+def flush_floor(dtype) -> float:
+    """The magnitude below which a flushing CPU zeroes a value of this dtype: float64's smallest
+    normal for float64, float32's for the dtypes computed in float32."""
+    return _TINY64 if np.dtype(dtype).itemsize == 8 else _TINY32
 
 
 class Flushed(np.ndarray):
@@ -94,8 +104,9 @@ class Evaluator:
         """``ops``: a sigmoid and/or logit that replace the built-in ones. ``memo``: the built-in
         sigmoid and log-sigmoid kernels remember their results by the bits of their input, so
         the formulas evaluated on the same inputs share one evaluation (results are read-only)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode not in EVALUATED:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(EVALUATED)} "
+                             "(native: resolve it per formula with framework_mode)")
         self.info = dtypes.get(dtype)
         self.mode = mode
         self.dtype = self.info.dtype
@@ -368,6 +379,20 @@ class Formula:
         with np.errstate(all="ignore"):
             out = self.fn(ev.inputs(x), ev.inputs(y), eps, ev)
         return np.asarray(out).astype(ev.dtype, copy=False)
+
+
+FRAMEWORK_MODES = {  # the mode each built-in formula's framework computes in on CPU
+    "keras2-logits": "tf", "tf-keras": "tf", "keras3": "tf", "logits-stable": "tf",  # Keras 3: TF backend
+    "torch-bce": "upcast", "torch-bce-logits": "upcast", "optax": "xla",
+}
+
+
+def framework_mode(mode: str, formula: str | None) -> str:
+    """The mode a formula (None: the sigmoid and round trip) is evaluated in: ``mode`` itself,
+    or under ``native`` its framework's (`FRAMEWORK_MODES`; per-op for numpy and user code)."""
+    if mode != "native":
+        return mode
+    return FRAMEWORK_MODES.get(formula, "per-op") if formula is not None else "per-op"
 
 
 def pair_mean(formula: Formula, l0: np.ndarray, l1: np.ndarray, ev: Evaluator) -> np.ndarray:
