@@ -120,8 +120,10 @@ def _selection(f: Callable) -> Callable:
                      show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
                                              "sigmoid f(x) or logit f(p)."),
         _IMPL_TIMEOUT,
-        click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
-                     help="per-op: every op rounds to the dtype (numpy); upcast: framework ops on "
+        click.option("--mode", type=click.Choice(formulas.MODES), default="native", show_default=True,
+                     help="native: each formula as its framework computes it on CPU (the Keras and "
+                          "TensorFlow formulas tf, torch's upcast, optax xla, the rest per-op); "
+                          "per-op: every op rounds to the dtype (numpy); upcast: framework ops on "
                           "dtypes narrower than float32 run in float32 and round once (PyTorch "
                           "opmath); tf: TensorFlow's CPU kernels (Eigen's sigmoid, subnormals "
                           "flushed to zero); xla: JAX on CPU (subnormals flushed to zero)."),

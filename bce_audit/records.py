@@ -54,7 +54,7 @@ class Settings:
     step: float | None = _option(None, "--step")
     spacing: str = _option("lin", "--spacing")
     label: str = _option("both", "--label")
-    mode: str = _option("per-op", "--mode")
+    mode: str = _option("native", "--mode")
     thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, "--threshold")
     backend: str = _option("numpy", "--backend")
     device: str = _option("cpu", "--device")
