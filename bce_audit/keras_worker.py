@@ -37,7 +37,7 @@ def _silence() -> None:
 def _import(framework: str):
     """The Keras module, and the module names that back it (for the versions)."""
     if framework == "tf-keras":
-        import tensorflow as tf  # noqa: F401  (tf_keras needs it; its version is reported)
+        import tensorflow as tf  # tf_keras needs it; its version is reported
         import tf_keras as keras
 
         tf.get_logger().setLevel("ERROR")
@@ -93,7 +93,8 @@ def _reads_logits(keras, framework: str) -> bool:
     try:
         module = importlib.import_module(where)
         fn = inspect.unwrap(module.binary_crossentropy)
-        called = [getattr(module, n) for n in fn.__code__.co_names if inspect.isfunction(getattr(module, n, None))]
+        called = [getattr(module, n) for n in fn.__code__.co_names
+                  if inspect.isfunction(getattr(module, n, None))]
         return any("_keras_logits" in inspect.getsource(inspect.unwrap(f)) for f in (fn, *called))
     except (ImportError, AttributeError, OSError, TypeError):
         return False

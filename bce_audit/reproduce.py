@@ -56,7 +56,7 @@ def requirements(framework: str, backend: str) -> tuple[tuple[str, ...], str]:
     """The modules a run needs, and the install command that brings them."""
     if framework == "tf-keras":
         return ("tensorflow", "tf_keras"), "pip install 'bce-audit[tensorflow]'"
-    extra = {"tensorflow": "keras,tensorflow", "jax": "keras,jax", "torch": "keras,torch"}.get(backend, "keras")
+    extra = "keras" if backend == "numpy" else f"keras,{backend}"
     return ("keras", *((backend,) if backend != "numpy" else ())), f"pip install 'bce-audit[{extra}]'"
 
 
