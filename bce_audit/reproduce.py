@@ -209,7 +209,7 @@ def tail(a: list[float], loss: np.ndarray, exact: np.ndarray) -> tuple[str, floa
 
     >>> tail([0.0, 1.0, 2.0, 3.0], np.array([0.7, 1e-7, 1e-7, 1e-7]), np.array([0.7, 0.3, 0.1, 0.05]))
     ('none', None, None)
-    >>> tail([0.0, 1.0, 2.0], np.array([0.7, 0.2, 0.2]), np.array([0.7, 0.3, 0.1]))
+    >>> tail([0.0, 1.0, 2.0], np.array([0.7, 0.2, 0.2]), np.array([0.7, 0.3, 0.01]))
     ('floor', 0.2, 1.0)
     """
     last, e = float(loss[-1]), float(exact[-1])
