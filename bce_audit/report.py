@@ -692,10 +692,12 @@ REPRO_A = (0, 4, 8, 12, 14, 15, 15.5, 16, 16.5, 17, 18, 20, 25, 30, 35, 40)  # t
 REPRO_OFF = 0.01  # a curve cell more than this far from the exact loss, relative, is marked *
 _POLICY = {"float32": "f32", "mixed_float16": "mixed"}
 _FEEDING = {"in-graph": "in-graph", "fed": "fed p"}
-REPRO_LEGEND = ("votes: of the a where the clipped and the with-logits models differ by more than a factor\n"
-                "of 2, those where the loss is nearer the path's model. _keras_logits: carried by the\n"
-                "output tensor the loss receives. in-graph: model.evaluate; fed p: BinaryCrossentropy()\n"
-                "on probabilities sigmoid(a) as a numpy array. *: more than 1% off the exact loss.")
+REPRO_LEGEND = (  # lines under 80 columns: rich wraps nothing at a terminal's width
+    "votes: of the a where the clip-and-log and the with-logits models differ by\n"
+    "more than a factor of 2, those where the loss is nearer the path's model.\n"
+    "_keras_logits: carried by the output tensor the loss receives.\n"
+    "in-graph: model.evaluate; fed p: BinaryCrossentropy() on sigmoid(a) as numpy.\n"
+    "*: more than 1% off the exact loss.")
 
 
 def repro_verdict(c: ReproCase) -> str:
