@@ -695,7 +695,7 @@ _FEEDING = {"in-graph": "in-graph", "fed": "fed p"}
 REPRO_LEGEND = (  # lines under 80 columns: rich wraps nothing at a terminal's width
     "votes: of the a where the clip-and-log and the with-logits models differ by\n"
     "more than a factor of 2, those where the loss is nearer the path's model.\n"
-    "_keras_logits: carried by the output tensor the loss receives.\n"
+    "_keras_logits: carried by the model's output (in the graph, on TensorFlow).\n"
     "in-graph: model.evaluate; fed p: BinaryCrossentropy() on sigmoid(a) as numpy.\n"
     "*: more than 1% off the exact loss.")
 
@@ -763,7 +763,10 @@ def repro_view(cases: list[ReproCase]) -> Group:
             off = not math.isfinite(v) or abs(v - e) > REPRO_OFF * e
             cells.append(Text(fmt(v) + ("*" if off else " "), style="yellow" if off else ""))
         curve.add_row(f"{a:g}", fmt(first.exact[i]) + " ", *cells)
-    return Group(head, Text(""), *lines, Text(""), ev, curve, Text(REPRO_LEGEND, style="dim"))
+    notes = [Text(f"note: {_repro_case(c)}: _keras_logits carried and read, yet {c.path}", style="yellow")
+             for c in cases if c.carries_logits and c.reads_logits and c.path != "logits"]
+    return Group(head, Text(""), *lines, *([Text(""), *notes] if notes else []), Text(""), ev, curve,
+                 Text(REPRO_LEGEND, style="dim"))
 
 
 def repro_json(cases: list[ReproCase]) -> str:
