@@ -518,18 +518,20 @@ def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str
                   plot_path: str | None, **kw) -> int:
     """Reproduce the Keras BCE floor: the question's model on {(-a, 0), (a, 1)}, end to end.
 
-    \b
     Dense(1, activation='sigmoid') with weight 1 and bias 0, compiled with binary_crossentropy,
     evaluated on x = [[-a], [a]], y = [[0], [1]] for a = 0..40 (and every 0.25 from 12 to 20),
-    in float32 and under mixed_float16; and the same loss on probabilities fed as a numpy array.
-    Says for each case whether Keras took the logits path or clipped, and where the loss floors.
-    Keras runs in a subprocess. Needs the framework:
+    in float32 and under mixed_float16; and the same loss on probabilities fed as a numpy
+    array. Says for each case whether Keras took the logits path or clipped, and where the
+    loss floors. Keras runs in a subprocess.
+
+    \b
+    Needs the framework:
       pip install 'bce-audit[tensorflow]'   (--backend tf-keras)
-      pip install 'bce-audit[keras]'        (--backend keras, plus jax, torch or tensorflow)
+      pip install 'bce-audit[keras,jax]'    (--backend keras; or [keras,torch], ...)
     \b
     Examples:
       bce-audit reproduce --backend tf-keras
-      bce-audit reproduce --backend keras --keras-backend jax --policy float32 --plot floor.png
+      bce-audit reproduce --backend keras --keras-backend torch --plot floor.png
     """
     from bce_audit import reproduce
 
