@@ -121,15 +121,17 @@ def _selection(f: Callable) -> Callable:
                                              "sigmoid f(x) or logit f(p)."),
         _IMPL_TIMEOUT,
         click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
-                     help="per-op: every op rounds to the dtype; upcast: framework ops on dtypes "
-                          "narrower than float32 run in float32 and round once (PyTorch opmath)."),
+                     help="per-op: every op rounds to the dtype (numpy); upcast: framework ops on "
+                          "dtypes narrower than float32 run in float32 and round once (PyTorch "
+                          "opmath); tf: TensorFlow's CPU kernels (Eigen's sigmoid, subnormals "
+                          "flushed to zero); xla: JAX on CPU (subnormals flushed to zero)."),
         click.option("--label", type=click.Choice(records.LABELS), default="both", show_default=True,
                      help="Label to audit; 'both' adds the seed article's two-point pair."),
         click.option("--threshold", "thresholds", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
                           "(repeatable; default 1e-3 and 1e-2)."),
-        click.option("--backend", type=click.Choice(("numpy", "torch", "jax")), default="numpy",
-                     show_default=True, help="numpy: the formula models; torch / jax: the installed "
+        click.option("--backend", type=click.Choice(backends.NAMES), default="numpy",
+                     show_default=True, help="numpy: the formula models; any other: the installed "
                                              "framework's real ops, audited the same way."),
         click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
                      help="Device for --backend torch."),
@@ -476,7 +478,7 @@ def dtypes_cmd(mode: str, **kw) -> int:
 
 
 @cli.command("fidelity")
-@click.option("--backend", type=click.Choice(("torch", "jax")), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(backends.NAMES[1:]), default="torch", show_default=True,
               help="The real framework to compare the numpy models with.")
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
               help="Device for --backend torch.")
@@ -494,11 +496,13 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
     out = _document(kw, ("table", "json"))
+    mode = sweep.native(records.Settings(backend=backend)).mode
+    notes = [f"the models run in mode {mode}, as {backend} computes", be.evaluation]
 
     def render(fmt: str):
         if fmt == "json":
-            return report.fidelity_json(diffs, pairs, be.label)
-        return report.fidelity_view(diffs, pairs, be.label)
+            return report.fidelity_json(diffs, pairs, be.label, notes)
+        return report.fidelity_view(diffs, pairs, be.label, notes)
 
     _emit(out, render)
     return 0

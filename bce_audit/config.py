@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bce_audit import dtypes, files, formulas, impl
+from bce_audit import backends, dtypes, files, formulas, impl
 from bce_audit.records import (
     DEFAULT_EPS,
     DEFAULT_POINTS,
@@ -296,7 +296,7 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     kind = _one_of(values.get("kind", "bce-logits"), impl.KINDS, "implementation kind", origin("kind"))
     chosen = _choices(values.get("dtypes", ()), dtypes.NAMES, "dtype", origin("dtypes"))
     grid = check_grid(values, origin) if with_grid else {}
-    backend = _one_of(values.get("backend", "numpy"), ("numpy", "torch", "jax"), "backend", origin("backend"))
+    backend = _one_of(values.get("backend", "numpy"), backends.NAMES, "backend", origin("backend"))
     device = _one_of(values.get("device", "cpu"), ("cpu", "cuda"), "device", origin("device"))
     if device != "cpu" and backend != "torch":
         raise ConfigError(f"{origin('device')} {device}: only the torch backend runs on cuda")

@@ -390,8 +390,7 @@ def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) ->
             zero, one = np.zeros(np.shape(a)), np.ones(np.shape(a))
             l0 = formula(-np.asarray(a), zero, eps, ev)
             l1 = formula(a, one, eps, ev)
-            with np.errstate(all="ignore"):
-                return (l0 + l1) * ev.c(0.5)
+            return formulas.pair_mean(formula, l0, l1, ev)
         return pair
     return lambda v: formula(v, np.full(np.shape(v), label), eps, ev)
 
@@ -404,8 +403,7 @@ def loss_values(formula: Formula, eps: float | None, labels: Sequence[Label], ev
     for label in labels:
         if label == "pair" and 1 in out:
             l0 = formula(-np.asarray(x), np.zeros(np.shape(x)), eps, ev)
-            with np.errstate(all="ignore"):
-                out[label] = (l0 + out[1]) * ev.c(0.5)
+            out[label] = formulas.pair_mean(formula, l0, out[1], ev)
         else:
             out[label] = loss_fn(formula, eps, label, ev)(x)
     return [out[label] for label in labels]
@@ -419,8 +417,7 @@ def _label_table(dtype: str, mode: str, formula: str, eps: float | None, label: 
     ev = Evaluator(dtype, mode)
     if label == "pair":
         l0, l1 = _label_table(dtype, mode, formula, eps, 0), _label_table(dtype, mode, formula, eps, 1)
-        with np.errstate(all="ignore"):
-            out = (l0[::-1] + l1) * ev.c(0.5)  # finite values are symmetric: index -i is -a
+        out = formulas.pair_mean(formulas.get(formula), l0[::-1], l1, ev)  # symmetric: index -i is -a
     else:
         out = loss_fn(formulas.get(formula), eps, label, ev)(info.finite_values())
     out.flags.writeable = False

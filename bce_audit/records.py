@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
+# the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
-                 "torch-bce-logits", "optax")  # the built-in formulas, in table order (formulas.py)
+                 "torch-bce-logits", "optax", "sklearn")
 Label = int | str  # 1, 0 or "pair"
 
 LABELS = ("1", "0", "both")

@@ -663,13 +663,14 @@ def fidelity_tables(diffs, pairs, backend_label: str) -> list[Table]:
     return tables
 
 
-def fidelity_view(diffs, pairs, backend_label: str) -> Group:
-    return Group(*fidelity_tables(diffs, pairs, backend_label))
+def fidelity_view(diffs, pairs, backend_label: str, notes: Sequence[str] = ()) -> Group:
+    return Group(*fidelity_tables(diffs, pairs, backend_label), *(Text(f"note: {n}") for n in notes))
 
 
-def fidelity_json(diffs, pairs, backend_label: str) -> str:
+def fidelity_json(diffs, pairs, backend_label: str, notes: Sequence[str] = ()) -> str:
     return to_json({"schema": SCHEMA, "version": __version__, "kind": "fidelity", "backend": backend_label,
-                    "differences": [asdict(d) for d in diffs], "keypoints": [asdict(p) for p in pairs]})
+                    "differences": [asdict(d) for d in diffs], "keypoints": [asdict(p) for p in pairs],
+                    "notes": list(notes)})
 
 
 @contextlib.contextmanager

@@ -717,8 +717,9 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
 
 def native(s: Settings) -> Settings:
     """A real backend computes as it does: its records carry the model mode it follows
-    (torch: float32 opmath for narrow dtypes, like ``upcast``; jax: ``per-op``)."""
-    mode = {"torch": "upcast", "jax": "per-op"}.get(s.backend, s.mode)
+    (torch: float32 opmath for narrow dtypes, ``upcast``; jax: XLA's, ``xla``; TensorFlow's
+    kernels, ``tf``; scikit-learn: numpy's, ``per-op``)."""
+    mode = {"torch": "upcast", "jax": "xla", "tensorflow": "tf", "sklearn": "per-op"}.get(s.backend, s.mode)
     return s if mode == s.mode else replace(s, mode=mode)
 
 
@@ -736,6 +737,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     backend = backends.get(s.backend, s.device)
     notes: list[str] = []
     if backend is not None:
+        notes.append(backend.evaluation)
         missing = backend.missing(s.formulas)
         if missing:
             notes.append(f"{backend.name} has no real counterpart of {', '.join(missing)}: not audited "

@@ -222,7 +222,7 @@ def _all_finite(dtype) -> np.ndarray:
     return vals[keep][np.argsort(f[keep], kind="stable")]
 
 
-@pytest.mark.parametrize("mode", formulas.MODES)
+@pytest.mark.parametrize("mode", ["per-op", "upcast"])  # the scan's reference flushes nothing
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_narrow_roundtrip_overflow_by_exhaustive_scan(name, mode):
     info = dtypes.get(name)
