@@ -510,6 +510,64 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
     return 0
 
 
+@cli.command("reproduce")
+@click.option("--backend", "framework", type=click.Choice(("tf-keras", "keras")), required=True,
+              help="tf-keras: import tf_keras (TensorFlow); keras: Keras 3 on --keras-backend.")
+@click.option("--keras-backend", "keras_backend", type=click.Choice(("tensorflow", "jax", "torch", "numpy")),
+              default=None, help="KERAS_BACKEND for --backend keras (default tensorflow).")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(("float32", "mixed_float16")),
+              help="Keras dtype policy (repeatable; default both).")
+@_output(("table", "json"))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also draw loss against a (log scale) beside the exact curve: .png, .svg or .pdf.")
+def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str, ...],
+                  plot_path: str | None, **kw) -> int:
+    """Reproduce the Keras BCE floor: the question's model on {(-a, 0), (a, 1)}, end to end.
+
+    Dense(1, activation='sigmoid') with weight 1 and bias 0, compiled with binary_crossentropy,
+    evaluated on x = [[-a], [a]], y = [[0], [1]] for a = 0..40 (and every 0.25 from 12 to 20),
+    in float32 and under mixed_float16; and the same loss on probabilities fed as a numpy
+    array. Says for each case whether Keras took the logits path or clipped, and where the
+    loss floors. Keras runs in a subprocess.
+
+    \b
+    Needs the framework:
+      pip install 'bce-audit[tensorflow]'   (--backend tf-keras)
+      pip install 'bce-audit[keras,jax]'    (--backend keras; or [keras,torch], ...)
+    \b
+    Examples:
+      bce-audit reproduce --backend tf-keras
+      bce-audit reproduce --backend keras --keras-backend torch --plot floor.png
+    """
+    from bce_audit import reproduce
+
+    if framework == "tf-keras" and keras_backend not in (None, "tensorflow"):
+        _fail(f"--keras-backend {keras_backend} applies to --backend keras; tf-keras runs on tensorflow")
+    backend = keras_backend or "tensorflow"
+    out = _document(kw, ("table", "json"))
+    if plot_path is not None:
+        try:
+            plot.check_path(plot_path, "--plot")
+            plot.require("matplotlib.figure", "--plot")
+        except plot.PlotError as e:
+            _fail(str(e))
+    try:
+        cases = reproduce.reproduce(framework, backend, tuple(dict.fromkeys(policies)) or reproduce.POLICIES)
+    except reproduce.ReproError as e:
+        _fail(str(e))
+    if plot_path is not None:
+        try:
+            plot.render_repro(cases, plot_path)
+        except plot.PlotError as e:
+            _fail(str(e))
+
+    def render(fmt: str):
+        return report.repro_json(cases) if fmt == "json" else report.repro_view(cases)
+
+    _emit(out, render)
+    return 0
+
+
 @cli.command("plot")
 @_selection
 @_grid
