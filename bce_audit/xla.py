@@ -124,8 +124,8 @@ def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = np.where(n > 127, _F32(127), n)
         r = fma(n, -_EXP_C1, x)
         r = fma(n, _EXP_C2, r)
-        y = _EXP_P[0]
-        for c in _EXP_P[1:] + (_F32(0.5),):
+        y = np.asarray(_EXP_P[0])
+        for c in (*_EXP_P[1:], _F32(0.5)):
             y = fma(y, r, c)
         y = fma(y, _z(r * r), r)
         y = _z(y + _F32(1))
@@ -210,7 +210,7 @@ class _Ops:
         a = _z(a)
         if self.f32:
             return a
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN to bfloat16 warns
             return a.astype(self.dtype).astype(_F32)
 
     def inp(self, a) -> np.ndarray:
@@ -218,7 +218,7 @@ class _Ops:
         return _z(np.asarray(a).astype(_F32))
 
     def out(self, a) -> np.ndarray:
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(a, _F32).astype(self.dtype)
 
     def exp(self, a) -> np.ndarray:
