@@ -6,32 +6,40 @@ after optimisation and the object files) and checked against real jax (``tests/t
 
 What XLA does that per-op numpy does not:
 
-- **FTZ/DAZ**: the CPU runtime runs with flush-to-zero and denormals-are-zero, so float32
-  (and bfloat16, which shares its exponent range) subnormals read as zero and results below
-  ``finfo.tiny`` come out as zero. float16 subnormals are unaffected: they are converted to
-  normal float32 values and back exactly. `flush` models it.
-- **Its own exp, log and log1p** (XLA ``xla/codegen/intrinsic/exp.cc``, ``log.cc`` and the
-  elemental IR emitter's ``EmitLog1p``, ``xla/service/elemental_ir_emitter.cc``): Cephes-style
-  float32 polynomials, evaluated with FMAs. ``exp`` clamps its argument to [-87.8, 88.8] and
-  builds ``2**n`` from the exponent bits, so it is zero from about -87.68 on and flushed below
-  ``2**-126``; ``log1p`` is a rational approximation for ``|x| < sqrt(2) - 1`` and ``log(1 + x)``
-  past it. The exceptions: a jitted ``jnp.exp`` or ``jnp.log`` alone calls the C library's
-  ``expf``/``logf`` for float16 (same float16 results as the polynomial) and for the tail of a
-  float32 array of fewer than 16 elements (`_alone`).
-- **FMA contraction**: XLA compiles with ``AllowFPOpFusion=Fast``, so LLVM fuses a multiply into
-  the add or subtract that is its only user, also across HLO ops of one fusion: float32
+- **FTZ/DAZ**: XLA's CPU threads run with flush-to-zero and denormals-are-zero (tsl
+  ``port::ScopedFlushDenormal``), so float32 (and bfloat16, which shares its exponent range)
+  subnormals read as zero and results below ``finfo.tiny`` come out as zero. float16
+  subnormals are unaffected: they convert to normal float32 values and back exactly. `flush`.
+- **Its own exp, log and log1p**: Cephes float32 polynomials evaluated with FMAs, ``GenerateVF32Exp``
+  and ``GenerateVF32Log`` in ``xla/backends/cpu/codegen/polynomial_approximations.cc`` (the
+  version of openxla/xla 80c095fc; later XLA changed exp's ln 2 split and clamps ``n`` to 128)
+  and ``Log1p`` in ``xla/codegen/intrinsic/log1p.cc``. ``exp`` clamps its argument to
+  [-87.8, 88.8] and builds ``2**n`` from exponent bits, so it is zero from about -87.68 on and
+  flushed below ``2**-126``; ``log1p`` is a rational approximation for ``|x| < sqrt(2) - 1``
+  and ``log(1 + x)`` past it. XLA rewrites only ``llvm.exp``/``llvm.log`` of 1, 2, 4, 8 or 16
+  lanes: a jitted ``jnp.exp`` or ``jnp.log`` alone calls the C library's ``expf``/``logf`` for
+  float16 (same float16 results as the polynomial) and for the 3 to 7 lane tail of a float32
+  array of fewer than 16 elements (`_alone`).
+- **FMA contraction**: XLA compiles with ``AllowFPOpFusion=Fast`` (``CompilerTargetOptions``,
+  ``xla/service/cpu/cpu_compiler.cc``), so LLVM fuses a multiply into the add or subtract
+  that is its only user, also across HLO ops of one fusion: float32
   ``sigmoid`` divides by ``fma(p, 2**n, 1)`` (the end of exp fused with the ``+ 1``); optax's BCE
   ends with ``fma(y, softplus(-x), softplus(x) * (1 - y))``. `fma` emulates it exactly.
 - **float16/bfloat16** are not kept in float32 across a fusion: every HLO op is computed in
-  float32 and rounded to the dtype (bfloat16 by XLA's float normalisation, float16 by LLVM's
-  promotion of half ops), so a multiply is never fused into an add for them.
+  float32 and rounded to the dtype (bfloat16 by XLA's float normalisation, which puts converts
+  around each op, ``xla/service/cpu/cpu_float_support.cc``; float16 by LLVM's promotion of
+  half ops), so no multiply is fused into an add for them.
 - **One jit rewrites the round trip**: ``logit(sigmoid(x)) = log(p / (1 - p))`` with
-  ``p = 1 / a`` is simplified to ``log(1 / (a * (1 - p)))`` (XLA ``algebraic_simplifier.cc``:
+  ``p = 1 / a`` is simplified to ``log(1 / (a * (1 - p)))`` (XLA
+  ``xla/hlo/transforms/simplifiers/algebraic_simplifier.cc`` HandleDivide:
   ``(A / B) / C => A / (B * C)``) for float32 and float16; for bfloat16 the converts that
   float normalisation puts around every op block the rewrite. `roundtrip_fused` models one
   jit, `roundtrip` two.
 
-Every function takes and returns arrays of one of `DTYPES`.
+The jitted functions modelled: `exp`, `log`, `log1p`, `logistic` (``jax.nn.sigmoid``), `logit`,
+`softplus`, `log_sigmoid`, `optax_bce` and its gradient `optax_bce_grad`, `roundtrip` and
+`roundtrip_fused`. Each takes and returns arrays of one of `DTYPES`; `flush` and `fma` are the
+building blocks.
 
 >>> import numpy as np
 >>> float(sigmoid(np.array([-87.5], np.float32))[0])  # 8.7e-39 is subnormal: flushed
@@ -56,14 +64,14 @@ def _h(bits: int) -> np.float32:
     return np.array([bits], np.uint32).view(_F32)[0]
 
 
-# exp (xla/codegen/intrinsic/exp.cc, the Cephes expf of polynomial_approximations.cc)
+# exp: GenerateVF32Exp (polynomial_approximations.cc), Cephes expf
 _EXP_LO, _EXP_HI = _F32(-87.8), _F32(88.8)
 _LOG2E = _h(0x3FB8AA3B)  # 1.44269502
 _EXP_C1 = _h(0x3F318000)  # 0.693359375: ln 2 split in two
 _EXP_C2 = _h(0x395E8083)  # 2.12194440e-4 (XLA subtracts -C2)
 _EXP_P = tuple(_h(b) for b in (0x39506967, 0x3AB743CE, 0x3C088908, 0x3D2AA9C1, 0x3E2AAAAA))
 
-# log (xla/codegen/intrinsic/log.cc, Cephes logf as in Eigen's plog_float)
+# log: GenerateVF32Log (polynomial_approximations.cc), Cephes logf as in Eigen's plog_float
 _SQRTHF = _h(0x3F3504F3)  # 0.707106769
 _LOG_P = tuple(_h(b) for b in (0x3D9021BB, 0xBDEBD1B8, 0x3DEF251A,  # p0, p1, p2
                                 0xBDFE5D4F, 0x3E11E9BF, 0xBE2AAE50,  # p3, p4, p5
@@ -71,7 +79,7 @@ _LOG_P = tuple(_h(b) for b in (0x3D9021BB, 0xBDEBD1B8, 0x3DEF251A,  # p0, p1, p2
 _LOG_Q1 = _h(0xB95E8083)  # -2.12194440e-4
 _LOG_Q2 = _h(0x3F318000)  # 0.693359375
 
-# log1p for |x| < 0.41421357 (0x3ED413CD): x - x**2/2 + x**3 * P(x) / Q(x)
+# log1p (xla/codegen/intrinsic/log1p.cc) for |x| < 0.41421357: x - x**2/2 + x**3 * P(x) / Q(x)
 _LOG1P_SMALL = _h(0x3ED413CD)
 _LOG1P_P = tuple(_h(b) for b in (0x383DE04B, 0x3EFF40C5, 0x40D284FA, 0x41EF4B9C,
                                   0x4273CC76, 0x426473AD, 0x41A05101))
@@ -370,6 +378,29 @@ def optax_bce(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         if o.f32:
             return o.out(fma(b, sp_neg, _z(sp_pos * one_minus_y)))
         return o.out(o.r(o.r(b * sp_neg) + o.r(one_minus_y * sp_pos)))
+
+
+def optax_bce_grad(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``jax.jit(jax.grad(lambda t: jnp.sum(optax.sigmoid_binary_cross_entropy(t, y))))(x)``.
+
+    The JVP of ``jnp.logaddexp(a, 0)`` is ``exp(r(a) - r(logaddexp(a, 0)))`` with ``r`` mapping
+    +inf to 0 (jax ``_src/lax/other.py``), so the gradient is
+    ``(1-y)*exp(r(x) - r(softplus(x))) - y*exp(r(-x) - r(softplus(-x)))``; float32 fuses the
+    first product into the difference.
+    """
+    o = _Ops(_dtype(x))
+    a, b = o.inp(x), o.inp(np.asarray(y).astype(np.asarray(x).dtype))
+    with np.errstate(all="ignore"):
+
+        def slope(t: np.ndarray) -> np.ndarray:
+            sp = _softplus(o, t)
+            d = o.r(np.where(t == np.inf, _F32(0), t) - np.where(sp == np.inf, _F32(0), sp))
+            return o.exp(d)
+
+        one_minus_y = o.r(_F32(1) - b)
+        if o.f32:
+            return o.out(fma(one_minus_y, slope(a), -_z(b * slope(-a))))
+        return o.out(o.r(o.r(one_minus_y * slope(a)) - o.r(b * slope(-a))))
 
 
 def roundtrip(x: np.ndarray) -> np.ndarray:

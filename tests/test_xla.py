@@ -19,6 +19,7 @@ DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
           "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 UNARY = ("exp", "log", "log1p", "logistic", "logit", "softplus", "log_sigmoid",
          "roundtrip", "roundtrip_fused")
+BINARY = ("optax_bce", "optax_bce_grad")  # (x, y)
 F32 = np.float32
 
 
@@ -103,11 +104,11 @@ def test_flush_zeroes_float32_and_bfloat16_subnormals_only():
     assert (xla.flush(half) == half).all()
 
 
-@pytest.mark.parametrize("name", [*UNARY, "optax_bce"])
+@pytest.mark.parametrize("name", [*UNARY, *BINARY])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_models_keep_dtype_and_shape(name, dtype):
     x = np.linspace(-3, 3, 12).reshape(3, 4).astype(DTYPES[dtype])
-    out = xla.optax_bce(x, np.full_like(x, 0.25)) if name == "optax_bce" else getattr(xla, name)(x)
+    out = getattr(xla, name)(x, np.full_like(x, 0.25)) if name in BINARY else getattr(xla, name)(x)
     assert out.dtype == DTYPES[dtype] and out.shape == (3, 4)
 
 
@@ -165,6 +166,15 @@ def test_narrow_models_are_within_an_ulp_of_exact(name, bound, dtype):
     assert ulp_distance(got[ok], want[ok]).max() <= bound
 
 
+def test_optax_grad_is_sigmoid_minus_label():
+    """d BCE/dx = sigmoid(x) - y; XLA's route through exp(x - softplus(x)) loses a few bits."""
+    x = np.linspace(-15, 15, 30_001, dtype=F32)
+    y = np.random.default_rng(2).uniform(0, 1, x.size).astype(F32)
+    got = xla.optax_bce_grad(x, y).astype(np.float64)
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    assert (np.abs(got - (s - y)) <= 64 * np.finfo(F32).eps * (s + y)).all()
+
+
 def test_facts_ftz_and_exp_clamps():
     """exp is zero from about -87.68 (2**n with n = -127 is built as +0) and flushed below 2**-126;
     sigmoid follows it; log reads a subnormal as zero (DAZ)."""
@@ -218,7 +228,9 @@ def _real(name: str):
     fn = {"exp": jnp.exp, "log": jnp.log, "log1p": jnp.log1p, "logistic": jax.nn.sigmoid, "logit": jss.logit,
           "softplus": jax.nn.softplus, "log_sigmoid": jax.nn.log_sigmoid,
           "roundtrip_fused": lambda x: jss.logit(jax.nn.sigmoid(x)),
-          "optax_bce": optax.sigmoid_binary_cross_entropy}[name]
+          "optax_bce": optax.sigmoid_binary_cross_entropy,
+          "optax_bce_grad": lambda x, y: jax.grad(
+              lambda t: jnp.sum(optax.sigmoid_binary_cross_entropy(t, y)))(x)}[name]
     jitted = jax.jit(fn)
     return lambda *a: np.asarray(jitted(*a))
 
@@ -241,21 +253,23 @@ def test_narrow_models_match_jax_on_every_value(name, dtype):
 
 @needs_jax
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_narrow_optax_bce_matches_jax_on_every_value(dtype):
+@pytest.mark.parametrize("name", BINARY)
+def test_narrow_optax_bce_matches_jax_on_every_value(name, dtype):
     x = every_value(DTYPES[dtype])
-    real = _real("optax_bce")
+    real = _real(name)
     for y in labels(x):
-        assert same_bits(real(x, y), xla.optax_bce(x, y)).all(), _diff(real(x, y), xla.optax_bce(x, y), x)
+        r, m = real(x, y), getattr(xla, name)(x, y)
+        assert same_bits(r, m).all(), _diff(r, m, x)
 
 
 @needs_jax
-@pytest.mark.parametrize("name", [*UNARY, "optax_bce"])
+@pytest.mark.parametrize("name", [*UNARY, *(pytest.param(n, marks=pytest.mark.slow) for n in BINARY)])
 def test_float32_models_match_jax_on_a_dense_sample(name):
     x = float32_sample()
     assert x.size >= 200_000
-    if name == "optax_bce":
+    if name in BINARY:
         for y in labels(x):
-            real, model = _real(name)(x, y), xla.optax_bce(x, y)
+            real, model = _real(name)(x, y), getattr(xla, name)(x, y)
             assert same_bits(real, model).all(), _diff(real, model, x)
         return
     real, model = _real(name)(x), getattr(xla, name)(x)
