@@ -55,6 +55,21 @@ import numpy as np
 
 DTYPES = ("float32", "float16", "bfloat16")
 
+# model -> the jitted jax call it reproduces (one jax.jit around each)
+MODELS = {
+    "exp": "jnp.exp(x)",
+    "log": "jnp.log(x)",
+    "log1p": "jnp.log1p(x)",
+    "logistic": "jax.nn.sigmoid(x)",
+    "logit": "jax.scipy.special.logit(p)",
+    "softplus": "jax.nn.softplus(x)",
+    "log_sigmoid": "jax.nn.log_sigmoid(x)",
+    "optax_bce": "optax.sigmoid_binary_cross_entropy(x, y)",
+    "optax_bce_grad": "jax.grad(lambda t: jnp.sum(optax.sigmoid_binary_cross_entropy(t, y)))(x)",
+    "roundtrip": "logit(p) on p = sigmoid(x), two jits",
+    "roundtrip_fused": "jax.scipy.special.logit(jax.nn.sigmoid(x)), one jit",
+}
+
 _F32 = np.float32
 _TINY = np.float32(float.fromhex("0x1p-126"))  # 1.18e-38, the smallest normal float32
 

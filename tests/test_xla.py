@@ -112,6 +112,11 @@ def test_models_keep_dtype_and_shape(name, dtype):
     assert out.dtype == DTYPES[dtype] and out.shape == (3, 4)
 
 
+def test_every_model_is_listed():
+    assert set(xla.MODELS) == {*UNARY, *BINARY}
+    assert all(callable(getattr(xla, name)) for name in xla.MODELS)
+
+
 def test_other_dtypes_are_refused():
     with pytest.raises(TypeError, match="float64"):
         xla.logistic(np.zeros(3))
