@@ -11,8 +11,9 @@ What XLA does that per-op numpy does not:
   subnormals read as zero and results below ``finfo.tiny`` come out as zero. float16
   subnormals are unaffected: they convert to normal float32 values and back exactly. `flush`.
 - **Its own exp, log and log1p**: Cephes float32 polynomials evaluated with FMAs, ``GenerateVF32Exp``
-  and ``GenerateVF32Log`` in ``xla/backends/cpu/codegen/polynomial_approximations.cc`` (the
-  version of openxla/xla 80c095fc; later XLA changed exp's ln 2 split and clamps ``n`` to 128)
+  and ``GenerateVF32Log`` in ``xla/backends/cpu/codegen/polynomial_approximations.cc`` (as at
+  openxla/xla 80c095fc, whose constants jaxlib 0.10.2's code has; later XLA changed exp's ln 2
+  split and clamps ``n`` to 128)
   and ``Log1p`` in ``xla/codegen/intrinsic/log1p.cc``. ``exp`` clamps its argument to
   [-87.8, 88.8] and builds ``2**n`` from exponent bits, so it is zero from about -87.68 on and
   flushed below ``2**-126``; ``log1p`` is a rational approximation for ``|x| < sqrt(2) - 1``
@@ -42,7 +43,7 @@ The jitted functions modelled: `exp`, `log`, `log1p`, `logistic` (``jax.nn.sigmo
 building blocks.
 
 >>> import numpy as np
->>> float(sigmoid(np.array([-87.5], np.float32))[0])  # 8.7e-39 is subnormal: flushed
+>>> float(sigmoid(np.array([-87.5], np.float32))[0])  # about 1e-38, subnormal: flushed
 0.0
 >>> float(roundtrip_fused(np.array([17.0], np.float32))[0]), float(roundtrip(np.array([17.0], np.float32))[0])
 (inf, inf)
