@@ -48,6 +48,9 @@ class Backend:
     grad: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict)
     what: dict[str, str] = field(default_factory=dict)  # formula -> the real call it runs
     block: int = 0  # arrays are padded to whole blocks of this many elements (0: not padded)
+    variants: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    """Round-trip variants only this framework has (jax: ``logit(sigmoid(x))`` in one jit,
+    which XLA rewrites), compared by fidelity with the model of the same name."""
 
     @property
     def evaluation(self) -> str:
@@ -259,6 +262,7 @@ def _jax(device: str) -> Backend:
         "jax", "cpu",
         sigmoid=wrap("jax.nn.sigmoid", jax.nn.sigmoid),
         logit=wrap("jax.scipy.special.logit", jss.logit),
+        variants={"roundtrip in one jit": wrap("fused round trip", lambda x: jss.logit(jax.nn.sigmoid(x)))},
         bce={"optax": wrap("optax", optax_bce)},
         grad={"optax": wrap("optax grad", grad_of(optax_bce))},
         what={"optax": what},
