@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bce_audit import fastref, reference
+from bce_audit import eigen, fastref, reference
 from bce_audit.formulas import Evaluator
 
 NAMES = ("grad_dead_zone", "grad_vanishing", "grad_nonfinite")
@@ -38,11 +38,22 @@ VANISH = 10.0  # "vanishing": more than this many times too small
 # ---------------------------------------------------------------- backward rules, TF-style
 
 
+def _tf_kernels(ev: Evaluator) -> bool:
+    """Mode "tf" on a dtype `eigen` models: TensorFlow's own gradient kernels, not numpy's ops."""
+    return ev.mode == "tf" and ev.dtype in eigen.DTYPES
+
+
 def _recip(ev: Evaluator, a):
+    """``tf.math.reciprocal``: on TF's CPU packet path an estimate and a Newton step (`eigen.reciprocal`)."""
+    if _tf_kernels(ev):
+        return eigen.reciprocal(a)
     return ev.c(1.0) / a
 
 
 def _sigmoid_grad_tf(ev: Evaluator, g, p):
+    """``SigmoidGrad(p, g)``: TF's fused kernel computes ``g * (p * (1 - p))`` (`eigen.sigmoid_grad`)."""
+    if _tf_kernels(ev):
+        return eigen.sigmoid_grad(p, g)
     return (g * p) * (ev.c(1.0) - p)
 
 
