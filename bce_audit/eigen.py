@@ -27,9 +27,11 @@ Facts measured on the x86-64 wheel, which is built for AVX without FMA:
   bfloat16 only in the sign of a NaN. ``pad`` makes every element take the packet path;
   ``logistic_unpadded`` models an array as it is.
 - ``pmadd`` is a multiply and then an add, two roundings (no FMA in the AVX build).
-- ``vrcpps`` is not specified bit for bit: Intel and AMD return different 12-bit estimates. ``RCP_TABLE``
+- ``vrcpps`` is not specified bit for bit: the ISA bounds its error (1.5 * 2**-12), and Intel's and AMD's
+  estimates are known to differ. ``RCP_TABLE``
   holds the one measured on the AMD EPYC (Zen 4, family 25) this model was checked on; on another CPU
-  ``reciprocal``, and the gradients through it, can be an ULP away from TensorFlow's there.
+  ``reciprocal``, and the gradients through it, may differ from TensorFlow's there (the tests check
+  the CPU first: ``tests/tf_support.py``).
 - TensorFlow runs its CPU kernels (eager and graph) with flush-to-zero and denormals-are-zero (MXCSR
   FTZ|DAZ): subnormal float32 inputs count as zero and every subnormal float32 result becomes a signed
   zero; bfloat16 shares float32's exponent range, so its subnormals go the same way. Sign flips

@@ -10,7 +10,12 @@ in the audited dtype and mode (the same `Evaluator` as the forward pass):
   its autograd); BCEWithLogits backward ``(sigmoid(x) - y) * grad``.
 - TensorFlow (Keras formulas, logits-stable, naive): ``LogGrad = grad * reciprocal(x)``,
   ``Log1pGrad = grad * reciprocal(1 + x)``, ``ExpGrad = grad * exp(x)``, ``RealDivGrad``,
-  ``SigmoidGrad = grad * p * (1 - p)``, clip passes the gradient only inside [lo, hi].
+  ``SigmoidGrad = grad * p * (1 - p)``, clip passes the gradient only inside [lo, hi]. In mode
+  "tf" the ops are TensorFlow's CPU kernels: ``Reciprocal`` is a ``vrcpps`` estimate and one
+  Newton step (`eigen.reciprocal`, up to 3 ULP from ``1 / x``; the estimate is the CPU's own),
+  ``SigmoidGrad`` the fused ``grad * (p * (1 - p))`` (`eigen.sigmoid_grad`); the rest (Mul, Neg,
+  the selects, RealDiv, the sums of a tensor's gradients) round as numpy does, under FTZ/DAZ.
+  These match GradientTape bit for bit (tests/test_tf_gradients.py).
 - JAX (optax): reverse mode through ``log_sigmoid = -softplus(-x)`` and ``logaddexp``'s custom
   JVP ``t * exp(x - logaddexp(x, 0))``.
 

@@ -164,7 +164,7 @@ def tf_losses(tf):
     return {"logits-stable": stable, "keras2-logits": keras2, "tf-keras": tf_keras}
 
 
-def tape_gradient(tf, loss, x: np.ndarray, label: int) -> np.ndarray:
+def tape_gradient(tf, loss, x: np.ndarray, label: float) -> np.ndarray:
     """d loss / dx through GradientTape, every element on the packet path."""
     xp = eigen.pad(x)
     xt, yt = tf.constant(xp), tf.constant(np.full(xp.shape, label, xp.dtype))
@@ -179,7 +179,7 @@ def assert_gradients_match(tf, x: np.ndarray) -> None:
     ev = Evaluator(dtype, "tf")
     failures = []
     for name, loss in tf_losses(tf).items():
-        for label in (1, 0):
+        for label in (1, 0, 0.25):  # and a soft label: every term of the sums over x's uses
             real = tape_gradient(tf, loss, x, label)
             model = gradients.grad(name, x, np.full(x.shape, label), EPS, ev)
             bad = np.flatnonzero(bits_differ(model, real))
