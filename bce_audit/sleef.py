@@ -1,0 +1,218 @@
+"""What PyTorch 2.13 on an x86-64 CPU computes for float32 exp, log, log1p and sigmoid, bit for bit.
+
+Pure numpy models of the vectorised code torch's CPU kernels run. ATen's ``Vectorized<float>``
+(``aten/src/ATen/cpu/vec/vec512/vec512_float.h``, ``vec256/vec256_float.h``) calls SLEEF:
+``exp()`` is ``Sleef_expf16_u10`` (``xexpf``), ``log()`` ``Sleef_logf16_u10`` (``xlogf_u1``)
+and ``log1p()`` ``Sleef_log1pf16_u10`` (``xlog1pf``), in shibatch/sleef
+``src/libm/sleefsimdsp.c`` with the double-float helpers of ``src/common/df.h``. Both AVX2 and
+AVX512 builds define ``ENABLE_FMA_SP``: every ``vmla`` is a fused multiply-add (`fma`).
+The AVX512 build takes a log's exponent and mantissa from ``vgetexp``/``vgetmant``
+(``_mm512_getexp_ps``, ``_mm512_getmant_ps(.., _MM_MANT_NORM_p75_1p5, ..)``) and its special
+values from ``vfixupimm``; the AVX2 build gets the same numbers by integer arithmetic.
+
+Measured against torch 2.13.0+cpu (capability AVX512, ``tests/test_sleef.py``): `exp`, `log`,
+`log1p` and `sigmoid` agree on every float16 and bfloat16 value (as float32 inputs) and a dense
+float32 sample, subnormals, infinities and NaN included. The vectorised loop runs on whole
+vectors only (``cpu_kernel_vec``, ``aten/src/ATen/native/cpu/Loops.h``): a tail shorter than
+two vectors calls the C library's scalar ``expf``/``logf`` instead, which these models do not
+cover (the fidelity check pads its arrays to whole blocks of 256).
+
+>>> import numpy as np
+>>> float(exp(np.array([1.0], np.float32))[0])
+2.7182817459106445
+>>> float(sigmoid(np.array([-104.5], np.float32))[0])  # exp(104.5) is inf: 1/inf
+0.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CAPABILITIES = ("AVX512", "AVX2")  # torch's CPU capabilities whose SLEEF builds these model
+_F32 = np.float32
+
+_R_LN2 = _F32(1.442695040888963407359924681001892137426645954152985934135449406931)
+_L2U = _F32(0.693145751953125)  # ln 2 split in two (misc.h L2Uf, L2Lf)
+_L2L = _F32(1.428606765330187045e-06)
+_LN2_HI = _F32(0.69314718246459960938)  # ln 2 as a double-float for the logs
+_LN2_LO = _F32(-1.904654323148236017e-09)
+_LOG1P_BOUND = _F32(float.fromhex("0x1.2ced32p+126"))  # 1.0e+38: past it log1p is log
+_EXP_POLY = tuple(_F32(c) for c in (
+    0.000198527617612853646278381, 0.00139304355252534151077271, 0.00833336077630519866943359,
+    0.0416664853692054748535156, 0.166666671633720397949219, 0.5))
+_LOG_POLY = tuple(_F32(c) for c in (0.3027294874, 0.3996108174, 0.6666694880))
+
+
+def fma(a, b, c) -> np.ndarray:
+    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``), subnormals kept.
+
+    The float64 product of two float32 is exact; the float64 sum is rounded to odd (its error
+    from TwoSum decides the last bit), which makes the final rounding to float32 correct.
+    """
+    a, b, c = (np.asarray(v, np.float64) for v in (a, b, c))
+    with np.errstate(all="ignore"):
+        p = a * b
+        s = p + c
+        bb = s - p
+        err = (p - (s - bb)) + (c - bb)
+        bits = s.view(np.uint64)
+        odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(s)
+        up = (err > 0) == (s > 0)  # moving away from zero
+        bits = np.where(odd, np.where(up, bits + 1, bits - 1), bits)
+        return bits.view(np.float64).astype(_F32)
+
+
+def _f(a) -> np.ndarray:
+    return np.asarray(a, _F32)
+
+
+def _rint(a: np.ndarray) -> np.ndarray:
+    """``_mm512_cvtps_epi32``: to nearest even; NaN and out of range give INT_MIN (as int64)."""
+    r = np.rint(a.astype(np.float64))
+    bad = ~np.isfinite(r) | (np.abs(r) >= 2.0**31)
+    return np.where(bad, -(2**31), np.where(bad, 0, r)).astype(np.int64)
+
+
+def _i32(q: np.ndarray) -> np.ndarray:
+    """Wrap to int32 as the vector lanes do."""
+    return ((q + 2**31) % 2**32 - 2**31).astype(np.int64)
+
+
+def _pow2i(q: np.ndarray) -> np.ndarray:
+    """``vpow2i_vf_vi2``: the float whose bits are ``(q + 127) << 23``."""
+    return ((_i32(q) + 0x7F) << 23).astype(np.int64).astype(np.uint64).astype(np.uint32).view(_F32)
+
+
+def _ldexp2(d: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``vldexp2_vf_vf_vi2``: ``d * 2**(e >> 1) * 2**(e - (e >> 1))``, two roundings."""
+    h = _i32(e) >> 1
+    return (d * _pow2i(h)) * _pow2i(_i32(e) - h)
+
+
+def _ldexp3(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``vldexp3_vf_vf_vi2``: q added to d's exponent field (integer add of ``q << 23``)."""
+    bits = d.view(np.uint32).astype(np.int64) + (_i32(q) << 23)
+    return (bits % 2**32).astype(np.uint32).view(_F32)
+
+
+def _getexp(a: np.ndarray) -> np.ndarray:
+    """``_mm512_getexp_ps``: floor(log2|a|) as a float; -inf for 0, +inf for inf, NaN for NaN."""
+    _, k = np.frexp(a)
+    out = (k - 1).astype(_F32)
+    out = np.where(a == 0, _F32(-np.inf), out)
+    out = np.where(np.isinf(a), _F32(np.inf), out)
+    return np.where(np.isnan(a), _F32(np.nan), out).astype(_F32)
+
+
+def _getmant(a: np.ndarray) -> np.ndarray:
+    """``_mm512_getmant_ps(a, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_nan)``: |a|'s significand
+    scaled into [0.75, 1.5); NaN for a negative a (special values are fixed up afterwards)."""
+    f, _ = np.frexp(np.abs(a))
+    sig = (f * 2).astype(_F32)
+    sig = np.where(sig >= 1.5, sig * _F32(0.5), sig).astype(_F32)
+    return np.where(np.signbit(a) & (a != 0), _F32(np.nan), sig).astype(_F32)
+
+
+def _dfmul_f(xh, xl, y):
+    """``dfmul_vf2_vf2_vf`` (FMA version)."""
+    s = xh * y
+    return s, fma(xl, y, fma(xh, y, -s))
+
+
+def _dfdiv(nh, nl, dh, dl):
+    """``dfdiv_vf2_vf2_vf2`` (FMA version)."""
+    t = _F32(1) / dh
+    s = nh * t
+    u = fma(t, nh, -s)
+    v = fma(-dl, t, fma(-dh, t, _F32(1)))
+    return s, fma(s, v, fma(nl, t, u))
+
+
+def _dfadd_ff(x, y):
+    s = x + y
+    return s, (x - s) + y
+
+
+def _dfadd2_ff(x, y):
+    s = x + y
+    v = s - x
+    return s, (x - (s - v)) + (y - v)
+
+
+def _dfadd_f2f2(xh, xl, yh, yl):
+    s = xh + yh
+    return s, (((xh - s) + yh) + xl) + yl
+
+
+def _dfadd_f2f(xh, xl, y):
+    s = xh + y
+    return s, ((xh - s) + y) + xl
+
+
+def _log_tail(e, xh, xl) -> np.ndarray:
+    """The common end of ``xlogf_u1`` and ``xlog1pf``: ``e ln 2 + 2 atanh(x)``, x a double-float."""
+    x2 = xh * xh
+    t = fma(fma(_LOG_POLY[0], x2, _LOG_POLY[1]), x2, _LOG_POLY[2])
+    sh, sl = _dfmul_f(_LN2_HI, _LN2_LO, e)
+    sh, sl = _dfadd_f2f2(sh, sl, xh * _F32(2), xl * _F32(2))
+    sh, sl = _dfadd_f2f(sh, sl, (x2 * xh) * t)
+    return _f(sh + sl)
+
+
+def exp(d: np.ndarray) -> np.ndarray:
+    """``Sleef_expf16_u10`` (``xexpf``): ``exp(d)`` for float32, within 1 ULP."""
+    d = _f(d)
+    with np.errstate(all="ignore"):
+        q = _rint(d * _R_LN2)
+        qf = q.astype(_F32)  # |q| < 2**24 wherever the result is not masked: exact
+        s = fma(qf, -_L2U, d)
+        s = fma(qf, -_L2L, s)
+        u = _EXP_POLY[0]
+        for c in _EXP_POLY[1:]:
+            u = fma(u, s, c)
+        u = _F32(1) + fma(s * s, u, s)
+        u = _ldexp2(_f(u), q)
+        u = np.where(d < -104, _F32(0), u)
+        return np.where(d > 100, _F32(np.inf), u).astype(_F32)
+
+
+def log(d: np.ndarray) -> np.ndarray:
+    """``Sleef_logf16_u10`` (``xlogf_u1``, AVX512 path): ``log(d)`` for float32, within 1 ULP."""
+    d = _f(d)
+    with np.errstate(all="ignore"):
+        e = _getexp(d * _F32(1.0 / 0.75))
+        e = np.where(np.isposinf(e), _F32(128), e).astype(_F32)
+        m = _getmant(d)
+        nh, nl = _dfadd2_ff(_F32(-1), m)
+        dh, dl = _dfadd2_ff(_F32(1), m)
+        xh, xl = _dfdiv(nh, nl, dh, dl)
+        r = _log_tail(e, xh, xl)
+        # vfixupimm: 0 -> -inf, -inf and negatives -> NaN, +inf -> +inf
+        r = np.where(d == 0, _F32(-np.inf), r)
+        r = np.where(d < 0, _F32(np.nan), r)
+        return np.where(np.isposinf(d), _F32(np.inf), r).astype(_F32)
+
+
+def log1p(d: np.ndarray) -> np.ndarray:
+    """``Sleef_log1pf16_u10`` (``xlog1pf``, AVX512 path): ``log(1 + d)`` for float32, within 1 ULP."""
+    d = _f(d)
+    with np.errstate(all="ignore"):
+        dp1 = d + _F32(1)
+        e = _getexp(dp1 * _F32(1.0 / 0.75))
+        e = np.where(np.isposinf(e), _F32(128), e).astype(_F32)
+        t = _ldexp3(np.ones_like(d), -_rint(e))
+        m = fma(d, t, t - _F32(1))
+        xh, xl = _dfdiv(m, np.zeros_like(m), *_dfadd_ff(_F32(2), m))
+        r = _log_tail(e, xh, xl)
+        r = np.where(d <= _LOG1P_BOUND, r, log(d))
+        r = np.where(d < -1, _F32(np.nan), r)
+        r = np.where(d == -1, _F32(-np.inf), r)
+        return np.where((d == 0) & np.signbit(d), _F32(-0.0), r).astype(_F32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """``torch.sigmoid`` on float32 (``aten/src/ATen/native/cpu/UnaryOpsKernel.cpp``
+    ``sigmoid_kernel``, its vector path): ``((0 - x).exp() + 1).reciprocal()``."""
+    x = _f(x)
+    with np.errstate(all="ignore"):
+        return _f(_F32(1) / (exp(_F32(0) - x) + _F32(1)))
