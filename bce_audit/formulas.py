@@ -132,7 +132,7 @@ class Evaluator:
     def kernel(self, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
         """Run a framework-level op: in float32 and rounded once when upcasting a narrow dtype."""
         if self.mode == "upcast" and self.info.narrow:
-            ev32 = Evaluator("float32", "per-op")
+            ev32 = Evaluator("float32", "upcast")  # torch's float32 kernels (`sleef`) where modelled
             out = fn(ev32, *(np.asarray(a).astype(np.float32) for a in args))
             return np.asarray(out).astype(self.dtype)
         return fn(self, *args)
@@ -188,7 +188,24 @@ class Evaluator:
             from bce_audit import xla
 
             return _plain(getattr(xla, name))
+        if self.torch_cpu:
+            from bce_audit import sleef
+
+            return _plain(getattr(sleef, name))
         return default
+
+    @property
+    def torch_cpu(self) -> bool:
+        """torch's own float32 kernels (`sleef.py`) apply: mode upcast, float32, and a CPU
+        capability whose SLEEF build they model (AVX512 or AVX2); elsewhere numpy's functions
+        stand in. Vectorised kernels (sigmoid, log_sigmoid, log1p) call SLEEF; a bare
+        ``torch.exp``/``torch.log`` (and ``torch.logit``) call MKL's vsExp/vsLn, which SLEEF
+        matches to an ULP (bit for bit on all but about 1% of inputs)."""
+        if self.mode != "upcast" or self.dtype != np.float32:
+            return False
+        from bce_audit import sleef
+
+        return sleef.modelled()
 
     @property
     def xla(self) -> bool:
@@ -300,7 +317,12 @@ def keras3(x, y, eps, ev: Evaluator) -> np.ndarray:
 
 def _torch_bce_kernel(ev: Evaluator, p, y) -> np.ndarray:
     floor, one = ev.c(-100.0), ev.c(1.0)
-    return (y - one) * np.maximum(ev.log1p(-p), floor) - y * np.maximum(ev.log(p), floor)
+    log, log1p = ev.log, ev.log1p
+    if ev.torch_cpu:  # a scalar cpu_kernel: std::log and std::log1p, the C library's
+        from bce_audit import sleef
+
+        log, log1p = (lambda a: sleef.libm("logf", a)), (lambda a: sleef.libm("log1pf", a))
+    return (y - one) * np.maximum(log1p(-p), floor) - y * np.maximum(log(p), floor)
 
 
 def torch_bce(x, y, eps, ev: Evaluator) -> np.ndarray:

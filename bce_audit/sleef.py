@@ -216,3 +216,96 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     x = _f(x)
     with np.errstate(all="ignore"):
         return _f(_F32(1) / (exp(_F32(0) - x) + _F32(1)))
+
+
+def log_sigmoid(x: np.ndarray) -> np.ndarray:
+    """``torch.nn.functional.logsigmoid`` on float32 (``aten/src/ATen/native/cpu/Activation.cpp``
+    ``_vec_log_sigmoid``, vectorised to the last element): ``min(x, 0) - log1p(exp(-|x|))``."""
+    x = _f(x)
+    with np.errstate(all="ignore"):
+        return _f(np.minimum(x, _F32(0)) - log1p(exp(-np.abs(x))))
+
+
+# ---------------------------------------------------------------- scalar kernels: the C library
+
+
+def _load_libm() -> dict:
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("m")
+    try:
+        lib = ctypes.CDLL(path) if path else None
+    except OSError:
+        lib = None
+    out = {}
+    for name in ("logf", "log1pf"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+            out[name] = fn
+    return out
+
+
+_LIBM: dict | None = None
+
+
+def libm(name: str, a: np.ndarray) -> np.ndarray:
+    """The C library's float32 ``logf``/``log1pf``, which torch's scalar kernels call
+    (``std::log``, ``std::log1p`` in ``binary_cross_entropy``'s ``cpu_kernel``,
+    ``aten/src/ATen/native/Loss.cpp``): the process's libm through ctypes, as torch resolves
+    it (glibc on Linux; glibc 2.36's ``log1pf`` is not correctly rounded, its ``logf`` misses
+    by an ULP on about 1 input in 1000). Without it, the correctly rounded value."""
+    global _LIBM
+    if _LIBM is None:
+        _LIBM = _load_libm()
+    a = _f(a)
+    fn = _LIBM.get(name)
+    if fn is None:
+        with np.errstate(all="ignore"):
+            return (np.log if name == "logf" else np.log1p)(a.astype(np.float64)).astype(_F32)
+    return np.asarray(np.frompyfunc(fn, 1, 1)(a), dtype=_F32).reshape(a.shape)
+
+
+# ---------------------------------------------------------------- which CPU code torch runs
+
+
+def torch_capability() -> str | None:
+    """The CPU capability torch dispatches to in this process: asked of torch when it is
+    already imported, else derived as torch does (``ATEN_CPU_CAPABILITY``, then the CPU's
+    AVX512/AVX2 flags); None where it cannot be told (not Linux x86-64)."""
+    import os
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return str(torch.backends.cpu.get_cpu_capability())
+        except Exception:  # an old or partial torch: fall through to the flags
+            pass
+    forced = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().upper()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    has = {"AVX512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags),
+           "AVX2": {"avx2", "fma"} <= set(flags)}
+    if forced in ("DEFAULT", "NONE"):
+        return "DEFAULT"
+    if forced == "AVX2" and has["AVX2"]:
+        return "AVX2"
+    if has["AVX512"] and forced in ("", "AVX512"):
+        return "AVX512"
+    return "AVX2" if has["AVX2"] else "DEFAULT"
+
+
+def modelled() -> bool:
+    """Whether torch here runs the SLEEF code these models reproduce (`CAPABILITIES`)."""
+    global _MODELLED
+    if _MODELLED is None:
+        _MODELLED = torch_capability() in CAPABILITIES
+    return _MODELLED
+
+
+_MODELLED: bool | None = None
