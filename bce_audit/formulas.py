@@ -191,14 +191,14 @@ class Evaluator:
         if self.torch_cpu:
             from bce_audit import sleef
 
-            return _plain(getattr(sleef, name))
+            return _plain(sleef.elementary(name))
         return default
 
     @property
     def torch_cpu(self) -> bool:
         """torch's own float32 kernels (`sleef.py`) apply: mode upcast, float32, and a CPU
-        capability whose SLEEF build they model (AVX512 or AVX2); elsewhere numpy's functions
-        stand in. Vectorised kernels (sigmoid, log_sigmoid, log1p) call SLEEF; a bare
+        capability they model (SLEEF on AVX512 or AVX2, the C library on DEFAULT); elsewhere
+        numpy's functions stand in. Vectorised kernels (sigmoid, log_sigmoid, log1p) call SLEEF; a bare
         ``torch.exp``/``torch.log`` (and ``torch.logit``) call MKL's vsExp/vsLn, which SLEEF
         matches to an ULP (bit for bit on all but about 1% of inputs)."""
         if self.mode != "upcast" or self.dtype != np.float32:

@@ -167,7 +167,7 @@ def exp(d: np.ndarray) -> np.ndarray:
         qf = q.astype(_F32)  # |q| < 2**24 wherever the result is not masked: exact
         s = fma(qf, -_L2U, d)
         s = fma(qf, -_L2L, s)
-        u = _EXP_POLY[0]
+        u: np.ndarray = np.full_like(d, _EXP_POLY[0])
         for c in _EXP_POLY[1:]:
             u = fma(u, s, c)
         u = _F32(1) + fma(s * s, u, s)
@@ -239,7 +239,7 @@ def _load_libm() -> dict:
     except OSError:
         lib = None
     out = {}
-    for name in ("logf", "log1pf"):
+    for name in ("expf", "logf", "log1pf"):
         fn = getattr(lib, name, None)
         if fn is not None:
             fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
@@ -251,9 +251,10 @@ _LIBM: dict | None = None
 
 
 def libm(name: str, a: np.ndarray) -> np.ndarray:
-    """The C library's float32 ``logf``/``log1pf``, which torch's scalar kernels call
+    """The C library's float32 ``expf``/``logf``/``log1pf``, which torch's scalar kernels call
     (``std::log``, ``std::log1p`` in ``binary_cross_entropy``'s ``cpu_kernel``,
-    ``aten/src/ATen/native/Loss.cpp``): the process's libm through ctypes, as torch resolves
+    ``aten/src/ATen/native/Loss.cpp``; every ``Vectorized<float>`` function on capability
+    DEFAULT, ``vec_base.h`` ``map``): the process's libm through ctypes, as torch resolves
     it (glibc on Linux; glibc 2.36's ``log1pf`` is not correctly rounded, its ``logf`` misses
     by an ULP on about 1 input in 1000). Without it, the correctly rounded value."""
     global _LIBM
@@ -263,9 +264,11 @@ def libm(name: str, a: np.ndarray) -> np.ndarray:
     fn = _LIBM.get(name)
     if fn is None:
         with np.errstate(all="ignore"):
-            return (np.log if name == "logf" else np.log1p)(a.astype(np.float64)).astype(_F32)
+            return _CR[name](a.astype(np.float64)).astype(_F32)
     return np.asarray(np.frompyfunc(fn, 1, 1)(a), dtype=_F32).reshape(a.shape)
 
+
+_CR = {"expf": np.exp, "logf": np.log, "log1pf": np.log1p}
 
 # ---------------------------------------------------------------- which CPU code torch runs
 
@@ -275,8 +278,11 @@ def torch_capability() -> str | None:
     already imported, else derived as torch does (``ATEN_CPU_CAPABILITY``, then the CPU's
     AVX512/AVX2 flags); None where it cannot be told (not Linux x86-64)."""
     import os
+    import platform
     import sys
 
+    if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None  # MSVC builds call no SLEEF; other CPUs run other vector code
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
@@ -300,12 +306,24 @@ def torch_capability() -> str | None:
     return "AVX2" if has["AVX2"] else "DEFAULT"
 
 
+def elementary(name: str):
+    """torch's float32 ``Vectorized<float>`` function ``name`` (exp, log, log1p) on this CPU:
+    SLEEF's (`exp`, `log`, `log1p`) on AVX512 and AVX2, the C library's (`libm`) on DEFAULT,
+    None where the capability is not known."""
+    global _CAPABILITY
+    if _CAPABILITY is None:
+        _CAPABILITY = torch_capability() or "?"
+    if _CAPABILITY in CAPABILITIES:
+        return {"exp": exp, "log": log, "log1p": log1p}[name]
+    if _CAPABILITY == "DEFAULT":
+        c = name + "f"
+        return lambda a: libm(c, a)
+    return None
+
+
 def modelled() -> bool:
-    """Whether torch here runs the SLEEF code these models reproduce (`CAPABILITIES`)."""
-    global _MODELLED
-    if _MODELLED is None:
-        _MODELLED = torch_capability() in CAPABILITIES
-    return _MODELLED
+    """Whether torch's float32 kernels on this CPU are modelled (`elementary`)."""
+    return elementary("exp") is not None
 
 
-_MODELLED: bool | None = None
+_CAPABILITY: str | None = None

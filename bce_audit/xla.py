@@ -120,22 +120,10 @@ def _z(a: np.ndarray) -> np.ndarray:
 
 
 def fma(a, b, c) -> np.ndarray:
-    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``), then flushed.
+    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``, `sleef.fma`), then flushed."""
+    from bce_audit import sleef
 
-    The float64 product of two float32 is exact; the float64 sum is rounded to odd (its error
-    from TwoSum decides the last bit), which makes the final rounding to float32 correct.
-    """
-    a, b, c = (np.asarray(v, np.float64) for v in (a, b, c))
-    with np.errstate(all="ignore"):
-        p = a * b
-        s = p + c
-        bb = s - p
-        err = (p - (s - bb)) + (c - bb)
-        bits = s.view(np.uint64)
-        odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(s)
-        up = (err > 0) == (s > 0)  # moving away from zero
-        bits = np.where(odd, np.where(up, bits + 1, bits - 1), bits)
-        return _z(bits.view(np.float64).astype(_F32))
+    return _z(sleef.fma(a, b, c))
 
 
 def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
