@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bce_audit import dtypes, formulas, keypoints, metrics, records, reference
+from bce_audit import dtypes, formulas, keypoints, metrics, records, reference, sleef
 from bce_audit.formulas import Evaluator
 
 F32 = dtypes.get("float32")
@@ -53,12 +53,15 @@ def _rt32(x: np.ndarray) -> np.ndarray:
 
 def _rt_narrow(x: np.ndarray, mode: str) -> np.ndarray:
     """The round trip of a float16/bfloat16 array: per-op rounds every op; upcast rounds the float32
-    sigmoid once, and the logit stays per-op (torch.logit on CPU rounds p / (1 - p) to the dtype)."""
+    sigmoid once (torch's, `sleef.sigmoid`, where modelled), and the logit stays per-op (torch.logit
+    on CPU rounds p / (1 - p) to the dtype)."""
     dt = x.dtype
     one = np.asarray(1, dtype=dt)
     with np.errstate(all="ignore"):
         if mode == "upcast":
-            p = (np.float32(1) / (np.float32(1) + np.exp(-x.astype(np.float32)))).astype(dt)
+            x32 = x.astype(np.float32)
+            p32 = sleef.sigmoid(x32) if sleef.modelled() else np.float32(1) / (np.float32(1) + np.exp(-x32))
+            p = p32.astype(dt)
             return np.log(p / (one - p))
         p = one / (one + np.exp(-x))
         return np.log(p / (one - p))
