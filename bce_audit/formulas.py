@@ -8,7 +8,11 @@ framework-level op is rounded:
   log_sigmoid, a fused loss kernel) runs in float32 and rounds once (PyTorch "opmath",
   aten ``cpu/UnaryOpsKernel.cpp``). Elementary ops on narrow dtypes already compute in float32
   and round once in numpy and ml_dtypes, so only kernels differ between the modes. The naive
-  logit stays per-op: torch.logit on CPU rounds ``p / (1 - p)`` to the dtype before the log;
+  logit stays per-op: torch.logit on CPU rounds ``p / (1 - p)`` to the dtype before the log.
+  float32 arithmetic (float32 itself and the narrow dtypes' opmath) runs torch 2.13's own CPU
+  code where `sleef.py` models it (AVX512, AVX2, DEFAULT): SLEEF's exp, log, log1p (so the
+  sigmoid and log_sigmoid kernels bit for bit) and the C library's logf/log1pf in BCE's scalar
+  kernel; ``torch.logit``'s log is MKL's vsLn, which SLEEF's log matches to an ULP;
 - ``tf``: TensorFlow on CPU: per-op, with TensorFlow's own sigmoid kernel (Eigen's logistic,
   `eigen.logistic`) and subnormals flushed to zero (FTZ/DAZ) in every op;
 - ``xla``: JAX (XLA) on CPU: per-op, subnormals flushed to zero in every op;
