@@ -1,7 +1,8 @@
 """Real frameworks: run the installed torch / JAX ops on the audit's grid, audited like the models.
 
 A backend turns numpy arrays of the audited dtype into the framework's tensors (bit for bit),
-runs the real op, and converts back. Formulas with no real counterpart in a backend are listed
+runs the real op, and converts back. Keras 3 (`--backend keras`) runs in a worker process per
+Keras backend (`bce_audit.keras_backend`). Formulas with no real counterpart in a backend are listed
 by `missing()` and reported as such; a dtype the framework cannot compute in is an
 `Unsupported` error naming the op. torch and jax are optional extras: without them
 `BackendMissing` carries the install command.
@@ -10,14 +11,15 @@ by `missing()` and reported as such; a dtype the framework cannot compute in is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from bce_audit import formulas
 from bce_audit.formulas import Formula, Ops
+from bce_audit.records import KERAS_BACKENDS, Settings
 
-NAMES = ("numpy", "torch", "jax")
+NAMES = ("numpy", "torch", "jax", "keras")
 
 
 class BackendMissing(RuntimeError):
@@ -39,10 +41,16 @@ class Backend:
     bce: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
     grad: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = field(default_factory=dict)
     what: dict[str, str] = field(default_factory=dict)  # formula -> the real call it runs
+    variant: str | None = None  # keras: the Keras backend it runs on
 
     @property
     def label(self) -> str:
-        return f"{self.name}-{self.device}"
+        return "-".join(p for p in (self.name, self.variant, self.device) if p)
+
+    def select(self, s: Settings) -> Settings:
+        """``s`` with this backend selected."""
+        return replace(s, backend=self.name, device=self.device,
+                       keras_backend=self.variant or s.keras_backend)
 
     def ops(self) -> Ops:
         return Ops(sigmoid=self.sigmoid, logit=self.logit)
@@ -63,13 +71,18 @@ class Backend:
         return [n for n in names if formulas.get(n).kind == "bce" and n not in self.bce]
 
 
-_BACKENDS: dict[tuple[str, str], Backend] = {}
+_BACKENDS: dict[tuple[str, str, str], Backend] = {}
 
 
-def version(name: str) -> str | None:
-    """The installed framework's version (part of a cache key), None for numpy's models."""
+def version(name: str, keras_backend: str | None = None) -> str | None:
+    """The installed framework's version (part of a cache key), None for numpy's models; for
+    keras, Keras's and its backend framework's."""
     if name == "numpy":
         return None
+    if name == "keras":
+        from bce_audit import keras_backend as kb
+
+        return kb.version(keras_backend or KERAS_BACKENDS[0])
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as v
 
@@ -79,13 +92,16 @@ def version(name: str) -> str | None:
         return None
 
 
-def get(name: str, device: str = "cpu") -> Backend | None:
+def get(name: str, device: str = "cpu", keras_backend: str = KERAS_BACKENDS[0]) -> Backend | None:
     """The backend by name (None for numpy, the models themselves); cached."""
     if name == "numpy":
         return None
-    key = (name, device)
+    key = (name, device, keras_backend if name == "keras" else "")
     if key not in _BACKENDS:
-        _BACKENDS[key] = {"torch": _torch, "jax": _jax}[name](device)
+        if name == "keras":
+            _BACKENDS[key] = _keras(device, keras_backend)
+        else:
+            _BACKENDS[key] = {"torch": _torch, "jax": _jax}[name](device)
     return _BACKENDS[key]
 
 
@@ -215,3 +231,30 @@ def _jax(device: str) -> Backend:
         grad={"optax": wrap("optax grad", grad_of(optax_bce))},
         what={"optax": what},
     )
+
+
+# ---------------------------------------------------------------- keras
+
+
+def _keras(device: str, keras_backend: str) -> Backend:
+    """Keras 3 on one of its backends, in a worker process (`bce_audit.keras_backend`)."""
+    if device != "cpu":
+        raise BackendMissing("--device applies to the torch backend; keras runs on cpu here")
+    from bce_audit import keras_backend as kb
+
+    def real(fn: Callable) -> Callable:
+        def run(*arrays: np.ndarray) -> np.ndarray:
+            try:
+                return fn(*arrays)
+            except kb.Failed as e:
+                raise Unsupported(str(e)) from None
+            except kb.Missing as e:
+                raise BackendMissing(str(e)) from None
+        return run
+
+    try:
+        a = kb.adapter(keras_backend)
+    except kb.Missing as e:
+        raise BackendMissing(str(e)) from None
+    return Backend("keras", "cpu", sigmoid=real(a.sigmoid), logit=real(a.logit),
+                   bce={f: real(op) for f, op in a.bce.items()}, what=a.what, variant=keras_backend)

@@ -128,9 +128,12 @@ def _selection(f: Callable) -> Callable:
         click.option("--threshold", "thresholds", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
                           "(repeatable; default 1e-3 and 1e-2)."),
-        click.option("--backend", type=click.Choice(("numpy", "torch", "jax")), default="numpy",
-                     show_default=True, help="numpy: the formula models; torch / jax: the installed "
+        click.option("--backend", type=click.Choice(backends.NAMES), default="numpy",
+                     show_default=True, help="numpy: the formula models; torch / jax / keras: the installed "
                                              "framework's real ops, audited the same way."),
+        click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+                     default=records.KERAS_BACKENDS[0], show_default=True,
+                     help="For --backend keras: the backend Keras 3 runs on (each in a worker process)."),
         click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
                      help="Device for --backend torch."),
         click.option("--grad", is_flag=True, default=False,
@@ -476,20 +479,23 @@ def dtypes_cmd(mode: str, **kw) -> int:
 
 
 @cli.command("fidelity")
-@click.option("--backend", type=click.Choice(("torch", "jax")), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(backends.NAMES[1:]), default="torch", show_default=True,
               help="The real framework to compare the numpy models with.")
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
               help="Device for --backend torch.")
+@click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+              default=records.KERAS_BACKENDS[0], show_default=True,
+              help="For --backend keras: the backend Keras 3 runs on.")
 @click.option("--dtype", "dtype", multiple=True, type=click.Choice(("float16", "bfloat16", "float32",
                                                                     "float64")),
               help="Dtypes to compare (repeatable; default float16, bfloat16, float32).")
 @click.option("--no-keypoints", is_flag=True, help="Skip the key-point comparison (faster).")
 @_output(("table", "json"))
-def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
+def fidelity_cmd(backend, device, keras_backend, dtype, no_keypoints, **kw) -> int:
     """Compare each numpy model with the real framework op, value by value, and their key points."""
     from bce_audit import fidelity
 
-    be = _run(lambda: backends.get(backend, device))
+    be = _run(lambda: backends.get(backend, device, keras_backend))
     chosen = tuple(dict.fromkeys(dtype)) or fidelity.DEFAULT_DTYPES
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))

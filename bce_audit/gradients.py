@@ -109,9 +109,24 @@ def _sigmoid_backward(ev: Evaluator, g, p):
 
 
 def _torch_bce_grad(x, y, eps, ev):
-    one = ev.c(1.0)
     p = ev.sigmoid(x)
-    g_p = (p - y) / np.maximum((one - p) * p, ev.c(1e-12))
+    return _torch_sigmoid_backward(ev, p, _bce_loss_backward(ev, p, y))
+
+
+def _bce_loss_backward(ev: Evaluator, p, y):
+    """BCELoss backward: ``(p - y) / max((1 - p) * p, 1e-12)``, elementwise in the dtype."""
+    return (p - y) / np.maximum((ev.c(1.0) - p) * p, ev.c(1e-12))
+
+
+def _keras3_torch_grad(x, y, eps, ev):
+    """Keras 3 on torch: BCELoss backward on the clipped p, clamp's mask (inside [lo, hi]), sigmoid."""
+    p = ev.sigmoid(x)
+    lo, hi = ev.c(eps), ev.c(1.0 - eps)
+    g_pc = _bce_loss_backward(ev, ev.clip(p, lo, hi), y)
+    return _torch_sigmoid_backward(ev, p, np.where((p >= lo) & (p <= hi), g_pc, ev.c(0.0)))
+
+
+def _torch_sigmoid_backward(ev: Evaluator, p, g_p):
     if ev.info.name == "bfloat16":  # torch 2.13 CPU: float32 opmath for bfloat16, per-op for half
         return ev.kernel(_sigmoid_backward, g_p, p)
     return _sigmoid_backward(ev, g_p, p)
@@ -147,6 +162,9 @@ MODELS: dict[str, Callable] = {
     "logits-stable": lambda x, y, eps, ev: _stable_grad_tf(ev, x, y),
     "torch-bce-logits": _torch_bce_logits_grad,
     "optax": _optax_grad,
+    "keras3-torch": _keras3_torch_grad,
+    "keras-sigmoid-logits": lambda x, y, eps, ev: _stable_grad_tf(ev, x, y),  # TF differentiates x itself
+    # keras3-numpy: numpy has no autodiff, so no gradient
 }
 
 

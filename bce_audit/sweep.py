@@ -538,7 +538,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     if timeout is not None:
         impl.TIMEOUT = timeout
     formulas.ensure(users)
-    backend = backends.get(s.backend, s.device)
+    backend = backends.get(s.backend, s.device, s.keras_backend)
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
     xd = Evaluator(dtype, s.mode).arr(xs)
@@ -587,7 +587,7 @@ def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
             "dtype": dtype, "bits": info.bits, "reference": s.reference if fastref.serves(info) else "mpmath",
             "precision": reference.PREC, "chunk": [start, stop], "index": index,
             "values": None if s.values is None else list(s.values),
-            "backend_version": backends.version(s.backend)}
+            "backend_version": backends.version(s.backend, s.keras_backend)}
 
 
 def _cacheable(s: Settings) -> bool:
@@ -717,8 +717,11 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
 
 def native(s: Settings) -> Settings:
     """A real backend computes as it does: its records carry the model mode it follows
-    (torch: float32 opmath for narrow dtypes, like ``upcast``; jax: ``per-op``)."""
-    mode = {"torch": "upcast", "jax": "per-op"}.get(s.backend, s.mode)
+    (torch: float32 opmath for narrow dtypes, like ``upcast``; jax: ``per-op``; keras: its
+    backend's, torch's ``upcast`` and ``per-op`` for the others)."""
+    from bce_audit.keras_backend import MODES
+
+    mode = {"torch": "upcast", "jax": "per-op", "keras": MODES.get(s.keras_backend)}.get(s.backend) or s.mode
     return s if mode == s.mode else replace(s, mode=mode)
 
 
@@ -733,7 +736,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     chunk's kept rows go to it as blocks, in grid order, and ``result.rows`` stays empty.
     """
     s = native(s)
-    backend = backends.get(s.backend, s.device)
+    backend = backends.get(s.backend, s.device, s.keras_backend)
     notes: list[str] = []
     if backend is not None:
         missing = backend.missing(s.formulas)

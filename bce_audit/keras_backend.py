@@ -1,0 +1,204 @@
+"""Keras 3 as a real backend: `keras.losses.binary_crossentropy` and `keras.ops.sigmoid`, run for real.
+
+One process holds one Keras backend (chosen at import by ``KERAS_BACKEND``), so each Keras
+backend runs in a long-lived worker process of its own (`bce_audit.keras_worker`) and arrays
+travel through its pipes bit for bit. What each Keras backend really runs, per formula
+(``keras/src/backend/{tensorflow,jax,torch,numpy}/nn.py`` binary_crossentropy and sigmoid):
+
+- tensorflow: from probabilities, ``clip(p, eps, 1-eps)`` then logs (``keras3``); the sigmoid's
+  output carries ``_keras_logits`` and a loss on it uses those logits with no clip
+  (``keras-sigmoid-logits``); ``from_logits=True`` is ``tf.nn.sigmoid_cross_entropy_with_logits``
+  (``logits-stable``).
+- jax: the clip and logs (``keras3``); ``from_logits=True`` is ``-y*log_sigmoid(x) -
+  (1-y)*log_sigmoid(-x)``, optax's formula (``optax``).
+- torch: ``torch.clip`` then ``F.binary_cross_entropy`` (``keras3-torch``); ``from_logits=True``
+  is ``F.binary_cross_entropy_with_logits`` (``torch-bce-logits``).
+- numpy: the clip and logs, where ``np.clip`` promotes ml_dtypes arrays (bfloat16, float8) to
+  float32 (``keras3-numpy``); ``from_logits=True`` runs the same sigmoid-then-clip path.
+
+Keras has no logit op: the round trip's logit is ``keras.ops.log(p / (1 - p))``. A result of
+another dtype than the input is an error (`Failed`), except the numpy backend's float32
+from an ml_dtypes input, rounded back to the dtype (`keras3-numpy` models that rounding too).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bce_audit import keras_worker
+from bce_audit.records import KERAS_BACKENDS
+
+INSTALL = "pip install 'bce-audit[keras]'"
+EXTRA = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch", "numpy": "numpy"}
+START_TIMEOUT = 300.0  # seconds the worker may take to import Keras (TensorFlow on a busy machine)
+WORKER = "bce_audit.keras_worker"  # the module run as the worker (tests point it elsewhere)
+_BLOCK = 256  # elements: whole SIMD blocks (Eigen's packets, torch's vectors) for every value
+
+# formula -> the worker's call, per Keras backend (keras_worker.CALLS says what each runs)
+FORMULAS = {
+    "tensorflow": {"keras3": "bce-probs", "keras-sigmoid-logits": "bce-sigmoid",
+                   "logits-stable": "bce-logits"},
+    "jax": {"keras3": "bce-probs", "optax": "bce-logits"},
+    "torch": {"keras3-torch": "bce-probs", "torch-bce-logits": "bce-logits"},
+    "numpy": {"keras3-numpy": "bce-probs"},
+}
+# how each backend computes, as the models' mode (torch: float32 opmath for narrow dtypes)
+MODES = {"tensorflow": "per-op", "jax": "per-op", "torch": "upcast", "numpy": "per-op"}
+
+
+class Missing(RuntimeError):
+    """Keras (or its backend framework) cannot run here, or its worker died; says how to install."""
+
+
+class Failed(RuntimeError):
+    """One call failed in the worker (a dtype the framework has no kernel for)."""
+
+
+class Worker:
+    """One Keras backend in its own process, answering requests until it is closed."""
+
+    def __init__(self, keras_backend: str):
+        self.keras_backend = keras_backend
+        self._lock = threading.Lock()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the worker's, closed in close())
+        root = str(Path(__file__).resolve().parent.parent)  # the worker imports this same bce_audit
+        env = {**os.environ, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1",  # float64 stays float64, as --backend jax
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        except OSError as e:
+            raise Missing(f"--keras-backend {keras_backend}: cannot start the Keras worker: "
+                                 f"{e.strerror or e}") from None
+        assert self._proc.stdin is not None and self._proc.stdout is not None  # both are pipes
+        self._in, self._out = self._proc.stdin, self._proc.stdout
+        ready, _, _ = select.select([self._out], [], [], START_TIMEOUT)
+        if not ready:
+            self.close()
+            raise Missing(f"--keras-backend {keras_backend}: Keras did not start within "
+                                 f"{START_TIMEOUT:g} s")
+        hello = self._answer("import keras")[0]
+        if not hello.get("ok"):
+            self.close()
+            raise Missing(f"--keras-backend {keras_backend}: cannot import Keras with the "
+                                 f"{keras_backend} backend ({hello.get('error')}); {self.install}")
+        self.versions = {k: v for k, v in hello.items() if k != "ok"}
+        atexit.register(self.close)
+
+    @property
+    def install(self) -> str:
+        return f"{INSTALL} {EXTRA[self.keras_backend]}" if self.keras_backend != "numpy" else INSTALL
+
+    def call(self, op: str, *arrays: np.ndarray) -> np.ndarray:
+        """Run one call; its error is `Failed`, a dead worker `Missing`."""
+        with self._lock:
+            try:
+                keras_worker.write_message(self._in, {"op": op}, list(arrays))
+            except (BrokenPipeError, ValueError, OSError):
+                raise self._died(op) from None
+            header, out = self._answer(op)
+        if not header.get("ok"):
+            raise Failed(f"keras {self.keras_backend} {keras_worker.CALLS[op]} does not support "
+                              f"{arrays[0].dtype}: {header.get('error')}")
+        return out[0]
+
+    def _answer(self, what: str) -> tuple[dict, list[np.ndarray]]:
+        try:
+            return keras_worker.read_message(self._out)
+        except (EOFError, ValueError, OSError):
+            raise self._died(what) from None
+
+    def _died(self, what: str) -> Missing:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=5)
+        code = self._proc.poll()
+        self._stderr.seek(0)
+        lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else "no message"
+        self.close()
+        return Missing(f"--keras-backend {self.keras_backend}: the Keras worker stopped during "
+                              f"{what} (exit code {code}): {last}; {self.install}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._in.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        with contextlib.suppress(OSError):
+            self._out.close()
+        self._stderr.close()
+
+
+def version(keras_backend: str) -> str | None:
+    """Keras's version and its backend framework's (both are part of a cache key)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    dist = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib"),
+            "torch": ("torch",), "numpy": ("numpy",)}[keras_backend]
+    parts = []
+    for name in ("keras", *dist):
+        with contextlib.suppress(PackageNotFoundError):
+            parts.append(f"{name} {v(name)}")
+    return ", ".join(parts) if parts and parts[0].startswith("keras ") else None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A Keras backend's ops as numpy functions (`backends` makes them a Backend)."""
+
+    sigmoid: Callable[[np.ndarray], np.ndarray]
+    logit: Callable[[np.ndarray], np.ndarray]
+    bce: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+    what: dict[str, str]
+
+
+def adapter(keras_backend: str) -> Adapter:
+    """Keras 3 on ``keras_backend``, its ops running in a worker process."""
+    if keras_backend not in KERAS_BACKENDS:
+        raise Missing(f"unknown Keras backend {keras_backend!r}; choose from {', '.join(KERAS_BACKENDS)}")
+    worker = Worker(keras_backend)
+    promotes = keras_backend == "numpy"  # np.clip has no ml_dtypes loop: float32 comes back
+
+    def wrap(op: str) -> Callable[..., np.ndarray]:
+        def run(*arrays: np.ndarray) -> np.ndarray:
+            dtype = arrays[0].dtype
+            n = arrays[0].size
+            if not n:
+                return np.empty(0, dtype)
+            # whole blocks: every value takes the kernels' vector path, wherever it sits
+            pad = (-n) % _BLOCK
+            padded = [np.concatenate([a.ravel(), np.repeat(a.ravel()[-1:], pad)]).astype(dtype, copy=False)
+                      for a in arrays]
+            out = worker.call(op, *padded)[:n]
+            if out.dtype != dtype:
+                if not (promotes and out.dtype == np.float32 and dtype.type.__module__ == "ml_dtypes"):
+                    raise Failed(f"keras {keras_backend} {keras_worker.CALLS[op]} returned "
+                                      f"{out.dtype} for {dtype} input")
+                out = out.astype(dtype)  # ml_dtypes on numpy: computed in float32, rounded once here
+            return out
+        return run
+
+    calls = FORMULAS[keras_backend]
+    padded_note = f" (shape (n, 1), padded to whole blocks of {_BLOCK})"
+    what = {f: keras_worker.CALLS[c] + padded_note for f, c in calls.items()}
+    if keras_backend == "numpy":
+        what["keras3-numpy"] += "; from_logits=True runs the same sigmoid then clip; bfloat16/float8: " \
+                                "float32 result rounded to the dtype"
+    return Adapter(wrap("sigmoid"), wrap("logit"), {f: wrap(c) for f, c in calls.items()}, what)
