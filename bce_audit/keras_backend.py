@@ -100,7 +100,8 @@ class Worker:
 
     @property
     def install(self) -> str:
-        return f"{INSTALL} {EXTRA[self.keras_backend]}" if self.keras_backend != "numpy" else INSTALL
+        extra = EXTRA.get(self.keras_backend, "")
+        return f"{INSTALL} {extra}" if extra and extra != "numpy" else INSTALL
 
     def call(self, op: str, *arrays: np.ndarray) -> np.ndarray:
         """Run one call; its error is `Failed`, a dead worker `Missing`."""
