@@ -72,6 +72,7 @@ class Worker:
     def __init__(self, keras_backend: str):
         self.keras_backend = keras_backend
         self._lock = threading.Lock()
+        self._dead: Missing | None = None  # why the worker stopped, once it has
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the worker's, closed in close())
         root = str(Path(__file__).resolve().parent.parent)  # the worker imports this same bce_audit
         env = {**os.environ, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -81,20 +82,21 @@ class Worker:
             self._proc = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         except OSError as e:
+            self._stderr.close()
             raise Missing(f"--keras-backend {keras_backend}: cannot start the Keras worker: "
-                                 f"{e.strerror or e}") from None
+                          f"{e.strerror or e}") from None
         assert self._proc.stdin is not None and self._proc.stdout is not None  # both are pipes
         self._in, self._out = self._proc.stdin, self._proc.stdout
         ready, _, _ = select.select([self._out], [], [], START_TIMEOUT)
         if not ready:
+            self._proc.kill()
             self.close()
-            raise Missing(f"--keras-backend {keras_backend}: Keras did not start within "
-                                 f"{START_TIMEOUT:g} s")
+            raise Missing(f"--keras-backend {keras_backend}: Keras did not start within {START_TIMEOUT:g} s")
         hello = self._answer("import keras")[0]
         if not hello.get("ok"):
             self.close()
-            raise Missing(f"--keras-backend {keras_backend}: cannot import Keras with the "
-                                 f"{keras_backend} backend ({hello.get('error')}); {self.install}")
+            raise Missing(f"--keras-backend {keras_backend}: cannot import Keras with the {keras_backend} "
+                          f"backend ({hello.get('error')}); {self.install}")
         self.versions = {k: v for k, v in hello.items() if k != "ok"}
         atexit.register(self.close)
 
@@ -106,14 +108,16 @@ class Worker:
     def call(self, op: str, *arrays: np.ndarray) -> np.ndarray:
         """Run one call; its error is `Failed`, a dead worker `Missing`."""
         with self._lock:
+            if self._dead is not None:
+                raise self._dead
             try:
                 keras_worker.write_message(self._in, {"op": op}, list(arrays))
-            except (BrokenPipeError, ValueError, OSError):
+            except (ValueError, OSError):  # a broken pipe: the worker is gone
                 raise self._died(op) from None
             header, out = self._answer(op)
         if not header.get("ok"):
             raise Failed(f"keras {self.keras_backend} {keras_worker.CALLS[op]} does not support "
-                              f"{arrays[0].dtype}: {header.get('error')}")
+                         f"{arrays[0].dtype}: {header.get('error')}")
         return out[0]
 
     def _answer(self, what: str) -> tuple[dict, list[np.ndarray]]:
@@ -123,17 +127,22 @@ class Worker:
             raise self._died(what) from None
 
     def _died(self, what: str) -> Missing:
+        """Why the worker stopped: its exit code and the last line it wrote to stderr."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5)
         code = self._proc.poll()
-        self._stderr.seek(0)
-        lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else "no message"
+        last = "no message"
+        with contextlib.suppress(OSError, ValueError):
+            self._stderr.seek(0)
+            lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+            last = lines[-1].strip() if lines else last
         self.close()
-        return Missing(f"--keras-backend {self.keras_backend}: the Keras worker stopped during "
-                              f"{what} (exit code {code}): {last}; {self.install}")
+        self._dead = Missing(f"--keras-backend {self.keras_backend}: the Keras worker stopped during {what} "
+                             f"(exit code {code}): {last}; {self.install}")
+        return self._dead
 
     def close(self) -> None:
+        """End the worker (it exits when its stdin closes); safe to call twice."""
         with contextlib.suppress(OSError):
             self._in.close()
         try:
