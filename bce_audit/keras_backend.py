@@ -155,6 +155,16 @@ class Worker:
         self._stderr.close()
 
 
+_WORKERS: dict[str, Worker] = {}
+
+
+def worker(keras_backend: str) -> Worker:
+    """The worker of one Keras backend, started on first use and kept for the process."""
+    if keras_backend not in _WORKERS:
+        _WORKERS[keras_backend] = Worker(keras_backend)
+    return _WORKERS[keras_backend]
+
+
 def version(keras_backend: str) -> str | None:
     """Keras's version and its backend framework's (both are part of a cache key)."""
     from importlib.metadata import PackageNotFoundError
@@ -183,7 +193,7 @@ def adapter(keras_backend: str) -> Adapter:
     """Keras 3 on ``keras_backend``, its ops running in a worker process."""
     if keras_backend not in KERAS_BACKENDS:
         raise Missing(f"unknown Keras backend {keras_backend!r}; choose from {', '.join(KERAS_BACKENDS)}")
-    worker = Worker(keras_backend)
+    w = worker(keras_backend)
     promotes = keras_backend == "numpy"  # np.clip has no ml_dtypes loop: float32 comes back
 
     def wrap(op: str) -> Callable[..., np.ndarray]:
@@ -196,7 +206,7 @@ def adapter(keras_backend: str) -> Adapter:
             pad = (-n) % _BLOCK
             padded = [np.concatenate([a.ravel(), np.repeat(a.ravel()[-1:], pad)]).astype(dtype, copy=False)
                       for a in arrays]
-            out = worker.call(op, *padded)[:n]
+            out = w.call(op, *padded)[:n]
             if out.dtype != dtype:
                 if not (promotes and out.dtype == np.float32 and dtype.type.__module__ == "ml_dtypes"):
                     raise Failed(f"keras {keras_backend} {keras_worker.CALLS[op]} returned "
