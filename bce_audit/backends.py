@@ -257,4 +257,5 @@ def _keras(device: str, keras_backend: str) -> Backend:
     except kb.Missing as e:
         raise BackendMissing(str(e)) from None
     return Backend("keras", "cpu", sigmoid=real(a.sigmoid), logit=real(a.logit),
-                   bce={f: real(op) for f, op in a.bce.items()}, what=a.what, variant=keras_backend)
+                   bce={f: real(op) for f, op in a.bce.items()},
+                   grad={f: real(op) for f, op in a.grad.items()}, what=a.what, variant=keras_backend)

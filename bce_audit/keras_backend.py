@@ -16,7 +16,11 @@ travel through its pipes bit for bit. What each Keras backend really runs, per f
 - numpy: the clip and logs, where ``np.clip`` promotes ml_dtypes arrays (bfloat16, float8) to
   float32 (``keras3-numpy``); ``from_logits=True`` runs the same sigmoid-then-clip path.
 
-Keras has no logit op: the round trip's logit is ``keras.ops.log(p / (1 - p))``. A result of
+Keras has no logit op: the round trip's logit is ``keras.ops.log(p / (1 - p))``. Gradients are
+each backend's own autodiff of the same call (none on numpy); the gradient models follow
+TensorFlow's rules for ``keras3`` (so on jax they are a model of another framework's backward
+pass: JAX's differs, e.g. its float16 gradient is NaN where ``1/p`` overflows), torch's for
+``keras3-torch``. A result of
 another dtype than the input is an error (`Failed`), except the numpy backend's float32
 from an ml_dtypes input, rounded back to the dtype (`keras3-numpy` models that rounding too).
 """
@@ -186,6 +190,7 @@ class Adapter:
     sigmoid: Callable[[np.ndarray], np.ndarray]
     logit: Callable[[np.ndarray], np.ndarray]
     bce: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+    grad: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]  # numpy: none (no autodiff)
     what: dict[str, str]
 
 
@@ -221,4 +226,5 @@ def adapter(keras_backend: str) -> Adapter:
     if keras_backend == "numpy":
         what["keras3-numpy"] += "; from_logits=True runs the same sigmoid then clip; bfloat16/float8: " \
                                 "float32 result rounded to the dtype"
-    return Adapter(wrap("sigmoid"), wrap("logit"), {f: wrap(c) for f, c in calls.items()}, what)
+    grad = {} if keras_backend == "numpy" else {f: wrap(f"grad-{c}") for f, c in calls.items()}
+    return Adapter(wrap("sigmoid"), wrap("logit"), {f: wrap(c) for f, c in calls.items()}, grad, what)

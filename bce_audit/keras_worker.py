@@ -39,6 +39,8 @@ CALLS = {
     "bce-sigmoid": "keras.losses.binary_crossentropy(y, keras.ops.sigmoid(x))",
     "bce-logits": "keras.losses.binary_crossentropy(y, x, from_logits=True)",
 }
+CALLS.update({f"grad-{k}": f"d/dx {v}, by the backend's autodiff" for k, v in list(CALLS.items())
+              if k.startswith("bce-")})
 
 
 def dtype_of(name: str) -> np.dtype:
@@ -87,7 +89,18 @@ def _calls() -> dict[str, Callable[..., np.ndarray]]:
     def bce(y, p, from_logits=False):
         return flat(keras.losses.binary_crossentropy(col(y), p, from_logits=from_logits))
 
-    return {
+    backend = keras.backend.backend()
+    plain: Callable = lambda t: t  # noqa: E731
+    if backend == "tensorflow":  # a new tensor of the same values, without the _keras_logits attribute
+        import tensorflow as tf
+
+        plain = tf.identity
+    losses = {  # tensor x, tensor y -> the loss per row, differentiable
+        "bce-probs": lambda x, y: keras.losses.binary_crossentropy(y, plain(ops.sigmoid(x))),
+        "bce-sigmoid": lambda x, y: keras.losses.binary_crossentropy(y, ops.sigmoid(x)),
+        "bce-logits": lambda x, y: keras.losses.binary_crossentropy(y, x, from_logits=True),
+    }
+    calls: dict[str, Callable[..., np.ndarray]] = {
         "sigmoid": lambda x: flat(ops.sigmoid(col(x))),
         "logit": lambda p: flat(ops.log(ops.divide(col(p), ops.subtract(1.0, col(p))))),
         # the probabilities as a plain array: no tensor attribute (TF's _keras_logits) comes along
@@ -95,6 +108,43 @@ def _calls() -> dict[str, Callable[..., np.ndarray]]:
         "bce-sigmoid": lambda x, y: bce(y, ops.sigmoid(col(x))),
         "bce-logits": lambda x, y: bce(y, col(x), from_logits=True),
     }
+    for name, loss in losses.items():
+        g = _grad(backend, loss, col, flat)
+        if g is not None:
+            calls[f"grad-{name}"] = g
+    return calls
+
+
+def _grad(backend: str, loss: Callable, col: Callable, flat: Callable) -> Callable | None:
+    """x, y -> d loss / dx through the backend's own autodiff (None: numpy has none)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def tf_grad(x, y):
+            xt, yt = col(x), col(y)
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                out = loss(xt, yt)
+            return flat(tape.gradient(out, xt, output_gradients=tf.ones_like(out)))
+        return tf_grad
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def jax_grad(x, y):
+            yt = col(y)
+            return flat(jax.grad(lambda t: jnp.sum(loss(t, yt)))(col(x)))
+        return jax_grad
+    if backend == "torch":
+        import torch
+
+        def torch_grad(x, y):
+            xt = col(x).detach().clone().requires_grad_(True)
+            out = loss(xt, col(y))
+            out.backward(torch.ones_like(out))
+            return flat(xt.grad)
+        return torch_grad
+    return None
 
 
 def _versions() -> dict[str, str]:

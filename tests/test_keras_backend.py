@@ -5,7 +5,8 @@ wrong mapping (formula -> call) shows as a difference; the sigmoids themselves a
 where the models follow them (TensorFlow's is Eigen's, modelled elsewhere). The few values
 where a framework's own elementary function differs from numpy's are pinned by x:
 
-- float16 ``log1p(exp(-|x|))`` at x = +-0.0214691162109375 (XLA and Eigen, not numpy);
+- float16 ``log1p(exp(-|x|))`` at x = +-0.0214691162109375 (XLA and Eigen, not numpy), and TF's
+  gradient at 0.0472412109375;
 - bfloat16 |x| in [87.5, 92.5]: XLA and TensorFlow flush the subnormal ``exp(-|x|)`` to zero.
 
 keras and its backends are optional: the tests skip, saying so, where one is missing.
@@ -20,13 +21,24 @@ import numpy as np
 import pytest
 from cli_support import assert_usage_error, run, strict_json
 
-from bce_audit import backends, config, dtypes, fidelity, formulas, keras_backend, keras_worker, sweep
+from bce_audit import (
+    backends,
+    config,
+    dtypes,
+    fidelity,
+    formulas,
+    gradients,
+    keras_backend,
+    keras_worker,
+    sweep,
+)
 from bce_audit.formulas import Evaluator
 from bce_audit.records import KERAS_BACKENDS, Settings
 
 EPS = 1e-7
 FRAMEWORK = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
-F16_LOG1P = {-0.0214691162109375, 0.0214691162109375}  # XLA's and Eigen's float16 log1p(exp) differ here
+# XLA's and Eigen's float16 log1p(exp(-|x|)) (and exp, in TF's gradient) differ from numpy's here
+F16_LOG1P = {-0.0214691162109375, 0.0214691162109375, 0.0472412109375}
 
 
 def _has_keras() -> None:
@@ -54,18 +66,27 @@ def _allowed(kb: str, formula: str, dtype: str, x: float) -> bool:
     return False
 
 
+# gradients whose model is the backend's own backward pass (keras3's model is TensorFlow's rules,
+# which Keras on TF follows only up to its float16/bfloat16 SigmoidGrad and LogGrad rounding)
+GRAD_MODELLED = {"tensorflow": {"keras-sigmoid-logits", "logits-stable"}, "jax": {"optax"},
+                 "torch": {"keras3-torch", "torch-bce-logits"}, "numpy": set()}
+
+
 def _formula_gaps(be: backends.Backend, dtype: str, x: np.ndarray) -> dict[tuple, list[float]]:
-    """Each real BCE against its model fed the real sigmoid: the differing x, per (formula, label)."""
+    """Each real BCE (and modelled gradient) against its model fed the real sigmoid: the
+    differing x, per (formula, label, "bce" or "grad")."""
     ev = Evaluator(dtype, keras_backend.MODES[be.variant or ""], be.ops())
     out = {}
     for name, op in be.bce.items():
         for label in (1, 0):
             y = ev.arr(np.full(x.shape, label))
-            real = op(x, y)
-            assert real.dtype == ev.dtype, (name, real.dtype)
-            model = formulas.get(name)(x, y, EPS, ev)
-            bad = ~((real == model) | (np.isnan(real) & np.isnan(model)))
-            out[(name, label)] = [float(v) for v in x[bad]]
+            pairs = [("bce", op(x, y), formulas.get(name)(x, y, EPS, ev))]
+            if name in GRAD_MODELLED[be.variant or ""]:
+                pairs.append(("grad", be.grad[name](x, y), gradients.grad(name, x, y, EPS, ev)))
+            for what, real, model in pairs:
+                assert real.dtype == ev.dtype, (name, what, real.dtype)
+                bad = ~((real == model) | (np.isnan(real) & np.isnan(model)))
+                out[(name, label, what)] = [float(v) for v in x[bad]]
     return out
 
 
@@ -291,8 +312,21 @@ def test_cli_fidelity_keras_numpy_float16():
     assert doc["backend"] == "keras-numpy-cpu"
 
 
+def test_jax_float16_keras3_gradient_is_nan_where_1_over_p_overflows():
+    """Keras 3 on JAX, float16: d/dx of binary_crossentropy(y, sigmoid(x)) is NaN for label 1 below
+    x = -11.1 (1/p overflows float16 and jnp.clip's derivative multiplies it by 0), and for both
+    labels from 7.625 (p rounds to 1 = the float16 upper clip, so 1/(1 - p) is inf)."""
+    be = _keras("jax")
+    x = np.array([-30.0, -12.0, -10.0, 0.0, 7.0, 7.625, 30.0], dtype=np.float16)
+    g1 = be.grad["keras3"](x, np.ones_like(x))
+    g0 = be.grad["keras3"](x, np.zeros_like(x))
+    assert np.isnan(g1).tolist() == [True, True, False, False, False, True, True]
+    assert np.isnan(g0).tolist() == [False, False, False, False, False, True, True]
+
+
 def test_keras_what_says_the_padding():
     be = _keras("numpy")
     assert all("padded to whole blocks" in w for w in be.what.values())
     assert set(be.what) == set(be.bce) == {"keras3-numpy"}
+    assert be.grad == {}  # numpy has no autodiff
     assert "keras" not in sys.modules  # the workers import Keras; this process never does
