@@ -330,3 +330,27 @@ def test_keras_what_says_the_padding():
     assert set(be.what) == set(be.bce) == {"keras3-numpy"}
     assert be.grad == {}  # numpy has no autodiff
     assert "keras" not in sys.modules  # the workers import Keras; this process never does
+
+
+def test_gate_checks_take_a_keras_backend(tmp_path):
+    """`keras_backend` in a gate config (inherited by its checks); only keras checks name it in
+    their identity, so every other check's baseline stays valid."""
+    from bce_audit import gate
+
+    _keras("numpy")
+    path = tmp_path / "g.toml"
+    path.write_text('backend = "keras"\nkeras_backend = "numpy"\ndtypes = ["float16"]\n'
+                    '[[check]]\nname = "k"\nformula = "keras3-numpy"\nlabel = "0"\nmax_ulp = 1e9\n'
+                    'allow_nonfinite = true\n'
+                    '[[check]]\nname = "n"\nformula = "keras3"\nlabel = "0"\nmax_ulp = 1e9\n'
+                    'backend = "numpy"\nallow_nonfinite = true\n')
+    k, n = gate.checks_from(config.load(str(path)))
+    assert k.keras_backend == "numpy" and k.identity()["keras_backend"] == "numpy"
+    assert "keras_backend" not in n.identity()
+    result = gate.run_check(k)
+    assert result.passed, result.failures
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backend = "keras"\nkeras_backend = "numpy"\n'
+                   '[[check]]\nname = "k"\nformula = "keras3"\nmax_ulp = 1\n')
+    with pytest.raises(config.ConfigError, match="keras-numpy-cpu has no real counterpart of 'keras3'"):
+        gate.checks_from(config.load(str(bad)))
