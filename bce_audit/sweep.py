@@ -741,7 +741,8 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     if backend is not None:
         missing = backend.missing(s.formulas)
         if missing:
-            notes.append(f"{backend.name} has no real counterpart of {', '.join(missing)}: not audited "
+            on = f" on {backend.variant}" if backend.variant else ""
+            notes.append(f"{backend.name}{on} has no real counterpart of {', '.join(missing)}: not audited "
                          f"with --backend {backend.name}")
     kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, notes,
                               s.grad, jobs=1 if scheduler else jobs)
