@@ -1,7 +1,7 @@
 """Keras 3 as a real backend: `keras.losses.binary_crossentropy` and `keras.ops.sigmoid`, run for real.
 
 One process holds one Keras backend (chosen at import by ``KERAS_BACKEND``), so each Keras
-backend runs in a long-lived worker process of its own (`bce_audit.keras_worker`) and arrays
+backend runs in a long-lived worker process of its own (`bce_audit.keras_runner`) and arrays
 travel through its pipes bit for bit. What each Keras backend really runs, per formula
 (``keras/src/backend/{tensorflow,jax,torch,numpy}/nn.py`` binary_crossentropy and sigmoid):
 
@@ -41,16 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bce_audit import keras_worker
+from bce_audit import keras_runner
 from bce_audit.records import KERAS_BACKENDS
 
 INSTALL = "pip install 'bce-audit[keras]'"
 EXTRA = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 START_TIMEOUT = 300.0  # seconds the worker may take to import Keras (TensorFlow on a busy machine)
-WORKER = "bce_audit.keras_worker"  # the module run as the worker (tests point it elsewhere)
+WORKER = "bce_audit.keras_runner"  # the module run as the worker (tests point it elsewhere)
 _BLOCK = 256  # elements: whole SIMD blocks (Eigen's packets, torch's vectors) for every value
 
-# formula -> the worker's call, per Keras backend (keras_worker.CALLS says what each runs)
+# formula -> the worker's call, per Keras backend (keras_runner.CALLS says what each runs)
 FORMULAS = {
     "tensorflow": {"keras3": "bce-probs", "keras-sigmoid-logits": "bce-sigmoid",
                    "logits-stable": "bce-logits"},
@@ -115,18 +115,18 @@ class Worker:
             if self._dead is not None:
                 raise self._dead
             try:
-                keras_worker.write_message(self._in, {"op": op}, list(arrays))
+                keras_runner.write_message(self._in, {"op": op}, list(arrays))
             except (ValueError, OSError):  # a broken pipe: the worker is gone
                 raise self._died(op) from None
             header, out = self._answer(op)
         if not header.get("ok"):
-            raise Failed(f"keras {self.keras_backend} {keras_worker.CALLS[op]} does not support "
+            raise Failed(f"keras {self.keras_backend} {keras_runner.CALLS[op]} does not support "
                          f"{arrays[0].dtype}: {header.get('error')}")
         return out[0]
 
     def _answer(self, what: str) -> tuple[dict, list[np.ndarray]]:
         try:
-            return keras_worker.read_message(self._out)
+            return keras_runner.read_message(self._out)
         except (EOFError, ValueError, OSError):
             raise self._died(what) from None
 
@@ -214,7 +214,7 @@ def adapter(keras_backend: str) -> Adapter:
             out = w.call(op, *padded)[:n]
             if out.dtype != dtype:
                 if not (promotes and out.dtype == np.float32 and dtype.type.__module__ == "ml_dtypes"):
-                    raise Failed(f"keras {keras_backend} {keras_worker.CALLS[op]} returned "
+                    raise Failed(f"keras {keras_backend} {keras_runner.CALLS[op]} returned "
                                       f"{out.dtype} for {dtype} input")
                 out = out.astype(dtype)  # ml_dtypes on numpy: computed in float32, rounded once here
             return out
@@ -222,7 +222,7 @@ def adapter(keras_backend: str) -> Adapter:
 
     calls = FORMULAS[keras_backend]
     padded_note = f" (shape (n, 1), padded to whole blocks of {_BLOCK})"
-    what = {f: keras_worker.CALLS[c] + padded_note for f, c in calls.items()}
+    what = {f: keras_runner.CALLS[c] + padded_note for f, c in calls.items()}
     if keras_backend == "numpy":
         what["keras3-numpy"] += "; from_logits=True runs the same sigmoid then clip; bfloat16/float8: " \
                                 "float32 result rounded to the dtype"

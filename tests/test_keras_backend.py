@@ -29,7 +29,7 @@ from bce_audit import (
     formulas,
     gradients,
     keras_backend,
-    keras_worker,
+    keras_runner,
     sweep,
 )
 from bce_audit.formulas import Evaluator
@@ -148,7 +148,7 @@ def test_keras_mapping():
     assert set(keras_backend.FORMULAS) == set(KERAS_BACKENDS) == set(keras_backend.MODES)
     for calls in keras_backend.FORMULAS.values():
         assert set(calls) <= set(formulas.NAMES)
-        assert set(calls.values()) <= set(keras_worker.CALLS)
+        assert set(calls.values()) <= set(keras_runner.CALLS)
 
 
 def test_tensorflow_sigmoid_output_takes_the_logits_shortcut():
@@ -203,15 +203,15 @@ def test_message_round_trip_is_bit_exact():
     arrays = [dtypes.get(d).finite_values()[::97] for d in ("float16", "bfloat16", "float8_e4m3fn")]
     arrays.append(np.array([np.nan, -0.0, np.inf], dtype=np.float32))
     buf = io.BytesIO()
-    keras_worker.write_message(buf, {"op": "x"}, arrays)
+    keras_runner.write_message(buf, {"op": "x"}, arrays)
     buf.seek(0)
-    header, back = keras_worker.read_message(buf)
+    header, back = keras_runner.read_message(buf)
     assert header == {"op": "x"}
     for a, b in zip(arrays, back, strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     assert back[1].dtype == ml_dtypes.bfloat16
     with pytest.raises(EOFError):
-        keras_worker.read_message(io.BytesIO(b'{"arrays": [{"dtype": "float32", "shape": [4]}]}\n\0\0'))
+        keras_runner.read_message(io.BytesIO(b'{"arrays": [{"dtype": "float32", "shape": [4]}]}\n\0\0'))
 
 
 def test_unknown_keras_backend_is_backend_missing():

@@ -1,7 +1,7 @@
 """The process that runs Keras 3 for `keras_backend`: one Keras backend per process.
 
 Keras picks its backend once, at import, from ``KERAS_BACKEND``; so each backend audited runs
-in its own worker (``python -m bce_audit.keras_worker``), started by `bce_audit.keras_backend`
+in its own worker (``python -m bce_audit.keras_runner``), started by `bce_audit.keras_backend`
 with that variable set. The worker answers requests on its stdin/stdout pipes.
 
 A message is one JSON line (a header) and then the raw bytes of each array the header lists
