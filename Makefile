@@ -4,11 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# The frameworks the fidelity tests run for real, pinned as the models were checked against them.
+FRAMEWORKS := tensorflow-cpu==2.21.0 tf-keras==2.21.0 keras==3.15.1 scikit-learn==1.9.1
 
 .PHONY: run test test-fast lint types bench check clean
 
-# The optional extras (torch, jax, plot, dask) stay optional for users; here they are installed so
-# their tests run. torch is pinned first: an unpinned torch would pull several GB of CUDA packages.
+# The optional extras (torch, jax, tensorflow, keras, sklearn, plot, dask, parquet) stay optional
+# for users; here they are installed so their tests run. torch is pinned first: an unpinned torch would pull several GB of CUDA packages.
 CORE   := $(VENV)/.core
 
 # `make run` needs only the core dependencies (numpy, mpmath, click, rich, ml_dtypes): seconds.
@@ -20,7 +22,8 @@ $(CORE): pyproject.toml
 
 $(STAMP): $(CORE)
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch,jax,plot,dask,parquet]'
+	$(BIN)/python -m pip install --quiet $(FRAMEWORKS)
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,jax,plot,dask,parquet,tensorflow,keras,sklearn]'
 	touch $(STAMP)
 
 run: $(CORE)  ## the main job: the float32 sweep on the shipped defaults, core dependencies only

@@ -1,17 +1,23 @@
-"""Real frameworks: run the installed torch / JAX ops on the audit's grid, audited like the models.
+"""Real frameworks: run the installed torch / JAX / TensorFlow / scikit-learn ops on the audit's
+grid, audited like the models.
 
 A backend turns numpy arrays of the audited dtype into the framework's tensors (bit for bit),
 runs the real op, and converts back. Keras 3 (`--backend keras`) runs in a worker process per
 Keras backend (`bce_audit.keras_backend`). Formulas with no real counterpart in a backend are listed
 by `missing()` and reported as such; a dtype the framework cannot compute in is an
-`Unsupported` error naming the op. torch and jax are optional extras: without them
-`BackendMissing` carries the install command.
+`Unsupported` error naming the op. The frameworks are optional extras, imported only when
+asked for: without them `BackendMissing` carries the install command.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +25,10 @@ from bce_audit import formulas
 from bce_audit.formulas import Formula, Ops
 from bce_audit.records import KERAS_BACKENDS, Settings
 
-NAMES = ("numpy", "torch", "jax", "keras")
+NAMES = ("numpy", "torch", "jax", "tensorflow", "sklearn", "keras")
+INSTALL = {"torch": "pip install 'bce-audit[torch]'", "jax": "pip install 'bce-audit[jax]'",
+           "tensorflow": "pip install 'bce-audit[tensorflow]'", "sklearn": "pip install 'bce-audit[sklearn]'",
+           "keras": "pip install 'bce-audit[keras]'"}
 
 
 class BackendMissing(RuntimeError):
@@ -38,10 +47,19 @@ class Backend:
     device: str
     sigmoid: Callable[[np.ndarray], np.ndarray]
     logit: Callable[[np.ndarray], np.ndarray]
-    bce: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
-    grad: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = field(default_factory=dict)
+    bce: dict[str, Callable[..., np.ndarray]]  # f(x, y), or f(x, y, eps) for a clipping formula
+    grad: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict)
     what: dict[str, str] = field(default_factory=dict)  # formula -> the real call it runs
+    block: int = 0  # arrays are padded to whole blocks of this many elements (0: not padded)
     variant: str | None = None  # keras: the Keras backend it runs on
+
+    @property
+    def evaluation(self) -> str:
+        """How the real ops see the inputs, for the output to say."""
+        if not self.block:
+            return f"{self.label} evaluates each array as given"
+        return (f"{self.label} evaluates arrays padded to whole blocks of {self.block} values, so "
+                "every value takes the kernel's vector path wherever it sits")
 
     @property
     def label(self) -> str:
@@ -61,11 +79,12 @@ class Backend:
             return None
         op = self.bce[name]
 
-        def fn(x, y, eps, ev):
-            return op(x, y)
-
         model = formulas.get(name)
-        return Formula(name, fn, model.clip)
+
+        def fn(x, y, eps, ev):
+            return op(x, y, eps) if model.uses_eps else op(x, y)
+
+        return Formula(name, fn, model.clip, mean32=model.mean32)
 
     def missing(self, names) -> list[str]:
         return [n for n in names if formulas.get(n).kind == "bce" and n not in self.bce]
@@ -98,11 +117,45 @@ def get(name: str, device: str = "cpu", keras_backend: str = KERAS_BACKENDS[0]) 
         return None
     key = (name, device, keras_backend if name == "keras" else "")
     if key not in _BACKENDS:
+        if device != "cpu" and name != "torch":
+            raise BackendMissing(f"--device applies to the torch backend; {name} runs on cpu here")
         if name == "keras":
-            _BACKENDS[key] = _keras(device, keras_backend)
+            _BACKENDS[key] = _keras(keras_backend)
         else:
-            _BACKENDS[key] = {"torch": _torch, "jax": _jax}[name](device)
+            make = {"torch": _torch, "jax": _jax, "tensorflow": _tensorflow, "sklearn": _sklearn}[name]
+            _BACKENDS[key] = make(device)
     return _BACKENDS[key]
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """TensorFlow's import, quietly: its C++ logging (absl's banner, oneDNN and CUDA notes)
+    writes to the process's stderr before any Python setting can reach it, so file
+    descriptor 2 points at /dev/null meanwhile."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _padded(run: Callable[..., np.ndarray], block: int) -> Callable[..., np.ndarray]:
+    """``run`` on arrays padded to whole blocks of ``block`` elements (the last value repeated):
+    a CPU kernel runs whole SIMD blocks and a scalar remainder, which can differ by an ULP, so
+    padding gives every element the block path, wherever it sits. Scalars pass through."""
+    def padded(*args):
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        n = arrays[0].size
+        pad = (-n) % block if n else 0
+        args = tuple(np.concatenate([a.ravel(), np.repeat(a.ravel()[-1:], pad)]) if isinstance(a, np.ndarray)
+                     else a for a in args)
+        return run(*args)[:n]
+    return padded
 
 
 # ---------------------------------------------------------------- torch
@@ -138,18 +191,13 @@ def _torch(device: str) -> Backend:
     def wrap(what: str, fn: Callable) -> Callable:
         def run(*arrays: np.ndarray) -> np.ndarray:
             dtype = arrays[0].dtype
-            n = arrays[0].size
-            # torch's CPU kernels run whole SIMD blocks and a scalar remainder, which can differ by
-            # an ULP; padding to whole blocks gives every element the block path, wherever it sits
-            pad = (-n) % _BLOCK if n else 0
-            arrays = tuple(np.concatenate([a.ravel(), np.repeat(a.ravel()[-1:], pad)]) for a in arrays)
             try:
                 out = fn(*(to_t(a) for a in arrays))
             except (RuntimeError, NotImplementedError, TypeError) as e:
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise Unsupported(f"torch {what} does not support {dtype}: {first}") from None
-            return to_n(out, dtype)[:n]
-        return run
+            return to_n(out, dtype)
+        return _padded(run, _BLOCK)
 
     def bce(x, y):
         return F.binary_cross_entropy(torch.sigmoid(x), y, reduction="none")
@@ -174,6 +222,7 @@ def _torch(device: str) -> Backend:
               "torch-bce-logits": wrap("binary_cross_entropy_with_logits backward", grad_of(bce_logits))},
         what={"torch-bce": "F.binary_cross_entropy(torch.sigmoid(x), y)",
               "torch-bce-logits": "F.binary_cross_entropy_with_logits(x, y)"},
+        block=_BLOCK,
     )
 
 
@@ -233,19 +282,147 @@ def _jax(device: str) -> Backend:
     )
 
 
+# ---------------------------------------------------------------- tensorflow
+
+
+def _tensorflow(device: str) -> Backend:
+    """TensorFlow's own ops, eagerly, on the CPU; tf_keras's binary_crossentropy where installed."""
+    try:
+        with quiet():
+            import tensorflow as tf
+
+            tf.math.sigmoid(tf.constant([0.0]))  # the first op finds the devices, noisily
+    except ImportError:
+        raise BackendMissing(f"the tensorflow backend needs TensorFlow: {INSTALL['tensorflow']}") from None
+    tf.get_logger().setLevel("ERROR")
+    try:
+        import tf_keras
+    except ImportError:
+        tf_keras = None
+
+    def wrap(what: str, fn: Callable) -> Callable:
+        def run(*args):
+            dtype = args[0].dtype
+            try:
+                tensors = [tf.constant(a) if isinstance(a, np.ndarray) else a for a in args]
+                out = fn(*tensors).numpy()
+            except (tf.errors.OpError, TypeError, ValueError, NotImplementedError) as e:
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise Unsupported(f"tensorflow {what} does not support {dtype}: {first}") from None
+            if out.dtype != dtype:
+                raise Unsupported(f"tensorflow {what} returned {out.dtype} for {dtype} input")
+            return out
+        return _padded(run, _TF_BLOCK)
+
+    def logit(p):
+        return tf.math.log(p / (1 - p))
+
+    def stable(x, y):
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)
+
+    def keras2(x, y, eps):
+        """multi-backend Keras 2.2.4 `keras/backend/tensorflow_backend.py`, in TF ops."""
+        p = tf.math.sigmoid(x)
+        e = tf.constant(eps, dtype=p.dtype)
+        p = tf.clip_by_value(p, e, 1 - e)
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=tf.math.log(p / (1 - p)))
+
+    def legacy(x, y, eps):
+        """tf_keras `backend.binary_crossentropy` on a plain tensor (no `_keras_logits`)."""
+        assert tf_keras is not None
+        old = tf_keras.backend.epsilon()
+        tf_keras.backend.set_epsilon(eps)
+        try:
+            return tf_keras.backend.binary_crossentropy(y, tf.math.sigmoid(x))
+        finally:
+            tf_keras.backend.set_epsilon(old)
+
+    def grad_of(loss: Callable) -> Callable:
+        def g(x, y, *eps):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = loss(x, y, *eps)
+            return tape.gradient(out, x)
+        return g
+
+    bce: dict[str, Callable[..., Any]] = {"keras2-logits": keras2, "logits-stable": stable}
+    what = {"keras2-logits": "tf.nn.sigmoid_cross_entropy_with_logits(y, tf.math.log(p / (1 - p))), "
+                             "p = tf.clip_by_value(tf.math.sigmoid(x), eps, 1 - eps)",
+            "logits-stable": "tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)"}
+    if tf_keras is not None:
+        bce["tf-keras"] = legacy
+        what["tf-keras"] = "tf_keras.backend.binary_crossentropy(y, tf.math.sigmoid(x))"
+    return Backend(
+        "tensorflow", "cpu",
+        sigmoid=wrap("tf.math.sigmoid", tf.math.sigmoid),
+        logit=wrap("tf.math.log(p / (1 - p))", logit),
+        bce={k: wrap(k, f) for k, f in bce.items()},
+        grad={k: wrap(f"{k} gradient", grad_of(f)) for k, f in bce.items()},
+        what=what,
+        block=_TF_BLOCK,
+    )
+
+
+_TF_BLOCK = 256  # elements: whole packets of every width Eigen vectorises with
+
+
+# ---------------------------------------------------------------- scikit-learn
+
+
+def _sklearn(device: str) -> Backend:
+    """``sklearn.metrics.log_loss`` on ``p = sigmoid(x)`` (numpy's sigmoid: sklearn has none)."""
+    try:
+        from sklearn.metrics import _classification as skc
+        from sklearn.utils import check_array
+        from sklearn.utils._array_api import supported_float_dtypes
+    except ImportError:
+        raise BackendMissing(f"the sklearn backend needs scikit-learn: {INSTALL['sklearn']}") from None
+
+    def log_loss(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Each point's loss: p in the dtype, then sklearn's own input conversion and
+        validation (the [1 - p, p] columns) over all points at once, and its `_log_loss` on
+        each row (`log_loss` returns only the mean); points of equal (p, y) share one call.
+        The loss, a Python float, is rounded to the audited dtype."""
+        dtype = x.dtype
+        p = formulas.evaluate_sigmoid(x, formulas.Evaluator(dtype.name))
+        keys = np.stack([p.astype(np.float64), y.astype(np.float64)], axis=1)
+        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        pu, yu = p[first], y[first].astype(np.float64)
+        good = np.flatnonzero(np.isfinite(pu.astype(np.float64)))  # sklearn refuses nan
+        vals = np.full(len(first), np.nan)
+        if good.size:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                probs = check_array(pu[good], ensure_2d=False, dtype=supported_float_dtypes(np))
+                labels, probs = skc._validate_multiclass_probabilistic_prediction(
+                    yu[good], probs, None, [0, 1])
+                vals[good] = [skc._log_loss(labels[i:i + 1], probs[i:i + 1], normalize=False)
+                              for i in range(len(good))]
+        with np.errstate(over="ignore"):
+            return vals[inverse.ravel()].astype(dtype)
+
+    return Backend(
+        "sklearn", "cpu",
+        sigmoid=lambda x: formulas.evaluate_sigmoid(x, formulas.Evaluator(x.dtype.name)),
+        logit=lambda p: formulas._logit(formulas.Evaluator(p.dtype.name), p),
+        bce={"sklearn": log_loss},
+        what={"sklearn": "sklearn.metrics.log_loss(y, p) per point (its _log_loss after its own "
+                         "validation), p = numpy's 1 / (1 + exp(-x))"},
+    )
+
+
+
 # ---------------------------------------------------------------- keras
 
 
-def _keras(device: str, keras_backend: str) -> Backend:
+def _keras(keras_backend: str) -> Backend:
     """Keras 3 on one of its backends, in a worker process (`bce_audit.keras_backend`)."""
-    if device != "cpu":
-        raise BackendMissing("--device applies to the torch backend; keras runs on cpu here")
     from bce_audit import keras_backend as kb
 
     def real(fn: Callable) -> Callable:
-        def run(*arrays: np.ndarray) -> np.ndarray:
+        def run(*args):
             try:
-                return fn(*arrays)
+                return fn(*args)
             except kb.Failed as e:
                 raise Unsupported(str(e)) from None
             except kb.Missing as e:
@@ -258,4 +435,5 @@ def _keras(device: str, keras_backend: str) -> Backend:
         raise BackendMissing(str(e)) from None
     return Backend("keras", "cpu", sigmoid=real(a.sigmoid), logit=real(a.logit),
                    bce={f: real(op) for f, op in a.bce.items()},
-                   grad={f: real(op) for f, op in a.grad.items()}, what=a.what, variant=keras_backend)
+                   grad={f: real(op) for f, op in a.grad.items()}, what=a.what, block=kb.BLOCK,
+                   variant=keras_backend)

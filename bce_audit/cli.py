@@ -120,16 +120,20 @@ def _selection(f: Callable) -> Callable:
                      show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
                                              "sigmoid f(x) or logit f(p)."),
         _IMPL_TIMEOUT,
-        click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
-                     help="per-op: every op rounds to the dtype; upcast: framework ops on dtypes "
-                          "narrower than float32 run in float32 and round once (PyTorch opmath)."),
+        click.option("--mode", type=click.Choice(formulas.MODES), default="native", show_default=True,
+                     help="native: each formula as its framework computes it on CPU (the Keras and "
+                          "TensorFlow formulas tf, torch's upcast, optax xla, the rest per-op); "
+                          "per-op: every op rounds to the dtype (numpy); upcast: framework ops on "
+                          "dtypes narrower than float32 run in float32 and round once (PyTorch "
+                          "opmath); tf: TensorFlow's CPU kernels (Eigen's sigmoid, subnormals "
+                          "flushed to zero); xla: JAX on CPU (subnormals flushed to zero)."),
         click.option("--label", type=click.Choice(records.LABELS), default="both", show_default=True,
                      help="Label to audit; 'both' adds the seed article's two-point pair."),
         click.option("--threshold", "thresholds", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
                           "(repeatable; default 1e-3 and 1e-2)."),
         click.option("--backend", type=click.Choice(backends.NAMES), default="numpy",
-                     show_default=True, help="numpy: the formula models; torch / jax / keras: the installed "
+                     show_default=True, help="numpy: the formula models; any other: the installed "
                                              "framework's real ops, audited the same way."),
         click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
                      default=records.KERAS_BACKENDS[0], show_default=True,
@@ -500,11 +504,71 @@ def fidelity_cmd(backend, device, keras_backend, dtype, no_keypoints, **kw) -> i
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
     out = _document(kw, ("table", "json"))
+    mode = sweep.native(records.Settings(backend=backend)).mode
+    notes = [f"the models run in mode {mode}, as {backend} computes", be.evaluation]
 
     def render(fmt: str):
         if fmt == "json":
-            return report.fidelity_json(diffs, pairs, be.label)
-        return report.fidelity_view(diffs, pairs, be.label)
+            return report.fidelity_json(diffs, pairs, be.label, notes)
+        return report.fidelity_view(diffs, pairs, be.label, notes)
+
+    _emit(out, render)
+    return 0
+
+
+@cli.command("reproduce")
+@click.option("--backend", "framework", type=click.Choice(("tf-keras", "keras")), required=True,
+              help="tf-keras: import tf_keras (TensorFlow); keras: Keras 3 on --keras-backend.")
+@click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+              default=None, help="KERAS_BACKEND for --backend keras (default tensorflow).")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(("float32", "mixed_float16")),
+              help="Keras dtype policy (repeatable; default both).")
+@_output(("table", "json"))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also draw loss against a (log scale) beside the exact curve: .png, .svg or .pdf.")
+def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str, ...],
+                  plot_path: str | None, **kw) -> int:
+    """Reproduce the Keras BCE floor: the question's model on {(-a, 0), (a, 1)}, end to end.
+
+    Dense(1, activation='sigmoid') with weight 1 and bias 0, compiled with binary_crossentropy,
+    evaluated on x = [[-a], [a]], y = [[0], [1]] for a = 0..40 (and every 0.25 from 12 to 20),
+    in float32 and under mixed_float16; and the same loss on probabilities fed as a numpy
+    array. Says for each case whether Keras took the logits path or clipped, and where the
+    loss floors. Keras runs in a subprocess.
+
+    \b
+    Needs the framework:
+      pip install 'bce-audit[tensorflow]'   (--backend tf-keras)
+      pip install 'bce-audit[keras,jax]'    (--backend keras; or [keras,torch], ...)
+    \b
+    Examples:
+      bce-audit reproduce --backend tf-keras
+      bce-audit reproduce --backend keras --keras-backend torch --plot floor.png
+    """
+    from bce_audit import reproduce
+
+    if framework == "tf-keras" and keras_backend not in (None, "tensorflow"):
+        _fail(f"--keras-backend {keras_backend} applies to --backend keras; tf-keras runs on tensorflow")
+    backend = keras_backend or "tensorflow"
+    out = _document(kw, ("table", "json"))
+    if plot_path is not None:
+        try:
+            plot.check_path(plot_path, "--plot")
+            plot.require("matplotlib.figure", "--plot")
+        except plot.PlotError as e:
+            _fail(str(e))
+    try:
+        cases = reproduce.reproduce(framework, backend, tuple(dict.fromkeys(policies)) or reproduce.POLICIES)
+    except reproduce.ReproError as e:
+        _fail(str(e))
+    if plot_path is not None:
+        try:
+            plot.render_repro(cases, plot_path)
+        except plot.PlotError as e:
+            _fail(str(e))
+
+    def render(fmt: str):
+        return report.repro_json(cases) if fmt == "json" else report.repro_view(cases)
 
     _emit(out, render)
     return 0

@@ -327,7 +327,7 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
         eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),
         formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas")),
         label=_one_of(values.get("label", "both"), LABELS, "label", origin("label")),
-        mode=_one_of(values.get("mode", "per-op"), formulas.MODES, "mode", origin("mode")),
+        mode=_one_of(values.get("mode", "native"), formulas.MODES, "mode", origin("mode")),
         thresholds=check_thresholds(values.get("thresholds", DEFAULT_THRESHOLDS), origin("thresholds")),
         **grid,
     )

@@ -8,7 +8,17 @@ framework-level op is rounded:
   log_sigmoid, a fused loss kernel) runs in float32 and rounds once (PyTorch "opmath",
   aten ``cpu/UnaryOpsKernel.cpp``). Elementary ops on narrow dtypes already compute in float32
   and round once in numpy and ml_dtypes, so only kernels differ between the modes. The naive
-  logit stays per-op: torch.logit on CPU rounds ``p / (1 - p)`` to the dtype before the log.
+  logit stays per-op: torch.logit on CPU rounds ``p / (1 - p)`` to the dtype before the log;
+- ``tf``: TensorFlow on CPU: per-op, with TensorFlow's own sigmoid kernel (Eigen's logistic,
+  `eigen.logistic`) and subnormals flushed to zero (FTZ/DAZ) in every op;
+- ``xla``: JAX (XLA) on CPU: per-op, subnormals flushed to zero in every op;
+- ``native``: each formula in the mode of the framework it models (`FRAMEWORK_MODES`: the
+  Keras and TensorFlow formulas ``tf``, torch's ``upcast``, optax ``xla``, the rest ``per-op``);
+  the sigmoid and the round trip, numpy's ``per-op``.
+
+Flushing follows the CPU: the float32 arithmetic that float32, bfloat16, float16 and float8
+compute in flushes below float32's smallest normal (1.18e-38), so float16 and float8 values,
+all far above it, are never flushed; float64 flushes below its own.
 
 Constants are cast to the dtype before use, as frameworks cast ``epsilon()``; a bare Python
 float would silently promote an ml_dtypes array to float32.
@@ -30,7 +40,53 @@ import numpy as np
 
 from bce_audit import dtypes, impl, records
 
-MODES = ("per-op", "upcast")
+EVALUATED = ("per-op", "upcast", "tf", "xla")  # the modes an Evaluator computes in
+MODES = (*EVALUATED, "native")  # and "native": each formula in its framework's
+FLUSHING = ("tf", "xla")  # the modes that flush subnormals to zero (FTZ/DAZ)
+
+
+def flush(a: np.ndarray) -> np.ndarray:
+    """Subnormal values (for the CPU's float32 or float64 arithmetic) replaced by a signed zero."""
+    a = np.asarray(a)
+    if a.dtype == np.bool_ or a.dtype.kind in "iub" or a.itemsize > 8:
+        return a
+    tiny = flush_floor(a.dtype)
+    with np.errstate(all="ignore"):
+        small = np.abs(a) < tiny
+        if not small.any():
+            return a
+        return np.where(small, a * np.zeros((), a.dtype), a)
+
+
+_TINY32 = float.fromhex("0x1p-126")   # 1.18e-38, float32's smallest normal
+_TINY64 = float.fromhex("0x1p-1022")  # 2.23e-308
+
+
+def flush_floor(dtype) -> float:
+    """The magnitude below which a flushing CPU zeroes a value of this dtype: float64's smallest
+    normal for float64, float32's for the dtypes computed in float32."""
+    return _TINY64 if np.dtype(dtype).itemsize == 8 else _TINY32
+
+
+class Flushed(np.ndarray):
+    """An array on which every numpy op reads subnormal inputs as zero and flushes subnormal
+    results to zero, as TensorFlow and XLA run their CPU kernels (FTZ/DAZ set)."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        args = [flush(a) if isinstance(a, np.ndarray) else a for a in inputs]
+        return _rewrap(getattr(ufunc, method)(*args, **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        plain = tuple(np.ndarray if issubclass(t, Flushed) else t for t in types)
+        return _rewrap(super().__array_function__(func, plain, args, kwargs))
+
+
+def _rewrap(out):
+    if isinstance(out, tuple):
+        return tuple(_rewrap(o) for o in out)
+    if isinstance(out, np.ndarray) and out.dtype != np.bool_ and out.dtype.kind not in "iub":
+        return flush(out.view(np.ndarray)).view(Flushed)
+    return out
 
 
 @dataclass(frozen=True)
@@ -48,29 +104,37 @@ class Evaluator:
         """``ops``: a sigmoid and/or logit that replace the built-in ones. ``memo``: the built-in
         sigmoid and log-sigmoid kernels remember their results by the bits of their input, so
         the formulas evaluated on the same inputs share one evaluation (results are read-only)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode not in EVALUATED:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(EVALUATED)} "
+                             "(native: resolve it per formula with framework_mode)")
         self.info = dtypes.get(dtype)
         self.mode = mode
         self.dtype = self.info.dtype
         self.ops = ops or Ops()
+        self.ftz = mode in FLUSHING and ops is None  # real ops (and user code) see the values as they are
         self._memo: list[tuple[Callable, np.ndarray, np.ndarray]] | None = [] if memo else None
 
     def c(self, value) -> np.ndarray:
         """A constant rounded to the dtype (0-d array, so it never promotes)."""
-        return self.arr(np.asarray(value, dtype=None if isinstance(value, np.generic) else np.float64))
+        return self.inputs(np.asarray(value, dtype=None if isinstance(value, np.generic) else np.float64))
 
     def arr(self, values) -> np.ndarray:
         """Values rounded to the dtype; out-of-range values become inf (or nan in fn formats)."""
         with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(values).astype(self.dtype)
 
+    def inputs(self, values) -> np.ndarray:
+        """Values rounded to the dtype as an op reads them: flushed to zero where the mode flushes
+        (an array that flushes every result computed from it)."""
+        out = self.arr(values)
+        return flush(out).view(Flushed) if self.ftz else out
+
     def kernel(self, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
         """Run a framework-level op: in float32 and rounded once when upcasting a narrow dtype."""
         if self.mode == "upcast" and self.info.narrow:
             ev32 = Evaluator("float32", "per-op")
             out = fn(ev32, *(np.asarray(a).astype(np.float32) for a in args))
-            return out.astype(self.dtype)
+            return np.asarray(out).astype(self.dtype)
         return fn(self, *args)
 
     def shared(self, fn: Callable[..., np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -92,13 +156,31 @@ class Evaluator:
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
         if self.ops.sigmoid is not None:
             return self.ops.sigmoid(x)
-        return self.shared(_sigmoid, x)
+        return self.shared(_tf_sigmoid if self.mode == "tf" else _sigmoid, x)
 
     def logit(self, p: np.ndarray) -> np.ndarray:
         """Per-op in every mode: torch.logit on CPU rounds ``p / (1 - p)`` to half before the log."""
         if self.ops.logit is not None:
             return self.ops.logit(p)
         return _logit(self, p)
+
+    # Elementary functions: numpy's, or the framework's own kernels where the mode models them.
+    def exp(self, a: np.ndarray) -> np.ndarray:
+        return self._elementary("exp", np.exp)(a)
+
+    def log(self, a: np.ndarray) -> np.ndarray:
+        return self._elementary("log", np.log)(a)
+
+    def log1p(self, a: np.ndarray) -> np.ndarray:
+        return self._elementary("log1p", np.log1p)(a)
+
+    def _elementary(self, name: str, default: Callable) -> Callable:
+        if self.mode == "tf":
+            from bce_audit import eigen
+
+            if self.dtype in eigen.DTYPES:
+                return getattr(eigen, name)
+        return default
 
     def log_sigmoid(self, x: np.ndarray) -> np.ndarray:
         return self.shared(_log_sigmoid, x)
@@ -111,18 +193,26 @@ class Evaluator:
 def _sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
     """Naive sigmoid ``1 / (1 + exp(-x))`` (numpy, jax ``lax.logistic``, scipy ``expit``)."""
     one = ev.c(1.0)
-    return one / (one + np.exp(-x))
+    return one / (one + ev.exp(-x))
+
+
+def _tf_sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
+    """TensorFlow's CPU sigmoid: Eigen's logistic kernel (`eigen.logistic`, its packet path)
+    for the dtypes it models; the naive one for the rest."""
+    from bce_audit import eigen
+
+    return eigen.logistic(x) if ev.dtype in eigen.DTYPES else _sigmoid(ev, x)
 
 
 def _logit(ev: Evaluator, p: np.ndarray) -> np.ndarray:
     """Naive logit ``log(p / (1 - p))`` (jax.scipy.special.logit, torch.logit with eps=None)."""
-    return np.log(p / (ev.c(1.0) - p))
+    return ev.log(p / (ev.c(1.0) - p))
 
 
 def _log_sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
     """``min(x, 0) - log1p(exp(-|x|))`` (aten ``cpu/Activation.cpp`` log_sigmoid)."""
     zero = ev.c(0.0)
-    return np.minimum(x, zero) - np.log1p(np.exp(-np.abs(x)))
+    return np.minimum(x, zero) - ev.log1p(ev.exp(-np.abs(x)))
 
 
 def roundtrip(x: np.ndarray, ev: Evaluator) -> np.ndarray:
@@ -137,7 +227,7 @@ def naive(x, y, eps, ev: Evaluator) -> np.ndarray:
     """Textbook ``-(y*log(p) + (1-y)*log(1-p))`` on ``p = sigmoid(x)``."""
     p = ev.sigmoid(x)
     one = ev.c(1.0)
-    return -(y * np.log(p) + (one - y) * np.log(one - p))
+    return -(y * ev.log(p) + (one - y) * ev.log(one - p))
 
 
 def keras2_logits(x, y, eps, ev: Evaluator) -> np.ndarray:
@@ -149,7 +239,7 @@ def keras2_logits(x, y, eps, ev: Evaluator) -> np.ndarray:
     p = ev.sigmoid(x)
     one, e = ev.c(1.0), ev.c(eps)
     p = ev.clip(p, e, one - e)
-    z = np.log(p / (one - p))
+    z = ev.log(p / (one - p))
     return logits_stable(z, y, None, ev)
 
 
@@ -161,8 +251,8 @@ def tf_keras(x, y, eps, ev: Evaluator) -> np.ndarray:
     p = ev.sigmoid(x)
     one, e = ev.c(1.0), ev.c(eps)
     p = ev.clip(p, e, one - e)
-    bce = y * np.log(p + e)
-    bce = bce + (one - y) * np.log(one - p + e)
+    bce = y * ev.log(p + e)
+    bce = bce + (one - y) * ev.log(one - p + e)
     return -bce
 
 
@@ -175,14 +265,14 @@ def keras3(x, y, eps, ev: Evaluator) -> np.ndarray:
     p = ev.sigmoid(x)
     one = ev.c(1.0)
     p = ev.clip(p, ev.c(eps), ev.c(1.0 - eps))
-    bce = y * np.log(p)
-    bce = bce + (one - y) * np.log(one - p)
+    bce = y * ev.log(p)
+    bce = bce + (one - y) * ev.log(one - p)
     return -bce
 
 
 def _torch_bce_kernel(ev: Evaluator, p, y) -> np.ndarray:
     floor, one = ev.c(-100.0), ev.c(1.0)
-    return (y - one) * np.maximum(np.log1p(-p), floor) - y * np.maximum(np.log(p), floor)
+    return (y - one) * np.maximum(ev.log1p(-p), floor) - y * np.maximum(ev.log(p), floor)
 
 
 def torch_bce(x, y, eps, ev: Evaluator) -> np.ndarray:
@@ -199,7 +289,7 @@ def logits_stable(x, y, eps, ev: Evaluator) -> np.ndarray:
     ``max(x, 0) - x*y + log1p(exp(-|x|))``, written as TF's separate ops.
     """
     zero = ev.c(0.0)
-    return (np.maximum(x, zero) - x * y) + np.log1p(np.exp(-np.abs(x)))
+    return (np.maximum(x, zero) - x * y) + ev.log1p(ev.exp(-np.abs(x)))
 
 
 def torch_bce_logits(x, y, eps, ev: Evaluator) -> np.ndarray:
@@ -214,7 +304,7 @@ def _jax_log_sigmoid(ev: Evaluator, x) -> np.ndarray:
     """
     t = -x
     zero = ev.c(0.0)
-    softplus = np.maximum(t, zero) + np.log1p(np.exp(-np.abs(t - zero)))
+    softplus = np.maximum(t, zero) + ev.log1p(ev.exp(-np.abs(t - zero)))
     return -softplus
 
 
@@ -222,6 +312,27 @@ def optax(x, y, eps, ev: Evaluator) -> np.ndarray:
     """``optax.sigmoid_binary_cross_entropy``: ``-y*log_sigmoid(x) - (1-y)*log_sigmoid(-x)``."""
     one = ev.c(1.0)
     return -y * ev.shared(_jax_log_sigmoid, x) - (one - y) * ev.shared(_jax_log_sigmoid, -x)
+
+
+def sklearn(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """``sklearn.metrics.log_loss`` (``sklearn/metrics/_classification.py`` ``_log_loss``) on
+    ``p = sigmoid(x)``: the columns ``[1 - p, p]``, each clipped to ``[e, 1 - e]`` with
+    ``e = finfo(dtype).eps`` (not ``--eps``), then ``-(xlogy(y, p) + xlogy(1 - y, 1 - p))``.
+    It computes in float16, float32 and float64; ``check_array`` turns any other dtype
+    (bfloat16, float8, longdouble) into float64 first, and the loss is rounded back."""
+    p = ev.sigmoid(x)
+    work = ev if ev.dtype in _SKLEARN_DTYPES else Evaluator("float64", "xla" if ev.ftz else "per-op")
+    p, y = work.arr(p), work.arr(y)
+    one, zero = work.c(1.0), work.c(0.0)
+    e = work.c(np.finfo(work.dtype).eps)
+    q = one - p
+    pc, qc = work.clip(p, e, one - e), work.clip(q, e, one - e)
+    ones = np.where(y == zero, zero, y * work.log(pc))  # xlogy: a zero weight's term is 0
+    zeros = np.where(one - y == zero, zero, (one - y) * work.log(qc))
+    return -(ones + zeros)
+
+
+_SKLEARN_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def keras3_torch(x, y, eps, ev: Evaluator) -> np.ndarray:
@@ -283,6 +394,7 @@ class Formula:
     clip: Clip | None = None
     kind: str = "bce"  # "bce", "sigmoid" or "logit"
     user: impl.UserImpl | None = None
+    mean32: bool = True  # a batch mean of a narrow dtype accumulates in float32 (not TF's reduce_mean)
 
     @property
     def ops(self) -> Ops | None:
@@ -300,21 +412,49 @@ class Formula:
     def __call__(self, x: np.ndarray, y: np.ndarray, eps: float | None, ev: Evaluator) -> np.ndarray:
         """Evaluate on dtype arrays; overflow and log(0) are deliberate, so warnings are off."""
         with np.errstate(all="ignore"):
-            out = self.fn(ev.arr(x), ev.arr(y), eps, ev)
+            out = self.fn(ev.inputs(x), ev.inputs(y), eps, ev)
         return np.asarray(out).astype(ev.dtype, copy=False)
+
+
+FRAMEWORK_MODES = {  # the mode each built-in formula's framework computes in on CPU
+    "keras2-logits": "tf", "tf-keras": "tf", "keras3": "tf", "logits-stable": "tf",  # Keras 3: TF backend
+    "torch-bce": "upcast", "torch-bce-logits": "upcast", "optax": "xla",
+    "keras3-torch": "upcast", "keras-sigmoid-logits": "tf",  # keras3-numpy: numpy's, per-op
+}
+
+
+def framework_mode(mode: str, formula: str | None) -> str:
+    """The mode a formula (None: the sigmoid and round trip) is evaluated in: ``mode`` itself,
+    or under ``native`` its framework's (`FRAMEWORK_MODES`; per-op for numpy and user code)."""
+    if mode != "native":
+        return mode
+    return FRAMEWORK_MODES.get(formula, "per-op") if formula is not None else "per-op"
+
+
+def pair_mean(formula: Formula, l0: np.ndarray, l1: np.ndarray, ev: Evaluator) -> np.ndarray:
+    """The seed's two-point batch mean ``(l0 + l1) / 2`` as the formula's framework reduces it:
+    torch, JAX, Keras 3 and numpy accumulate a float16/bfloat16 mean in float32 and round once;
+    TensorFlow's ``reduce_mean`` (keras2-logits, tf-keras, logits-stable) sums in the dtype."""
+    with np.errstate(all="ignore"):
+        if formula.mean32 and ev.info.narrow:
+            wide = Evaluator("float32", "xla" if ev.ftz else "per-op")
+            half = (wide.arr(l0) + wide.arr(l1)) * wide.c(0.5)
+            return ev.arr(np.asarray(half))
+        return (l0 + l1) * ev.c(0.5)
 
 
 FORMULAS: dict[str, Formula] = {
     f.name: f
     for f in (
         Formula("naive", naive),
-        Formula("keras2-logits", keras2_logits, Clip()),
-        Formula("tf-keras", tf_keras, Clip(shift=True)),
+        Formula("keras2-logits", keras2_logits, Clip(), mean32=False),
+        Formula("tf-keras", tf_keras, Clip(shift=True), mean32=False),
         Formula("keras3", keras3, Clip(hi_in_dtype=False)),
         Formula("torch-bce", torch_bce, Clip(uses_eps=False, log_floor=-100.0)),
-        Formula("logits-stable", logits_stable),
+        Formula("logits-stable", logits_stable, mean32=False),
         Formula("torch-bce-logits", torch_bce_logits),
         Formula("optax", optax),
+        Formula("sklearn", sklearn),
         Formula("keras3-torch", keras3_torch, Clip(hi_in_dtype=False, log_floor=-100.0)),
         Formula("keras-sigmoid-logits", keras_sigmoid_logits),
         Formula("keras3-numpy", keras3_numpy, Clip(hi_in_dtype=False, np_clip=True)),
@@ -342,10 +482,10 @@ def register_impl(spec: str, kind: str) -> Formula:
 
 def _register(user: impl.UserImpl) -> Formula:
     def bce_logits(x, y, eps, ev):
-        return user(x, y)
+        return user(np.asarray(x), np.asarray(y))
 
     def bce_probs(x, y, eps, ev):
-        return user(ev.sigmoid(x), y)
+        return user(np.asarray(ev.sigmoid(x)), np.asarray(y))
 
     kind = user.kind
     fn = {"bce-logits": bce_logits, "bce-probs": bce_probs}.get(kind, bce_logits)
@@ -390,9 +530,9 @@ def clip_bounds(formula: Formula, eps: float, ev: Evaluator) -> tuple[np.generic
 
 def evaluate_sigmoid(x: np.ndarray, ev: Evaluator) -> np.ndarray:
     with np.errstate(all="ignore"):
-        return ev.sigmoid(ev.arr(x))
+        return np.asarray(ev.sigmoid(ev.inputs(x)))
 
 
 def evaluate_roundtrip(x: np.ndarray, ev: Evaluator) -> np.ndarray:
     with np.errstate(all="ignore"):
-        return roundtrip(ev.arr(x), ev)
+        return np.asarray(roundtrip(ev.inputs(x), ev))

@@ -278,7 +278,7 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
         return f"{where}: {key}"
 
     chosen = config._choices(values.get("dtypes", ("float32",)), dtypes.NAMES, "dtype", origin("dtypes"))
-    mode = config._one_of(values.get("mode", "per-op"), formulas.MODES, "mode", origin("mode"))
+    mode = config._one_of(values.get("mode", "native"), formulas.MODES, "mode", origin("mode"))
     kind = config._one_of(values.get("kind", "bce-logits"), ("bce-logits", "bce-probs", "sigmoid", "logit"),
                           "implementation kind", origin("kind"))
     eps_all = config.check_eps(values.get("eps", records.DEFAULT_EPS), origin("eps"))

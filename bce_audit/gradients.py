@@ -51,7 +51,7 @@ def _stable_grad_tf(ev: Evaluator, x, y):
     one, zero = ev.c(1.0), ev.c(0.0)
     cond = x >= zero
     neg_abs = np.where(cond, -x, x)
-    e = np.exp(neg_abs)
+    e = ev.exp(neg_abs)
     g_e = one * _recip(ev, one + e)          # Log1pGrad
     g_z = g_e * e                            # ExpGrad
     g_relu = np.where(cond, one, zero)
@@ -91,7 +91,7 @@ def _keras2_grad(x, y, eps, ev):
     pc = ev.clip(p, lo, hi)
     q = one - pc
     r = pc / q
-    z = np.log(r)
+    z = ev.log(r)
     g_z = _stable_grad_tf(ev, z, y)
     g_r = g_z * _recip(ev, r)               # LogGrad
     g_pc = g_r / q                          # RealDivGrad, numerator
@@ -142,8 +142,8 @@ def _torch_bce_logits_grad(x, y, eps, ev):
 def _softplus_jvp(ev: Evaluator, u):
     """``exp(u - logaddexp(u, 0))``: the tangent jax's logaddexp JVP gives softplus."""
     zero = ev.c(0.0)
-    sp = np.maximum(u, zero) + np.log1p(np.exp(-np.abs(u - zero)))
-    return np.exp(u - sp)
+    sp = np.maximum(u, zero) + ev.log1p(ev.exp(-np.abs(u - zero)))
+    return ev.exp(u - sp)
 
 
 def _optax_grad(x, y, eps, ev):
@@ -171,7 +171,7 @@ MODELS: dict[str, Callable] = {
 def grad(name: str, x: np.ndarray, y: np.ndarray, eps: float | None, ev: Evaluator) -> np.ndarray:
     """The modelled gradient of one formula, in the dtype."""
     with np.errstate(all="ignore"):
-        out = MODELS[name](ev.arr(x), ev.arr(y), eps, ev)
+        out = MODELS[name](ev.inputs(x), ev.inputs(y), eps, ev)
     return np.asarray(out).astype(ev.dtype, copy=False)
 
 
@@ -179,7 +179,8 @@ def grad_fn(name: str, eps: float | None, label: int, ev: Evaluator, backend=Non
     """x -> gradient, through the model or a real backend's autograd."""
     if backend is not None:
         op = backend.grad[name]
-        return lambda v: op(np.asarray(v), ev.arr(np.full(np.shape(v), label)))
+        extra = (eps,) if eps is not None else ()
+        return lambda v: op(np.asarray(v), ev.arr(np.full(np.shape(v), label)), *extra)
     return lambda v: grad(name, v, np.full(np.shape(v), label), eps, ev)
 
 

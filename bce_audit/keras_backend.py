@@ -48,7 +48,7 @@ INSTALL = "pip install 'bce-audit[keras]'"
 EXTRA = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 START_TIMEOUT = 300.0  # seconds the worker may take to import Keras (TensorFlow on a busy machine)
 WORKER = "bce_audit.keras_runner"  # the module run as the worker (tests point it elsewhere)
-_BLOCK = 256  # elements: whole SIMD blocks (Eigen's packets, torch's vectors) for every value
+BLOCK = 256  # elements: whole SIMD blocks (Eigen's packets, torch's vectors) for every value
 
 # formula -> the worker's call, per Keras backend (keras_runner.CALLS says what each runs)
 FORMULAS = {
@@ -58,8 +58,9 @@ FORMULAS = {
     "torch": {"keras3-torch": "bce-probs", "torch-bce-logits": "bce-logits"},
     "numpy": {"keras3-numpy": "bce-probs"},
 }
-# how each backend computes, as the models' mode (torch: float32 opmath for narrow dtypes)
-MODES = {"tensorflow": "per-op", "jax": "per-op", "torch": "upcast", "numpy": "per-op"}
+# how each backend computes, as the models' mode (formulas.MODES: TensorFlow's kernels, XLA's
+# flushing, torch's float32 opmath for narrow dtypes, numpy's own)
+MODES = {"tensorflow": "tf", "jax": "xla", "torch": "upcast", "numpy": "per-op"}
 
 
 class Missing(RuntimeError):
@@ -109,13 +110,14 @@ class Worker:
         extra = EXTRA.get(self.keras_backend, "")
         return f"{INSTALL} {extra}" if extra and extra != "numpy" else INSTALL
 
-    def call(self, op: str, *arrays: np.ndarray) -> np.ndarray:
-        """Run one call; its error is `Failed`, a dead worker `Missing`."""
+    def call(self, op: str, *arrays: np.ndarray, eps: float | None = None) -> np.ndarray:
+        """Run one call (at Keras's ``epsilon()`` = eps, if given); its error is `Failed`, a
+        dead worker `Missing`."""
         with self._lock:
             if self._dead is not None:
                 raise self._dead
             try:
-                keras_runner.write_message(self._in, {"op": op}, list(arrays))
+                keras_runner.write_message(self._in, {"op": op, "eps": eps}, list(arrays))
             except (ValueError, OSError):  # a broken pipe: the worker is gone
                 raise self._died(op) from None
             header, out = self._answer(op)
@@ -202,26 +204,29 @@ def adapter(keras_backend: str) -> Adapter:
     promotes = keras_backend == "numpy"  # np.clip has no ml_dtypes loop: float32 comes back
 
     def wrap(op: str) -> Callable[..., np.ndarray]:
-        def run(*arrays: np.ndarray) -> np.ndarray:
+        def run(*args) -> np.ndarray:
+            """f(x), f(x, y), or f(x, y, eps) for a clipping formula (Keras's epsilon())."""
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            eps = next((float(a) for a in args if not isinstance(a, np.ndarray)), None)
             dtype = arrays[0].dtype
             n = arrays[0].size
             if not n:
                 return np.empty(0, dtype)
             # whole blocks: every value takes the kernels' vector path, wherever it sits
-            pad = (-n) % _BLOCK
+            pad = (-n) % BLOCK
             padded = [np.concatenate([a.ravel(), np.repeat(a.ravel()[-1:], pad)]).astype(dtype, copy=False)
                       for a in arrays]
-            out = w.call(op, *padded)[:n]
+            out = w.call(op, *padded, eps=eps)[:n]
             if out.dtype != dtype:
                 if not (promotes and out.dtype == np.float32 and dtype.type.__module__ == "ml_dtypes"):
                     raise Failed(f"keras {keras_backend} {keras_runner.CALLS[op]} returned "
-                                      f"{out.dtype} for {dtype} input")
+                                 f"{out.dtype} for {dtype} input")
                 out = out.astype(dtype)  # ml_dtypes on numpy: computed in float32, rounded once here
             return out
         return run
 
     calls = FORMULAS[keras_backend]
-    padded_note = f" (shape (n, 1), padded to whole blocks of {_BLOCK})"
+    padded_note = f" (shape (n, 1), padded to whole blocks of {BLOCK})"
     what = {f: keras_runner.CALLS[c] + padded_note for f, c in calls.items()}
     if keras_backend == "numpy":
         what["keras3-numpy"] += "; from_logits=True runs the same sigmoid then clip; bfloat16/float8: " \

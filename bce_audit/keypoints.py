@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import numpy as np
 from mpmath import mp, mpf
@@ -150,9 +151,18 @@ def _half_gap(info: dtypes.DtypeInfo, mode: str) -> float:
 
 
 def predicted_underflow(info: dtypes.DtypeInfo, mode: str) -> float:
-    """exp(-x) overflows the compute dtype, or sigmoid drops below half the smallest subnormal."""
+    """exp(-x) overflows the compute dtype, or sigmoid drops below half the smallest subnormal
+    (in a flushing mode: below the smallest normal of the arithmetic, where it becomes 0).
+    TensorFlow's sigmoid never computes exp(-x) of a negative x."""
     c = _compute_info(info, mode)
-    return -min(_ln(c.max), _ln(2 / info.smallest_subnormal))
+    tiny = Fraction(2 / info.smallest_subnormal)
+    if mode in formulas.FLUSHING:
+        floor = Fraction(formulas.flush_floor(info.dtype))
+        if floor > info.smallest_subnormal:
+            tiny = min(tiny, 1 / floor)
+    if mode == "tf":  # TensorFlow's sigmoid is e / (1 + e), e = exp(x): nothing overflows on this side
+        return -_ln(tiny)
+    return -min(_ln(c.max), _ln(tiny))
 
 
 def _ln(q) -> float:
@@ -175,11 +185,15 @@ def predicted_onset(info: dtypes.DtypeInfo, mode: str, threshold: float) -> floa
     return t
 
 
-def predicted_zero(info: dtypes.DtypeInfo) -> float:
-    """Where even a correctly rounded BCE is 0: softplus(-x) below half the smallest subnormal."""
+def predicted_zero(info: dtypes.DtypeInfo, mode: str = "per-op") -> float:
+    """Where even a correctly rounded BCE is 0: softplus(-x) below half the smallest subnormal
+    (in a flushing mode, below the smallest normal of the arithmetic where that is larger)."""
     ctx = reference.context()
     sub = info.smallest_subnormal
-    return float(-ctx.log(ctx.expm1(ctx.mpf(sub.numerator) / sub.denominator / 2)))
+    least = ctx.mpf(sub.numerator) / sub.denominator / 2
+    if mode in formulas.FLUSHING:
+        least = max(least, ctx.mpf(formulas.flush_floor(info.dtype)))
+    return float(-ctx.log(ctx.expm1(least)))
 
 
 _LIMIT_HI = reference.Exact(mp.inf, mpf(1), mpf(0), mpf(0), mp.inf)   # x -> +inf
@@ -335,7 +349,8 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
     ``backend``: a real framework's (its sigmoid is monotone, as the frameworks' are).
     """
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode, user.ops if user else backend.ops() if backend else None)
+    computes = formulas.framework_mode(mode, None)  # "native": numpy's sigmoid and logit
+    ev = Evaluator(dtype, computes, user.ops if user else backend.ops() if backend else None)
     where = backend.label if backend else "numpy"
     name_of = user.name if user else None
     top, one = info.max_ordinal, _ord(info, 1.0)
@@ -359,13 +374,13 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
                             predicted, "x" if predicted is not None else None, method or _method(info),
                             where))
 
-    add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, mode))
-    add("roundtrip_underflow", first_hit(info, bad, -1, -top), predicted=predicted_underflow(info, mode))
+    add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, computes))
+    add("roundtrip_underflow", first_hit(info, bad, -1, -top), predicted=predicted_underflow(info, computes))
     for thr in thresholds:
         def over(v, thr=thr):
             return metrics.rel_err_exact_x(rt(v), v) >= thr
 
-        pred = predicted_onset(info, mode, thr)
+        pred = predicted_onset(info, computes, thr)
         onset = first_hit(info, over, one, top)
         small = first_hit(info, over, one - 1, 1)
         m_onset = m_small = _method(info)
@@ -390,8 +405,7 @@ def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) ->
             zero, one = np.zeros(np.shape(a)), np.ones(np.shape(a))
             l0 = formula(-np.asarray(a), zero, eps, ev)
             l1 = formula(a, one, eps, ev)
-            with np.errstate(all="ignore"):
-                return (l0 + l1) * ev.c(0.5)
+            return formulas.pair_mean(formula, l0, l1, ev)
         return pair
     return lambda v: formula(v, np.full(np.shape(v), label), eps, ev)
 
@@ -404,8 +418,7 @@ def loss_values(formula: Formula, eps: float | None, labels: Sequence[Label], ev
     for label in labels:
         if label == "pair" and 1 in out:
             l0 = formula(-np.asarray(x), np.zeros(np.shape(x)), eps, ev)
-            with np.errstate(all="ignore"):
-                out[label] = (l0 + out[1]) * ev.c(0.5)
+            out[label] = formulas.pair_mean(formula, l0, out[1], ev)
         else:
             out[label] = loss_fn(formula, eps, label, ev)(x)
     return [out[label] for label in labels]
@@ -416,11 +429,10 @@ def _label_table(dtype: str, mode: str, formula: str, eps: float | None, label: 
     """A built-in formula over every finite value of an 8- or 16-bit dtype, once per label; the
     pair's table is made from the two labels' (the pair at a is their mean at -a and a)."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode)
+    ev = Evaluator(dtype, formulas.framework_mode(mode, formula))
     if label == "pair":
         l0, l1 = _label_table(dtype, mode, formula, eps, 0), _label_table(dtype, mode, formula, eps, 1)
-        with np.errstate(all="ignore"):
-            out = (l0[::-1] + l1) * ev.c(0.5)  # finite values are symmetric: index -i is -a
+        out = formulas.pair_mean(formulas.get(formula), l0[::-1], l1, ev)  # symmetric: index -i is -a
     else:
         out = loss_fn(formulas.get(formula), eps, label, ev)(info.finite_values())
     out.flags.writeable = False
@@ -444,7 +456,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
                    backend=None) -> list[KeyPoint]:
     """Floor, ceiling, zero and non-finite points of one formula for one label (or the pair)."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode, backend.ops() if backend else None)
+    ev = Evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
     f = backend.formula(formula) if backend else formulas.get(formula)
     where = backend.label if backend else "numpy"
     if info.exhaustive and backend is None and f.user is None:
@@ -474,7 +486,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
     v_good = at(good_end)
     if np.isfinite(v_good) and v_good == 0:
         add("bce_zero", run_start(info, lambda v: loss(v) == 0, 0, good_end), 0.0,
-            sign * predicted_zero(info), "x")
+            sign * predicted_zero(info, ev.mode), "x")
     elif np.isfinite(v_good) and reference.to_mpf(v_good) > 2 * _exact_at(_scalar(info, good_end), label):
         o = run_start(info, lambda v: loss(v) == v_good, 0, good_end)
         add("bce_floor", o, _num(v_good), predicted_limit(f, eps, label, ev, good=True), "value")
@@ -646,7 +658,7 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
                 backend=None) -> list[KeyPoint]:
     """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, mode, backend.ops() if backend else None)
+    ev = Evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
     g = tabulated(info, gradients.grad_fn(formula, eps, label, ev, backend))
     f = formulas.get(formula)
     rec_eps = eps if f.uses_eps else None
@@ -669,7 +681,7 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
         end = sign * top
         o = run_start(info, lambda v: np.asarray(g(v)) == 0, 0, end)
         if o is not None:
-            ideal = predicted_zero(info) * sign if sign == good else None
+            ideal = predicted_zero(info, ev.mode) * sign if sign == good else None
             out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_dead_zone", None,
                                 float(_scalar(info, o)), 0.0, ideal, "x" if ideal else None,
                                 method, where))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bce_audit import dtypes, files
-from bce_audit.records import Row, Settings, SweepResult
+from bce_audit.records import ReproCase, Row, Settings, SweepResult
 from bce_audit.report import fmt, fmt_x
 
 KINDS = ("roundtrip", "bce", "error", "grad")
@@ -370,11 +370,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def check_path(path: str) -> str:
+def check_path(path: str, flag: str = "--output") -> str:
     """The picture format from the file's suffix: png, svg or pdf."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
-        raise PlotError(f"--output {path!r}: unsupported picture format {suffix or '(no suffix)'!r}; "
+        raise PlotError(f"{flag} {path!r}: unsupported picture format {suffix or '(no suffix)'!r}; "
                         f"use {', '.join(SUFFIXES)}")
     return suffix[1:]
 
@@ -463,7 +463,7 @@ def _draw_markers(ax, markers: Sequence[Marker]) -> list:
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
 
 
-def _save(fig, path: str, fmt_: str) -> None:
+def _save(fig, path: str, fmt_: str, flag: str = "--output") -> None:
     try:
         with files.atomic_open(path, "wb", suffix="." + fmt_) as f:
             with warnings.catch_warnings(record=True) as caught:
@@ -476,7 +476,52 @@ def _save(fig, path: str, fmt_: str) -> None:
                                     "{}x{}".format(*DEFAULT_SIZE))
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except files.WriteError as e:
-        raise PlotError(f"cannot write --output: {e}") from None
+        raise PlotError(f"cannot write {flag}: {e}") from None
+
+
+def _repro_label(c: ReproCase) -> str:
+    what = f"{'model.evaluate' if c.feeding == 'in-graph' else 'fed p'}: {c.path}"
+    if c.tail == "zero":
+        return f"{what}, 0 (not drawn) from a = {c.floor_a:g}"
+    if c.tail == "floor":
+        return f"{what}, floor {fmt(c.floor, 5)} from a = {c.floor_a:g}"
+    return what
+
+
+def render_repro(cases: Sequence[ReproCase], path: str, width_px: int = DEFAULT_SIZE[0],
+                 height_px: int = DEFAULT_SIZE[1], dpi: int = DPI) -> None:
+    """`bce-audit reproduce --plot`: the mean loss of the pair against a, log scale, one panel
+    per dtype policy, each case beside the exact curve. A loss of exactly 0 is a gap."""
+    fmt_ = check_path(path, "--plot")
+    mpl = require("matplotlib", "--plot")
+    figure = require("matplotlib.figure", "--plot")
+    backend = require("matplotlib.backends.backend_agg", "--plot")
+    policies = list(dict.fromkeys(c.policy for c in cases))
+    fig = figure.Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
+    backend.FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(policies), sharey=True, squeeze=False)[0]
+    for ax, policy in zip(axes, policies, strict=True):
+        mine = [c for c in cases if c.policy == policy]
+        a = np.asarray(mine[0].a)
+        ax.plot(a, _masked(np.asarray(mine[0].exact), True), color=EXACT_COLOR, lw=6, alpha=0.5,
+                solid_capstyle="butt", label="exact log1p(exp(-a))", zorder=1)
+        for i, c in enumerate(mine):
+            st = style(i)
+            ax.plot(a, _masked(np.asarray(c.loss), True), color=st.color, linestyle=st.dash, lw=1.6,
+                    marker=st.marker, markevery=(i * 3, 6), markersize=5,
+                    label=_repro_label(c), zorder=3)
+        ax.set_yscale("log")
+        ax.set_xlabel("a")
+        ax.set_title(policy, fontsize=11, loc="left")
+        ax.grid(True, which="major", color="#DDDDDD", lw=0.6)
+        ax.legend(loc="lower left", fontsize=9, frameon=False)
+    axes[0].set_ylabel("mean BCE of {(-a, 0), (a, 1)}")
+    c0 = cases[0]
+    who = "tf_keras" if c0.framework == "tf-keras" else f"keras {c0.backend}"
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(c0.versions.items()))
+    fig.suptitle(f"The Keras BCE floor: Dense(1, sigmoid), w = 1, b = 0, {who} ({versions})", fontsize=11)
+    with mpl.rc_context({"svg.hashsalt": "bce-audit"}):
+        _save(fig, path, fmt_, "--plot")
 
 
 # ---------------------------------------------------------------- the terminal

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
+# the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
-                 "torch-bce-logits", "optax", "keras3-torch", "keras-sigmoid-logits",
-                 "keras3-numpy")  # the built-in formulas, in table order (formulas.py)
+                 "torch-bce-logits", "optax", "sklearn", "keras3-torch", "keras-sigmoid-logits",
+                 "keras3-numpy")
 Label = int | str  # 1, 0 or "pair"
 
 LABELS = ("1", "0", "both")
@@ -55,7 +56,7 @@ class Settings:
     step: float | None = _option(None, "--step")
     spacing: str = _option("lin", "--spacing")
     label: str = _option("both", "--label")
-    mode: str = _option("per-op", "--mode")
+    mode: str = _option("native", "--mode")
     thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, "--threshold")
     backend: str = _option("numpy", "--backend")
     device: str = _option("cpu", "--device")
@@ -234,6 +235,45 @@ class CheckResult:
     def ok(self) -> bool:
         """The verdict: passed its limits and, against a baseline, got no worse."""
         return self.passed and not self.regressions
+
+
+@dataclass(frozen=True)
+class ReproCase:
+    """One case of `bce-audit reproduce`: the seed question's model, evaluated by one Keras on
+    the pair {(-a, 0), (a, 1)} at each a, beside the exact mean loss and the two paths' models.
+
+    ``path``: which path the data follow, "logits" (Keras used ``_keras_logits``), "clipped" or
+    "unclear"; ``tail``: "floor" (flat above the exact curve from ``floor_a``), "zero" (exactly
+    0 from ``floor_a``) or "none" (the loss follows the exact curve to the last a).
+    ``differ`` and ``agree``: the evidence from the data for ``path``.
+    ``carries_logits``: the output tensor the loss receives carries ``_keras_logits``;
+    ``reads_logits``: the backend's ``binary_crossentropy`` looks for it.
+    """
+
+    framework: str      # "tf-keras" or "keras"
+    backend: str        # the Keras backend: "tensorflow", "jax", "torch" or "numpy"
+    versions: dict[str, str]
+    policy: str         # "float32" or "mixed_float16"
+    feeding: str        # "in-graph" (model.evaluate) or "fed" (loss_fn on numpy probabilities)
+    output_dtype: str   # the dtype of the probabilities the loss receives
+    a: list[float]
+    loss: list[float]
+    exact: list[float]          # mpmath: log1p(exp(-a)), the exact mean of the pair
+    clipped_model: list[float]  # the backend's clip-and-log formula, evaluated in numpy
+    logits_model: list[float]   # tf.nn.sigmoid_cross_entropy_with_logits, evaluated in numpy
+    path: str
+    differ: int         # points where the two models differ by more than a factor of 2
+    agree: int          # of those, the points where the loss is nearer the model of ``path``
+    tail: str
+    floor: float | None
+    floor_a: float | None
+    carries_logits: bool
+    reads_logits: bool
+
+    @property
+    def name(self) -> str:
+        """``tf_keras`` or ``keras/<backend>``."""
+        return "tf_keras" if self.framework == "tf-keras" else f"keras/{self.backend}"
 
 
 # ---------------------------------------------------------------- the codec

@@ -26,7 +26,17 @@ from rich.text import Text
 from bce_audit import __version__
 from bce_audit.dtypes import DtypeInfo
 from bce_audit.dtypes import get as get_dtype
-from bce_audit.records import SCHEMA, KeyPoint, Row, SweepResult, Worst, clean, sample_indices, to_json
+from bce_audit.records import (
+    SCHEMA,
+    KeyPoint,
+    ReproCase,
+    Row,
+    SweepResult,
+    Worst,
+    clean,
+    sample_indices,
+    to_json,
+)
 
 # Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
 
@@ -654,13 +664,14 @@ def fidelity_tables(diffs, pairs, backend_label: str) -> list[Table]:
     return tables
 
 
-def fidelity_view(diffs, pairs, backend_label: str) -> Group:
-    return Group(*fidelity_tables(diffs, pairs, backend_label))
+def fidelity_view(diffs, pairs, backend_label: str, notes: Sequence[str] = ()) -> Group:
+    return Group(*fidelity_tables(diffs, pairs, backend_label), *(Text(f"note: {n}") for n in notes))
 
 
-def fidelity_json(diffs, pairs, backend_label: str) -> str:
+def fidelity_json(diffs, pairs, backend_label: str, notes: Sequence[str] = ()) -> str:
     return to_json({"schema": SCHEMA, "version": __version__, "kind": "fidelity", "backend": backend_label,
-                    "differences": [asdict(d) for d in diffs], "keypoints": [asdict(p) for p in pairs]})
+                    "differences": [asdict(d) for d in diffs], "keypoints": [asdict(p) for p in pairs],
+                    "notes": list(notes)})
 
 
 @contextlib.contextmanager
@@ -675,3 +686,93 @@ def progress_bar(total: int, enabled: bool):
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("audit", total=total)
         yield lambda n: bar.advance(task, n)
+
+
+# ---------------------------------------------------------------- reproduce
+
+REPRO_A = (0, 4, 8, 12, 14, 15, 15.5, 16, 16.5, 17, 18, 20, 25, 30, 35, 40)  # the table's a values
+REPRO_OFF = 0.01  # a curve cell more than this far from the exact loss, relative, is marked *
+_POLICY = {"float32": "f32", "mixed_float16": "mixed"}
+_FEEDING = {"in-graph": "in-graph", "fed": "fed p"}
+REPRO_LEGEND = (  # lines under 80 columns: rich wraps nothing at a terminal's width
+    "votes: of the a where the clip-and-log and the with-logits models differ by\n"
+    "more than a factor of 2, those where the loss is nearer the path's model.\n"
+    "_keras_logits: carried by the model's output (in the graph, on TensorFlow).\n"
+    "in-graph: model.evaluate; fed p: BinaryCrossentropy() on sigmoid(a) as numpy.\n"
+    "*: more than 1% off the exact loss.")
+
+
+def repro_verdict(c: ReproCase) -> str:
+    """One line: the path the data show, then the floor (or zero) and the first a on it.
+
+    >>> from bce_audit.records import ReproCase
+    >>> c = ReproCase("keras", "jax", {}, "float32", "fed", "float32", [15.0, 16.0], [3e-7, 1.1920929e-7],
+    ...               [3.06e-7, 1.125e-7], [], [], "clipped", 2, 2, "floor", 1.1920929e-7, 16.0, False, False)
+    >>> repro_verdict(c)
+    'clipped, floor 1.1921e-07 from a = 16'
+    """
+    path = {"logits": "logits path", "clipped": "clipped"}.get(c.path, "path unclear")
+    if c.tail == "floor":
+        return f"{path}, floor {c.floor:.4e} from a = {c.floor_a:g}"
+    if c.tail == "zero" and c.floor_a is not None:
+        return f"{path}, loss 0 from a = {c.floor_a:g} (exact {c.exact[c.a.index(c.floor_a)]:.4g})"
+    return f"{path}, no floor (loss {c.loss[-1]:.4g} at a = {c.a[-1]:g})"
+
+
+def _repro_case(c: ReproCase) -> str:
+    return f"{c.policy}, {_FEEDING[c.feeding]}"
+
+
+def _repro_title(c: ReproCase) -> str:
+    versions = c.versions
+    if c.framework == "tf-keras":
+        who = f"tf_keras {versions.get('tf_keras', '?')} on tensorflow {versions.get('tensorflow', '?')}"
+    else:
+        who = f"keras {versions.get('keras', '?')} on {c.backend} {versions.get(c.backend, '?')}"
+    return who
+
+
+def repro_view(cases: list[ReproCase]) -> Group:
+    """Answers first: one verdict line per case; then the evidence for each path, then the
+    curve beside the exact loss at a subset of the a values. Fits 80 columns."""
+    first = cases[0]
+    head = Text.assemble((_repro_title(first), "bold"), ": the question's model, Dense(1, sigmoid),\n"
+                         "w = 1, b = 0, on {(-a, 0), (a, 1)}; exact mean loss log1p(exp(-a))")
+    wide = max(len(_repro_case(c)) for c in cases) + 1
+    lines = [Text(f"  {(_repro_case(c) + ':').ljust(wide)} {repro_verdict(c)}") for c in cases]
+    ev = _table("Which path: the data, and the output tensor")
+    ev.add_column("case", no_wrap=True)
+    ev.add_column("path", no_wrap=True)
+    ev.add_column("votes", justify="right", no_wrap=True)
+    ev.add_column("_keras_logits", no_wrap=True)
+    ev.add_column("loss reads it", no_wrap=True)
+    for c in cases:
+        ev.add_row(_repro_case(c), c.path, f"{c.agree}/{c.differ}",
+                   "yes" if c.carries_logits else "no", "yes" if c.reads_logits else "no")
+    curve = _table("The mean loss of the pair at a")
+    curve.add_column("a", justify="right", no_wrap=True)
+    curve.add_column("exact", justify="right", no_wrap=True)
+    for c in cases:
+        curve.add_column(f"{_POLICY.get(c.policy, c.policy)} {_FEEDING[c.feeding]}", justify="right",
+                         no_wrap=True)
+    wanted = set(REPRO_A) | {c.floor_a for c in cases if c.floor_a is not None}
+    for i, a in enumerate(first.a):
+        if a not in wanted:
+            continue
+        cells = []
+        for c in cases:
+            v, e = c.loss[i], c.exact[i]
+            off = not math.isfinite(v) or abs(v - e) > REPRO_OFF * e
+            cells.append(Text(fmt(v) + ("*" if off else " "), style="yellow" if off else ""))
+        curve.add_row(f"{a:g}", fmt(first.exact[i]) + " ", *cells)
+    notes = [Text(f"note: {_repro_case(c)}: _keras_logits carried and read, yet {c.path}", style="yellow")
+             for c in cases if c.carries_logits and c.reads_logits and c.path != "logits"]
+    return Group(head, Text(""), *lines, *([Text(""), *notes] if notes else []), Text(""), ev, curve,
+                 Text(REPRO_LEGEND, style="dim"))
+
+
+def repro_json(cases: list[ReproCase]) -> str:
+    """Every case with every a, the exact curve, both models and the verdict, as JSON."""
+    doc = {"schema": SCHEMA, "version": __version__, "kind": "reproduce",
+           "cases": [asdict(c) | {"verdict": repro_verdict(c)} for c in cases]}
+    return to_json(doc)

@@ -364,26 +364,31 @@ def _series(s: Settings, dtype: str, xd: np.ndarray, basics: bool = True, backen
 
     The built-in formulas share one sigmoid and log-sigmoid per distinct input (`Evaluator` memo).
     """
-    ev = Evaluator(dtype, s.mode, backend.ops() if backend else None, memo=backend is None)
+    ev = Evaluator(dtype, formulas.framework_mode(s.mode, None), backend.ops() if backend else None,
+                   memo=backend is None)
+    others: dict[str, Evaluator] = {ev.mode: ev}  # under "native", one evaluator per framework mode
     if basics:
         yield "sigmoid", None, None, None, formulas.evaluate_sigmoid(xd, ev), None
         yield "roundtrip", None, None, None, formulas.evaluate_roundtrip(xd, ev), None
     for name in s.formulas:
         f = formulas.get(name)
-        fev = Evaluator(dtype, s.mode) if impl.is_impl(name) else ev  # user code gets arrays of its own
+        fmode = formulas.framework_mode(s.mode, name)
+        if fmode not in others:
+            others[fmode] = Evaluator(dtype, fmode, backend.ops() if backend else None, memo=backend is None)
+        fev = Evaluator(dtype, fmode) if impl.is_impl(name) else others[fmode]  # user code: arrays of its own
         if backend is not None and f.kind == "bce":
             f, fev = backend.formula(name), ev
             if f is None:
                 continue
         if f.kind != "bce":  # a user sigmoid or logit: audited through the round trip
-            uev = Evaluator(dtype, s.mode, f.ops)
+            uev = Evaluator(dtype, fmode, f.ops)
             if f.kind == "sigmoid":
                 yield "sigmoid", name, None, None, formulas.evaluate_sigmoid(xd, uev), None
             yield "roundtrip", name, None, None, formulas.evaluate_roundtrip(xd, uev), None
             continue
         for eps in s.eps if f.uses_eps else (None,):
             clip_args = keypoints.clip_args(f, eps, fev) if f.clip is not None else None
-            if fev is ev and backend is None:  # a built-in model: labels share what they can
+            if fev is others[fmode] and backend is None:  # a built-in model: labels share what they can
                 per_label = keypoints.loss_values(f, eps, s.labels, fev, xd)
             else:
                 per_label = [keypoints.loss_fn(f, eps, label, fev)(xd) for label in s.labels]
@@ -421,7 +426,7 @@ def columns(s: Settings, dtype: str, xs: np.ndarray, basics: bool = True, backen
     baseline is `fastref` for dtypes of 32 bits or fewer unless ``s.reference`` is "mpmath".
     """
     info = dtypes.get(dtype)
-    xd = Evaluator(dtype, s.mode).arr(xs)
+    xd = Evaluator(dtype).arr(xs)
     refs = _FastRefs(info, xd) if _fast(s, info) else _MpRefs(info, xd)
     for series in _series(s, dtype, xd, basics, backend):
         yield _column(refs, *series)
@@ -541,7 +546,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     backend = backends.get(s.backend, s.device, s.keras_backend)
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
-    xd = Evaluator(dtype, s.mode).arr(xs)
+    xd = Evaluator(dtype).arr(xs)
     worst: list[Worst] = []
     blocks: list[Block] = []
 
@@ -717,11 +722,12 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
 
 def native(s: Settings) -> Settings:
     """A real backend computes as it does: its records carry the model mode it follows
-    (torch: float32 opmath for narrow dtypes, like ``upcast``; jax: ``per-op``; keras: its
-    backend's, torch's ``upcast`` and ``per-op`` for the others)."""
+    (torch: float32 opmath for narrow dtypes, ``upcast``; jax: XLA's, ``xla``; TensorFlow's
+    kernels, ``tf``; scikit-learn: numpy's, ``per-op``; keras: its Keras backend's)."""
     from bce_audit.keras_backend import MODES
 
-    mode = {"torch": "upcast", "jax": "per-op", "keras": MODES.get(s.keras_backend)}.get(s.backend) or s.mode
+    mode = {"torch": "upcast", "jax": "xla", "tensorflow": "tf", "sklearn": "per-op",
+            "keras": MODES[s.keras_backend]}.get(s.backend, s.mode)
     return s if mode == s.mode else replace(s, mode=mode)
 
 
@@ -739,6 +745,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     backend = backends.get(s.backend, s.device, s.keras_backend)
     notes: list[str] = []
     if backend is not None:
+        notes.append(backend.evaluation)
         missing = backend.missing(s.formulas)
         if missing:
             on = f" on {backend.variant}" if backend.variant else ""

@@ -76,7 +76,8 @@ def _differing(model: dict, real: dict) -> set[tuple]:
 
 def test_torch_native_mode_is_upcast():
     assert sweep.native(Settings(backend="torch")).mode == "upcast"
-    assert sweep.native(Settings(backend="jax")).mode == "per-op"
+    assert sweep.native(Settings(backend="jax")).mode == "xla"
+    assert sweep.native(Settings(backend="tensorflow")).mode == "tf"
 
 
 @pytest.mark.slow

@@ -280,7 +280,7 @@ def test_sweep_json_golden():
 def test_sweep_table_default():
     out = ok("sweep", "--dtype", "float32")
     assert "roundtrip_overflow" in out
-    assert "Round-trip key points: float32, per-op" in out
+    assert "Round-trip key points: float32, native" in out
     assert "Worst error over the grid" in out
     too_long = [line for line in strip_lines(out) if len(line) > WIDTH]
     assert not too_long, too_long
@@ -302,7 +302,7 @@ def test_sweep_csv_has_row_fields():
 
 def test_sweep_markdown_has_keypoint_table():
     out = ok(*SMALL_SWEEP, "--format", "markdown")
-    assert out.startswith(f"## bce-audit {__version__}: float16 (per-op)")
+    assert out.startswith(f"## bce-audit {__version__}: float16 (native)")
     assert any(line.startswith("| dtype | key point |") for line in out.splitlines())
     assert "### Worst error over the grid" in out
 
@@ -348,7 +348,7 @@ def test_points_json_is_strict_and_complete():
     for kp in kps:
         assert kp.keys() >= KEYPOINT_FIELDS, KEYPOINT_FIELDS - kp.keys()
         assert kp.keys() == {f.name for f in fields(KeyPoint)}
-        assert kp["dtype"] == "float32" and kp["mode"] == "per-op"
+        assert kp["dtype"] == "float32" and kp["mode"] == "native"
         for key in ("x", "value", "predicted", "eps", "threshold"):
             v = kp[key]
             assert v is None or isinstance(v, (int, float)) or v in ("inf", "-inf", "nan"), (key, v)
@@ -372,7 +372,7 @@ def test_points_csv_has_keypoint_fields():
 def test_points_table():
     out = ok("points", "--dtype", "float32")
     assert "roundtrip_overflow" in out
-    assert "BCE key points: float32, per-op" in out
+    assert "BCE key points: float32, native" in out
     assert "Sampled" not in out
     assert_fits(out)
 

@@ -202,7 +202,7 @@ def test_options_not_in_the_file_keep_their_defaults(tmp_path):
     doc = points_json("--config", config(tmp_path, FAST))
     assert doc["settings"]["dtypes"] == ["float32"]
     assert doc["settings"]["eps"] == [1e-7]
-    assert doc["settings"]["mode"] == "per-op"
+    assert doc["settings"]["mode"] == "native"
     assert doc["settings"]["label"] == "both"
     assert doc["settings"]["thresholds"] == [1e-3, 1e-2]
 

@@ -168,7 +168,7 @@ def test_keras3_float32_label0_at_20_is_clipped_not_inf():
 _X_ANY = np.array([-300.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 300.0])
 
 
-@pytest.mark.parametrize("mode", formulas.MODES)
+@pytest.mark.parametrize("mode", formulas.EVALUATED)
 @pytest.mark.parametrize("dtype", dtypes.NAMES)
 def test_every_formula_returns_the_audited_dtype(dtype, mode):
     ev = Evaluator(dtype, mode)
@@ -178,7 +178,8 @@ def test_every_formula_returns_the_audited_dtype(dtype, mode):
             y = ev.arr(np.full(x.shape, label))
             with np.errstate(all="ignore"):
                 raw = np.asarray(f.fn(x, y, EPS, ev))  # before the wrapper's final cast: no silent promotion
-            assert raw.dtype == ev.dtype, (name, label)
+            promoted = name == "sklearn" and ev.dtype not in formulas._SKLEARN_DTYPES  # as sklearn does
+            assert raw.dtype == (np.float64 if promoted else ev.dtype), (name, label)
             assert f(x, y, EPS, ev).dtype == ev.dtype, (name, label)
         assert keypoints.loss_fn(f, EPS, "pair", ev)(x).dtype == ev.dtype, name
     assert formulas.evaluate_sigmoid(x, ev).dtype == ev.dtype
@@ -266,3 +267,43 @@ def test_get_names_every_formula_on_a_typo():
         formulas.get("keras4")
     for name in formulas.NAMES:
         assert name in str(exc.value)
+
+
+# ---------------------------------------------------------------- the native mode
+
+
+@pytest.mark.parametrize("name", formulas.NAMES)
+def test_native_mode_is_each_formulas_framework_mode(name):
+    """Under "native" a formula's rows and key points are those of its framework's mode."""
+    from dataclasses import replace
+
+    from bce_audit import sweep
+    from bce_audit.records import Settings
+
+    own = formulas.FRAMEWORK_MODES.get(name, "per-op")
+    base = Settings(dtypes=("float16", "float32"), formulas=(name,), points=401, range=(-100.0, 100.0))
+    native = sweep.run_sweep(replace(base, mode="native"))
+    framework = sweep.run_sweep(replace(base, mode=own))
+    values = [(r.dtype, r.quantity, r.formula, r.label, r.x, str(r.value)) for r in native.rows if r.formula]
+    assert values == [(r.dtype, r.quantity, r.formula, r.label, r.x, str(r.value))
+                      for r in framework.rows if r.formula]
+    assert [(k.name, k.label, k.x) for k in native.keypoints if k.formula] == \
+           [(k.name, k.label, k.x) for k in framework.keypoints if k.formula]
+    assert {r.mode for r in native.rows} == {"native"}
+
+
+def test_native_mode_moves_the_keras_floor_to_tensorflows():
+    """keras2-logits on TensorFlow's sigmoid floors later than on numpy's (float32)."""
+    from bce_audit import keypoints
+
+    per_op = keypoints.formula_points("float32", "per-op", "keras2-logits", 1e-7, 1)
+    native = keypoints.formula_points("float32", "native", "keras2-logits", 1e-7, 1)
+    floor = {k.mode: k.x for k in per_op + native if k.name == "bce_floor"}
+    assert floor["native"] > floor["per-op"]
+    ev = Evaluator("float32", "tf")
+    x = np.float32([floor["native"]])
+    below = np.nextafter(x, np.float32(0))
+    f = formulas.get("keras2-logits")
+    one = np.ones(1)
+    assert f(x, one, 1e-7, ev)[0] == f(np.float32([40.0]), one, 1e-7, ev)[0]  # on the floor
+    assert f(below, one, 1e-7, ev)[0] > f(x, one, 1e-7, ev)[0]  # the value before is above it

@@ -266,7 +266,7 @@ def test_cli_keras_import_failure_is_exit_2_one_line(monkeypatch, tmp_path):
 
 def test_keras_backend_setting_and_native_modes():
     assert Settings().keras_backend == "tensorflow"
-    for kb, mode in {"tensorflow": "per-op", "jax": "per-op", "torch": "upcast", "numpy": "per-op"}.items():
+    for kb, mode in {"tensorflow": "tf", "jax": "xla", "torch": "upcast", "numpy": "per-op"}.items():
         assert sweep.native(Settings(backend="keras", keras_backend=kb)).mode == mode
     s = config.build_settings({"backend": "keras", "keras_backend": "jax"}, lambda k: k)
     assert (s.backend, s.keras_backend) == ("keras", "jax")

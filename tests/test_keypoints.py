@@ -222,7 +222,7 @@ def _all_finite(dtype) -> np.ndarray:
     return vals[keep][np.argsort(f[keep], kind="stable")]
 
 
-@pytest.mark.parametrize("mode", formulas.MODES)
+@pytest.mark.parametrize("mode", ["per-op", "upcast"])  # the scan's reference flushes nothing
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_narrow_roundtrip_overflow_by_exhaustive_scan(name, mode):
     info = dtypes.get(name)
@@ -269,7 +269,7 @@ def _rt_rel(info, ev, v) -> Fraction | None:
     return _rel_fraction(computed, v)
 
 
-TIGHT = [(d, m) for d in ("float32", "float16") for m in formulas.MODES]
+TIGHT = [(d, m) for d in ("float32", "float16") for m in formulas.EVALUATED]
 
 
 @pytest.mark.parametrize(("dtype", "mode"), TIGHT)

@@ -153,7 +153,7 @@ def test_markers_are_the_sweeps_key_points(result):
 
 def test_title_states_the_settings(result):
     data = plot.plot_data(result, "bce")
-    for part in ("float32", "per-op", "eps 1e-7", "pair", "keras3, logits-stable, tf-keras", "x in [0, 40]",
+    for part in ("float32", "native", "eps 1e-7", "pair", "keras3, logits-stable, tf-keras", "x in [0, 40]",
                  "81 points"):
         assert part in data.subtitle, (part, data.subtitle)
 

@@ -1,0 +1,439 @@
+"""What XLA on CPU computes for jax's sigmoid, logit, log_sigmoid and optax's BCE, bit for bit.
+
+Pure numpy + ml_dtypes models of the code jaxlib 0.10.2 runs on an x86-64 CPU with FMA. Read
+from XLA's own dumps (``XLA_FLAGS=--xla_dump_to=DIR``: the optimised HLO, the LLVM IR before and
+after optimisation and the object files) and checked against real jax (``tests/test_xla.py``).
+
+What XLA does that per-op numpy does not:
+
+- **FTZ/DAZ**: XLA's CPU threads run with flush-to-zero and denormals-are-zero (tsl
+  ``port::ScopedFlushDenormal``), so float32 (and bfloat16, which shares its exponent range)
+  subnormals read as zero and results below ``finfo.tiny`` come out as zero. float16
+  subnormals are unaffected: they convert to normal float32 values and back exactly. `flush`.
+- **Its own exp, log and log1p**: Cephes float32 polynomials evaluated with FMAs, ``GenerateVF32Exp``
+  and ``GenerateVF32Log`` in ``xla/backends/cpu/codegen/polynomial_approximations.cc`` (as at
+  openxla/xla 80c095fc, whose constants jaxlib 0.10.2's code has; later XLA changed exp's ln 2
+  split and clamps ``n`` to 128)
+  and ``Log1p`` in ``xla/codegen/intrinsic/log1p.cc``. ``exp`` clamps its argument to
+  [-87.8, 88.8] and builds ``2**n`` from exponent bits, so it is zero from about -87.68 on and
+  flushed below ``2**-126``; ``log1p`` is a rational approximation for ``|x| < sqrt(2) - 1``
+  and ``log(1 + x)`` past it. XLA rewrites only ``llvm.exp``/``llvm.log`` of 1, 2, 4, 8 or 16
+  lanes: a jitted ``jnp.exp`` or ``jnp.log`` alone calls the C library's ``expf``/``logf`` for
+  float16 (same float16 results as the polynomial) and for the 3 to 7 lane tail of a float32
+  array of fewer than 16 elements (`_alone`).
+- **FMA contraction**: XLA compiles with ``AllowFPOpFusion=Fast`` (``CompilerTargetOptions``,
+  ``xla/service/cpu/cpu_compiler.cc``), so LLVM fuses a multiply into the add or subtract
+  that is its only user, also across HLO ops of one fusion: float32
+  ``sigmoid`` divides by ``fma(p, 2**n, 1)`` (the end of exp fused with the ``+ 1``); optax's BCE
+  ends with ``fma(y, softplus(-x), softplus(x) * (1 - y))``. `fma` emulates it exactly.
+- **float16/bfloat16** are not kept in float32 across a fusion: every HLO op is computed in
+  float32 and rounded to the dtype (bfloat16 by XLA's float normalisation, which puts converts
+  around each op, ``xla/service/cpu/cpu_float_support.cc``; float16 by LLVM's promotion of
+  half ops), so no multiply is fused into an add for them.
+- **One jit rewrites the round trip**: ``logit(sigmoid(x)) = log(p / (1 - p))`` with
+  ``p = 1 / a`` is simplified to ``log(1 / (a * (1 - p)))`` (XLA
+  ``xla/hlo/transforms/simplifiers/algebraic_simplifier.cc`` HandleDivide:
+  ``(A / B) / C => A / (B * C)``) for float32 and float16; for bfloat16 the converts that
+  float normalisation puts around every op block the rewrite. `roundtrip_fused` models one
+  jit, `roundtrip` two.
+
+The jitted functions modelled: `exp`, `log`, `log1p`, `logistic` (``jax.nn.sigmoid``), `logit`,
+`softplus`, `log_sigmoid`, `optax_bce` and its gradient `optax_bce_grad`, `roundtrip` and
+`roundtrip_fused`. Each takes and returns arrays of one of `DTYPES`; `flush` and `fma` are the
+building blocks.
+
+>>> import numpy as np
+>>> float(sigmoid(np.array([-87.5], np.float32))[0])  # about 1e-38, subnormal: flushed
+0.0
+>>> float(roundtrip_fused(np.array([17.0], np.float32))[0]), float(roundtrip(np.array([17.0], np.float32))[0])
+(inf, inf)
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+# model -> the jitted jax call it reproduces (one jax.jit around each)
+MODELS = {
+    "exp": "jnp.exp(x)",
+    "log": "jnp.log(x)",
+    "log1p": "jnp.log1p(x)",
+    "logistic": "jax.nn.sigmoid(x)",
+    "logit": "jax.scipy.special.logit(p)",
+    "softplus": "jax.nn.softplus(x)",
+    "log_sigmoid": "jax.nn.log_sigmoid(x)",
+    "optax_bce": "optax.sigmoid_binary_cross_entropy(x, y)",
+    "optax_bce_grad": "jax.grad(lambda t: jnp.sum(optax.sigmoid_binary_cross_entropy(t, y)))(x)",
+    "roundtrip": "logit(p) on p = sigmoid(x), two jits",
+    "roundtrip_fused": "jax.scipy.special.logit(jax.nn.sigmoid(x)), one jit",
+}
+
+_F32 = np.float32
+_TINY = np.float32(float.fromhex("0x1p-126"))  # 1.18e-38, the smallest normal float32
+
+
+def _h(bits: int) -> np.float32:
+    """A float32 constant from its bit pattern, as XLA writes them (``0x3FB8AA3B``)."""
+    return np.array([bits], np.uint32).view(_F32)[0]
+
+
+# exp: GenerateVF32Exp (polynomial_approximations.cc), Cephes expf
+_EXP_LO, _EXP_HI = _F32(-87.8), _F32(88.8)
+_LOG2E = _h(0x3FB8AA3B)  # 1.44269502
+_EXP_C1 = _h(0x3F318000)  # 0.693359375: ln 2 split in two
+_EXP_C2 = _h(0x395E8083)  # 2.12194440e-4 (XLA subtracts -C2)
+_EXP_P = tuple(_h(b) for b in (0x39506967, 0x3AB743CE, 0x3C088908, 0x3D2AA9C1, 0x3E2AAAAA))
+
+# log: GenerateVF32Log (polynomial_approximations.cc), Cephes logf as in Eigen's plog_float
+_SQRTHF = _h(0x3F3504F3)  # 0.707106769
+_LOG_P = tuple(_h(b) for b in (0x3D9021BB, 0xBDEBD1B8, 0x3DEF251A,  # p0, p1, p2
+                                0xBDFE5D4F, 0x3E11E9BF, 0xBE2AAE50,  # p3, p4, p5
+                                0x3E4CCEAC, 0xBE7FFFFC, 0x3EAAAAAA))  # p6, p7, p8
+_LOG_Q1 = _h(0xB95E8083)  # -2.12194440e-4
+_LOG_Q2 = _h(0x3F318000)  # 0.693359375
+
+# log1p (xla/codegen/intrinsic/log1p.cc) for |x| < 0.41421357: x - x**2/2 + x**3 * P(x) / Q(x)
+_LOG1P_SMALL = _h(0x3ED413CD)
+_LOG1P_P = tuple(_h(b) for b in (0x383DE04B, 0x3EFF40C5, 0x40D284FA, 0x41EF4B9C,
+                                  0x4273CC76, 0x426473AD, 0x41A05101))
+_LOG1P_Q = tuple(_h(b) for b in (0x3F800000, 0x417101AD, 0x42A6185B, 0x435DC32D,
+                                  0x439A8CA3, 0x43586D8A, 0x42707982))
+
+
+# ---------------------------------------------------------------- float32 arithmetic under FTZ
+
+
+def flush(a: np.ndarray) -> np.ndarray:
+    """FTZ/DAZ: float32 and bfloat16 subnormals become zero of the same sign (float16 unchanged)."""
+    a = np.asarray(a)
+    if a.dtype == np.float16:
+        return a
+    tiny = a.dtype.type(_TINY)
+    return np.where(np.abs(a) < tiny, np.copysign(a.dtype.type(0), a), a).astype(a.dtype)
+
+
+def _z(a: np.ndarray) -> np.ndarray:
+    return flush(np.asarray(a, _F32))
+
+
+def fma(a, b, c) -> np.ndarray:
+    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``), then flushed.
+
+    The float64 product of two float32 is exact; the float64 sum is rounded to odd (its error
+    from TwoSum decides the last bit), which makes the final rounding to float32 correct.
+    """
+    a, b, c = (np.asarray(v, np.float64) for v in (a, b, c))
+    with np.errstate(all="ignore"):
+        p = a * b
+        s = p + c
+        bb = s - p
+        err = (p - (s - bb)) + (c - bb)
+        bits = s.view(np.uint64)
+        odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(s)
+        up = (err > 0) == (s > 0)  # moving away from zero
+        bits = np.where(odd, np.where(up, bits + 1, bits - 1), bits)
+        return _z(bits.view(np.float64).astype(_F32))
+
+
+def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """XLA's float32 exp up to its last step: ``exp(x) = p * 2**n``; returns (p, 2**n)."""
+    with np.errstate(invalid="ignore"):
+        x = np.where(x < _EXP_LO, _EXP_LO, x)
+        x = np.where(x > _EXP_HI, _EXP_HI, x)
+        n = np.floor(fma(x, _LOG2E, _F32(0.5)))
+        n = np.where(n < -127, _F32(-127), n)
+        n = np.where(n > 127, _F32(127), n)
+        r = fma(n, -_EXP_C1, x)
+        r = fma(n, _EXP_C2, r)
+        y = np.asarray(_EXP_P[0])
+        for c in (*_EXP_P[1:], _F32(0.5)):
+            y = fma(y, r, c)
+        y = fma(y, _z(r * r), r)
+        y = _z(y + _F32(1))
+        k = np.where(np.isnan(n), 0, n).astype(np.int32)
+        scale = ((k + 127).astype(np.uint32) << np.uint32(23)).view(_F32)  # n = -127: 0.0
+    return y, scale
+
+
+def _exp32(x: np.ndarray) -> np.ndarray:
+    y, scale = _exp_parts(x)
+    with np.errstate(over="ignore"):
+        return _z(y * scale)
+
+
+def _log_core(x: np.ndarray) -> np.ndarray:
+    """XLA's float32 log for x > 0 (other inputs give garbage; `_log32` masks them)."""
+    with np.errstate(invalid="ignore"):
+        x = np.where(x > _TINY, x, _TINY)
+    bits = x.view(np.uint32)
+    e = (((bits >> np.uint32(23)).astype(np.int32) - 127).astype(_F32) + _F32(1)).astype(_F32)
+    m = ((bits & np.uint32(0x807FFFFF)) | np.uint32(0x3F000000)).view(_F32)
+    small = m < _SQRTHF
+    xm = _z(_z(m - _F32(1)) + np.where(small, m, _F32(0)))
+    e = _z(e - np.where(small, _F32(1), _F32(0)))
+    x2 = _z(xm * xm)
+    x3 = _z(x2 * xm)
+    p = _LOG_P
+    y = fma(fma(xm, p[0], p[1]), xm, p[2])
+    y1 = fma(fma(xm, p[3], p[4]), xm, p[5])
+    y2 = fma(fma(xm, p[6], p[7]), xm, p[8])
+    y = fma(y, x3, y1)
+    y = fma(y, x3, y2)
+    y = fma(y, x3, _z(e * _LOG_Q1))
+    u = fma(_F32(-0.5), x2, xm)
+    return fma(e, _LOG_Q2, _z(u + y))
+
+
+def _log32(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        out = _log_core(x)
+        out = np.where(x > 0, out, _F32(np.nan))
+        out = np.where(x == 0, _F32(-np.inf), out)
+        return np.where(x == np.inf, _F32(np.inf), out).astype(_F32)
+
+
+def _log1p32(x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        big = _log32(_z(x + _F32(1)))
+        x2 = _z(x * x)
+        z = _z(x * _F32(0))
+        q = _z(z + _LOG1P_Q[0])
+        for c in _LOG1P_Q[1:]:
+            q = fma(q, x, c)
+        pp = _z(z + _LOG1P_P[0])
+        for c in _LOG1P_P[1:]:
+            pp = fma(pp, x, c)
+        t = _z(_z(x * x2) * _z(pp / q))
+        t = fma(x2, _F32(-0.5), t)
+        small = _z(x + t)
+        return np.where(np.abs(x) < _LOG1P_SMALL, small, big).astype(_F32)
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+def _dtype(x: np.ndarray) -> np.dtype:
+    dt = np.asarray(x).dtype
+    if dt.name not in DTYPES:
+        raise TypeError(f"xla models {', '.join(DTYPES)}, not {dt}")
+    return dt
+
+
+class _Ops:
+    """Per-op rounding of one dtype: every HLO op in float32, flushed, then rounded to the dtype."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self.f32 = dtype == np.float32
+
+    def r(self, a) -> np.ndarray:
+        """The result of one HLO op (a float32 array) as the dtype stores it, back in float32."""
+        a = _z(a)
+        if self.f32:
+            return a
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN to bfloat16 warns
+            return a.astype(self.dtype).astype(_F32)
+
+    def inp(self, a) -> np.ndarray:
+        """An input array, as float32 after DAZ."""
+        return _z(np.asarray(a).astype(_F32))
+
+    def out(self, a) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(a, _F32).astype(self.dtype)
+
+    def exp(self, a) -> np.ndarray:
+        return self.r(_exp32(a))
+
+    def log(self, a) -> np.ndarray:
+        return self.r(_log32(a))
+
+    def log1p(self, a) -> np.ndarray:
+        return self.r(_log1p32(a))
+
+
+def _maximum(a: np.ndarray, b) -> np.ndarray:
+    """HLO maximum: NaN-propagating."""
+    return np.where(np.isnan(a), a, np.maximum(a, b)).astype(_F32)
+
+
+# ---------------------------------------------------------------- the jitted functions
+
+
+def _load_libm() -> dict:
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("m")
+    try:
+        lib = ctypes.CDLL(path) if path else None
+    except OSError:
+        lib = None
+    out = {}
+    for name in ("expf", "logf"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+            out[name] = fn
+    return out
+
+
+_LIBM = _load_libm()
+
+
+def _libm(name: str, a: np.ndarray) -> np.ndarray:
+    """The C library's float32 ``expf``/``logf``, which XLA calls where it does not vectorise.
+
+    The process's libm through ctypes (XLA resolves the symbol there: glibc on Linux); without
+    it, the correctly rounded value, which glibc's misses by an ULP on about 1 input in 1000.
+    """
+    fn = _LIBM.get(name)
+    if fn is None:
+        with np.errstate(all="ignore"):
+            return (np.exp if name == "expf" else np.log)(a.astype(np.float64)).astype(_F32)
+    return np.asarray(np.frompyfunc(fn, 1, 1)(a), dtype=_F32).reshape(a.shape)
+
+
+def _alone(o: _Ops, a: np.ndarray, poly, libm: str) -> np.ndarray:
+    """A jitted exp or log on its own.
+
+    XLA's elementwise kernel runs blocks of 16; an array of fewer than 16 float32 gets a vector
+    of 8 and one of the rest, and LLVM does not rewrite the rest's ``llvm.exp``/``llvm.log`` to
+    XLA's polynomial when it is 3, 5, 6 or 7 wide: those elements call libm. float16 calls libm
+    (``llvm.exp.v8f16`` is scalarised) for every array of 2 or more, but rounded to float16
+    libm's and the polynomial's results agree on all 65536 inputs, so the polynomial stands in.
+    """
+    out = o.r(poly(a)).ravel()
+    n = a.size
+    if o.f32 and n < 16 and n % 8 in (3, 5, 6, 7):
+        tail = slice(n - n % 8, n)
+        out[tail] = _z(_libm(libm, a.ravel()[tail]))
+    return o.out(out.reshape(a.shape))
+
+
+def exp(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(jnp.exp)``: XLA's polynomial (libm ``expf`` for some tiny float32 arrays)."""
+    o = _Ops(_dtype(x))
+    return _alone(o, o.inp(x), _exp32, "expf")
+
+
+def log(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(jnp.log)``: XLA's polynomial (libm ``logf`` for some tiny float32 arrays)."""
+    o = _Ops(_dtype(x))
+    return _alone(o, o.inp(x), _log32, "logf")
+
+
+def log1p(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(jnp.log1p)``: XLA's ``EmitLog1p`` in float32, rounded once."""
+    o = _Ops(_dtype(x))
+    return o.out(o.log1p(o.inp(x)))
+
+
+def _sigmoid_denominator(o: _Ops, a: np.ndarray) -> np.ndarray:
+    """``1 + exp(-x)`` as XLA computes it in one fusion (float32: the last multiply fused)."""
+    if o.f32:
+        y, scale = _exp_parts(-a)
+        return fma(y, scale, _F32(1))
+    return o.r(o.exp(-a) + _F32(1))
+
+
+def logistic(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(jax.nn.sigmoid)``: jax lowers logistic to ``1 / (1 + exp(-x))`` (``lax.py``)."""
+    o = _Ops(_dtype(x))
+    a = o.inp(x)
+    return o.out(o.r(_F32(1) / _sigmoid_denominator(o, a)))
+
+
+sigmoid = logistic
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """``jax.jit(jax.scipy.special.logit)``: ``log(p / (1 - p))``, one op at a time."""
+    o = _Ops(_dtype(p))
+    a = o.inp(p)
+    with np.errstate(all="ignore"):
+        return o.out(o.log(o.r(a / o.r(_F32(1) - a))))
+
+
+def _softplus(o: _Ops, a: np.ndarray) -> np.ndarray:
+    """``jnp.logaddexp(a, 0)`` (jax ``_src/lax/other.py``): ``max(a, 0) + log1p(exp(-|a|))``,
+    and ``a`` itself where ``a`` is NaN."""
+    with np.errstate(all="ignore"):
+        t = o.log1p(o.exp(-np.abs(a)))
+        return np.where(np.isnan(a), a, o.r(_maximum(a, _F32(0)) + t)).astype(_F32)
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(jax.nn.softplus)`` = ``jnp.logaddexp(x, 0)``."""
+    o = _Ops(_dtype(x))
+    return o.out(_softplus(o, o.inp(x)))
+
+
+def log_sigmoid(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(jax.nn.log_sigmoid)`` = ``-softplus(-x)``."""
+    o = _Ops(_dtype(x))
+    return o.out(-_softplus(o, -o.inp(x)))
+
+
+def optax_bce(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``jax.jit(optax.sigmoid_binary_cross_entropy)(x, y)``, elementwise.
+
+    optax: ``-y*log_sigmoid(x) - (1-y)*log_sigmoid(-x)``; XLA simplifies it to
+    ``y*softplus(-x) + (1-y)*softplus(x)`` (one ``exp`` and ``log1p`` shared by both), and in
+    float32 LLVM fuses the first product into the sum:
+    ``fma(y, softplus(-x), softplus(x) * (1 - y))``.
+    """
+    o = _Ops(_dtype(x))
+    a, b = o.inp(x), o.inp(np.asarray(y).astype(np.asarray(x).dtype))
+    with np.errstate(all="ignore"):
+        sp_neg, sp_pos = _softplus(o, -a), _softplus(o, a)
+        one_minus_y = o.r(_F32(1) - b)
+        if o.f32:
+            return o.out(fma(b, sp_neg, _z(sp_pos * one_minus_y)))
+        return o.out(o.r(o.r(b * sp_neg) + o.r(one_minus_y * sp_pos)))
+
+
+def optax_bce_grad(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``jax.jit(jax.grad(lambda t: jnp.sum(optax.sigmoid_binary_cross_entropy(t, y))))(x)``.
+
+    The JVP of ``jnp.logaddexp(a, 0)`` is ``exp(r(a) - r(logaddexp(a, 0)))`` with ``r`` mapping
+    +inf to 0 (jax ``_src/lax/other.py``), so the gradient is
+    ``(1-y)*exp(r(x) - r(softplus(x))) - y*exp(r(-x) - r(softplus(-x)))``; float32 fuses the
+    first product into the difference.
+    """
+    o = _Ops(_dtype(x))
+    a, b = o.inp(x), o.inp(np.asarray(y).astype(np.asarray(x).dtype))
+    with np.errstate(all="ignore"):
+
+        def slope(t: np.ndarray) -> np.ndarray:
+            sp = _softplus(o, t)
+            d = o.r(np.where(t == np.inf, _F32(0), t) - np.where(sp == np.inf, _F32(0), sp))
+            return o.exp(d)
+
+        one_minus_y = o.r(_F32(1) - b)
+        if o.f32:
+            return o.out(fma(one_minus_y, slope(a), -_z(b * slope(-a))))
+        return o.out(o.r(o.r(one_minus_y * slope(a)) - o.r(b * slope(-a))))
+
+
+def roundtrip(x: np.ndarray) -> np.ndarray:
+    """``logit(sigmoid(x))`` as two separate jits: each rounds its own result."""
+    return logit(logistic(x))
+
+
+def roundtrip_fused(x: np.ndarray) -> np.ndarray:
+    """``jax.jit(lambda x: logit(sigmoid(x)))``: XLA rewrites ``p / (1 - p)`` with ``p = 1/a``
+    as ``1 / (a * (1 - p))``; float32 fuses exp's last multiply into ``a = 1 + exp(-x)``."""
+    dt = _dtype(x)
+    if dt == ml_dtypes.bfloat16:  # float normalisation's converts come first and block the rewrite
+        return roundtrip(x)
+    o = _Ops(dt)
+    a = o.inp(x)
+    with np.errstate(all="ignore"):
+        den = _sigmoid_denominator(o, a)
+        p = o.r(_F32(1) / den)
+        q = o.r(_F32(1) / o.r(den * o.r(_F32(1) - p)))
+        return o.out(o.log(q))
