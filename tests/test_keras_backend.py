@@ -216,7 +216,7 @@ def test_message_round_trip_is_bit_exact():
 
 def test_unknown_keras_backend_is_backend_missing():
     with pytest.raises(backends.BackendMissing, match="unknown Keras backend 'theano'"):
-        backends._keras("cpu", "theano")
+        backends._keras("theano")
 
 
 def test_keras_that_cannot_import_its_backend_is_one_line():
@@ -354,3 +354,19 @@ def test_gate_checks_take_a_keras_backend(tmp_path):
                    '[[check]]\nname = "k"\nformula = "keras3"\nmax_ulp = 1\n')
     with pytest.raises(config.ConfigError, match="keras-numpy-cpu has no real counterpart of 'keras3'"):
         gate.checks_from(config.load(str(bad)))
+
+
+@pytest.mark.parametrize("kb", ["numpy", "jax"])
+def test_eps_reaches_keras_epsilon(kb):
+    """--eps sets keras.config.set_epsilon in the worker: the clip follows it, as the model does
+    (float16, where every backend's log is numpy's)."""
+    be = _keras(kb)
+    name = next(f for f in be.bce if formulas.get(f).uses_eps)
+    ev = Evaluator("float16", keras_backend.MODES[kb], be.ops())
+    x = ev.arr(np.linspace(-20, 20, 401))
+    for eps in (1e-2, 1e-3):
+        y = ev.arr(np.zeros(x.shape))
+        real = be.bce[name](x, y, eps)
+        assert np.array_equal(real, formulas.get(name)(x, y, eps, ev)), eps
+        hi = np.float16(1.0 - eps)
+        assert real[-1] == -np.log(np.float16(1) - hi)  # the upper clip, at 1 - eps
