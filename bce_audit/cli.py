@@ -504,8 +504,8 @@ def fidelity_cmd(backend, device, keras_backend, dtype, no_keypoints, **kw) -> i
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
     out = _document(kw, ("table", "json"))
-    mode = sweep.native(records.Settings(backend=backend)).mode
-    notes = [f"the models run in mode {mode}, as {backend} computes", be.evaluation]
+    mode = sweep.native(be.select(records.Settings())).mode
+    notes = [f"the models run in mode {mode}, as {be.label} computes", be.evaluation]
 
     def render(fmt: str):
         if fmt == "json":

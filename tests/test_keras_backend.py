@@ -309,6 +309,7 @@ def test_cli_fidelity_keras_numpy_float16():
     assert r.exit_code == 0, (r.stderr, r.exception)
     doc = strict_json(r.stdout)
     assert doc["backend"] == "keras-numpy-cpu"
+    assert doc["notes"][0] == "the models run in mode per-op, as keras-numpy-cpu computes"
 
 
 def test_jax_float16_keras3_gradient_is_nan_where_1_over_p_overflows():
