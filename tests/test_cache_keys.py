@@ -47,7 +47,7 @@ def test_issue_10_editing_a_formula_misses_the_cache(tmp_path):
 
     formulas = pkg / "formulas.py"
     text = formulas.read_text(encoding="utf-8")
-    edit = "    bce = bce + (one - y) * np.log(one - p)\n    return -bce\n"
+    edit = "    bce = bce + (one - y) * ev.log(one - p)\n    return -bce\n"
     assert text.count(edit) == 1
     doubled = edit.replace("return -bce", "return -2 * bce")
     formulas.write_text(text.replace(edit, doubled), encoding="utf-8")
