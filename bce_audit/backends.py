@@ -51,7 +51,10 @@ class Backend:
     grad: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict)
     what: dict[str, str] = field(default_factory=dict)  # formula -> the real call it runs
     block: int = 0  # arrays are padded to whole blocks of this many elements (0: not padded)
-    variant: str | None = None  # keras: the Keras backend it runs on
+    keras_backend: str | None = None  # keras: the Keras backend it runs on
+    variants: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    """Round-trip variants only this framework has (jax: ``logit(sigmoid(x))`` in one jit,
+    which XLA rewrites), compared by fidelity with the model of the same name."""
 
     @property
     def evaluation(self) -> str:
@@ -63,12 +66,12 @@ class Backend:
 
     @property
     def label(self) -> str:
-        return "-".join(p for p in (self.name, self.variant, self.device) if p)
+        return "-".join(p for p in (self.name, self.keras_backend, self.device) if p)
 
     def select(self, s: Settings) -> Settings:
         """``s`` with this backend selected."""
         return replace(s, backend=self.name, device=self.device,
-                       keras_backend=self.variant or s.keras_backend)
+                       keras_backend=self.keras_backend or s.keras_backend)
 
     def ops(self) -> Ops:
         return Ops(sigmoid=self.sigmoid, logit=self.logit)
@@ -276,6 +279,7 @@ def _jax(device: str) -> Backend:
         "jax", "cpu",
         sigmoid=wrap("jax.nn.sigmoid", jax.nn.sigmoid),
         logit=wrap("jax.scipy.special.logit", jss.logit),
+        variants={"roundtrip in one jit": wrap("fused round trip", lambda x: jss.logit(jax.nn.sigmoid(x)))},
         bce={"optax": wrap("optax", optax_bce)},
         grad={"optax": wrap("optax grad", grad_of(optax_bce))},
         what={"optax": what},
@@ -436,4 +440,4 @@ def _keras(keras_backend: str) -> Backend:
     return Backend("keras", "cpu", sigmoid=real(a.sigmoid), logit=real(a.logit),
                    bce={f: real(op) for f, op in a.bce.items()},
                    grad={f: real(op) for f, op in a.grad.items()}, what=a.what, block=kb.BLOCK,
-                   variant=keras_backend)
+                   keras_backend=keras_backend)

@@ -61,9 +61,11 @@ def dependency_versions() -> dict[str, str | None]:
 
 @functools.cache
 def stamp() -> str:
-    """The code digest with the dependency versions and the interpreter: 16 hex digits."""
+    """The code digest with the dependency versions, the interpreter and the C library (the
+    xla mode's short arrays call libm): 16 hex digits."""
     env = {"code": code_digest(), "deps": dependency_versions(),
-           "python": list(sys.version_info[:2]), "machine": platform.machine()}
+           "python": list(sys.version_info[:2]), "machine": platform.machine(),
+           "libc": list(platform.libc_ver())}
     return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
 
 

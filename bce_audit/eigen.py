@@ -13,7 +13,11 @@ headers shipped in the tensorflow 2.21.0 wheel (``tensorflow/include/Eigen``, ve
 - ``Eigen/src/Core/arch/AVX/PacketMath.h`` and ``MathFunctions.h``: ``Packet8f``, ``Packet8h`` and
   ``Packet8bf``. float16 and bfloat16 packets are widened to float32, computed there and rounded back
   after every single operation (``F16_PACKET_FUNCTION``, ``BF16_PACKET_FUNCTION``, ``padd``, ``pdiv``);
-- the scalar path's exp is glibc's ``expf`` (``sysdeps/ieee754/flt-32/e_expf.c``, glibc >= 2.28).
+- the scalar path's exp is glibc's ``expf`` (``sysdeps/ieee754/flt-32/e_expf.c``, glibc >= 2.28);
+- the gradient kernels: ``scalar_inverse_op`` (``tf.math.reciprocal``, which ``LogGrad`` and ``Log1pGrad``
+  call), whose packet code with ``EIGEN_FAST_MATH`` is ``preciprocal<Packet8f>``: the ``vrcpps``
+  estimate and one Newton step (``MathFunctionsImpl.h`` ``generic_reciprocal_newton_step``), and
+  ``scalar_sigmoid_gradient_op`` (``tensorflow/core/kernels/cwise_ops_gradients.h``, ``SigmoidGrad``).
 
 Facts measured on the x86-64 wheel, which is built for AVX without FMA:
 
@@ -23,6 +27,11 @@ Facts measured on the x86-64 wheel, which is built for AVX without FMA:
   bfloat16 only in the sign of a NaN. ``pad`` makes every element take the packet path;
   ``logistic_unpadded`` models an array as it is.
 - ``pmadd`` is a multiply and then an add, two roundings (no FMA in the AVX build).
+- ``vrcpps`` is not specified bit for bit: the ISA bounds its error (1.5 * 2**-12), and Intel's and AMD's
+  estimates are known to differ. ``RCP_TABLE``
+  holds the one measured on the AMD EPYC (Zen 4, family 25) this model was checked on; on another CPU
+  ``reciprocal``, and the gradients through it, may differ from TensorFlow's there (the tests check
+  the CPU first: ``tests/tf_support.py``).
 - TensorFlow runs its CPU kernels (eager and graph) with flush-to-zero and denormals-are-zero (MXCSR
   FTZ|DAZ): subnormal float32 inputs count as zero and every subnormal float32 result becomes a signed
   zero; bfloat16 shares float32's exponent range, so its subnormals go the same way. Sign flips
@@ -45,8 +54,8 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
-    "BLOCK", "DTYPES", "exp", "log", "log1p", "logistic", "logistic_unpadded", "pad",
-    "sigmoid_cross_entropy_with_logits",
+    "BLOCK", "DTYPES", "RCP_TABLE", "exp", "log", "log1p", "logistic", "logistic_unpadded", "pad",
+    "rcpps", "reciprocal", "sigmoid_cross_entropy_with_logits", "sigmoid_grad",
 ]
 
 BLOCK = 8
@@ -378,3 +387,85 @@ def sigmoid_cross_entropy_with_logits(labels: np.ndarray, logits: np.ndarray) ->
         first = _widen(_narrow(_sub(relu, xy), dtype))
         soft = _widen(log1p(exp(neg_abs)))
         return _narrow(_add(first, soft), dtype)
+
+
+# vrcpps on AMD Zen 4 (family 25), measured with _mm256_rcp_ps on every float32 in [1, 2). The estimate
+# depends only on the top 12 bits of the mantissa and has 12 fraction bits itself: for 1.m * 2**e it is
+# (1 + RCP_TABLE[m >> 11] / 4096) * 2**(-1 - e). Stored as the decreasing table's steps, zlib'd.
+_RCP_STEPS = (
+    "eNrNkgsOAiEMRKfF+5/ZGBblozs7aVFZAnm8KRCy5ua11fk2cSHeSb6QvDpbMj+mvhfCLvooWzJjPc/MX18R2UWvsole5bbQ"
+    "+syF+Cib6KOM9bxnqj7MXrZkrzJWf4SGdF926rMZyR68fmjv1s48y1swrzakVGG6Ly7nsxn7Paa1gZ14Vm/J9RDreR7jIDI2"
+    "16tez7cnQbe8j5GcV/2ax9j/nBH0C6N/FT67mN+9H/LuU4eJjTC+7JFcf/wy/b+TyvjxfrjmP26j+mg+u57xHSJDEAA="
+)
+
+
+def _rcp_table() -> np.ndarray:
+    import base64
+    import zlib
+
+    steps = np.frombuffer(zlib.decompress(base64.b64decode(_RCP_STEPS)), np.uint8)
+    return (4095 - np.cumsum(steps.astype(np.int64))).astype(np.uint32)
+
+
+RCP_TABLE = _rcp_table()
+"""The 4096 12-bit fractions of ``vrcpps``'s estimates, indexed by the input's top 12 mantissa bits."""
+
+
+def rcpps(a: np.ndarray) -> np.ndarray:
+    """``_mm256_rcp_ps`` on float32: the table's estimate; zero and subnormal inputs give a signed inf,
+    infinities a signed zero, estimates below float32's smallest normal a signed zero (|a| >= 2**126);
+    a NaN comes back quiet.
+
+    >>> rcpps(np.float32([1.0, 3.0, -0.0])).tolist()
+    [0.999755859375, 0.33331298828125, -inf]
+    """
+    a = np.asarray(a, _F32)
+    bits = a.view(np.uint32)
+    sign = bits & np.uint32(0x80000000)
+    expo = (bits >> 23) & np.uint32(0xFF)
+    frac = RCP_TABLE[(bits >> 11) & np.uint32(0xFFF)]
+    est = (_F64(1) + frac / _F64(4096)) * np.exp2(-1.0 - (expo.astype(_F64) - 127))
+    out = np.where(est < _TINY, _F32(0), est.astype(_F32))
+    out = np.where(expo == 0, _F32(np.inf), out)
+    out = np.where(expo == 255, _F32(0), out)
+    out = (out.view(np.uint32) | sign).view(_F32)
+    return np.where(np.isnan(a), _quiet(a), out)
+
+
+def _preciprocal_f32(a: np.ndarray) -> np.ndarray:
+    """``preciprocal<Packet8f>``: ``x = rcpps(a)``, then ``x*(1 - a*x) + x`` without FMA, unless
+    ``1 - a*x`` is NaN (a zero, an infinity or a NaN): then the estimate as it is."""
+    x = rcpps(a)
+    tmp = _sub(_F32(1.0), _mul(a, x))
+    return np.where(np.isnan(tmp), x, _add(_mul(x, tmp), x))
+
+
+def reciprocal(x: np.ndarray, *, scalar: bool = False) -> np.ndarray:
+    """TensorFlow's CPU ``tf.math.reciprocal``, in ``x``'s dtype: ``preciprocal`` on the packet path
+    (float16 and bfloat16 widened to float32 and rounded once), ``1 / x`` on the scalar path.
+
+    >>> reciprocal(np.float32([5.0, 10.0])).tolist()  # 1 / x rounds to 0.2 and 0.1: one ULP below
+    [0.19999998807907104, 0.09999999403953552]
+    """
+    dtype = _check(x)
+    with np.errstate(all="ignore"):
+        xf = _widen(x)
+        out = _div(_F32(1.0), xf) if scalar else _preciprocal_f32(xf)
+        return _narrow(out, dtype, not scalar)
+
+
+def sigmoid_grad(y: np.ndarray, dy: np.ndarray, *, scalar: bool = False) -> np.ndarray:
+    """TensorFlow's CPU ``SigmoidGrad(y, dy)`` (``scalar_sigmoid_gradient_op``), the gradient through
+    ``y = sigmoid(x)``: ``dy * (y * (1 - y))`` on the packet path, ``(dy * y) * (1 - y)`` on the
+    scalar path, each operation rounded to the dtype (float16 and bfloat16 through float32)."""
+    dtype = _check(y)
+    packet = not scalar
+
+    def op(f, a, b):
+        return _widen(_narrow(f(a, b), dtype, packet))
+
+    with np.errstate(all="ignore"):
+        yf, g = _widen(y), _widen(np.asarray(dy).astype(dtype))
+        one_minus = op(_sub, _F32(1.0), yf)
+        out = op(_mul, g, op(_mul, yf, one_minus)) if packet else op(_mul, op(_mul, g, yf), one_minus)
+        return _narrow(out, dtype, packet)

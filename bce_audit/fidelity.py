@@ -102,7 +102,10 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Diffe
                                                                  reals[_key(b)].floats["value"])
         except backends.Unsupported:
             continue
+        for name, real_fn in backend.variants.items():
+            gaps[(name, None, None)] = _variant_gap(d, name, real_fn)
         order: list[tuple[str, str | None, int | None]] = [("sigmoid", None, None), ("roundtrip", None, None)]
+        order += [(name, None, None) for name in backend.variants]
         for name in names:
             for label in (1, 0):
                 order += [("bce", name, label), ("grad", name, label)]
@@ -112,6 +115,28 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Diffe
                 quantity = {"bce": str(key[1]), "grad": f"grad {key[1]}"}.get(key[0], key[0])
                 out.append(Difference(d, quantity, key[2], g.n, g.count, g.worst, g.first_x, g.worst_x))
     return out
+
+
+VARIANTS = {"roundtrip in one jit": "roundtrip_fused"}  # backend variant -> its `xla` model
+
+
+def _variant_gap(dtype: str, name: str, real_fn) -> _Gap:
+    """A framework-only variant against its model, over the same inputs, a chunk at a time."""
+    from bce_audit import xla
+
+    model_fn = getattr(xla, VARIANTS[name])
+    s = grid(dtype)
+    gap = _Gap()
+    n = sweep.grid_size(s, dtype)
+    for start in range(0, n, sweep.CHUNK):
+        x = sweep.grid_slice(s, dtype, start, min(n, start + sweep.CHUNK))
+        xd = np.asarray(x).astype(dtypes.get(dtype).dtype)
+        try:
+            real = real_fn(xd)
+        except backends.Unsupported:
+            break
+        gap.update(dtype, xd.astype(np.float64), model_fn(xd), real)
+    return gap
 
 
 def _key(b: records.Block) -> tuple:

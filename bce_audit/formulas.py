@@ -156,12 +156,16 @@ class Evaluator:
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
         if self.ops.sigmoid is not None:
             return self.ops.sigmoid(x)
-        return self.shared(_tf_sigmoid if self.mode == "tf" else _sigmoid, x)
+        return self.shared(_tf_sigmoid if self.mode == "tf" else _xla_sigmoid if self.xla else _sigmoid, x)
 
     def logit(self, p: np.ndarray) -> np.ndarray:
         """Per-op in every mode: torch.logit on CPU rounds ``p / (1 - p)`` to half before the log."""
         if self.ops.logit is not None:
             return self.ops.logit(p)
+        if self.xla:
+            from bce_audit import xla
+
+            return xla.logit(np.asarray(p))
         return _logit(self, p)
 
     # Elementary functions: numpy's, or the framework's own kernels where the mode models them.
@@ -179,8 +183,17 @@ class Evaluator:
             from bce_audit import eigen
 
             if self.dtype in eigen.DTYPES:
-                return getattr(eigen, name)
+                return _plain(getattr(eigen, name))
+        if self.xla:
+            from bce_audit import xla
+
+            return _plain(getattr(xla, name))
         return default
+
+    @property
+    def xla(self) -> bool:
+        """XLA's own kernels (`xla.py`) apply: mode xla, a dtype they model."""
+        return self.mode == "xla" and self.dtype.name in _XLA_DTYPES
 
     def log_sigmoid(self, x: np.ndarray) -> np.ndarray:
         return self.shared(_log_sigmoid, x)
@@ -196,12 +209,27 @@ def _sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
     return one / (one + ev.exp(-x))
 
 
+_XLA_DTYPES = ("float32", "float16", "bfloat16")  # those `xla.py` models
+
+
+def _plain(kernel: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A kernel model that does its own flushing, fed plain arrays (not `Flushed` ones)."""
+    return lambda a: kernel(np.asarray(a))
+
+
+def _xla_sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
+    """``jax.nn.sigmoid`` as XLA compiles it on CPU (`xla.logistic`)."""
+    from bce_audit import xla
+
+    return xla.logistic(np.asarray(x))
+
+
 def _tf_sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
     """TensorFlow's CPU sigmoid: Eigen's logistic kernel (`eigen.logistic`, its packet path)
     for the dtypes it models; the naive one for the rest."""
     from bce_audit import eigen
 
-    return eigen.logistic(x) if ev.dtype in eigen.DTYPES else _sigmoid(ev, x)
+    return eigen.logistic(np.asarray(x)) if ev.dtype in eigen.DTYPES else _sigmoid(ev, x)
 
 
 def _logit(ev: Evaluator, p: np.ndarray) -> np.ndarray:
@@ -309,7 +337,13 @@ def _jax_log_sigmoid(ev: Evaluator, x) -> np.ndarray:
 
 
 def optax(x, y, eps, ev: Evaluator) -> np.ndarray:
-    """``optax.sigmoid_binary_cross_entropy``: ``-y*log_sigmoid(x) - (1-y)*log_sigmoid(-x)``."""
+    """``optax.sigmoid_binary_cross_entropy``: ``-y*log_sigmoid(x) - (1-y)*log_sigmoid(-x)``;
+    in mode xla as XLA compiles it in one jit (`xla.optax_bce`: simplified, with fused
+    multiply-adds)."""
+    if ev.xla:
+        from bce_audit import xla
+
+        return xla.optax_bce(np.asarray(x), np.asarray(y))
     one = ev.c(1.0)
     return -y * ev.shared(_jax_log_sigmoid, x) - (one - y) * ev.shared(_jax_log_sigmoid, -x)
 

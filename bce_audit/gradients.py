@@ -10,7 +10,12 @@ in the audited dtype and mode (the same `Evaluator` as the forward pass):
   its autograd); BCEWithLogits backward ``(sigmoid(x) - y) * grad``.
 - TensorFlow (Keras formulas, logits-stable, naive): ``LogGrad = grad * reciprocal(x)``,
   ``Log1pGrad = grad * reciprocal(1 + x)``, ``ExpGrad = grad * exp(x)``, ``RealDivGrad``,
-  ``SigmoidGrad = grad * p * (1 - p)``, clip passes the gradient only inside [lo, hi].
+  ``SigmoidGrad = grad * p * (1 - p)``, clip passes the gradient only inside [lo, hi]. In mode
+  "tf" the ops are TensorFlow's CPU kernels: ``Reciprocal`` is a ``vrcpps`` estimate and one
+  Newton step (`eigen.reciprocal`, up to 3 ULP from ``1 / x``; the estimate is the CPU's own),
+  ``SigmoidGrad`` the fused ``grad * (p * (1 - p))`` (`eigen.sigmoid_grad`); the rest (Mul, Neg,
+  the selects, RealDiv, the sums of a tensor's gradients) round as numpy does, under FTZ/DAZ.
+  These match GradientTape bit for bit (tests/test_tf_gradients.py).
 - JAX (optax): reverse mode through ``log_sigmoid = -softplus(-x)`` and ``logaddexp``'s custom
   JVP ``t * exp(x - logaddexp(x, 0))``.
 
@@ -28,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bce_audit import fastref, reference
+from bce_audit import eigen, fastref, reference
 from bce_audit.formulas import Evaluator
 
 NAMES = ("grad_dead_zone", "grad_vanishing", "grad_nonfinite")
@@ -38,11 +43,22 @@ VANISH = 10.0  # "vanishing": more than this many times too small
 # ---------------------------------------------------------------- backward rules, TF-style
 
 
+def _tf_kernels(ev: Evaluator) -> bool:
+    """Mode "tf" on a dtype `eigen` models: TensorFlow's own gradient kernels, not numpy's ops."""
+    return ev.mode == "tf" and ev.dtype in eigen.DTYPES
+
+
 def _recip(ev: Evaluator, a):
+    """``tf.math.reciprocal``: on TF's CPU packet path an estimate and a Newton step (`eigen.reciprocal`)."""
+    if _tf_kernels(ev):
+        return eigen.reciprocal(a)
     return ev.c(1.0) / a
 
 
 def _sigmoid_grad_tf(ev: Evaluator, g, p):
+    """``SigmoidGrad(p, g)``: TF's fused kernel computes ``g * (p * (1 - p))`` (`eigen.sigmoid_grad`)."""
+    if _tf_kernels(ev):
+        return eigen.sigmoid_grad(p, g)
     return (g * p) * (ev.c(1.0) - p)
 
 
@@ -147,6 +163,10 @@ def _softplus_jvp(ev: Evaluator, u):
 
 
 def _optax_grad(x, y, eps, ev):
+    if ev.xla:  # jax.grad of the jitted loss, as XLA compiles it (`xla.optax_bce_grad`)
+        from bce_audit import xla
+
+        return xla.optax_bce_grad(np.asarray(x), np.asarray(y))
     one = ev.c(1.0)
     g_x1 = -((-y) * ev.kernel(_softplus_jvp, -x) * (-one))   # -y * log_sigmoid(x)
     g_x2 = (one - y) * ev.kernel(_softplus_jvp, x)           # -(1-y) * log_sigmoid(-x)

@@ -748,7 +748,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
         notes.append(backend.evaluation)
         missing = backend.missing(s.formulas)
         if missing:
-            on = f" on {backend.variant}" if backend.variant else ""
+            on = f" on {backend.keras_backend}" if backend.keras_backend else ""
             notes.append(f"{backend.name}{on} has no real counterpart of {', '.join(missing)}: not audited "
                          f"with --backend {backend.name}")
     kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, notes,

@@ -386,3 +386,34 @@ def test_fidelity_torch_json():
     assert narrow
     assert all(p["steps"] == 0 and p["model_x"] == p["real_x"] for p in narrow), narrow
     assert any(p["steps"] for p in pairs if p["dtype"] == "float32")  # the libm differences show
+
+
+# ---------------------------------------------------------------- jax: the xla mode
+
+
+@pytest.mark.slow
+def test_jax_backend_fidelity_is_exact_in_the_xla_mode():
+    """Every float16/bfloat16 value and the dense float32 grid: the xla mode's models (XLA's own
+    exp, log, log1p, sigmoid, logit, optax and its gradient, and the one-jit round trip) give
+    what jax gives, bit for bit."""
+    pytest.importorskip("jax", reason=NO_JAX)
+    from bce_audit import fidelity
+
+    diffs = fidelity.differences(backends.get("jax"))
+    wanted = {"sigmoid", "roundtrip", "roundtrip in one jit", "optax", "grad optax"}
+    assert {d.quantity for d in diffs} >= wanted
+    for d in diffs:
+        assert d.differ == 0, d
+
+
+def test_xla_mode_optax_matches_jax_on_a_sample():
+    jax = pytest.importorskip("jax", reason=NO_JAX)
+    optax = pytest.importorskip("optax", reason=NO_JAX)
+    x = np.linspace(-120, 120, 40_001).astype(np.float32)
+    ev = Evaluator("float32", "xla")
+    for label in (0, 1):
+        y = np.full(x.shape, label, dtype=np.float32)
+        real = np.asarray(jax.jit(optax.sigmoid_binary_cross_entropy)(x, y))
+        model = formulas.get("optax")(x, y, None, ev)
+        np.testing.assert_array_equal(model, real)
+        assert not np.array_equal(formulas.get("optax")(x, y, None, Evaluator("float32", "per-op")), real)

@@ -74,13 +74,13 @@ GRAD_MODELLED = {"tensorflow": {"keras-sigmoid-logits", "logits-stable"}, "jax":
 def _formula_gaps(be: backends.Backend, dtype: str, x: np.ndarray) -> dict[tuple, list[float]]:
     """Each real BCE (and modelled gradient) against its model fed the real sigmoid: the
     differing x, per (formula, label, "bce" or "grad")."""
-    ev = Evaluator(dtype, keras_backend.MODES[be.variant or ""], be.ops())
+    ev = Evaluator(dtype, keras_backend.MODES[be.keras_backend or ""], be.ops())
     out = {}
     for name, op in be.bce.items():
         for label in (1, 0):
             y = ev.arr(np.full(x.shape, label))
             pairs = [("bce", op(x, y), formulas.get(name)(x, y, EPS, ev))]
-            if name in GRAD_MODELLED[be.variant or ""]:
+            if name in GRAD_MODELLED[be.keras_backend or ""]:
                 pairs.append(("grad", be.grad[name](x, y), gradients.grad(name, x, y, EPS, ev)))
             for what, real, model in pairs:
                 assert real.dtype == ev.dtype, (name, what, real.dtype)
