@@ -65,10 +65,9 @@ def _allowed(kb: str, formula: str, dtype: str, x: float) -> bool:
     return False
 
 
-# gradients whose model is the backend's own backward pass (keras3's model is TensorFlow's rules,
-# which Keras on TF follows only up to its float16/bfloat16 SigmoidGrad and LogGrad rounding)
-GRAD_MODELLED = {"tensorflow": {"keras-sigmoid-logits", "logits-stable"}, "jax": {"optax"},
-                 "torch": {"keras3-torch", "torch-bce-logits"}, "numpy": set()}
+# gradients compared with their models (all of them: TensorFlow's rules in mode tf, JAX's in xla)
+GRAD_MODELLED = {"tensorflow": {"keras3", "keras-sigmoid-logits", "logits-stable"},
+                 "jax": {"keras3", "optax"}, "torch": {"keras3-torch", "torch-bce-logits"}, "numpy": set()}
 
 
 def _formula_gaps(be: backends.Backend, dtype: str, x: np.ndarray) -> dict[tuple, list[float]]:
