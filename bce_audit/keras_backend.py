@@ -20,9 +20,10 @@ Keras has no logit op: the round trip's logit is ``keras.ops.log(p / (1 - p))``.
 each backend's own autodiff of the same call (none on numpy); the gradient models follow
 TensorFlow's rules for ``keras3`` in mode tf and JAX's in mode xla (where its float16 gradient is
 NaN once ``1/p`` overflows), torch's for ``keras3-torch``. A clipping formula's eps is set as
-Keras's ``epsilon()`` in the worker. A result of another dtype than the input is an error (`Failed`), except the numpy backend's
-float32 from an ml_dtypes input, rounded back to the dtype (`keras3-numpy` models that rounding
-too); Keras's numpy backend turns float64 inputs into float32, so float64 is not audited there.
+Keras's ``epsilon()`` in the worker. A result of another dtype than the input is an error
+(`Failed`), except the numpy backend's float32 from an ml_dtypes input, rounded back to the
+dtype (`keras3-numpy` models that rounding too); Keras's numpy backend turns float64 inputs into
+float32, so float64 is not audited there.
 """
 
 from __future__ import annotations
