@@ -2,7 +2,8 @@
 grid, audited like the models.
 
 A backend turns numpy arrays of the audited dtype into the framework's tensors (bit for bit),
-runs the real op, and converts back. Formulas with no real counterpart in a backend are listed
+runs the real op, and converts back. Keras 3 (`--backend keras`) runs in a worker process per
+Keras backend (`bce_audit.keras_backend`). Formulas with no real counterpart in a backend are listed
 by `missing()` and reported as such; a dtype the framework cannot compute in is an
 `Unsupported` error naming the op. The frameworks are optional extras, imported only when
 asked for: without them `BackendMissing` carries the install command.
@@ -15,17 +16,19 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from bce_audit import formulas
 from bce_audit.formulas import Formula, Ops
+from bce_audit.records import KERAS_BACKENDS, Settings
 
-NAMES = ("numpy", "torch", "jax", "tensorflow", "sklearn")
+NAMES = ("numpy", "torch", "jax", "tensorflow", "sklearn", "keras")
 INSTALL = {"torch": "pip install 'bce-audit[torch]'", "jax": "pip install 'bce-audit[jax]'",
-           "tensorflow": "pip install 'bce-audit[tensorflow]'", "sklearn": "pip install 'bce-audit[sklearn]'"}
+           "tensorflow": "pip install 'bce-audit[tensorflow]'", "sklearn": "pip install 'bce-audit[sklearn]'",
+           "keras": "pip install 'bce-audit[keras]'"}
 
 
 class BackendMissing(RuntimeError):
@@ -48,6 +51,7 @@ class Backend:
     grad: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict)
     what: dict[str, str] = field(default_factory=dict)  # formula -> the real call it runs
     block: int = 0  # arrays are padded to whole blocks of this many elements (0: not padded)
+    keras_backend: str | None = None  # keras: the Keras backend it runs on
     variants: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
     """Round-trip variants only this framework has (jax: ``logit(sigmoid(x))`` in one jit,
     which XLA rewrites), compared by fidelity with the model of the same name."""
@@ -62,7 +66,12 @@ class Backend:
 
     @property
     def label(self) -> str:
-        return f"{self.name}-{self.device}"
+        return "-".join(p for p in (self.name, self.keras_backend, self.device) if p)
+
+    def select(self, s: Settings) -> Settings:
+        """``s`` with this backend selected."""
+        return replace(s, backend=self.name, device=self.device,
+                       keras_backend=self.keras_backend or s.keras_backend)
 
     def ops(self) -> Ops:
         return Ops(sigmoid=self.sigmoid, logit=self.logit)
@@ -84,13 +93,18 @@ class Backend:
         return [n for n in names if formulas.get(n).kind == "bce" and n not in self.bce]
 
 
-_BACKENDS: dict[tuple[str, str], Backend] = {}
+_BACKENDS: dict[tuple[str, str, str], Backend] = {}
 
 
-def version(name: str) -> str | None:
-    """The installed framework's version (part of a cache key), None for numpy's models."""
+def version(name: str, keras_backend: str | None = None) -> str | None:
+    """The installed framework's version (part of a cache key), None for numpy's models; for
+    keras, Keras's and its backend framework's."""
     if name == "numpy":
         return None
+    if name == "keras":
+        from bce_audit import keras_backend as kb
+
+        return kb.version(keras_backend or KERAS_BACKENDS[0])
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as v
 
@@ -100,16 +114,19 @@ def version(name: str) -> str | None:
         return None
 
 
-def get(name: str, device: str = "cpu") -> Backend | None:
+def get(name: str, device: str = "cpu", keras_backend: str = KERAS_BACKENDS[0]) -> Backend | None:
     """The backend by name (None for numpy, the models themselves); cached."""
     if name == "numpy":
         return None
-    key = (name, device)
+    key = (name, device, keras_backend if name == "keras" else "")
     if key not in _BACKENDS:
         if device != "cpu" and name != "torch":
             raise BackendMissing(f"--device applies to the torch backend; {name} runs on cpu here")
-        make = {"torch": _torch, "jax": _jax, "tensorflow": _tensorflow, "sklearn": _sklearn}[name]
-        _BACKENDS[key] = make(device)
+        if name == "keras":
+            _BACKENDS[key] = _keras(keras_backend)
+        else:
+            make = {"torch": _torch, "jax": _jax, "tensorflow": _tensorflow, "sklearn": _sklearn}[name]
+            _BACKENDS[key] = make(device)
     return _BACKENDS[key]
 
 
@@ -398,3 +415,29 @@ def _sklearn(device: str) -> Backend:
     )
 
 
+
+# ---------------------------------------------------------------- keras
+
+
+def _keras(keras_backend: str) -> Backend:
+    """Keras 3 on one of its backends, in a worker process (`bce_audit.keras_backend`)."""
+    from bce_audit import keras_backend as kb
+
+    def real(fn: Callable) -> Callable:
+        def run(*args):
+            try:
+                return fn(*args)
+            except kb.Failed as e:
+                raise Unsupported(str(e)) from None
+            except kb.Missing as e:
+                raise BackendMissing(str(e)) from None
+        return run
+
+    try:
+        a = kb.adapter(keras_backend)
+    except kb.Missing as e:
+        raise BackendMissing(str(e)) from None
+    return Backend("keras", "cpu", sigmoid=real(a.sigmoid), logit=real(a.logit),
+                   bce={f: real(op) for f, op in a.bce.items()},
+                   grad={f: real(op) for f, op in a.grad.items()}, what=a.what, block=kb.BLOCK,
+                   keras_backend=keras_backend)

@@ -135,6 +135,9 @@ def _selection(f: Callable) -> Callable:
         click.option("--backend", type=click.Choice(backends.NAMES), default="numpy",
                      show_default=True, help="numpy: the formula models; any other: the installed "
                                              "framework's real ops, audited the same way."),
+        click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+                     default=records.KERAS_BACKENDS[0], show_default=True,
+                     help="For --backend keras: the backend Keras 3 runs on (each in a worker process)."),
         click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
                      help="Device for --backend torch."),
         click.option("--grad", is_flag=True, default=False,
@@ -484,22 +487,25 @@ def dtypes_cmd(mode: str, **kw) -> int:
               help="The real framework to compare the numpy models with.")
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
               help="Device for --backend torch.")
+@click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+              default=records.KERAS_BACKENDS[0], show_default=True,
+              help="For --backend keras: the backend Keras 3 runs on.")
 @click.option("--dtype", "dtype", multiple=True, type=click.Choice(("float16", "bfloat16", "float32",
                                                                     "float64")),
               help="Dtypes to compare (repeatable; default float16, bfloat16, float32).")
 @click.option("--no-keypoints", is_flag=True, help="Skip the key-point comparison (faster).")
 @_output(("table", "json"))
-def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
+def fidelity_cmd(backend, device, keras_backend, dtype, no_keypoints, **kw) -> int:
     """Compare each numpy model with the real framework op, value by value, and their key points."""
     from bce_audit import fidelity
 
-    be = _run(lambda: backends.get(backend, device))
+    be = _run(lambda: backends.get(backend, device, keras_backend))
     chosen = tuple(dict.fromkeys(dtype)) or fidelity.DEFAULT_DTYPES
     diffs = _run(lambda: fidelity.differences(be, chosen))
     pairs = [] if no_keypoints else _run(lambda: fidelity.keypoint_pairs(be, chosen))
     out = _document(kw, ("table", "json"))
-    mode = sweep.native(records.Settings(backend=backend)).mode
-    notes = [f"the models run in mode {mode}, as {backend} computes", be.evaluation]
+    mode = sweep.native(be.select(records.Settings())).mode
+    notes = [f"the models run in mode {mode}, as {be.label} computes", be.evaluation]
 
     def render(fmt: str):
         if fmt == "json":
@@ -513,7 +519,7 @@ def fidelity_cmd(backend, device, dtype, no_keypoints, **kw) -> int:
 @cli.command("reproduce")
 @click.option("--backend", "framework", type=click.Choice(("tf-keras", "keras")), required=True,
               help="tf-keras: import tf_keras (TensorFlow); keras: Keras 3 on --keras-backend.")
-@click.option("--keras-backend", "keras_backend", type=click.Choice(("tensorflow", "jax", "torch", "numpy")),
+@click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
               default=None, help="KERAS_BACKEND for --backend keras (default tensorflow).")
 @click.option("--policy", "policies", multiple=True, type=click.Choice(("float32", "mixed_float16")),
               help="Keras dtype policy (repeatable; default both).")

@@ -22,6 +22,7 @@ from bce_audit.records import (
     DEFAULT_POINTS,
     DEFAULT_RANGE,
     DEFAULT_THRESHOLDS,
+    KERAS_BACKENDS,
     LABELS,
     MAX_POINTS,
     SPACINGS,
@@ -126,7 +127,7 @@ TYPES = {  # how a config value of each key is read (one entry for each key of F
     "dtypes": _strs, "eps": _numbers, "formulas": _strs, "range": _range, "points": _int,
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
     "rows": _rows, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
-    "grad": _bool, "exhaustive": _bool, "timeout": _number,
+    "grad": _bool, "exhaustive": _bool, "timeout": _number, "keras_backend": _str,
 }
 
 
@@ -297,6 +298,8 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
     chosen = _choices(values.get("dtypes", ()), dtypes.NAMES, "dtype", origin("dtypes"))
     grid = check_grid(values, origin) if with_grid else {}
     backend = _one_of(values.get("backend", "numpy"), backends.NAMES, "backend", origin("backend"))
+    keras_backend = _one_of(values.get("keras_backend", KERAS_BACKENDS[0]), KERAS_BACKENDS, "Keras backend",
+                            origin("keras_backend"))
     device = _one_of(values.get("device", "cpu"), ("cpu", "cuda"), "device", origin("device"))
     if device != "cpu" and backend != "torch":
         raise ConfigError(f"{origin('device')} {device}: only the torch backend runs on cuda")
@@ -318,7 +321,8 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
                 raise ConfigError(f"{origin('range')}: no {d} value lies in the range")
     return Settings(
         exhaustive=exhaustive and with_grid,
-        backend=backend, device=device, grad=bool(values.get("grad", False)), reference=reference,
+        backend=backend, device=device, keras_backend=keras_backend, grad=bool(values.get("grad", False)),
+        reference=reference,
         dtypes=chosen or default_dtypes,
         eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),
         formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas")),

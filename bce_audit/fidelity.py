@@ -85,12 +85,12 @@ def differences(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[Diffe
     """Every model/real comparison for the formulas the backend has: the sweep's engine run twice
     over the same inputs, once through the models and once through the real ops, its blocks
     compared value by value as they come (memory: one chunk)."""
-    mode = sweep.native(records.Settings(backend=backend.name)).mode
+    mode = sweep.native(backend.select(records.Settings())).mode
     names = tuple(backend.bce)
     out = []
     for d in dtypes_:
         model = replace(grid(d), formulas=names, mode=mode, grad=True, keep=None)
-        real = replace(model, backend=backend.name, device=backend.device)
+        real = backend.select(model)
         gaps: dict[tuple, _Gap] = {}
         try:
             chunks = zip(sweep.run_chunks(model, d, None), sweep.run_chunks(real, d, None), strict=True)
@@ -146,11 +146,11 @@ def _key(b: records.Block) -> tuple:
 def keypoint_pairs(backend: backends.Backend, dtypes_=DEFAULT_DTYPES) -> list[KeyPointPair]:
     """The key points found through the models and through the real ops, side by side."""
     names = tuple(backend.bce)
-    mode = sweep.native(records.Settings(backend=backend.name)).mode
+    mode = sweep.native(backend.select(records.Settings())).mode
     model = sweep.run_sweep(records.Settings(dtypes=dtypes_, formulas=names, mode=mode, grad=True),
                             with_rows=False).keypoints
-    real = sweep.run_sweep(records.Settings(dtypes=dtypes_, formulas=names, backend=backend.name,
-                                          device=backend.device, grad=True), with_rows=False).keypoints
+    real = sweep.run_sweep(backend.select(records.Settings(dtypes=dtypes_, formulas=names, grad=True)),
+                           with_rows=False).keypoints
 
     def key(k: records.KeyPoint):
         return (k.dtype, k.name, k.formula, str(k.label), k.threshold, math.copysign(1, k.x))

@@ -395,19 +395,54 @@ def sklearn(x, y, eps, ev: Evaluator) -> np.ndarray:
 _SKLEARN_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
+def keras3_torch(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """Keras 3 ``keras/src/backend/torch/nn.py`` binary_crossentropy on ``torch.sigmoid(x)``.
+
+    ``torch.clip(p, eps, 1.0 - eps)`` (Python-float bounds, rounded to the dtype), then
+    ``F.binary_cross_entropy``: torch-bce's kernel, logs floored at -100.
+    """
+    p = ev.clip(ev.sigmoid(x), ev.c(eps), ev.c(1.0 - eps))
+    return ev.kernel(_torch_bce_kernel, p, y)
+
+
+def keras_sigmoid_logits(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """Keras 3 on TensorFlow, ``binary_crossentropy(y, keras.ops.sigmoid(x))``: the sigmoid's output
+    carries ``_keras_logits`` and ``_get_logits`` (``keras/src/backend/tensorflow/nn.py``) hands x
+    itself to ``tf.nn.sigmoid_cross_entropy_with_logits``: no clip, the probabilities unused.
+    """
+    return logits_stable(x, y, None, ev)
+
+
+def keras3_numpy(x, y, eps, ev: Evaluator) -> np.ndarray:
+    """Keras 3 ``keras/src/backend/numpy/nn.py`` binary_crossentropy, its lines as numpy runs them.
+
+    ``np.clip(p, eps, 1.0 - eps)`` with Python-float bounds keeps float16/32/64 (`keras3` then),
+    but has no loop for ml_dtypes (bfloat16, float8): p comes out float32, clipped to float32
+    bounds (``1 - eps`` is 0.99999988, not 1), the logs run in float32, and the float32 result is
+    rounded to the dtype once, here as in the audit of the real backend. ``from_logits=True``
+    runs the same: sigmoid, then the clip.
+    """
+    p = np.clip(ev.sigmoid(x), eps, 1.0 - eps)  # the promotion is the point: no ev.c here
+    bce = y * np.log(p)
+    bce = bce + (1.0 - y) * np.log(1.0 - p)
+    return (-bce).astype(ev.dtype)
+
+
 @dataclass(frozen=True)
 class Clip:
     """What a clipping formula does to p, as data, so the exact baseline can do it too.
 
     ``hi_in_dtype``: the upper bound is ``1 - eps`` computed in the dtype (True) or as a
     Python float rounded afterwards (False). ``shift`` adds eps inside both logs (tf-keras);
-    ``log_floor`` clamps each log from below (torch: -100).
+    ``log_floor`` clamps each log from below (torch: -100). ``np_clip``: numpy's ``np.clip``
+    with Python-float bounds, in the dtype numpy gives it (float32 for ml_dtypes arrays).
     """
 
     uses_eps: bool = True
     hi_in_dtype: bool = True
     shift: bool = False
     log_floor: float | None = None
+    np_clip: bool = False
 
 
 @dataclass(frozen=True)
@@ -444,6 +479,7 @@ class Formula:
 FRAMEWORK_MODES = {  # the mode each built-in formula's framework computes in on CPU
     "keras2-logits": "tf", "tf-keras": "tf", "keras3": "tf", "logits-stable": "tf",  # Keras 3: TF backend
     "torch-bce": "upcast", "torch-bce-logits": "upcast", "optax": "xla",
+    "keras3-torch": "upcast", "keras-sigmoid-logits": "tf",  # keras3-numpy: numpy's, per-op
 }
 
 
@@ -479,6 +515,9 @@ FORMULAS: dict[str, Formula] = {
         Formula("torch-bce-logits", torch_bce_logits),
         Formula("optax", optax),
         Formula("sklearn", sklearn),
+        Formula("keras3-torch", keras3_torch, Clip(hi_in_dtype=False, log_floor=-100.0)),
+        Formula("keras-sigmoid-logits", keras_sigmoid_logits),
+        Formula("keras3-numpy", keras3_numpy, Clip(hi_in_dtype=False, np_clip=True)),
     )
 }
 NAMES: tuple[str, ...] = records.FORMULA_NAMES  # one list of the built-ins; FORMULAS has one each
@@ -538,6 +577,10 @@ def ensure(sources_: Sequence[impl.Source]) -> None:
 def clip_bounds(formula: Formula, eps: float, ev: Evaluator) -> tuple[np.generic, np.generic]:
     """The clip bounds as the framework really uses them, rounded to the dtype."""
     assert formula.clip is not None  # only a clipping formula has bounds
+    if formula.clip.np_clip:
+        dt = np.clip(ev.arr(0.5), eps, 1.0 - eps).dtype  # the dtype numpy clips in
+        bounds = np.asarray([eps, 1.0 - eps]).astype(dt)
+        return cast(np.generic, bounds[0]), cast(np.generic, bounds[1])
     lo = ev.c(eps)
     with np.errstate(all="ignore"):
         hi = ev.c(1.0) - lo if formula.clip.hi_in_dtype else ev.c(1.0 - eps)

@@ -57,13 +57,14 @@ class GridCheck:
     backend: str = "numpy"
     grad: bool = False  # bound the gradient d BCE / dx instead of the loss
     timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
+    keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
 
     def identity(self) -> dict:
         """What is measured (not the limits): baselines are tied to it."""
         return {"name": self.name, "kind": self.kind, "formula": self.formula,
                 "dtypes": list(self.dtypes), "mode": self.mode, "eps": self.eps, "label": self.label,
                 "grid": {k: list(v) if isinstance(v, tuple) else v for k, v in self.grid.items()},
-                "backend": self.backend, "grad": self.grad}
+                "backend": self.backend, "grad": self.grad, **_keras_identity(self)}
 
     def _labels(self) -> tuple:
         return {"1": (1,), "0": (0,), "both": (1, 0), "pair": ("pair",)}[self.label]
@@ -75,6 +76,7 @@ class GridCheck:
         s = sweep.native(records.Settings(
             dtypes=self.dtypes, eps=(self.eps,), mode=self.mode, label="both",
             formulas=() if basics else (self.formula,), backend=self.backend, grad=self.grad,
+            keras_backend=self.keras_backend,
             range=tuple(g["range"]), points=g["points"], step=g["step"], spacing=g["spacing"], keep=0))
         series = [w for d in self.dtypes for w in sweep.audit_grid(s, d, set())[0] if self._selects(w)]
         found = [w for w in series if w.x is not None]
@@ -136,16 +138,19 @@ class KeypointCheck:
     backend: str = "numpy"
     side: str = "both"  # key points found on each tail (bce_nonfinite, grad_*): which x sign counts
     timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
+    keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
 
     def identity(self) -> dict:
         return {"name": self.name, "kind": self.kind, "keypoint": self.keypoint, "dtypes": list(self.dtypes),
                 "mode": self.mode, "formula": self.formula, "eps": self.eps, "label": self.label,
-                "threshold": self.threshold, "backend": self.backend, "side": self.side}
+                "threshold": self.threshold, "backend": self.backend, "side": self.side,
+                **_keras_identity(self)}
 
     def matches(self) -> list[records.KeyPoint]:
         found: list[records.KeyPoint] = []
-        backend = backends.get(self.backend)
-        mode = sweep.native(records.Settings(mode=self.mode, backend=self.backend)).mode
+        backend = backends.get(self.backend, "cpu", self.keras_backend)
+        mode = sweep.native(records.Settings(mode=self.mode, backend=self.backend,
+                                             keras_backend=self.keras_backend)).mode
         for d in self.dtypes:
             if self.keypoint.startswith("roundtrip"):
                 user = formulas.get(self.formula) if self.formula else None
@@ -221,12 +226,13 @@ def run(checks: Sequence[Check]) -> list[CheckResult]:
 # ---------------------------------------------------------------- checks from config tables
 
 GRID_KEYS = ("name", "formula", "dtype", "dtypes", "mode", "eps", "label", "range", "points", "step",
-             "spacing", "kind", "backend", "grad", *GRID_LIMITS, "allow_nonfinite", "timeout")
+             "spacing", "kind", "backend", "grad", *GRID_LIMITS, "allow_nonfinite", "timeout",
+             "keras_backend")
 KEYPOINT_KEYS = ("name", "keypoint", "formula", "dtype", "dtypes", "mode", "eps", "label", "threshold",
-                 "kind", "backend", "side", "timeout", *KEYPOINT_LIMITS)
+                 "kind", "backend", "side", "timeout", *KEYPOINT_LIMITS, "keras_backend")
 SIDES = ("both", "positive", "negative")
 INHERITED = ("dtypes", "mode", "eps", "label", "range", "points", "step", "spacing", "kind", "backend",
-             "timeout")
+             "timeout", "keras_backend")
 KEYPOINT_NAMES = (*keypoints.NAMES, *gradients.NAMES)
 
 
@@ -280,8 +286,10 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
         raise ConfigError(f"{origin('eps')}: a check takes one eps, got {list(eps_all)}")
     eps = eps_all[0]
     backend = config._one_of(values.get("backend", "numpy"), backends.NAMES, "backend", origin("backend"))
+    keras_backend = config._one_of(values.get("keras_backend", records.KERAS_BACKENDS[0]),
+                                   records.KERAS_BACKENDS, "Keras backend", origin("keras_backend"))
     try:
-        backends.get(backend)
+        backends.get(backend, "cpu", keras_backend)
     except backends.BackendMissing as e:
         raise ConfigError(f"{origin('backend')}: {e}") from None
     limits_keys = KEYPOINT_LIMITS if is_kp else GRID_LIMITS
@@ -300,9 +308,11 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
         check = _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits)
         side = config._one_of(config._str(table.get("side", "both"), origin("side")), SIDES, "side",
                               origin("side"))
-        _check_backend_formula(backend, None if check.formula is None or check.keypoint.startswith(
-            "roundtrip") else check.formula, check.keypoint.startswith("grad"), origin("formula"))
-        return replace(check, backend=backend, side=side)
+        roundtrip = check.keypoint.startswith("roundtrip")
+        kp_formula = None if roundtrip else check.formula
+        _check_backend_formula(backend, kp_formula, check.keypoint.startswith("grad"), origin("formula"),
+                               keras_backend)
+        return replace(check, backend=backend, side=side, keras_backend=keras_backend)
     if formula is None:
         raise ConfigError(f"{origin('formula')}: a grid check needs a formula: "
                           f"{', '.join((*formulas.NAMES, *QUANTITIES))} or impl:module:function")
@@ -316,21 +326,28 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
         if limit < 0:
             raise ConfigError(f"{origin(key)}: {limit!r} must be >= 0")
     grad = table.get("grad", False)  # a bool: typed_options checked it (config.TYPES)
-    _check_backend_formula(backend, formula, grad, origin("formula"))
-    return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow, backend=backend, grad=grad)
+    _check_backend_formula(backend, formula, grad, origin("formula"), keras_backend)
+    return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow, backend=backend, grad=grad,
+                     keras_backend=keras_backend)
 
 
-def _check_backend_formula(backend: str, formula: str | None, grad: bool, where: str) -> None:
+def _keras_identity(check: GridCheck | KeypointCheck) -> dict:
+    """The Keras backend, in the identity of a keras check only (the others' baselines stay valid)."""
+    return {"keras_backend": check.keras_backend} if check.backend == "keras" else {}
+
+
+def _check_backend_formula(backend: str, formula: str | None, grad: bool, where: str,
+                           keras_backend: str = records.KERAS_BACKENDS[0]) -> None:
     """A real backend audits only the formulas it has (and their gradients)."""
     if backend == "numpy" or formula is None or formula in QUANTITIES:
         return
-    be = backends.get(backend)
+    be = backends.get(backend, "cpu", keras_backend)
     assert be is not None  # None only for numpy
     if be.formula(formula) is None:
-        raise ConfigError(f"{where}: {backend} has no real counterpart of {formula!r}; it has "
+        raise ConfigError(f"{where}: {be.label} has no real counterpart of {formula!r}; it has "
                           f"{', '.join(be.bce)}")
     if grad and formula not in be.grad:
-        raise ConfigError(f"{where}: {backend} has no gradient of {formula!r}")
+        raise ConfigError(f"{where}: {be.label} has no gradient of {formula!r}")
 
 
 def _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits) -> KeypointCheck:

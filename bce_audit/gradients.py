@@ -18,6 +18,8 @@ in the audited dtype and mode (the same `Evaluator` as the forward pass):
   These match GradientTape bit for bit (tests/test_tf_gradients.py).
 - JAX (optax): reverse mode through ``log_sigmoid = -softplus(-x)`` and ``logaddexp``'s custom
   JVP ``t * exp(x - logaddexp(x, 0))``.
+- JAX (Keras 3 on JAX, keras3 in mode xla): ``log``'s ``g / x``, ``jnp.clip``'s
+  ``_balanced_eq`` products, ``logistic``'s ``g * (p * (1 - p))``.
 
 >>> import numpy as np
 >>> from bce_audit.formulas import Evaluator
@@ -125,9 +127,24 @@ def _sigmoid_backward(ev: Evaluator, g, p):
 
 
 def _torch_bce_grad(x, y, eps, ev):
-    one = ev.c(1.0)
     p = ev.sigmoid(x)
-    g_p = (p - y) / np.maximum((one - p) * p, ev.c(1e-12))
+    return _torch_sigmoid_backward(ev, p, _bce_loss_backward(ev, p, y))
+
+
+def _bce_loss_backward(ev: Evaluator, p, y):
+    """BCELoss backward: ``(p - y) / max((1 - p) * p, 1e-12)``, elementwise in the dtype."""
+    return (p - y) / np.maximum((ev.c(1.0) - p) * p, ev.c(1e-12))
+
+
+def _keras3_torch_grad(x, y, eps, ev):
+    """Keras 3 on torch: BCELoss backward on the clipped p, clamp's mask (inside [lo, hi]), sigmoid."""
+    p = ev.sigmoid(x)
+    lo, hi = ev.c(eps), ev.c(1.0 - eps)
+    g_pc = _bce_loss_backward(ev, ev.clip(p, lo, hi), y)
+    return _torch_sigmoid_backward(ev, p, np.where((p >= lo) & (p <= hi), g_pc, ev.c(0.0)))
+
+
+def _torch_sigmoid_backward(ev: Evaluator, p, g_p):
     if ev.info.name == "bfloat16":  # torch 2.13 CPU: float32 opmath for bfloat16, per-op for half
         return ev.kernel(_sigmoid_backward, g_p, p)
     return _sigmoid_backward(ev, g_p, p)
@@ -158,15 +175,39 @@ def _optax_grad(x, y, eps, ev):
     return g_x1 + g_x2
 
 
+def _keras3_jax_grad(ev: Evaluator, x, y, eps):
+    """Keras 3 on JAX (mode xla): ``jax.grad`` of its ``binary_crossentropy`` on ``jax.nn.sigmoid``,
+    op by op as Keras runs it (eagerly; ``jax/_src/lax/lax.py`` rules). ``log``'s JVP is ``g / x``;
+    ``jnp.clip`` is ``minimum(hi, maximum(lo, p))``, whose JVPs multiply by ``_balanced_eq`` (1 on
+    the side taken, 1/2 at a tie, 0 on the other: an infinite cotangent times 0 is NaN, as in
+    float16 once ``1 / p`` overflows); ``logistic``'s is ``g * (p * (1 - p))``."""
+    one, zero, two = ev.c(1.0), ev.c(0.0), ev.c(2.0)
+    p = ev.sigmoid(x)
+    lo, hi = ev.c(eps), ev.c(1.0 - eps)
+    m = np.maximum(lo, p)
+    pc = np.minimum(hi, m)
+    g_pc = (-y) / pc + -((-(one - y)) / (one - pc))  # through log(pc) and log(1 - pc)
+
+    def balanced(a, ans, other):
+        return np.where(a == ans, one, zero) / np.where(other == ans, two, one)
+
+    g_p = (g_pc * balanced(m, pc, hi)) * balanced(p, m, lo)
+    return g_p * (p * (one - p))
+
+
 MODELS: dict[str, Callable] = {
     "naive": _naive_grad,
     "keras2-logits": _keras2_grad,
     "tf-keras": lambda x, y, eps, ev: _clipped_grad_tf(ev, x, y, eps, True, True),
-    "keras3": lambda x, y, eps, ev: _clipped_grad_tf(ev, x, y, eps, False, False),
+    "keras3": lambda x, y, eps, ev: (_keras3_jax_grad(ev, x, y, eps) if ev.mode == "xla"
+                                     else _clipped_grad_tf(ev, x, y, eps, False, False)),
     "torch-bce": _torch_bce_grad,
     "logits-stable": lambda x, y, eps, ev: _stable_grad_tf(ev, x, y),
     "torch-bce-logits": _torch_bce_logits_grad,
     "optax": _optax_grad,
+    "keras3-torch": _keras3_torch_grad,
+    "keras-sigmoid-logits": lambda x, y, eps, ev: _stable_grad_tf(ev, x, y),  # TF differentiates x itself
+    # keras3-numpy: numpy has no autodiff, so no gradient
 }
 
 

@@ -599,7 +599,7 @@ def _cache_key(d: str, sel: Selection, backend) -> str | None:
     return cache.key_of("keypoints", {
         "dtype": d, "bits": dtypes.get(d).bits, **asdict(sel),
         "backend": backend.label if backend else "numpy",
-        "backend_version": backends.version(backend.name) if backend else None})
+        "backend_version": backends.version(backend.name, backend.keras_backend) if backend else None})
 
 
 def _decode(entry: dict) -> tuple[list[KeyPoint], list[str]]:

@@ -294,7 +294,8 @@ def _what(kind: str, label) -> tuple[str, str]:
 def _subtitle(s: Settings, kind: str, label, points: int) -> str:
     parts = [", ".join(s.dtypes), s.mode]
     if s.backend != "numpy":
-        parts.append(f"{s.backend} on {s.device}")
+        keras = f" ({s.keras_backend})" if s.backend == "keras" else ""
+        parts.append(f"{s.backend}{keras} on {s.device}")
     if kind != "roundtrip":
         parts += ["eps " + ", ".join(fmt(e, 3) for e in s.eps), _label_text(label), ", ".join(s.formulas)]
     lo, hi = s.range

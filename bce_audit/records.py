@@ -19,11 +19,13 @@ import numpy as np
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
 # the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
-                 "torch-bce-logits", "optax", "sklearn")
+                 "torch-bce-logits", "optax", "sklearn", "keras3-torch", "keras-sigmoid-logits",
+                 "keras3-numpy")
 Label = int | str  # 1, 0 or "pair"
 
 LABELS = ("1", "0", "both")
 SPACINGS = ("lin", "log")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy")  # --keras-backend: what Keras 3 runs on
 DEFAULT_RANGE = (-40.0, 40.0)
 DEFAULT_POINTS = 161
 DEFAULT_EPS = (1e-7,)
@@ -58,6 +60,7 @@ class Settings:
     thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, "--threshold")
     backend: str = _option("numpy", "--backend")
     device: str = _option("cpu", "--device")
+    keras_backend: str = _option(KERAS_BACKENDS[0], "--keras-backend")  # with --backend keras
     grad: bool = _option(False, "--grad")
     reference: str = _option("fast", "--reference")  # "fast" (float64, <= 32-bit dtypes) or "mpmath"
     exhaustive: bool = _option(False, "--exhaustive")  # every value of each dtype in the range

@@ -43,6 +43,7 @@ from bce_audit.records import (
 SHORT = {
     "naive": "naive", "keras2-logits": "keras2", "tf-keras": "tf-keras", "keras3": "keras3",
     "torch-bce": "torch", "logits-stable": "stable", "torch-bce-logits": "torch-l", "optax": "optax",
+    "keras3-torch": "keras3-t", "keras-sigmoid-logits": "keras-sl", "keras3-numpy": "keras3-np",
     "float8_e4m3fn": "e4m3fn", "float8_e5m2": "e5m2", "float16": "f16", "bfloat16": "bf16",
     "float32": "f32", "float64": "f64", "longdouble": "ldouble",
 }

@@ -28,7 +28,6 @@ from bce_audit import reference
 from bce_audit.records import ReproCase
 
 FRAMEWORKS = ("tf-keras", "keras")
-KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy")
 POLICIES = ("float32", "mixed_float16")
 EPS = 1e-7  # keras.backend.epsilon()
 TIMEOUT = 600.0  # seconds a worker may run: two policies of 65 evaluate calls take about 10

@@ -543,7 +543,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     if timeout is not None:
         impl.TIMEOUT = timeout
     formulas.ensure(users)
-    backend = backends.get(s.backend, s.device)
+    backend = backends.get(s.backend, s.device, s.keras_backend)
     where = backend.label if backend else "numpy"
     xs = grid_slice(s, dtype, start, stop)
     xd = Evaluator(dtype).arr(xs)
@@ -592,7 +592,7 @@ def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
             "dtype": dtype, "bits": info.bits, "reference": s.reference if fastref.serves(info) else "mpmath",
             "precision": reference.PREC, "chunk": [start, stop], "index": index,
             "values": None if s.values is None else list(s.values),
-            "backend_version": backends.version(s.backend)}
+            "backend_version": backends.version(s.backend, s.keras_backend)}
 
 
 def _cacheable(s: Settings) -> bool:
@@ -723,8 +723,11 @@ def _clipped(e: reference.Exact, label, f: formulas.Formula, clip_args):
 def native(s: Settings) -> Settings:
     """A real backend computes as it does: its records carry the model mode it follows
     (torch: float32 opmath for narrow dtypes, ``upcast``; jax: XLA's, ``xla``; TensorFlow's
-    kernels, ``tf``; scikit-learn: numpy's, ``per-op``)."""
-    mode = {"torch": "upcast", "jax": "xla", "tensorflow": "tf", "sklearn": "per-op"}.get(s.backend, s.mode)
+    kernels, ``tf``; scikit-learn: numpy's, ``per-op``; keras: its Keras backend's)."""
+    from bce_audit.keras_backend import MODES
+
+    mode = {"torch": "upcast", "jax": "xla", "tensorflow": "tf", "sklearn": "per-op",
+            "keras": MODES[s.keras_backend]}.get(s.backend, s.mode)
     return s if mode == s.mode else replace(s, mode=mode)
 
 
@@ -739,13 +742,14 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     chunk's kept rows go to it as blocks, in grid order, and ``result.rows`` stays empty.
     """
     s = native(s)
-    backend = backends.get(s.backend, s.device)
+    backend = backends.get(s.backend, s.device, s.keras_backend)
     notes: list[str] = []
     if backend is not None:
         notes.append(backend.evaluation)
         missing = backend.missing(s.formulas)
         if missing:
-            notes.append(f"{backend.name} has no real counterpart of {', '.join(missing)}: not audited "
+            on = f" on {backend.keras_backend}" if backend.keras_backend else ""
+            notes.append(f"{backend.name}{on} has no real counterpart of {', '.join(missing)}: not audited "
                          f"with --backend {backend.name}")
     kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, notes,
                               s.grad, jobs=1 if scheduler else jobs)

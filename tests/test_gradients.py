@@ -233,7 +233,7 @@ def _before(dtype, o, sign) -> np.ndarray:
 
 
 GRID_CASES = [(d, m, f) for d, m in (("float16", "per-op"), ("float16", "upcast"), ("float32", "per-op"))
-              for f in formulas.NAMES if gradients.has_grad(f)]  # sklearn has no autodiff
+              for f in formulas.NAMES if gradients.has_grad(f)]  # sklearn and keras3-numpy: no autodiff
 
 
 @pytest.mark.parametrize(("dtype", "mode", "name"), GRID_CASES)

@@ -189,7 +189,7 @@ def _log_loss_each(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_sklearn_formula_matches_log_loss(dtype):
     pytest.importorskip("sklearn", reason=NO_SKLEARN)
-    x = _sample(dtype, 257) if dtype != "float32" else _f32_sample(100)
+    x = _sample(dtype, 257) if dtype != "float32" else _f32_sample(100)[::5]
     ev = Evaluator(dtype)
     p = formulas.evaluate_sigmoid(x, ev)
     for label in (1, 0):
