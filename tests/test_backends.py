@@ -230,8 +230,9 @@ def test_jax_keypoints_bfloat16_differ_where_xla_flushes_subnormals():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_upcast_model_matches_torch_cpu_on_every_value(dtype):
-    """Bit for bit on every finite value, except a handful where torch's vectorised exp is 1 ULP off
-    (float16: two inputs near x = -0.0103 and -0.0044)."""
+    """Bit for bit on every finite value where `sleef.py` models torch's float32 kernels; elsewhere
+    a handful where torch's vectorised exp is 1 ULP off numpy's (float16: two inputs near
+    x = -0.0103 and -0.0044)."""
     torch = _torch()
     F = torch.nn.functional
     x = dtypes.get(dtype).finite_values()
@@ -242,7 +243,7 @@ def test_upcast_model_matches_torch_cpu_on_every_value(dtype):
 
     sig = ulp_distance(formulas.evaluate_sigmoid(x, ev), from_torch(torch.sigmoid(xt), dt))
     bad = np.flatnonzero(sig)
-    assert len(bad) <= 4, x[bad]
+    assert len(bad) <= (0 if sleef.modelled() else 4), x[bad]
     assert sig.max() <= 1
     # the round trip differs only where its sigmoid does (a 1-ULP sigmoid near 1/2 moves the logit a lot)
     rt = ulp_distance(formulas.evaluate_roundtrip(x, ev), from_torch(torch.logit(torch.sigmoid(xt)), dt))
