@@ -70,7 +70,7 @@ def _rint(a: np.ndarray) -> np.ndarray:
     """``_mm512_cvtps_epi32``: to nearest even; NaN and out of range give INT_MIN (as int64)."""
     r = np.rint(a.astype(np.float64))
     bad = ~np.isfinite(r) | (np.abs(r) >= 2.0**31)
-    return np.where(bad, -(2**31), np.where(bad, 0, r)).astype(np.int64)
+    return np.where(bad, -(2.0**31), r).astype(np.int64)
 
 
 def _i32(q: np.ndarray) -> np.ndarray:
