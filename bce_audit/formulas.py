@@ -204,7 +204,7 @@ class Evaluator:
         capability they model (SLEEF on AVX512 or AVX2, the C library on DEFAULT); elsewhere
         numpy's functions stand in. Vectorised kernels (sigmoid, log_sigmoid, log1p) call SLEEF; a bare
         ``torch.exp``/``torch.log`` (and ``torch.logit``) call MKL's vsExp/vsLn, which SLEEF
-        matches to an ULP (bit for bit on all but about 1% of inputs)."""
+        matches to an ULP (bit for bit on 90 to 99% of inputs)."""
         if self.mode != "upcast" or self.dtype != np.float32:
             return False
         from bce_audit import sleef

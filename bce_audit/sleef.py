@@ -1,4 +1,4 @@
-"""What PyTorch 2.13 on an x86-64 CPU computes for float32 exp, log, log1p and sigmoid, bit for bit.
+"""What PyTorch 2.13 on an x86-64 CPU computes for float32 exp, log, log1p, sigmoid and log_sigmoid.
 
 Pure numpy models of the vectorised code torch's CPU kernels run. ATen's ``Vectorized<float>``
 (``aten/src/ATen/cpu/vec/vec512/vec512_float.h``, ``vec256/vec256_float.h``) calls SLEEF:
@@ -10,12 +10,28 @@ The AVX512 build takes a log's exponent and mantissa from ``vgetexp``/``vgetmant
 (``_mm512_getexp_ps``, ``_mm512_getmant_ps(.., _MM_MANT_NORM_p75_1p5, ..)``) and its special
 values from ``vfixupimm``; the AVX2 build gets the same numbers by integer arithmetic.
 
-Measured against torch 2.13.0+cpu (capability AVX512, ``tests/test_sleef.py``): `exp`, `log`,
-`log1p` and `sigmoid` agree on every float16 and bfloat16 value (as float32 inputs) and a dense
-float32 sample, subnormals, infinities and NaN included. The vectorised loop runs on whole
-vectors only (``cpu_kernel_vec``, ``aten/src/ATen/native/cpu/Loops.h``): a tail shorter than
-two vectors calls the C library's scalar ``expf``/``logf`` instead, which these models do not
-cover (the fidelity check pads its arrays to whole blocks of 256).
+Measured against torch 2.13.0+cpu (``tests/test_sleef.py``, ``fidelity --backend torch``):
+`exp`, `log`, `log1p`, `sigmoid` and `log_sigmoid` agree bit for bit on every float16 and
+bfloat16 value (as float32 inputs) and a dense float32 sample, subnormals, infinities and NaN
+included (NaN's sign aside), on capability AVX512 and forced to AVX2 (``ATEN_CPU_CAPABILITY``);
+on DEFAULT every ``Vectorized<float>`` function maps the C library's (`libm`, `elementary`).
+What torch runs where:
+
+- ``torch.sigmoid`` (``native/cpu/UnaryOpsKernel.cpp``): ``((0 - x).exp() + 1).reciprocal()``,
+  the reciprocal a true division; ``F.logsigmoid`` (``native/cpu/Activation.cpp``):
+  ``min(x, 0) - exp(-|x|).log1p()``, vectorised to the last element; ``torch.log1p``: SLEEF.
+- ``torch.exp``, ``torch.log`` and ``torch.logit`` (contiguous, MKL builds) call MKL's VML
+  (``vsExp``, ``vsLn``), not modelled: SLEEF's functions are within an ULP of them, equal on 90
+  to 99% of inputs (numpy's float32 exp and log miss them 2 to 6 times as often).
+- ``F.binary_cross_entropy``'s forward (``native/Loss.cpp``) is a scalar ``cpu_kernel``:
+  ``std::log``/``std::log1p``, the C library's ``logf``/``log1pf`` (`libm`).
+- SLEEF's ``exp`` is 0 below -104 and inf above 100 and underflows gradually in between; its
+  ``log1p`` returns 0 for the smallest subnormal (``x / (2 + x)`` rounds to 0), so
+  ``binary_cross_entropy_with_logits`` with label 1 is 0 from x = 102.87, not 103.97.
+
+The vectorised loop runs on whole vectors only (``cpu_kernel_vec``, ``native/cpu/Loops.h``): a
+tail shorter than two vectors in a thread's chunk calls the C library's scalar ``expf``/``logf``
+instead (the fidelity check pads its arrays to whole blocks of 256).
 
 >>> import numpy as np
 >>> float(exp(np.array([1.0], np.float32))[0])
