@@ -61,11 +61,14 @@ def dependency_versions() -> dict[str, str | None]:
 
 @functools.cache
 def stamp() -> str:
-    """The code digest with the dependency versions, the interpreter and the C library (the
-    xla mode's short arrays call libm): 16 hex digits."""
+    """The code digest with the dependency versions, the interpreter, the C library (the
+    xla mode's short arrays call libm, torch's BCE kernel too) and torch's CPU capability (which
+    float32 code mode upcast models, `sleef.torch_capability`): 16 hex digits."""
+    from bce_audit import sleef
+
     env = {"code": code_digest(), "deps": dependency_versions(),
            "python": list(sys.version_info[:2]), "machine": platform.machine(),
-           "libc": list(platform.libc_ver())}
+           "libc": list(platform.libc_ver()), "torch_cpu": sleef.torch_capability()}
     return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:16]
 
 
