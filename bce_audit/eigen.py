@@ -90,9 +90,12 @@ def pad(x: np.ndarray, fill: float = 0.0) -> np.ndarray:
 def _round(v: np.ndarray) -> np.ndarray:
     """float64 -> float32, flushing results that are tiny after rounding (x86 detects tininess then)."""
     r = v.astype(_F32)
+    mag = np.abs(r)
+    if not (mag <= _F32(_TINY)).any():  # the common case: nothing near the flush threshold
+        return r
     # Unbounded-exponent rounding decides tininess: scale into the normal range and look again.
-    tiny = (np.abs(r) < _F32(_TINY)) | (
-        (np.abs(r) == _F32(_TINY)) & (np.abs((v * 2.0**100).astype(_F32)) < _F32(2.0**-26))
+    tiny = (mag < _F32(_TINY)) | (
+        (mag == _F32(_TINY)) & (np.abs((v * 2.0**100).astype(_F32)) < _F32(2.0**-26))
     )
     return np.where(tiny & ~np.isnan(r), np.copysign(_F32(0), r), r)
 

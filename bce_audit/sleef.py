@@ -69,13 +69,23 @@ def fma(a, b, c) -> np.ndarray:
     with np.errstate(all="ignore"):
         p = a * b
         s = p + c
+        # Rounding s to float32 can only go wrong where s sits exactly on a float32 midpoint (its
+        # low 29 bits 1 followed by zeros) or in float32's subnormal range: fix only those.
+        bits = np.ascontiguousarray(s).view(np.uint64)
+        risky = ((bits & _LOW29) == _HALF29) | (np.abs(s) < _TINY32_64)
+        if not risky.any():
+            return s.astype(_F32)
         bb = s - p
         err = (p - (s - bb)) + (c - bb)
-        bits = s.view(np.uint64)
-        odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(s)
+        odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(s) & risky
         up = (err > 0) == (s > 0)  # moving away from zero
         bits = np.where(odd, np.where(up, bits + 1, bits - 1), bits)
         return bits.view(np.float64).astype(_F32)
+
+
+_LOW29 = np.uint64((1 << 29) - 1)
+_HALF29 = np.uint64(1 << 28)
+_TINY32_64 = float.fromhex("0x1p-126")
 
 
 def _f(a) -> np.ndarray:
@@ -281,7 +291,10 @@ def libm(name: str, a: np.ndarray) -> np.ndarray:
     if fn is None:
         with np.errstate(all="ignore"):
             return _CR[name](a.astype(np.float64)).astype(_F32)
-    return np.asarray(np.frompyfunc(fn, 1, 1)(a), dtype=_F32).reshape(a.shape)
+    # one call per distinct value (ctypes costs a Python call each; losses repeat values a lot)
+    uniq, inverse = np.unique(a.ravel(), return_inverse=True)
+    vals = np.asarray(np.frompyfunc(fn, 1, 1)(uniq), dtype=_F32)
+    return vals[inverse.ravel()].reshape(a.shape)
 
 
 _CR = {"expf": np.exp, "logf": np.log, "log1pf": np.log1p}

@@ -112,7 +112,10 @@ def flush(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.float16:
         return a
     tiny = a.dtype.type(_TINY)
-    return np.where(np.abs(a) < tiny, np.copysign(a.dtype.type(0), a), a).astype(a.dtype)
+    small = np.abs(a) < tiny
+    if not small.any():
+        return a
+    return np.where(small, np.copysign(a.dtype.type(0), a), a).astype(a.dtype)
 
 
 def _z(a: np.ndarray) -> np.ndarray:
