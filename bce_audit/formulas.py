@@ -540,6 +540,16 @@ def register_impl(spec: str, kind: str) -> Formula:
     return _register(impl.load(spec, kind))
 
 
+def register_function(func: Callable, kind: str, name: str) -> Formula:
+    """Make a Python callable a formula named ``name`` (``impl:...``), with no import spec: it
+    runs in this process only (no pool or Dask worker can import it again)."""
+    if not impl.is_impl(name):
+        raise ValueError(f"a user formula's name starts with {impl.PREFIX!r}: {name!r}")
+    if kind not in impl.KINDS:
+        raise impl.ImplError(f"unknown implementation kind {kind!r}; choose from {', '.join(impl.KINDS)}")
+    return _register(impl.UserImpl(name, kind, func, impl.Source(name, kind)))
+
+
 def _register(user: impl.UserImpl) -> Formula:
     def bce_logits(x, y, eps, ev):
         return user(np.asarray(x), np.asarray(y))

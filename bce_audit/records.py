@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,10 @@ class Settings:
         """Labels audited: 1, 0 and the seed's two-point pair when both are asked for."""
         return {"1": (1,), "0": (0,), "both": (1, 0, "pair")}[self.label]
 
+    def to_dict(self) -> dict:
+        """The options, JSON-safe: the ``settings`` object of the CLI's JSON."""
+        return clean(self.as_dict())
+
     def as_dict(self) -> dict:
         """The options, as the JSON settings record (tuples as lists)."""
         out = {}
@@ -115,6 +119,10 @@ class Row:
     round_ulp: float | None = None
     backend: str = "numpy"
 
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
+
 
 @dataclass(frozen=True)
 class Worst:
@@ -142,6 +150,10 @@ class Worst:
     nonfinite_value: float | None = None
     nonfinite_exact: float | None = None
 
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
+
 
 @dataclass
 class SweepResult:
@@ -150,6 +162,14 @@ class SweepResult:
     rows: list[Row] = field(default_factory=list)
     worst: list[Worst] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The CLI's JSON document of a sweep (``bce-audit sweep --format json``), less its
+        ``version``: settings, key points, kept rows, worst errors and notes, JSON-safe."""
+        return clean({"schema": SCHEMA, "settings": self.settings.as_dict(),
+                      "keypoints": [asdict(k) for k in self.keypoints],
+                      "rows": [asdict(r) for r in self.rows], "worst": [asdict(w) for w in self.worst],
+                      "notes": list(self.notes)})
 
 
 def sample_indices(n: int, show: int) -> list[int]:
@@ -176,6 +196,10 @@ class KeyPoint:
     predicts: str | None  # "x" or "value": which field `predicted` stands beside
     method: str
     backend: str = "numpy"  # "numpy" (the models), or the real framework, e.g. "torch-cpu"
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
 
 
 ROW_FLOATS = ("x", "x_dtype", "value", "exact", "abs_err", "rel_err", "ulp_err", "bits")
@@ -231,6 +255,10 @@ class CheckResult:
     note: str = ""
     regressions: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
+
     @property
     def ok(self) -> bool:
         """The verdict: passed its limits and, against a baseline, got no worse."""
@@ -269,6 +297,10 @@ class ReproCase:
     floor_a: float | None
     carries_logits: bool
     reads_logits: bool
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
 
     @property
     def name(self) -> str:
