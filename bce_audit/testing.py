@@ -60,6 +60,7 @@ def assert_bce(fn: Callable[..., Any], kind: str = "bce-logits", dtype: str = "f
     Traceback (most recent call last):
     AssertionError: naive (bce-logits, float16): ...
     """
+    __tracebackhide__ = True  # pytest shows the failing test's line, not this helper's
     if kind not in KINDS:
         raise config.ConfigError(f"assert_bce(): kind: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     wanted = _labels(labels)
