@@ -4,6 +4,7 @@ test that uses bce-audit without the CLI.
 Keyword arguments are named like the command-line options and config keys (``dtype``,
 ``formula``, ``eps``, ``range``, ``points``, ``mode``, ``label``, ``threshold``, ``backend``,
 ...); each takes one value or a list where the option repeats, and the defaults are the CLI's.
+``config`` names a TOML config read as ``--config`` reads it (the arguments given override it).
 Values go through the CLI's own validation: a bad one is a `ValueError` (`config.ConfigError`)
 naming the argument and what is allowed. A formula is a built-in name, ``"all"``, an
 ``impl:package.module:function`` spec, or a Python callable: ``f(x, y)`` with
@@ -31,7 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from bce_audit import config, dtypes, formulas
+from bce_audit import config as cfg
+from bce_audit import dtypes, formulas
 from bce_audit import gate as gate_mod
 from bce_audit import sweep as sweep_mod
 from bce_audit.records import CheckResult, KeyPoint, Row, Settings, SweepResult
@@ -64,13 +66,27 @@ def function_name(func: Callable, taken: Iterable[str] = ()) -> str:
     return out
 
 
-def _settings(call: str, given: dict[str, Any], with_grid: bool = True,
-              default_dtypes: tuple[str, ...] = ("float32",)) -> Settings:
-    """Validate keyword arguments as the CLI validates its options; register callables."""
+def settings(call: str, given: dict[str, Any], config_path: str | os.PathLike | None = None,
+             with_grid: bool = True, default_dtypes: tuple[str, ...] = ("float32",)) -> Settings:
+    """Validate the keyword arguments ``given`` to ``call`` (None: not given) as the CLI validates
+    its options, over a TOML config's values as ``--config`` reads them; register callables.
+
+    >>> settings("sweep", {"dtype": "bfloat16", "eps": [1e-7, 1e-3], "rows": 5}).eps
+    (1e-07, 0.001)
+    >>> settings("sweep", {"points": 10**9})
+    Traceback (most recent call last):
+    bce_audit.config.ConfigError: sweep(): points 1000000000 is out of range; it must be 2 to 100,000,000
+    """
     where = f"{call}()"
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if config_path is not None:
+        cf = cfg.load(os.fspath(config_path))
+        values.update(cf.options)
+        origins.update({k: cf.origin(k) for k in cf.options})
 
     def origin(key: str) -> str:
-        return f"{where}: {_PARAMS.get(key, key)}"
+        return origins.get(key, f"{where}: {_PARAMS.get(key, key)}")
 
     table: dict[str, Any] = {}
     funcs: list[Callable] = []
@@ -83,31 +99,40 @@ def _settings(call: str, given: dict[str, Any], with_grid: bool = True,
             if value is None:
                 continue
         table[key] = list(value) if isinstance(value, tuple) else value
-    values = config.typed_options(table, where, tuple(table))
-    if funcs and "formulas" not in values:
+    for key, value in cfg.typed_options(table, where, tuple(table)).items():
+        values[key] = value
+        origins.pop(key, None)
+        rival = {"points": "step", "step": "points"}.get(key)
+        if rival in origins:
+            values.pop(rival)  # an argument replaces the file's other way of giving the grid
+    if funcs and "formula" not in table:
         values["formulas"] = ()  # only the callables
-    s = config.build_settings(values, origin, default_dtypes, with_grid)
+    s = cfg.build_settings(values, origin, default_dtypes, with_grid)
+    rows = values.get("rows")
+    keep = None if rows == "all" else cfg.check_rows_option(rows, origin("rows"), "json")
     kind = values.get("kind", "bce-logits")
     names: list[str] = list(s.formulas)
     for func in funcs:
         name = function_name(func, names)
         formulas.register_function(func, kind, name)
         names.append(name)
-    return replace(s, formulas=tuple(names))
+    return replace(s, formulas=tuple(names), keep=keep)
 
 
 def _jobs(jobs: int | None, s: Settings, call: str) -> int:
     if jobs is None:
         return 1
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise config.ConfigError(f"{call}(): jobs {jobs!r} must be an integer, at least 1")
-    if any(formulas.get(n).user is not None and formulas.get(n).user.source.root is None  # type: ignore[union-attr]
-           for n in s.formulas):
-        return 1  # a callable cannot be imported again in a worker process
+        raise cfg.ConfigError(f"{call}(): jobs {jobs!r} must be an integer, at least 1")
+    for name in s.formulas:
+        user = formulas.get(name).user
+        if user is not None and (user.source is None or user.source.root is None):
+            return 1  # a callable: no worker process can import it again
     return jobs
 
 
-def sweep(*, dtype: str | Sequence[str] | None = None, formula: FormulaArg | None = None,
+def sweep(*, config: str | os.PathLike | None = None, dtype: str | Sequence[str] | None = None,
+          formula: FormulaArg | None = None,
           eps: float | Sequence[float] | None = None, range: tuple[float, float] | str | None = None,
           points: int | None = None, step: float | None = None, spacing: str | None = None,
           label: str | int | None = None, mode: str | None = None,
@@ -129,13 +154,13 @@ def sweep(*, dtype: str | Sequence[str] | None = None, formula: FormulaArg | Non
     given = {"dtype": dtype, "formula": formula, "eps": eps, "range": range, "points": points, "step": step,
              "spacing": spacing, "label": label, "mode": mode, "threshold": threshold, "backend": backend,
              "device": device, "keras_backend": keras_backend, "grad": grad, "reference": reference,
-             "exhaustive": exhaustive, "kind": kind}
-    s = _settings("sweep", given)
-    keep = None if rows == "all" else config.check_rows_option(rows, "sweep(): rows", "json")
-    return sweep_mod.run_sweep(replace(s, keep=keep), jobs=_jobs(jobs, s, "sweep"))
+             "exhaustive": exhaustive, "rows": rows, "kind": kind}
+    s = settings("sweep", given, config)
+    return sweep_mod.run_sweep(s, jobs=_jobs(jobs, s, "sweep"))
 
 
-def points(*, dtype: str | Sequence[str] | None = None, formula: FormulaArg | None = None,
+def points(*, config: str | os.PathLike | None = None, dtype: str | Sequence[str] | None = None,
+           formula: FormulaArg | None = None,
            eps: float | Sequence[float] | None = None, label: str | int | None = None,
            mode: str | None = None, threshold: float | Sequence[float] | None = None,
            backend: str | None = None, device: str | None = None, keras_backend: str | None = None,
@@ -149,11 +174,12 @@ def points(*, dtype: str | Sequence[str] | None = None, formula: FormulaArg | No
     given = {"dtype": dtype, "formula": formula, "eps": eps, "label": label, "mode": mode,
              "threshold": threshold, "backend": backend, "device": device, "keras_backend": keras_backend,
              "grad": grad, "kind": kind}
-    s = _settings("points", given, with_grid=False)
+    s = settings("points", given, config, with_grid=False)
     return sweep_mod.run_sweep(s, with_rows=False, jobs=_jobs(jobs, s, "points")).keypoints
 
 
-def check(xs: float | Sequence[float], *, dtype: str | Sequence[str] | None = None,
+def check(xs: float | Sequence[float], *, config: str | os.PathLike | None = None,
+          dtype: str | Sequence[str] | None = None,
           formula: FormulaArg | None = None, eps: float | Sequence[float] | None = None,
           label: str | int | None = None, mode: str | None = None, backend: str | None = None,
           device: str | None = None, keras_backend: str | None = None, grad: bool | None = None,
@@ -167,13 +193,13 @@ def check(xs: float | Sequence[float], *, dtype: str | Sequence[str] | None = No
     values = [xs] if isinstance(xs, (int, float)) else list(xs)
     for x in values:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            raise config.ConfigError(f"check(): xs: {x!r} is not a logit; give finite numbers")
+            raise cfg.ConfigError(f"check(): xs: {x!r} is not a logit; give finite numbers")
     if not values:
-        raise config.ConfigError("check(): xs: give at least one logit")
+        raise cfg.ConfigError("check(): xs: give at least one logit")
     given = {"dtype": dtype, "formula": formula, "eps": eps, "label": label, "mode": mode, "backend": backend,
              "device": device, "keras_backend": keras_backend, "grad": grad, "reference": reference,
              "kind": kind}
-    s = _settings("check", given, with_grid=False, default_dtypes=dtypes.NAMES)
+    s = settings("check", given, config, with_grid=False, default_dtypes=dtypes.NAMES)
     return sweep_mod.check_rows([float(x) for x in values], s)[0]
 
 
@@ -191,11 +217,11 @@ def gate(config_or_checks: str | os.PathLike | Sequence[str | os.PathLike] | Seq
     """
     items = [config_or_checks] if isinstance(config_or_checks, (str, os.PathLike)) else list(config_or_checks)
     if not items:
-        raise config.ConfigError("gate(): give a config path or a list of checks")
+        raise cfg.ConfigError("gate(): give a config path or a list of checks")
     if all(isinstance(i, (str, os.PathLike)) for i in items):
         checks = gate_mod.load_checks([os.fspath(i) for i in items])  # type: ignore[arg-type]
     elif all(isinstance(i, (gate_mod.GridCheck, gate_mod.KeypointCheck)) for i in items):
         checks = items  # type: ignore[assignment]
     else:
-        raise config.ConfigError("gate(): give config paths or gate.Check objects, not a mix")
+        raise cfg.ConfigError("gate(): give config paths or gate.Check objects, not a mix")
     return gate_mod.run(checks)

@@ -66,7 +66,7 @@ def assert_bce(fn: Callable[..., Any], kind: str = "bce-logits", dtype: str = "f
     wanted = _labels(labels)
     if not isinstance(max_ulp, (int, float)) or isinstance(max_ulp, bool) or not max_ulp >= 0:
         raise config.ConfigError(f"assert_bce(): max_ulp {max_ulp!r} must be a number >= 0")
-    s = api._settings("assert_bce", {"dtype": dtype, "formula": fn, "range": range, "points": points,
+    s = api.settings("assert_bce", {"dtype": dtype, "formula": fn, "range": range, "points": points,
                                      "label": LABEL_SETS[wanted], "mode": mode, "kind": kind})
     if len(s.dtypes) != 1:
         raise config.ConfigError(f"assert_bce(): dtype {dtype!r}: give one dtype")

@@ -61,6 +61,17 @@ def test_sweep_defaults_are_the_clis():
     assert result.settings.range == records.DEFAULT_RANGE and result.settings.keep == 11
 
 
+def test_a_config_is_read_as_the_cli_reads_it(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('dtype = "bfloat16"\nformulas = ["keras3"]\nstep = 2.0\nrows = 3\nlabel = 1\n')
+    result = api.sweep(config=path, points=9)  # an argument overrides the file (points over its step)
+    assert _json(result.to_dict()) == _cli_json("sweep", "--config", str(path), "--points", "9")
+    assert result.settings.points == 9 and result.settings.step is None and len(result.rows) == 3 * 3
+    with pytest.raises(ValueError, match=r"c.toml: eps 0.9 is out of range"):
+        path.write_text("eps = 0.9\n")
+        api.points(config=path)
+
+
 def test_points_equal_the_cli_json():
     kps = api.points(dtype="float16", formula="torch-bce", mode="upcast", label=1, threshold=0.01)
     doc = _cli_json("points", "--dtype", "float16", "--formula", "torch-bce", "--mode", "upcast",
