@@ -40,12 +40,33 @@ from bce_audit.records import MAX_POINTS, Settings
 DOCUMENT_FORMATS = ("table", "json", "csv", "markdown")  # points and check: one document each
 
 
+class _MissingCommand(click.UsageError):
+    """A group given no command (`bce-audit cache`): its help goes to stderr, and exit 2."""
+
+
 class _Group(click.Group):
-    """A group whose usage errors are one line on stderr with exit code 2."""
+    """A group whose usage errors are one line on stderr with exit code 2; bare, it prints its help
+    (the root group to stdout with exit 0; a subgroup to stderr with exit 2, as click 8.2 does)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            if ctx.parent is None:
+                click.echo(ctx.get_help(), color=ctx.color)
+                ctx.exit(0)
+            raise _MissingCommand(f"{ctx.command_path} needs a command: "
+                                  f"{', '.join(self.list_commands(ctx))}", ctx)
+        return super().parse_args(ctx, args)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name or "bce-audit", complete_var, standalone_mode=False, **extra)
+        except _MissingCommand as e:
+            if e.ctx is not None:
+                click.echo(e.ctx.get_help(), err=True, color=e.ctx.color)
+            click.echo(f"bce-audit: error: {_one_line(e.format_message())}", err=True)
+            if not standalone_mode:
+                return 2
+            sys.exit(2)
         except click.ClickException as e:
             click.echo(f"bce-audit: error: {_one_line(e.format_message())}", err=True)
             code = 2 if isinstance(e, (click.UsageError, click.BadParameter)) else e.exit_code
@@ -89,6 +110,38 @@ def _fail(msg: str) -> None:
     raise click.UsageError(msg)
 
 
+class _Choice(click.Choice):
+    """The choice type of every option: any case, optional aliases (the dtype spellings), and a
+    one-line error that names the option and suggests the nearest choice."""
+
+    def __init__(self, choices, aliases: dict[str, str] | None = None) -> None:
+        super().__init__(tuple(choices))
+        self.aliases = {a: n for a, n in (aliases or {}).items() if n in self.choices}
+
+    def convert(self, value, param, ctx):
+        if value in self.choices:
+            return value
+        text = str(value)
+        key = text.strip().lower()
+        for choice in self.choices:
+            if str(choice).lower() == key:
+                return choice
+        if key in self.aliases:
+            return self.aliases[key]
+        flag = max(param.opts, key=len) if param is not None and param.opts else "value"
+        raise click.UsageError(config.not_one_of(flag, text, self.choices, (*self.choices, *self.aliases)),
+                               ctx)
+
+
+COLORS = {"auto": None, "always": True, "never": False}
+
+
+def _color() -> bool | None:
+    """The group's --color: True, False, or None (auto: a terminal without NO_COLOR)."""
+    ctx = click.get_current_context(silent=True)
+    return COLORS[ctx.find_root().params.get("color") or "auto"] if ctx else None
+
+
 # ---------------------------------------------------------------- options
 
 
@@ -108,44 +161,45 @@ def _selection(f: Callable) -> Callable:
         click.option("--config", "config", type=str, default=None, metavar="FILE",
                      help="Read options from a TOML file (see configs/); flags given here override it."),
         click.option("--dtype", "dtypes", multiple=True, metavar="NAME",
-                     type=click.Choice((*dtypes.NAMES, "all")),
-                     help=f"Dtype to audit (repeatable, or 'all'): {', '.join(dtypes.NAMES)}."),
+                     type=_Choice((*dtypes.NAMES, "all"), dtypes.ALIASES),
+                     help=f"Dtype to audit (repeatable, or 'all'): {', '.join(dtypes.NAMES)}. "
+                          f"Aliases, in any case: {dtypes.aliases_help()}."),
         click.option("--eps", "eps", multiple=True, type=float, metavar="EPS",
                      help="Clip epsilon, in [0, 0.5) (repeatable; default 1e-7). "
                           "Formulas that do not clip ignore it."),
         click.option("--formula", "formulas", multiple=True, metavar="NAME",
                      help=f"BCE formula (repeatable; default all): {', '.join(formulas.NAMES)}, "
                           "or your own as impl:package.module:function."),
-        click.option("--impl-kind", "kind", type=click.Choice(impl.KINDS), default="bce-logits",
+        click.option("--impl-kind", "kind", type=_Choice(impl.KINDS), default="bce-logits",
                      show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
                                              "sigmoid f(x) or logit f(p)."),
         _IMPL_TIMEOUT,
-        click.option("--mode", type=click.Choice(formulas.MODES), default="native", show_default=True,
+        click.option("--mode", type=_Choice(formulas.MODES), default="native", show_default=True,
                      help="native: each formula as its framework computes it on CPU (the Keras and "
                           "TensorFlow formulas tf, torch's upcast, optax xla, the rest per-op); "
                           "per-op: every op rounds to the dtype (numpy); upcast: framework ops on "
                           "dtypes narrower than float32 run in float32 and round once (PyTorch "
                           "opmath); tf: TensorFlow's CPU kernels (Eigen's sigmoid, subnormals "
                           "flushed to zero); xla: JAX on CPU (subnormals flushed to zero)."),
-        click.option("--label", type=click.Choice(records.LABELS), default="both", show_default=True,
+        click.option("--label", type=_Choice(records.LABELS), default="both", show_default=True,
                      help="Label to audit; 'both' adds the seed article's two-point pair."),
         click.option("--threshold", "thresholds", multiple=True, type=float, metavar="REL",
                      help="Relative error for the round-trip onset points, in (0, 1) "
                           "(repeatable; default 1e-3 and 1e-2)."),
-        click.option("--backend", type=click.Choice(backends.NAMES), default="numpy",
+        click.option("--backend", type=_Choice(backends.NAMES), default="numpy",
                      show_default=True, help="numpy: the formula models; any other: the installed "
                                              "framework's real ops, audited the same way."),
-        click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+        click.option("--keras-backend", "keras_backend", type=_Choice(records.KERAS_BACKENDS),
                      default=records.KERAS_BACKENDS[0], show_default=True,
                      help="For --backend keras: the backend Keras 3 runs on (each in a worker process)."),
-        click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
+        click.option("--device", type=_Choice(("cpu", "cuda")), default="cpu", show_default=True,
                      help="Device for --backend torch."),
         click.option("--grad", is_flag=True, default=False,
                      help="Also audit the gradient d BCE / dx (exact: sigmoid(x) - y)."),
         click.option("--no-cache", "no_cache", is_flag=True, default=False,
                      help="Neither read nor write the result cache ($XDG_CACHE_HOME/bce-audit)."),
         click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar."),
-        click.option("--reference", type=click.Choice(("fast", "mpmath")), default="fast",
+        click.option("--reference", type=_Choice(("fast", "mpmath")), default="fast",
                      show_default=True, help="fast: vectorised float64 baseline, proved within 2**-49 "
                                              "(dtypes of 32 bits or fewer); mpmath: 128-bit mpmath "
                                              "at every point."),
@@ -168,7 +222,7 @@ def _grid(f: Callable) -> Callable:
                      help=f"Grid points, 2 to {MAX_POINTS:,} (default {records.DEFAULT_POINTS})."),
         click.option("--step", type=float, default=None, metavar="S",
                      help="Grid step instead of --points (linear spacing)."),
-        click.option("--spacing", type=click.Choice(records.SPACINGS), default="lin", show_default=True,
+        click.option("--spacing", type=_Choice(records.SPACINGS), default="lin", show_default=True,
                      help="lin, or log (geometric on each side of zero)."),
         click.option("--exhaustive", is_flag=True, default=False,
                      help="The grid is every value of each dtype in --range (every finite value "
@@ -189,7 +243,7 @@ def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
                          metavar="FILE", help="Write to FILE (atomically) instead of stdout.")(f)
-        return click.option("--format", "format", type=click.Choice(formats), default=None,
+        return click.option("--format", "format", type=_Choice(formats), default=None,
                             help="Output format (default: from the -o extension, else table).")(f)
     return deco
 
@@ -229,7 +283,7 @@ def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_gri
         fmt = values["format"] if given else config.format_for(kw.get("output"))
         if given and fmt not in FORMATS:
             raise config.ConfigError(f"{origin('format')}: unknown format {fmt!r}; choose from "
-                                     f"{', '.join(formats)}")
+                                     f"{', '.join(formats)}{config.did_you_mean(fmt, formats)}")
         if fmt not in formats:
             where = origin("format") if given else f"--output {kw.get('output')!r}"
             raise config.ConfigError(f"{where}: this command cannot write {fmt}; choose --format from "
@@ -331,13 +385,13 @@ def _emit(kw: dict, render: Callable[[str], object]) -> None:
             if isinstance(out, str):
                 click.echo(out, nl=False)
             else:
-                report.print_view(out)
+                report.print_view(out, color=_color())
             return
         with files.atomic_open(path) as f:
             if isinstance(out, str):
                 f.write(out)
             else:
-                report.print_view(out, f)
+                report.print_view(out, f, color=_color())
 
 
 def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
@@ -361,8 +415,12 @@ def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="bce-audit")
-def cli() -> None:
+@click.version_option(__version__, "--version", prog_name="bce-audit", message="%(prog)s %(version)s")
+@click.option("--color", type=_Choice(tuple(COLORS)), default="auto", show_default=True,
+              help="Colour in tables and charts: auto (on a terminal, unless NO_COLOR is set), always "
+                   "or never.")
+@click.pass_context
+def cli(ctx: click.Context, color: str) -> None:
     """Precision audit of sigmoid, logit and binary cross-entropy against an mpmath baseline.
 
     \b
@@ -373,6 +431,7 @@ def cli() -> None:
       bce-audit check 16.5 17 -50
       bce-audit dtypes
     """
+    ctx.color = COLORS[color]
 
 
 @cli.command("sweep")
@@ -385,7 +444,7 @@ def sweep_cmd(**kw) -> int:
     total = sum(sweep.grid_size(s, d) for d in s.dtypes)
 
     def run(sink: sweep.Sink | None = None) -> records.SweepResult:
-        with report.progress_bar(total, enabled=not out["quiet"] and total >= PROGRESS_POINTS) as advance:
+        with report.progress_bar(total, not out["quiet"] and total >= PROGRESS_POINTS, _color()) as advance:
             return _run(lambda: sweep.run_sweep(s, progress=advance, jobs=out["jobs"],
                                                 scheduler=out["scheduler"], sink=sink))
 
@@ -464,7 +523,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
 
 
 @cli.command("dtypes")
-@click.option("--mode", type=click.Choice(formulas.MODES), default="per-op", show_default=True,
+@click.option("--mode", type=_Choice(formulas.MODES), default="per-op", show_default=True,
               help="Evaluation mode for the predicted overflow point.")
 @_output(("table", "json"))
 def dtypes_cmd(mode: str, **kw) -> int:
@@ -483,16 +542,17 @@ def dtypes_cmd(mode: str, **kw) -> int:
 
 
 @cli.command("fidelity")
-@click.option("--backend", type=click.Choice(backends.NAMES[1:]), default="torch", show_default=True,
+@click.option("--backend", type=_Choice(backends.NAMES[1:]), default="torch", show_default=True,
               help="The real framework to compare the numpy models with.")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
+@click.option("--device", type=_Choice(("cpu", "cuda")), default="cpu", show_default=True,
               help="Device for --backend torch.")
-@click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+@click.option("--keras-backend", "keras_backend", type=_Choice(records.KERAS_BACKENDS),
               default=records.KERAS_BACKENDS[0], show_default=True,
               help="For --backend keras: the backend Keras 3 runs on.")
-@click.option("--dtype", "dtype", multiple=True, type=click.Choice(("float16", "bfloat16", "float32",
-                                                                    "float64")),
-              help="Dtypes to compare (repeatable; default float16, bfloat16, float32).")
+@click.option("--dtype", "dtype", multiple=True, metavar="NAME",
+              type=_Choice(("float16", "bfloat16", "float32", "float64"), dtypes.ALIASES),
+              help="Dtypes to compare (repeatable; default float16, bfloat16, float32): float16, "
+                   "bfloat16, float32, float64, or an alias (fp16, bf16, f32, ...).")
 @click.option("--no-keypoints", is_flag=True, help="Skip the key-point comparison (faster).")
 @_output(("table", "json"))
 def fidelity_cmd(backend, device, keras_backend, dtype, no_keypoints, **kw) -> int:
@@ -517,11 +577,11 @@ def fidelity_cmd(backend, device, keras_backend, dtype, no_keypoints, **kw) -> i
 
 
 @cli.command("reproduce")
-@click.option("--backend", "framework", type=click.Choice(("tf-keras", "keras")), required=True,
+@click.option("--backend", "framework", type=_Choice(("tf-keras", "keras")), required=True,
               help="tf-keras: import tf_keras (TensorFlow); keras: Keras 3 on --keras-backend.")
-@click.option("--keras-backend", "keras_backend", type=click.Choice(records.KERAS_BACKENDS),
+@click.option("--keras-backend", "keras_backend", type=_Choice(records.KERAS_BACKENDS),
               default=None, help="KERAS_BACKEND for --backend keras (default tensorflow).")
-@click.option("--policy", "policies", multiple=True, type=click.Choice(("float32", "mixed_float16")),
+@click.option("--policy", "policies", multiple=True, type=_Choice(("float32", "mixed_float16")),
               help="Keras dtype policy (repeatable; default both).")
 @_output(("table", "json"))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
@@ -577,7 +637,7 @@ def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str
 @cli.command("plot")
 @_selection
 @_grid
-@click.option("--kind", "plot_kind", type=click.Choice(plot.KINDS), default="roundtrip", show_default=True,
+@click.option("--kind", "plot_kind", type=_Choice(plot.KINDS), default="roundtrip", show_default=True,
               help="roundtrip: relative error of logit(sigmoid(x)); bce: each formula's BCE beside the "
                    "exact one; error: bits of error; grad: |dBCE/dx| beside the exact |sigmoid(x) - y|.")
 @click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
@@ -623,7 +683,7 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
         if output is not None:
             plot.render_file(data, output, width_px, height_px)
         else:
-            color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+            color = report.color_on(sys.stdout, _color())
             text = plot.render_terminal(data, report.width_for(None), plot.TERMINAL_HEIGHT, color)
             click.echo(text, nl=False)
     except plot.PlotError as e:
@@ -674,7 +734,7 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     token = secrets.token_hex(16)
     if actions:  # check names come from configs: nothing in the table may act as a workflow command
         click.echo(f"::stop-commands::{token}")
-    report.print_view(report.gate_view(results))
+    report.print_view(report.gate_view(results), color=_color())
     if actions:
         click.echo(f"::{token}::")
     for path, text in ((junit_path, report.junit_xml(results)),
@@ -687,7 +747,7 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     return 0 if all(r.ok for r in results) else 1
 
 
-@cli.group("baseline", cls=click.Group)
+@cli.group("baseline", cls=_Group)
 def baseline_group() -> None:
     """Record the gate's measured figures, to fail later runs that get worse."""
 
@@ -715,7 +775,7 @@ def baseline_save(configs, output, tolerance) -> int:
     return 0
 
 
-@cli.group("cache", cls=click.Group)
+@cli.group("cache", cls=_Group)
 def cache_group() -> None:
     """The result cache: where it is, how big, and clearing it."""
 

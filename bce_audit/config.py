@@ -131,9 +131,28 @@ TYPES = {  # how a config value of each key is read (one entry for each key of F
 }
 
 
+def nearest(value: str, candidates) -> str | None:
+    """The candidate closest to a mistyped value (ignoring case), or None when none is close."""
+    by_lower = {str(c).lower(): str(c) for c in candidates}
+    near = difflib.get_close_matches(value.lower(), list(by_lower), n=1)
+    return by_lower[near[0]] if near else None
+
+
+def did_you_mean(value: str, candidates) -> str:
+    """'; did you mean 'x'?' for the nearest candidate, or '' when none is close."""
+    near = nearest(value, candidates)
+    return f"; did you mean {near!r}?" if near else ""
+
+
+def not_one_of(where: str, value: str, names, candidates=None) -> str:
+    """The one message for a value outside a fixed set of choices (an option's or a config key's)."""
+    return (f"{where} {value!r} is not one of {', '.join(names)}"
+            f"{did_you_mean(value, names if candidates is None else candidates)}")
+
+
 def unknown_key(key: str, allowed, where: str) -> ConfigError:
-    near = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    near = nearest(key, allowed)
+    hint = f" (did you mean {near!r}?)" if near else ""
     return ConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
 
 
@@ -200,13 +219,32 @@ def _choices(values: tuple[str, ...], names: tuple[str, ...], what: str, where: 
     for v in values:
         if v not in names and not (extra and v.startswith(extra)):
             raise ConfigError(f"{where}: unknown {what} {v!r}; choose from {', '.join(names)}, all"
-                              + (f" or {extra}module:function" if extra else ""))
+                              + (f" or {extra}module:function" if extra else "")
+                              + did_you_mean(v, (*names, "all")))
     return tuple(dict.fromkeys(values))
+
+
+DTYPE_SPELLINGS = (*dtypes.NAMES, "all", *dtypes.ALIASES)  # what a dtype may be given as
+
+
+def check_dtypes(values: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Dtype names or aliases (any case, or "all") -> canonical names, in order, once each."""
+    if any(v.strip().lower() == "all" for v in values):
+        return dtypes.NAMES
+    out = []
+    for v in values:
+        name = dtypes.canonical(v)
+        if name is None:
+            raise ConfigError(f"{where}: unknown dtype {v!r}; choose from {', '.join(dtypes.NAMES)}, all "
+                              f"(or an alias, e.g. fp16, bf16, f32){did_you_mean(v, DTYPE_SPELLINGS)}")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
 
 
 def _one_of(value: str, names, what: str, where: str) -> str:
     if value not in names:
-        raise ConfigError(f"{where}: unknown {what} {value!r}; choose from {', '.join(names)}")
+        raise ConfigError(f"{where}: unknown {what} {value!r}; choose from {', '.join(names)}"
+                          + did_you_mean(value, names))
     return value
 
 
@@ -295,7 +333,7 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
                    with_grid: bool = True) -> Settings:
     """Validate merged option values into Settings; ``origin(key)`` says where a key came from."""
     kind = _one_of(values.get("kind", "bce-logits"), impl.KINDS, "implementation kind", origin("kind"))
-    chosen = _choices(values.get("dtypes", ()), dtypes.NAMES, "dtype", origin("dtypes"))
+    chosen = check_dtypes(values.get("dtypes", ()), origin("dtypes"))
     grid = check_grid(values, origin) if with_grid else {}
     backend = _one_of(values.get("backend", "numpy"), backends.NAMES, "backend", origin("backend"))
     keras_backend = _one_of(values.get("keras_backend", KERAS_BACKENDS[0]), KERAS_BACKENDS, "Keras backend",

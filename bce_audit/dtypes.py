@@ -218,13 +218,46 @@ DTYPES: dict[str, DtypeInfo] = {
 }
 NAMES: tuple[str, ...] = tuple(DTYPES)
 
+# Other spellings of each dtype (the frameworks' and the tables' own), matched without regard to
+# case. Records and output always carry the canonical name. Plain "float" is left out on purpose:
+# it is float32 in PyTorch but float64 in numpy and Python.
+ALIASES: dict[str, str] = {
+    **dict.fromkeys(("fp8", "f8", "e4m3", "e4m3fn", "f8e4m3", "fp8e4m3", "float8_e4m3"), "float8_e4m3fn"),
+    **dict.fromkeys(("e5m2", "f8e5m2", "fp8e5m2"), "float8_e5m2"),
+    **dict.fromkeys(("f16", "fp16", "half", "binary16"), "float16"),
+    **dict.fromkeys(("bf16",), "bfloat16"),
+    **dict.fromkeys(("f32", "fp32", "single", "binary32"), "float32"),
+    **dict.fromkeys(("f64", "fp64", "double", "binary64"), "float64"),
+    **dict.fromkeys(("long-double",), "longdouble"),
+}
+
+
+def canonical(name: str) -> str | None:
+    """The canonical name of a dtype given by name or alias, in any case (None: no such dtype).
+
+    >>> canonical("FP16"), canonical("bf16"), canonical("float32"), canonical("float99")
+    ('float16', 'bfloat16', 'float32', None)
+    """
+    if name in DTYPES:
+        return name
+    key = name.strip().lower()
+    return key if key in DTYPES else ALIASES.get(key)
+
+
+def aliases_help() -> str:
+    """The alias table in words, for --help and error messages."""
+    by: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        by.setdefault(name, []).append(alias)
+    return "; ".join(f"{', '.join(a)} = {name}" for name, a in by.items())
+
 
 def get(name: str) -> DtypeInfo:
-    """Look a dtype up by name; raises KeyError naming the valid choices."""
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise KeyError(f"unknown dtype {name!r}; choose from {', '.join(NAMES)}") from None
+    """Look a dtype up by name or alias; raises KeyError naming the valid choices."""
+    found = canonical(name) if isinstance(name, str) else None
+    if found is None:
+        raise KeyError(f"unknown dtype {name!r}; choose from {', '.join(NAMES)}")
+    return DTYPES[found]
 
 
 def to_fraction(v) -> Fraction:

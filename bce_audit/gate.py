@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bce_audit import backends, config, dtypes, formulas, gradients, impl, keypoints, records, sweep
+from bce_audit import backends, config, formulas, gradients, impl, keypoints, records, sweep
 from bce_audit.config import ConfigError
 from bce_audit.records import CheckResult
 
@@ -277,7 +277,7 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
     def origin(key: str) -> str:
         return f"{where}: {key}"
 
-    chosen = config._choices(values.get("dtypes", ("float32",)), dtypes.NAMES, "dtype", origin("dtypes"))
+    chosen = config.check_dtypes(values.get("dtypes", ("float32",)), origin("dtypes"))
     mode = config._one_of(values.get("mode", "native"), formulas.MODES, "mode", origin("mode"))
     kind = config._one_of(values.get("kind", "bce-logits"), ("bce-logits", "bce-probs", "sigmoid", "logit"),
                           "implementation kind", origin("kind"))

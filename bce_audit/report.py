@@ -407,14 +407,39 @@ def dtypes_records(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> li
 PIPE_WIDTH = 1000  # piped stdout: tables as wide as they need, never a number cut to fit 80
 
 
-def print_view(view, file=None) -> None:
-    """Print a renderable: to the terminal, or to a file as plain text 100 columns wide. Piped
-    (stdout not a terminal, no COLUMNS) a table takes the width it needs: nothing is cut."""
+def color_on(stream, color: bool | None = None) -> bool:
+    """Whether to write colour to ``stream``: ``color`` True or False (--color always, never)
+    decides; None (auto) is colour on a terminal, unless NO_COLOR is set to anything non-empty
+    (https://no-color.org)."""
+    if color is not None:
+        return color
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def console(file=None, color: bool | None = None, stderr: bool = False, **kw) -> Console:
+    """A rich Console that writes colour exactly when `color_on` says so (on stdout and stderr,
+    auto also honours FORCE_COLOR, as rich does)."""
+    on = color_on(file or (sys.stderr if stderr else sys.stdout), color)
+    if color is None and file is None and os.environ.get("FORCE_COLOR") and not os.environ.get("NO_COLOR"):
+        on = True
+    return Console(file=file, stderr=stderr, force_terminal=True if on else None, no_color=not on,
+                   color_system="auto" if on else None, highlight=False, **kw)
+
+
+def print_view(view, file=None, color: bool | None = None) -> None:
+    """Print a renderable: to the terminal, or to a file as text 100 columns wide. Piped
+    (stdout not a terminal, no COLUMNS) a table takes the width it needs: nothing is cut.
+    ``color``: see `color_on` (a file is a pipe: plain unless True)."""
     if file is None:
         piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-        Console(highlight=False, width=PIPE_WIDTH if piped else None).print(view)
+        console(color=color, width=PIPE_WIDTH if piped else None).print(view)
     else:
-        Console(file=file, width=100, color_system=None, highlight=False).print(view)
+        console(file, color=color, width=100).print(view)
 
 
 def _first(rows, dtype):
@@ -675,15 +700,16 @@ def fidelity_json(diffs, pairs, backend_label: str, notes: Sequence[str] = ()) -
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, enabled: bool):
-    """A rich progress bar on stderr (only on a terminal); yields ``advance(n)``."""
+def progress_bar(total: int, enabled: bool, color: bool | None = None):
+    """A rich progress bar on stderr (only on a terminal); yields ``advance(n)``; ``color``: see
+    `color_on`."""
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("auditing"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} points"),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+                  TimeRemainingColumn(), console=console(stderr=True, color=color), transient=True) as bar:
         task = bar.add_task("audit", total=total)
         yield lambda n: bar.advance(task, n)
 
