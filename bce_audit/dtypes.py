@@ -222,13 +222,12 @@ NAMES: tuple[str, ...] = tuple(DTYPES)
 # case. Records and output always carry the canonical name. Plain "float" is left out on purpose:
 # it is float32 in PyTorch but float64 in numpy and Python.
 ALIASES: dict[str, str] = {
-    **dict.fromkeys(("fp8", "f8", "e4m3", "e4m3fn", "f8e4m3", "fp8e4m3", "float8_e4m3"), "float8_e4m3fn"),
-    **dict.fromkeys(("e5m2", "f8e5m2", "fp8e5m2"), "float8_e5m2"),
-    **dict.fromkeys(("f16", "fp16", "half", "binary16"), "float16"),
+    **dict.fromkeys(("fp8", "f8", "e4m3", "e4m3fn", "f8e4m3"), "float8_e4m3fn"),
+    **dict.fromkeys(("e5m2", "f8e5m2"), "float8_e5m2"),
+    **dict.fromkeys(("f16", "fp16", "half"), "float16"),
     **dict.fromkeys(("bf16",), "bfloat16"),
-    **dict.fromkeys(("f32", "fp32", "single", "binary32"), "float32"),
-    **dict.fromkeys(("f64", "fp64", "double", "binary64"), "float64"),
-    **dict.fromkeys(("long-double",), "longdouble"),
+    **dict.fromkeys(("f32", "fp32", "single"), "float32"),
+    **dict.fromkeys(("f64", "fp64", "double"), "float64"),
 }
 
 

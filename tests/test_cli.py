@@ -164,7 +164,7 @@ DTYPE_CHOICES = ("float8_e4m3fn", "float16", "bfloat16", "float32", "float64", "
 BAD_INPUT = [
     # unknown choices: name the bad value and the valid choices
     pytest.param(("points", "--dtype", "float99"), ("--dtype", "'float99'", *DTYPE_CHOICES), id="dtype"),
-    pytest.param(("check", "1", "--dtype", "halff"), ("--dtype", "'halff'", *DTYPE_CHOICES), id="check-dtype"),
+    pytest.param(("check", "1", "--dtype", "hlf"), ("--dtype", "'hlf'", *DTYPE_CHOICES), id="check-dtype"),
     pytest.param(("points", "--formula", "nope"), ("--formula", "'nope'", *formulas.NAMES), id="formula"),
     pytest.param(("points", "--format", "xml"), ("--format", "'xml'", "table", "json", "csv", "markdown"),
                  id="format"),
