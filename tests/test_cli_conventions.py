@@ -330,3 +330,10 @@ def test_sweep_o_jsonl_streams_rows(tmp_path):
     ok("sweep", "--dtype", "f16", "--points", "5", "--formula", "keras3", "--label", "1", "-o", str(target))
     lines = target.read_text().splitlines()
     assert len(lines) >= 5 and all(isinstance(strict_json(line), dict) for line in lines)
+
+
+def test_alias_in_the_python_api():
+    from bce_audit import api
+
+    kps = api.points(dtype="BF16", formula="keras3", label="1")
+    assert kps and {k.dtype for k in kps} == {"bfloat16"}
