@@ -230,11 +230,17 @@ class CheckResult:
     worst: dict | None
     note: str = ""
     regressions: list[str] = field(default_factory=list)
+    error: str = ""  # the check could not be measured: its user function's one-line message
 
     @property
     def ok(self) -> bool:
         """The verdict: passed its limits and, against a baseline, got no worse."""
-        return self.passed and not self.regressions
+        return self.passed and not self.regressions and not self.error
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL (a limit or the baseline broken) or ERROR (could not be measured)."""
+        return "ERROR" if self.error else "PASS" if self.ok else "FAIL"
 
 
 @dataclass(frozen=True)
