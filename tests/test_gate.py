@@ -862,8 +862,9 @@ def test_issue_12_pythonpath_from_another_directory(tmp_path, monkeypatch, reque
     monkeypatch.chdir(ci)
     check = '[[check]]\nname = "{}"\nformula = "impl:{}:bce"\ndtype = "float32"\nmax_ulp = 4\n'
     try:
-        config = write(project, "gate.toml", 'pythonpath = ["src"]\n' + check.format("from src", f"{name}_src")
-                       + check.format("beside", f"{name}_beside"))
+        text = ('pythonpath = ["src"]\n' + check.format("from src", f"{name}_src")
+                + check.format("beside", f"{name}_beside"))
+        config = write(project, "gate.toml", text)
         assert_exit(run("gate", config), 0)
         flagged = write(project, "flag.toml", check.format("by flag", f"{name}_flag"))
         r = run("gate", flagged)
