@@ -205,6 +205,15 @@ def _root(module, module_name: str) -> str | None:
     return root
 
 
+def _first_holder(module_name: str, where: Sequence[str]) -> str | None:
+    """The first directory of ``where`` holding the top-level module or package of a name."""
+    top = module_name.partition(".")[0]
+    for d in where:
+        if any(os.path.isfile(os.path.join(d, *f)) for f in ((f"{top}.py",), (top, "__init__.py"))):
+            return d
+    return None
+
+
 def _digest(module) -> str | None:
     path = getattr(module, "__file__", None)
     if path is None:
@@ -236,7 +245,13 @@ def load(spec: str, kind: str, pythonpath: Sequence[str] = ()) -> UserImpl:
     """Import ``impl:package.module:function`` from the ``pythonpath`` directories (absolute), else
     the current directory, else sys.path."""
     module_name, func_name = _parse(spec, kind)
-    module, digest = _import(spec, module_name, (*pythonpath, os.getcwd()))
+    where = (*pythonpath, os.getcwd())
+    module, digest = _import(spec, module_name, where)
+    root, first = _root(module, module_name), _first_holder(module_name, where)
+    if first is not None and root is not None and os.path.realpath(root) != os.path.realpath(first):
+        raise ImplError(f"{spec}: module {module_name!r} was imported from {root} already, but here "
+                        f"{first} comes first on the search path; two modules of one name cannot both "
+                        "be audited in one run: rename one")
     return _user(spec, kind, module, module_name, func_name,
                  Source(spec, kind, _root(module, module_name), digest))
 

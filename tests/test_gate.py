@@ -876,6 +876,26 @@ def test_issue_12_pythonpath_from_another_directory(tmp_path, monkeypatch, reque
             sys.modules.pop(f"{name}_{suffix}", None)
 
 
+def test_issue_12_two_modules_of_one_name_are_never_mixed_up(tmp_path, monkeypatch, request):
+    """Two configs, each beside a module of the same name: the second is an errored check, never
+    a second audit of the first's module."""
+    name = re.sub(r"\W", "_", f"bce_user_{request.node.name}")
+    monkeypatch.chdir(tmp_path)
+    configs = []
+    for sub, source in (("a", GOOD_LOSS), ("b", POOR_LOSS)):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"{name}.py").write_text(source, encoding="utf-8")
+        configs.append(write(tmp_path / sub, "gate.toml", grid_check(f"impl:{name}:bce", f"from {sub}")))
+    try:
+        out = tmp_path / "gate.json"
+        assert_exit(run("gate", *configs, "--json", str(out)), 1)
+        a, b = strict_json(out.read_text(encoding="utf-8"))["checks"]
+        assert (a["status"], b["status"]) == ("PASS", "ERROR")
+        assert f"imported from {tmp_path / 'a'} already" in b["error"] and "rename one" in b["error"]
+    finally:
+        sys.modules.pop(name, None)
+
+
 def test_issue_12_import_error_names_the_searched_directories(tmp_path, monkeypatch):
     (tmp_path / "src").mkdir()
     (tmp_path / "run").mkdir()
