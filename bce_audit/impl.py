@@ -168,7 +168,7 @@ def _import(spec: str, module_name: str, where: Sequence[str], again: bool = Fal
     """Import a module with the directories ``where`` first on sys.path, in order, for the while
     (``again``: reload it); return it and the digest of the file it was imported from."""
     with _IMPORTING:
-        added = [d for d in dict.fromkeys(where) if d not in sys.path]
+        added = list(dict.fromkeys(where))  # first, even where sys.path has them further on
         sys.path[:0] = added
         try:
             fresh = again or module_name not in sys.modules
@@ -187,7 +187,7 @@ def _import(spec: str, module_name: str, where: Sequence[str], again: bool = Fal
                     module = importlib.reload(module)
         finally:
             for d in added:
-                sys.path.remove(d)
+                sys.path.remove(d)  # the first occurrence: the one put there
         if fresh or module_name not in _DIGESTS:
             _DIGESTS[module_name] = _digest(module)
         return module, _DIGESTS[module_name]
