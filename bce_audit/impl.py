@@ -181,7 +181,7 @@ def _import(spec: str, module_name: str, where: Sequence[str], again: bool = Fal
                 except ModuleNotFoundError as e:
                     searched = ", ".join(dict.fromkeys(where)) or "no directory of its own"
                     raise ImplError(f"{fail}ModuleNotFoundError: {_short(e)} (searched {searched}, then "
-                                    "the interpreter's sys.path; pythonpath in the gate config or "
+                                    "the interpreter's sys.path; pythonpath in a config or "
                                     "--pythonpath adds directories)") from None
                 if again:
                     module = importlib.reload(module)
