@@ -1,6 +1,6 @@
 """The command line: parse, call one core function, render, return an exit code.
 
-Exit codes: 0 success, 1 a check failed, 2 bad input (one line on stderr, never a traceback).
+Exit codes: 0 success, 1 a check failed or errored, 2 bad input (one line on stderr, never a traceback).
 """
 
 from __future__ import annotations

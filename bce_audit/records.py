@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
+# (gate results gained "error" and "status", additions a reader of 1 may ignore)
 # the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
                  "torch-bce-logits", "optax", "sklearn", "keras3-torch", "keras-sigmoid-logits",

@@ -758,6 +758,19 @@ def test_user_keypoint_check(tmp_path, user_module):
     assert summary(r.stdout) == "1 of 2 checks failed: poor floor"
 
 
+def test_issue_12_a_keypoint_check_whose_function_raises_errors(tmp_path, user_module):
+    good = f"impl:{user_module(GOOD_LOSS, 'good')}:bce"
+    broken = f"impl:{user_module(BROKEN, 'broken')}:raises"
+    text = "".join(f'[[check]]\nname = "{n}"\nformula = "{s}"\ndtype = "float32"\n'
+                   f'keypoint = "bce_floor"\nlabel = 1\nmax_value = 1e-30\n'
+                   for n, s in (("broken floor", broken), ("good floor", good)))
+    r = run("gate", write(tmp_path, "own.toml", text))
+    assert_exit(r, 1)
+    assert summary(r.stdout) == "1 of 2 checks errored: broken floor"
+    assert status_of(r.stdout, ("broken floor", "good floor")) == {"broken floor": "ERROR",
+                                                                   "good floor": "PASS"}
+
+
 BROKEN_CASES = [
     pytest.param("raises", ("raised ValueError", "boom from the user"), id="raises"),
     pytest.param("wrong_dtype", ("float64", "float32"), id="wrong-dtype"),
