@@ -1,6 +1,6 @@
 """The command line: parse, call one core function, render, return an exit code.
 
-Exit codes: 0 success, 1 a check failed, 2 bad input (one line on stderr, never a traceback).
+Exit codes: 0 success, 1 a check failed or errored, 2 bad input (one line on stderr, never a traceback).
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ _IMPL_TIMEOUT = click.option(
          "0: no limit): it is reported as an error, not waited for.")
 
 
+_PYTHONPATH = click.option(
+    "--pythonpath", "pythonpath", multiple=True, metavar="DIR",
+    help="Look for impl: modules in DIR first (repeatable); then a config's pythonpath and its own "
+         "directory, then the current directory.")
+
+
 def _impl_timeout(value: float | None, where: str = "--impl-timeout") -> None:
     if value is not None:
         impl.TIMEOUT = config.check_timeout(value, where)
@@ -174,6 +180,7 @@ def _selection(f: Callable) -> Callable:
                      show_default=True, help="What an impl: formula computes: f(x, y), f(p, y), "
                                              "sigmoid f(x) or logit f(p)."),
         _IMPL_TIMEOUT,
+        _PYTHONPATH,
         click.option("--mode", type=_Choice(formulas.MODES), default="native", show_default=True,
                      help="native: each formula as its framework computes it on CPU (the Keras and "
                           "TensorFlow formulas tf, torch's upcast, optax xla, the rest per-op); "
@@ -703,11 +710,15 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
 @click.option("--markdown", "markdown_path", default=None, metavar="FILE",
               help="Write a markdown summary (for a PR comment).")
 @_IMPL_TIMEOUT
-def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, timeout) -> int:
-    """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails, 2 on bad input.
+@_PYTHONPATH
+def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, timeout,
+             pythonpath) -> int:
+    """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails or errors, 2 on
+    bad input (a config error: nothing runs).
 
-    Every check runs and every failure is reported. With GITHUB_ACTIONS=true each failure is
-    also printed as an ::error annotation.
+    Every check runs and every failure is reported; a check whose impl: function fails (does not
+    import, raises, returns garbage, hangs) is reported as ERROR with its message, and the others
+    still run. With GITHUB_ACTIONS=true each failure is also printed as an ::error annotation.
     """
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
@@ -716,7 +727,8 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     except config.ConfigError as e:
         _fail(str(e))
     try:
-        checks = gate.load_checks(configs)
+        dirs = config.pythonpath_dirs(pythonpath, os.getcwd(), "--pythonpath")
+        checks = gate.load_checks(configs, dirs)
         base = baseline.load(baseline_path, checks) if baseline_path else None
         inputs = (*configs, *((baseline_path,) if baseline_path else ()))
         for path, flag in ((junit_path, "--junit"), (json_path, "--json"), (markdown_path, "--markdown")):
@@ -728,7 +740,8 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     if base is not None:
         tol = tolerance if tolerance is not None else float(base.get("tolerance", baseline.DEFAULT_TOLERANCE))
 
-        results = [replace(r, regressions=baseline.regressions(c, r, base["checks"].get(r.name), tol))
+        results = [r if r.error else
+                   replace(r, regressions=baseline.regressions(c, r, base["checks"].get(r.name), tol))
                    for c, r in zip(checks, results, strict=True)]
     actions = os.environ.get("GITHUB_ACTIONS") == "true"
     token = secrets.token_hex(16)
@@ -767,6 +780,13 @@ def baseline_save(configs, output, tolerance) -> int:
     except config.ConfigError as e:
         _fail(str(e))
     results = _run(lambda: gate.run(checks))
+    errored = [r for r in results if r.error]
+    for r in errored:
+        click.echo(f"bce-audit: error: check {_one_line(r.name)!r}: {_one_line(r.error)}", err=True)
+    if errored:
+        click.echo(f"bce-audit: error: baseline not saved: {len(errored)} of {len(results)} checks "
+                   "could not be measured", err=True)
+        return 1
     try:
         baseline.save(output, checks, results, configs, tolerance)
     except config.ConfigError as e:

@@ -54,7 +54,7 @@ class ConfigError(ValueError):
 ALIASES = {"dtype": "dtypes", "formula": "formulas", "threshold": "thresholds"}
 # config key -> command-line flag: the Settings options, and the output and impl choices
 FLAGS = {**setting_flags(), "rows": "--rows", "format": "--format", "kind": "--impl-kind",
-         "timeout": "--impl-timeout"}
+         "timeout": "--impl-timeout", "pythonpath": "--pythonpath"}
 SELECTION_KEYS = tuple(FLAGS)
 TOP_KEYS = (*SELECTION_KEYS, *ALIASES, "check")
 
@@ -128,6 +128,7 @@ TYPES = {  # how a config value of each key is read (one entry for each key of F
     "step": _number, "spacing": _str, "label": _label, "mode": _str, "thresholds": _numbers,
     "rows": _rows, "format": _str, "kind": _str, "backend": _str, "device": _str, "reference": _str,
     "grad": _bool, "exhaustive": _bool, "timeout": _number, "keras_backend": _str,
+    "pythonpath": _strs,
 }
 
 
@@ -203,10 +204,29 @@ def load(path: str) -> ConfigFile:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     options = typed_options({k: v for k, v in data.items()}, path, TOP_KEYS)
+    options["pythonpath"] = config_pythonpath(options.get("pythonpath", ()), path)  # absolute
     checks = options.pop("check", [])
     if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
         raise ConfigError(f"{path}: check: expected [[check]] tables")
     return ConfigFile(path, options, tuple(checks))
+
+
+def config_pythonpath(dirs: tuple[str, ...], path: str) -> tuple[str, ...]:
+    """A config's ``pythonpath`` (relative to the config's directory), then that directory: where
+    its impl: modules are looked for, as absolute paths."""
+    base = os.path.dirname(os.path.abspath(path))
+    return (*pythonpath_dirs(dirs, base, f"{path}: pythonpath"), base)
+
+
+def pythonpath_dirs(dirs, base: str, where: str) -> tuple[str, ...]:
+    """Directories for impl: modules, made absolute against ``base``; each must exist."""
+    out = []
+    for d in dirs:
+        full = os.path.normpath(os.path.join(base, os.path.expanduser(d)))
+        if not os.path.isdir(full):
+            raise ConfigError(f"{where} {d!r}: no such directory ({full})")
+        out.append(full)
+    return tuple(dict.fromkeys(out))
 
 
 # ---------------------------------------------------------------- values -> Settings
@@ -317,13 +337,26 @@ def check_grid(values: Mapping[str, Any], origin) -> dict:
     return {"range": rng, "points": points, "step": step, "spacing": spacing}
 
 
-def resolve_formulas(names: tuple[str, ...], kind: str, where: str) -> tuple[str, ...]:
-    """Validate formula names and import any ``impl:`` ones (ImplError becomes ConfigError)."""
+def check_formulas(names: tuple[str, ...], kind: str, where: str) -> tuple[str, ...]:
+    """Validate formula names and the spelling of ``impl:`` ones, importing nothing."""
     names = _choices(names, formulas.NAMES, "formula", where, extra=impl.PREFIX)
     for n in names:
         if impl.is_impl(n):
             try:
-                formulas.register_impl(n, kind)
+                impl.check(n, kind)
+            except impl.ImplError as e:
+                raise ConfigError(f"{where}: {e}") from None
+    return names
+
+
+def resolve_formulas(names: tuple[str, ...], kind: str, where: str,
+                     pythonpath: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Validate formula names and import any ``impl:`` ones (ImplError becomes ConfigError)."""
+    names = check_formulas(names, kind, where)
+    for n in names:
+        if impl.is_impl(n):
+            try:
+                formulas.register_impl(n, kind, pythonpath)
             except impl.ImplError as e:
                 raise ConfigError(f"{where}: {e}") from None
     return names
@@ -363,7 +396,9 @@ def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",
         reference=reference,
         dtypes=chosen or default_dtypes,
         eps=check_eps(values.get("eps", DEFAULT_EPS), origin("eps")),
-        formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas")),
+        formulas=resolve_formulas(values.get("formulas", ("all",)), kind, origin("formulas"),
+                                  pythonpath_dirs(values.get("pythonpath", ()), os.getcwd(),
+                                                  origin("pythonpath"))),
         label=_one_of(values.get("label", "both"), LABELS, "label", origin("label")),
         mode=_one_of(values.get("mode", "native"), formulas.MODES, "mode", origin("mode")),
         thresholds=check_thresholds(values.get("thresholds", DEFAULT_THRESHOLDS), origin("thresholds")),

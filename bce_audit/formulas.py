@@ -535,9 +535,10 @@ def get(name: str) -> Formula:
     raise KeyError(f"unknown formula {name!r}; choose from {', '.join(NAMES)} or impl:module:function")
 
 
-def register_impl(spec: str, kind: str) -> Formula:
-    """Import a user implementation and make it available by its spec; raises ImplError."""
-    return _register(impl.load(spec, kind))
+def register_impl(spec: str, kind: str, pythonpath: Sequence[str] = ()) -> Formula:
+    """Import a user implementation (from the ``pythonpath`` directories first) and make it
+    available by its spec; raises ImplError."""
+    return _register(impl.load(spec, kind, pythonpath))
 
 
 def register_function(func: Callable, kind: str, name: str) -> Formula:

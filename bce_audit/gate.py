@@ -58,6 +58,8 @@ class GridCheck:
     grad: bool = False  # bound the gradient d BCE / dx instead of the loss
     timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
     keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
+    impl_kind: str = impl.KINDS[0]  # what an impl: formula computes
+    pythonpath: tuple[str, ...] = ()  # where its impl: module is looked for (absolute directories)
 
     def identity(self) -> dict:
         """What is measured (not the limits): baselines are tied to it."""
@@ -139,6 +141,8 @@ class KeypointCheck:
     side: str = "both"  # key points found on each tail (bce_nonfinite, grad_*): which x sign counts
     timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
     keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
+    impl_kind: str = impl.KINDS[0]  # what an impl: formula computes
+    pythonpath: tuple[str, ...] = ()  # where its impl: module is looked for (absolute directories)
 
     def identity(self) -> dict:
         return {"name": self.name, "kind": self.kind, "keypoint": self.keypoint, "dtypes": list(self.dtypes),
@@ -206,11 +210,18 @@ def _fmt(v) -> str:
 
 
 def run_check(check: Check) -> CheckResult:
+    """Measure and judge one check. Its user function failing (at import or in a call: raising,
+    returning garbage, hanging) makes it an errored result carrying the one-line message."""
     before = impl.TIMEOUT
     if check.timeout is not None:  # the check's own limit on its impl: calls
         impl.TIMEOUT = check.timeout
     try:
+        if check.formula is not None and impl.is_impl(check.formula):
+            formulas.register_impl(check.formula, check.impl_kind, check.pythonpath)
         m = check.measure()
+    except impl.ImplError as e:
+        return CheckResult(check.name, check.kind, False, [], {}, dict(check.limits), None,
+                           error=" ".join(str(e).split()))
     finally:
         impl.TIMEOUT = before
     failures = check.fails(m)
@@ -219,7 +230,7 @@ def run_check(check: Check) -> CheckResult:
 
 
 def run(checks: Sequence[Check]) -> list[CheckResult]:
-    """Run every check; never stops at the first failure."""
+    """Run every check; never stops at the first failure or error."""
     return [run_check(c) for c in checks]
 
 
@@ -265,7 +276,7 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
             raise config.unknown_key(key, allowed, where)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: name: every check needs a non-empty string name")
-    ignored = sorted(k for k in cf.options if k not in INHERITED)
+    ignored = sorted(k for k in cf.options if k not in (*INHERITED, "pythonpath"))
     if ignored:
         raise ConfigError(f"{cf.path}: top-level {', '.join(ignored)}: [[check]] tables inherit only "
                           f"{', '.join(INHERITED)}; set the others in each check")
@@ -306,6 +317,7 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
         formula = config._str(formula, origin("formula"))
     if is_kp:
         check = _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula, limits)
+        check = replace(check, impl_kind=kind, pythonpath=cf.options.get("pythonpath", ()))
         side = config._one_of(config._str(table.get("side", "both"), origin("side")), SIDES, "side",
                               origin("side"))
         roundtrip = check.keypoint.startswith("roundtrip")
@@ -317,7 +329,7 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
         raise ConfigError(f"{origin('formula')}: a grid check needs a formula: "
                           f"{', '.join((*formulas.NAMES, *QUANTITIES))} or impl:module:function")
     if formula not in QUANTITIES:
-        config.resolve_formulas((formula,), kind, origin("formula"))
+        config.check_formulas((formula,), kind, origin("formula"))
     label = config._one_of(config._label(values.get("label", "both"), origin("label")), CHECK_LABELS,
                            "label", origin("label"))
     grid = config.check_grid(values, origin)
@@ -328,7 +340,8 @@ def _check_table(cf: config.ConfigFile, i: int, table: Mapping[str, Any]) -> Che
     grad = table.get("grad", False)  # a bool: typed_options checked it (config.TYPES)
     _check_backend_formula(backend, formula, grad, origin("formula"), keras_backend)
     return GridCheck(name, formula, chosen, mode, eps, label, grid, limits, allow, backend=backend, grad=grad,
-                     keras_backend=keras_backend)
+                     keras_backend=keras_backend, impl_kind=kind,
+                     pythonpath=cf.options.get("pythonpath", ()))
 
 
 def _keras_identity(check: GridCheck | KeypointCheck) -> dict:
@@ -360,8 +373,8 @@ def _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula
     if kp.startswith("roundtrip"):
         label = None
         if formula is not None:
-            config.resolve_formulas((formula,), kind, origin("formula"))
-            if formulas.get(formula).kind == "bce":
+            config.check_formulas((formula,), kind, origin("formula"))
+            if not impl.is_impl(formula) or kind.startswith("bce"):  # the built-ins are all BCE
                 raise ConfigError(f"{origin('formula')}: a round-trip key point takes no BCE formula "
                                   "(only a user sigmoid or logit)")
         if kp in ("roundtrip_rel_err_onset", "roundtrip_small_x_limit") and threshold is None:
@@ -369,23 +382,26 @@ def _keypoint_check(name, table, where, origin, chosen, mode, kind, eps, formula
         return KeypointCheck(name, kp, chosen, mode, formula, None, None, threshold, limits)
     if formula is None:
         raise ConfigError(f"{origin('formula')}: {kp} needs a formula: {', '.join(formulas.NAMES)}")
-    config.resolve_formulas((formula,), kind, origin("formula"))
+    config.check_formulas((formula,), kind, origin("formula"))
     raw = config._label(table.get("label", "1"), origin("label"))
     raw = config._one_of(raw, ("1", "0", "pair"), "label", origin("label"))
     label = raw if raw == "pair" else int(raw)
     if kp.startswith("grad") and label == "pair":
         raise ConfigError(f"{origin('label')}: gradient key points take label 1 or 0")
-    f = formulas.get(formula)
-    return KeypointCheck(name, kp, chosen, mode, formula, eps if f.uses_eps else None, label, threshold,
+    uses_eps = not impl.is_impl(formula) and formulas.get(formula).uses_eps  # user code takes no eps
+    return KeypointCheck(name, kp, chosen, mode, formula, eps if uses_eps else None, label, threshold,
                          limits)
 
 
-def load_checks(paths: Sequence[str]) -> list[Check]:
-    """All checks of several gate configs; names must be unique."""
+def load_checks(paths: Sequence[str], pythonpath: Sequence[str] = ()) -> list[Check]:
+    """All checks of several gate configs; names must be unique. Their impl: modules are looked
+    for in ``pythonpath`` (--pythonpath, absolute), then each config's own pythonpath and
+    directory. Nothing is imported here: a config error is found before any user code runs."""
     checks: list[Check] = []
     seen: dict[str, str] = {}
     for p in paths:
         for c in checks_from(config.load(p)):
+            c = replace(c, pythonpath=tuple(dict.fromkeys((*pythonpath, *c.pythonpath))))
             if c.name in seen:
                 raise ConfigError(f"{p}: check name {c.name!r} is used twice (also in {seen[c.name]})")
             seen[c.name] = p

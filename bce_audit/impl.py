@@ -3,7 +3,12 @@
 The function is called with numpy arrays of the audited dtype and must return an array of
 the same shape and dtype. Anything else (a module that does not import, a function that
 raises, a result of the wrong type, shape or dtype) is an `ImplError` naming the function:
-the CLI prints it as one line and exits 2.
+``sweep``, ``points`` and ``check`` print it as one line and exit 2; the gate reports it as an
+errored check and runs the others.
+
+Where modules are found: the directories of ``pythonpath`` (a gate config's key, ``--pythonpath``),
+then the current directory, then the interpreter's ``sys.path``; a module that is not found says
+which directories were searched.
 
 Kinds: ``bce-logits`` f(x, y) -> loss; ``bce-probs`` f(p, y) -> loss, p = sigmoid(x) in the
 dtype; ``sigmoid`` f(x) -> p; ``logit`` f(p) -> x.
@@ -25,7 +30,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,26 +163,31 @@ _IMPORTING = threading.Lock()  # sys.path is shared by a worker's threads
 _DIGESTS: dict[str, str | None] = {}  # module name -> digest of the file it was imported from
 
 
-def _import(spec: str, module_name: str, where: str | None, again: bool = False,
+def _import(spec: str, module_name: str, where: Sequence[str], again: bool = False,
             who: str = "") -> tuple[object, str | None]:
-    """Import a module with ``where`` first on sys.path for the while (``again``: reload it);
-    return it and the digest of the file it was imported from."""
+    """Import a module with the directories ``where`` first on sys.path, in order, for the while
+    (``again``: reload it); return it and the digest of the file it was imported from."""
     with _IMPORTING:
-        added = where if where is not None and where not in sys.path else None
-        if added is not None:
-            sys.path.insert(0, added)
+        added = list(dict.fromkeys(where))  # first, even where sys.path has them further on
+        sys.path[:0] = added
         try:
             fresh = again or module_name not in sys.modules
             fail = f"{spec}: {who}cannot import module {module_name!r}: "
             late = f"{fail}the import took more than "
             with warnings.catch_warnings(), _sandbox(lambda why: fail + why, lambda limit: late + limit):
                 warnings.simplefilter("ignore")
-                module = importlib.import_module(module_name)
+                try:
+                    module = importlib.import_module(module_name)
+                except ModuleNotFoundError as e:
+                    searched = ", ".join(dict.fromkeys(where)) or "no directory of its own"
+                    raise ImplError(f"{fail}ModuleNotFoundError: {_short(e)} (searched {searched}, then "
+                                    "the interpreter's sys.path; pythonpath in a config or "
+                                    "--pythonpath adds directories)") from None
                 if again:
                     module = importlib.reload(module)
         finally:
-            if added is not None:
-                sys.path.remove(added)
+            for d in added:
+                sys.path.remove(d)  # the first occurrence: the one put there
         if fresh or module_name not in _DIGESTS:
             _DIGESTS[module_name] = _digest(module)
         return module, _DIGESTS[module_name]
@@ -193,6 +203,15 @@ def _root(module, module_name: str) -> str | None:
     for _ in range(depth):
         root = os.path.dirname(root)
     return root
+
+
+def _first_holder(module_name: str, where: Sequence[str]) -> str | None:
+    """The first directory of ``where`` holding the top-level module or package of a name."""
+    top = module_name.partition(".")[0]
+    for d in where:
+        if any(os.path.isfile(os.path.join(d, *f)) for f in ((f"{top}.py",), (top, "__init__.py"))):
+            return d
+    return None
 
 
 def _digest(module) -> str | None:
@@ -217,10 +236,22 @@ def _user(spec: str, kind: str, module, module_name: str, func_name: str, source
     return UserImpl(spec, kind, func, source)
 
 
-def load(spec: str, kind: str) -> UserImpl:
-    """Import ``impl:package.module:function`` (the current directory is importable)."""
+def check(spec: str, kind: str) -> None:
+    """Raise ImplError for a malformed spec or an unknown kind, importing nothing."""
+    _parse(spec, kind)
+
+
+def load(spec: str, kind: str, pythonpath: Sequence[str] = ()) -> UserImpl:
+    """Import ``impl:package.module:function`` from the ``pythonpath`` directories (absolute), else
+    the current directory, else sys.path."""
     module_name, func_name = _parse(spec, kind)
-    module, digest = _import(spec, module_name, os.getcwd())
+    where = (*pythonpath, os.getcwd())
+    module, digest = _import(spec, module_name, where)
+    root, first = _root(module, module_name), _first_holder(module_name, where)
+    if first is not None and root is not None and os.path.realpath(root) != os.path.realpath(first):
+        raise ImplError(f"{spec}: module {module_name!r} was imported from {root} already, but here "
+                        f"{first} comes first on the search path; two modules of one name cannot both "
+                        "be audited in one run: rename one")
     return _user(spec, kind, module, module_name, func_name,
                  Source(spec, kind, _root(module, module_name), digest))
 
@@ -237,10 +268,12 @@ def resolve(source: Source) -> UserImpl:
     an ImplError, as is one that cannot be imported: never another version's results.
     """
     module_name, func_name = _parse(source.spec, source.kind)
+    roots = (source.root,) if source.root is not None else ()
     try:
-        module, digest = _import(source.spec, module_name, source.root, who=WORKER)
+        module, digest = _import(source.spec, module_name, roots, who=WORKER)
         if source.digest is not None and digest != source.digest:
-            module, digest = _import(source.spec, module_name, source.root, again=True, who=WORKER)
+            module, digest = _import(source.spec, module_name, roots, again=True,
+                                     who=WORKER)
     except ImplError as e:
         raise ImplError(f"{e}; {WORKER_HINT}") from None
     if source.digest is not None and digest != source.digest:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
+# (gate results gained "error" and "status", additions a reader of 1 may ignore)
 # the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
                  "torch-bce-logits", "optax", "sklearn", "keras3-torch", "keras-sigmoid-logits",
@@ -254,6 +255,7 @@ class CheckResult:
     worst: dict | None
     note: str = ""
     regressions: list[str] = field(default_factory=list)
+    error: str = ""  # the check could not be measured: its user function's one-line message
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
@@ -262,7 +264,12 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         """The verdict: passed its limits and, against a baseline, got no worse."""
-        return self.passed and not self.regressions
+        return self.passed and not self.regressions and not self.error
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL (a limit or the baseline broken) or ERROR (could not be measured)."""
+        return "ERROR" if self.error else "PASS" if self.ok else "FAIL"
 
 
 @dataclass(frozen=True)

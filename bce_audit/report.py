@@ -529,6 +529,9 @@ def to_markdown(result: SweepResult) -> str:
 # ---------------------------------------------------------------- the gate
 
 
+_STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "ERROR": "bold magenta"}
+
+
 def _gate_worst(r) -> str:
     w = r.worst
     if not w or r.passed:
@@ -539,8 +542,17 @@ def _gate_worst(r) -> str:
     return f"{where}: value {fmt(w['value'], 5)}"
 
 
+def _gate_detail(r) -> str:
+    """What a row says: the error, else the broken limits and regressions, else the figures."""
+    if r.error:
+        return printable(r.error)
+    return printable("; ".join(r.failures + r.regressions)) or _gate_figure(r)
+
+
 def _gate_figure(r) -> str:
     """The measured figures against their limits, e.g. ``max_ulp 1.99 <= 2``."""
+    if r.error:
+        return ""
     if r.note:
         return r.note
     parts = []
@@ -563,18 +575,28 @@ def gate_table(results) -> Table:
     t.add_column("measured vs limit", ratio=2)
     t.add_column("worst input: computed vs exact", ratio=2)
     for r in results:
-        status = Text("PASS", style="bold green") if r.ok else Text("FAIL", style="bold red")
-        detail = printable("; ".join(r.failures + r.regressions))
-        t.add_row(status, Text(printable(r.name)), detail or _gate_figure(r), _gate_worst(r))
+        status = Text(r.status, style=_STATUS_STYLE[r.status])
+        t.add_row(status, Text(printable(r.name)), _gate_detail(r), _gate_worst(r))
     return t
 
 
+def _summary_text(results) -> str:
+    """'N checks passed', or 'K of N checks failed: a, b' and/or 'E of N errored: c'."""
+    failed = [printable(r.name) for r in results if not r.ok and not r.error]
+    errored = [printable(r.name) for r in results if r.error]
+    if not failed and not errored:
+        return f"{len(results)} check{'s' if len(results) != 1 else ''} passed"
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}")
+    if errored:
+        parts.append(f"{len(errored)} of {len(results)} checks errored: {', '.join(errored)}")
+    return "; ".join(parts)
+
+
 def gate_summary(results) -> Text:
-    failed = [r for r in results if not r.ok]
-    if not failed:
-        return Text(f"{len(results)} check{'s' if len(results) != 1 else ''} passed", style="green")
-    names = ", ".join(printable(r.name) for r in failed)
-    return Text(f"{len(failed)} of {len(results)} checks failed: {names}", style="bold red")
+    ok = all(r.ok for r in results)
+    return Text(_summary_text(results), style="green" if ok else "bold red")
 
 
 def gate_view(results) -> Group:
@@ -582,6 +604,8 @@ def gate_view(results) -> Group:
 
 
 def _failure_message(r) -> str:
+    if r.error:
+        return printable(r.error)
     text = "; ".join(r.failures + r.regressions)
     worst = _gate_worst(r)
     return printable(text + (f" (worst: {worst})" if worst else ""))
@@ -602,16 +626,22 @@ def _xml_safe(text: str) -> str:
 
 
 def junit_xml(results, suite: str = "bce-audit gate") -> str:
-    """JUnit XML: one testcase per check, failures with their message."""
+    """JUnit XML: one testcase per check; a failed one has a <failure>, one whose user function
+    failed (it could not be measured) an <error>, each with its message."""
     import xml.etree.ElementTree as ET
 
-    failed = [r for r in results if not r.ok]
-    root = ET.Element("testsuites", tests=str(len(results)), failures=str(len(failed)))
+    failed = [r for r in results if not r.ok and not r.error]
+    errored = [r for r in results if r.error]
+    root = ET.Element("testsuites", tests=str(len(results)), failures=str(len(failed)),
+                      errors=str(len(errored)))
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(len(failed)),
-                       errors="0", skipped="0")
+                       errors=str(len(errored)), skipped="0")
     for r in results:
         tc = ET.SubElement(ts, "testcase", classname="bce_audit.gate", name=_xml_safe(r.name))
-        if not r.ok:
+        if r.error:
+            e = ET.SubElement(tc, "error", message=_xml_safe(_failure_message(r)), type="UserFunctionError")
+            e.text = _xml_safe(_failure_message(r))
+        elif not r.ok:
             f = ET.SubElement(tc, "failure", message=_failure_message(r), type="PrecisionGateFailure")
             f.text = _failure_message(r)
         else:
@@ -637,7 +667,7 @@ def github_annotations(results) -> str:
 def gate_json(results, configs, baseline: str | None) -> str:
     doc = {"schema": SCHEMA, "version": __version__, "kind": "gate", "configs": list(configs),
            "baseline": baseline, "passed": all(r.ok for r in results),
-           "checks": [asdict(r) for r in results]}
+           "checks": [{**asdict(r), "status": r.status} for r in results]}
     return to_json(doc)
 
 
@@ -647,13 +677,12 @@ def gate_markdown(results) -> str:
     A failed check shows its failures (and regressions) as the terminal table does, not the
     passing form of its figures.
     """
-    rows = [["PASS" if r.ok else "**FAIL**", printable(r.name),
-             printable("; ".join(r.failures + r.regressions)) or _gate_figure(r), _gate_worst(r) or "-"]
+    rows = [["PASS" if r.ok else f"**{r.status}**", printable(r.name), _gate_detail(r),
+             _gate_worst(r) or "-"]
             for r in results]
-    failed = [printable(r.name) for r in results if not r.ok]
-    head = f"## bce-audit gate: {len(results) - len(failed)}/{len(results)} passed"
-    summary = (f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed
-               else f"{len(results)} checks passed")
+    passed = sum(r.ok for r in results)
+    head = f"## bce-audit gate: {passed}/{len(results)} passed"
+    summary = _summary_text(results)
     table = _md_table(["result", "check", "measured vs limit", "worst input"], rows)
     return "\n".join([head, "", *table, "", summary]) + "\n"
 

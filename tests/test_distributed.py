@@ -111,6 +111,29 @@ def test_impl_formula_in_process_pool_equals_local_run(user_module, small_chunks
     assert pooled == local
 
 
+def test_issue_12_impl_formula_from_pythonpath_in_process_pool(tmp_path, monkeypatch, small_chunks, pool_spy,
+                                                              request):
+    """A module found through --pythonpath (or a config's pythonpath), not the cwd: the workers
+    import it from the directory its Source carries, and give the local run's output."""
+    name = re.sub(r"\W", "_", f"bce_user_{request.node.name}")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / f"{name}.py").write_text(STABLE, encoding="utf-8")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    try:
+        args = (*sweep_args(f"impl:{name}:bce"), "--pythonpath", "../src")
+        local = ok(*args, "--jobs", "1")
+        pooled = ok(*args, "--jobs", "2")
+        assert pool_spy == [2]
+        assert pooled == local
+        config = tmp_path / "sweep.toml"
+        config.write_text('pythonpath = ["src"]\n', encoding="utf-8")
+        sys.modules.pop(name, None)
+        assert ok(*sweep_args(f"impl:{name}:bce"), "--config", str(config), "--jobs", "2") == local
+    finally:
+        sys.modules.pop(name, None)
+
+
 def test_impl_formula_the_pool_cannot_import_is_a_usage_error(monkeypatch, small_chunks, pool_spy):
     r = run(*sweep_args(parent_only_module(monkeypatch)), "--jobs", "2")
     assert pool_spy == [2]

@@ -1,5 +1,6 @@
 """Fault injection (issue 14): user code that exits, prints, hangs or interrupts; each ends as one
-line on stderr and exit 2, never a traceback, a silent exit 0 or a broken stdout."""
+line on stderr and exit 2 (in a gate: an errored check, exit 1), never a traceback, a silent exit 0
+or a broken stdout."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_issue_14_user_code_cannot_end_the_tool(module, body, needles):
 
 
 def test_issue_14_a_gate_whose_user_code_exits_0_does_not_pass(module, tmp_path):
-    """sys.exit(0) in a check's function after a failing check: exit 2 naming it, never 0."""
+    """sys.exit(0) in a check's function after a failing check: that check errors, naming what
+    it raised; the gate ends with exit 1, never 0 (issue 12: not 2, which is for config errors)."""
     spec = module("import sys\ndef bce(x, y):\n    sys.exit(0)\n")
     config = tmp_path / "gate.toml"
     config.write_text(textwrap.dedent(f"""
@@ -62,8 +64,12 @@ def test_issue_14_a_gate_whose_user_code_exits_0_does_not_pass(module, tmp_path)
         formula = "{spec}"
         max_ulp = 4
         """), encoding="utf-8")
-    r = run("gate", str(config))
-    assert_usage_error(r, spec, "raised SystemExit")
+    junit = tmp_path / "gate.xml"
+    r = run("gate", str(config), "--junit", str(junit))
+    assert r.exit_code == 1 and r.stderr == "", (r.exit_code, r.stderr)
+    assert "1 of 2 checks failed: keras3 floors; 1 of 2 checks errored: mine" in r.stdout
+    (error,) = ET.parse(junit).getroot().iter("error")
+    assert spec in error.get("message") and "raised SystemExit" in error.get("message")
 
 
 def test_issue_14_user_prints_never_reach_machine_readable_stdout(module):
@@ -394,7 +400,12 @@ def test_issue_14_a_checks_own_timeout_stops_its_user_function(module, tmp_path)
     config.write_text(f'[[check]]\nname = "slow"\nformula = "{spec}"\nmax_ulp = 4\ntimeout = 0.5\n',
                       encoding="utf-8")
     t = time.monotonic()
-    assert_usage_error(run("gate", str(config)), spec, "did not return within 0.5 s")
+    out = tmp_path / "gate.json"
+    r = run("gate", str(config), "--json", str(out))
+    assert r.exit_code == 1 and r.stderr == "", (r.exit_code, r.stderr)
+    (check,) = strict_json(out.read_text(encoding="utf-8"))["checks"]
+    assert check["status"] == "ERROR" and spec in check["error"]
+    assert "did not return within 0.5 s" in check["error"]
     assert time.monotonic() - t < 15
 
 

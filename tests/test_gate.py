@@ -63,10 +63,10 @@ def summary(out: str) -> str:
 
 
 def status_of(out: str, names) -> dict[str, str]:
-    """PASS/FAIL per check name, from the table rows (names short enough not to wrap)."""
+    """PASS/FAIL/ERROR per check name, from the table rows (names short enough not to wrap)."""
     found = {}
     for line in out.splitlines():
-        m = re.match(r"\s*(PASS|FAIL)\s+(.*?)\s{2,}", line)
+        m = re.match(r"\s*(PASS|FAIL|ERROR)\s+(.*?)\s{2,}", line)
         if m and m.group(2) in names:
             found[m.group(2)] = m.group(1)
     return found
@@ -758,6 +758,19 @@ def test_user_keypoint_check(tmp_path, user_module):
     assert summary(r.stdout) == "1 of 2 checks failed: poor floor"
 
 
+def test_issue_12_a_keypoint_check_whose_function_raises_errors(tmp_path, user_module):
+    good = f"impl:{user_module(GOOD_LOSS, 'good')}:bce"
+    broken = f"impl:{user_module(BROKEN, 'broken')}:raises"
+    text = "".join(f'[[check]]\nname = "{n}"\nformula = "{s}"\ndtype = "float32"\n'
+                   f'keypoint = "bce_floor"\nlabel = 1\nmax_value = 1e-30\n'
+                   for n, s in (("broken floor", broken), ("good floor", good)))
+    r = run("gate", write(tmp_path, "own.toml", text))
+    assert_exit(r, 1)
+    assert summary(r.stdout) == "1 of 2 checks errored: broken floor"
+    assert status_of(r.stdout, ("broken floor", "good floor")) == {"broken floor": "ERROR",
+                                                                   "good floor": "PASS"}
+
+
 BROKEN_CASES = [
     pytest.param("raises", ("raised ValueError", "boom from the user"), id="raises"),
     pytest.param("wrong_dtype", ("float64", "float32"), id="wrong-dtype"),
@@ -768,13 +781,47 @@ BROKEN_CASES = [
 ]
 
 
+def gate_with_errored(spec: str) -> str:
+    """A passing check, the check of ``spec`` (which must error), and a failing check after it."""
+    return (f'dtype = "float32"\nrange = [-50.0, 50.0]\npoints = 201\n'
+            f'[[check]]\nname = "stable first"\nformula = "logits-stable"\nmax_ulp = 4\n'
+            f'[[check]]\nname = "mine"\nformula = "{spec}"\nmax_ulp = 4\n'
+            f'[[check]]\nname = "keras3 after"\nformula = "keras3"\nrange = [0.0, 40.0]\nmax_ulp = 1\n')
+
+
+def assert_errored(tmp_path: Path, spec: str, *needles: str) -> ET.Element:
+    """Issue 12: the check of ``spec`` is an errored testcase and the others still run: exit 1, the
+    table, JUnit (exactly one <error>, not a <failure>), JSON and markdown say ERROR with its message."""
+    config = write(tmp_path, "own.toml", gate_with_errored(spec))
+    junit, doc, md = tmp_path / "gate.xml", tmp_path / "gate.json", tmp_path / "gate.md"
+    r = run("gate", config, "--junit", str(junit), "--json", str(doc), "--markdown", str(md))
+    assert_exit(r, 1)
+    assert status_of(r.stdout, ("stable first", "mine", "keras3 after")) == {
+        "stable first": "PASS", "mine": "ERROR", "keras3 after": "FAIL"}
+    assert summary(r.stdout) == "1 of 3 checks failed: keras3 after; 1 of 3 checks errored: mine"
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
+    errors = suite.findall("testcase/error")
+    assert len(errors) == 1
+    case = suite.find("testcase[error]")
+    assert case.get("name") == "mine" and case.find("failure") is None
+    message = errors[0].get("message")
+    for needle in (spec, *needles):
+        assert needle in message, (needle, message)
+    assert "\n" not in message
+    checks = {c["name"]: c for c in strict_json(doc.read_text(encoding="utf-8"))["checks"]}
+    assert {n: c["status"] for n, c in checks.items()} == {
+        "stable first": "PASS", "mine": "ERROR", "keras3 after": "FAIL"}
+    assert checks["mine"]["error"] == message and checks["mine"]["passed"] is False
+    assert checks["stable first"]["error"] == ""
+    text = md.read_text(encoding="utf-8")
+    assert "| **ERROR** | mine |" in text and "1 of 3 checks errored: mine" in text
+    return errors[0]
+
+
 @pytest.mark.parametrize(("func", "needles"), BROKEN_CASES)
-def test_broken_user_implementation_in_gate(tmp_path, user_module, func, needles):
-    spec = f"impl:{user_module(BROKEN)}:{func}"
-    junit = tmp_path / "gate.xml"
-    r = run("gate", write(tmp_path, "own.toml", grid_check(spec)), "--junit", str(junit))
-    assert_usage_error(r, spec, *needles)
-    assert not junit.exists()
+def test_issue_12_broken_user_implementation_is_an_errored_check(tmp_path, user_module, func, needles):
+    assert_errored(tmp_path, f"impl:{user_module(BROKEN)}:{func}", *needles)
 
 
 @pytest.mark.parametrize(("func", "needles"), BROKEN_CASES)
@@ -791,13 +838,107 @@ def test_broken_user_implementation_in_sweep(user_module, func, needles):
 ])
 def test_user_module_that_fails_to_import(tmp_path, user_module, source, needles):
     spec = f"impl:{user_module(source)}:bce"
-    assert_usage_error(run("gate", write(tmp_path, "own.toml", grid_check(spec))), spec, *needles)
+    assert_errored(tmp_path, spec, *needles)
     assert_usage_error(run("points", "--formula", spec), spec, *needles)
 
 
 def test_user_module_that_does_not_exist(tmp_path, user_module):
+    """Issue 12: the import error names the directories searched (the config's, the cwd)."""
     spec = "impl:bce_user_no_such_module_anywhere:bce"
-    assert_usage_error(run("gate", write(tmp_path, "own.toml", grid_check(spec))), spec, "cannot import")
+    assert_errored(tmp_path, spec, "cannot import", "No module named", f"searched {tmp_path}")
+
+
+def test_issue_12_a_config_error_runs_no_user_code(tmp_path, user_module):
+    """A config error anywhere is exit 2 before any check runs or any impl: module is imported."""
+    marker = tmp_path / "imported"
+    source = f"open({str(marker)!r}, 'w').close()\n" + GOOD_LOSS
+    spec = f"impl:{user_module(source)}:bce"
+    a = write(tmp_path, "a.toml", grid_check(spec))
+    b = write(tmp_path, "b.toml", _check('formula = "keras3"\nmax_ulps = 1\n'))
+    junit = tmp_path / "gate.xml"
+    assert_usage_error(run("gate", a, b, "--junit", str(junit)), "b.toml", "max_ulps", "max_ulp")
+    assert not junit.exists() and not marker.exists()
+    assert_exit(run("gate", a), 0)
+    assert marker.exists()  # the same module, imported when its check runs
+
+
+def test_issue_12_pythonpath_from_another_directory(tmp_path, monkeypatch, request):
+    """pythonpath in a gate config is relative to the config's directory, whatever the cwd; the
+    config's own directory is searched too, and --pythonpath (relative to the cwd) adds one."""
+    name = re.sub(r"\W", "_", f"bce_user_{request.node.name}")
+    project, other, ci = tmp_path / "project", tmp_path / "other", tmp_path / "ci"
+    for d in (project / "src", other, ci):
+        d.mkdir(parents=True)
+    (project / "src" / f"{name}_src.py").write_text(GOOD_LOSS, encoding="utf-8")
+    (project / f"{name}_beside.py").write_text(GOOD_LOSS, encoding="utf-8")
+    (other / f"{name}_flag.py").write_text(GOOD_LOSS, encoding="utf-8")
+    monkeypatch.chdir(ci)
+    check = '[[check]]\nname = "{}"\nformula = "impl:{}:bce"\ndtype = "float32"\nmax_ulp = 4\n'
+    try:
+        text = ('pythonpath = ["src"]\n' + check.format("from src", f"{name}_src")
+                + check.format("beside", f"{name}_beside"))
+        config = write(project, "gate.toml", text)
+        assert_exit(run("gate", config), 0)
+        flagged = write(project, "flag.toml", check.format("by flag", f"{name}_flag"))
+        r = run("gate", flagged)
+        assert_exit(r, 1)
+        assert status_of(r.stdout, ("by flag",)) == {"by flag": "ERROR"}
+        assert_exit(run("gate", flagged, "--pythonpath", "../other"), 0)
+    finally:
+        for suffix in ("src", "beside", "flag"):
+            sys.modules.pop(f"{name}_{suffix}", None)
+
+
+def test_issue_12_two_modules_of_one_name_are_never_mixed_up(tmp_path, monkeypatch, request):
+    """Two configs, each beside a module of the same name: the second is an errored check, never
+    a second audit of the first's module."""
+    name = re.sub(r"\W", "_", f"bce_user_{request.node.name}")
+    monkeypatch.chdir(tmp_path)
+    configs = []
+    for sub, source in (("a", GOOD_LOSS), ("b", POOR_LOSS)):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"{name}.py").write_text(source, encoding="utf-8")
+        configs.append(write(tmp_path / sub, "gate.toml", grid_check(f"impl:{name}:bce", f"from {sub}")))
+    try:
+        out = tmp_path / "gate.json"
+        assert_exit(run("gate", *configs, "--json", str(out)), 1)
+        a, b = strict_json(out.read_text(encoding="utf-8"))["checks"]
+        assert (a["status"], b["status"]) == ("PASS", "ERROR")
+        assert f"imported from {tmp_path / 'a'} already" in b["error"] and "rename one" in b["error"]
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_issue_12_import_error_names_the_searched_directories(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    spec = "impl:bce_user_nowhere_to_be_found:bce"
+    config = write(tmp_path, "gate.toml", 'pythonpath = ["src"]\n' + grid_check(spec))
+    json_out = tmp_path / "gate.json"
+    assert_exit(run("gate", config, "--json", str(json_out)), 1)
+    error = strict_json(json_out.read_text(encoding="utf-8"))["checks"][0]["error"]
+    assert f"searched {tmp_path / 'src'}, {tmp_path}, {tmp_path / 'run'}, then" in error, error
+
+
+@pytest.mark.parametrize(("text", "args", "needles"), [
+    ('pythonpath = ["no-such-dir"]\n', (), ("gate.toml: pythonpath", "'no-such-dir'", "no such directory")),
+    ("pythonpath = 3\n", (), ("gate.toml: pythonpath", "list of strings")),
+    ("", ("--pythonpath", "no-such-dir"), ("--pythonpath", "'no-such-dir'", "no such directory")),
+])
+def test_issue_12_bad_pythonpath_is_a_config_error(tmp_path, text, args, needles):
+    config = write(tmp_path, "gate.toml", text + grid_check("logits-stable"))
+    assert_usage_error(run("gate", config, *args), *needles)
+
+
+def test_issue_12_baseline_save_refuses_an_errored_check(tmp_path, user_module):
+    spec = f"impl:{user_module(BROKEN)}:raises"
+    out = tmp_path / "base.json"
+    r = run("baseline", "save", write(tmp_path, "own.toml", gate_with_errored(spec)), "-o", str(out))
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert not out.exists()
+    assert "check 'mine'" in r.stderr and "boom from the user" in r.stderr and "not saved" in r.stderr
+    assert "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("spec", ["impl:", "impl:mod", "impl::f", "impl:mod:"])
