@@ -258,8 +258,8 @@ class CheckResult:
     error: str = ""  # the check could not be measured: its user function's one-line message
 
     def to_dict(self) -> dict:
-        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
-        return clean(asdict(self))
+        """A JSON-safe dict of the fields and the status, as the CLI's JSON writes this record."""
+        return clean({**asdict(self), "status": self.status})
 
     @property
     def ok(self) -> bool:

@@ -667,7 +667,7 @@ def github_annotations(results) -> str:
 def gate_json(results, configs, baseline: str | None) -> str:
     doc = {"schema": SCHEMA, "version": __version__, "kind": "gate", "configs": list(configs),
            "baseline": baseline, "passed": all(r.ok for r in results),
-           "checks": [{**asdict(r), "status": r.status} for r in results]}
+           "checks": [r.to_dict() for r in results]}
     return to_json(doc)
 
 
