@@ -254,38 +254,13 @@ def _maximum(a: np.ndarray, b) -> np.ndarray:
 # ---------------------------------------------------------------- the jitted functions
 
 
-def _load_libm() -> dict:
-    import ctypes
-    import ctypes.util
-
-    path = ctypes.util.find_library("m")
-    try:
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        lib = None
-    out = {}
-    for name in ("expf", "logf"):
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
-            out[name] = fn
-    return out
-
-
-_LIBM = _load_libm()
-
-
 def _libm(name: str, a: np.ndarray) -> np.ndarray:
-    """The C library's float32 ``expf``/``logf``, which XLA calls where it does not vectorise.
+    """The C library's float32 ``expf``/``logf``, which XLA calls where it does not vectorise
+    (XLA resolves the symbol in the process's libm: glibc on Linux): `sleef.libm`, the one
+    ctypes binding of it."""
+    from bce_audit import sleef
 
-    The process's libm through ctypes (XLA resolves the symbol there: glibc on Linux); without
-    it, the correctly rounded value, which glibc's misses by an ULP on about 1 input in 1000.
-    """
-    fn = _LIBM.get(name)
-    if fn is None:
-        with np.errstate(all="ignore"):
-            return (np.exp if name == "expf" else np.log)(a.astype(np.float64)).astype(_F32)
-    return np.asarray(np.frompyfunc(fn, 1, 1)(a), dtype=_F32).reshape(a.shape)
+    return sleef.libm(name, a)
 
 
 def _alone(o: _Ops, a: np.ndarray, poly, libm: str) -> np.ndarray:

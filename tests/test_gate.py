@@ -747,12 +747,16 @@ def test_poor_user_implementation_fails(tmp_path, user_module):
     assert re.fullmatch(r"1 of 1 checks? failed: user within 4 ULP", summary(r.stdout))
 
 
+def floor_checks(*named: tuple[str, str]) -> str:
+    """A config of float32 label-1 `bce_floor` checks (max 1e-30), one per (name, formula)."""
+    return "".join(f'[[check]]\nname = "{n}"\nformula = "{s}"\ndtype = "float32"\n'
+                   f'keypoint = "bce_floor"\nlabel = 1\nmax_value = 1e-30\n' for n, s in named)
+
+
 def test_user_keypoint_check(tmp_path, user_module):
     good = f"impl:{user_module(GOOD_LOSS, 'good')}:bce"
     poor = f"impl:{user_module(POOR_LOSS, 'poor')}:bce"
-    text = "".join(f'[[check]]\nname = "{n} floor"\nformula = "{s}"\ndtype = "float32"\n'
-                   f'keypoint = "bce_floor"\nlabel = 1\nmax_value = 1e-30\n'
-                   for n, s in (("good", good), ("poor", poor)))
+    text = floor_checks(("good floor", good), ("poor floor", poor))
     r = run("gate", write(tmp_path, "own.toml", text))
     assert_exit(r, 1)
     assert summary(r.stdout) == "1 of 2 checks failed: poor floor"
@@ -761,9 +765,7 @@ def test_user_keypoint_check(tmp_path, user_module):
 def test_issue_12_a_keypoint_check_whose_function_raises_errors(tmp_path, user_module):
     good = f"impl:{user_module(GOOD_LOSS, 'good')}:bce"
     broken = f"impl:{user_module(BROKEN, 'broken')}:raises"
-    text = "".join(f'[[check]]\nname = "{n}"\nformula = "{s}"\ndtype = "float32"\n'
-                   f'keypoint = "bce_floor"\nlabel = 1\nmax_value = 1e-30\n'
-                   for n, s in (("broken floor", broken), ("good floor", good)))
+    text = floor_checks(("broken floor", broken), ("good floor", good))
     r = run("gate", write(tmp_path, "own.toml", text))
     assert_exit(r, 1)
     assert summary(r.stdout) == "1 of 2 checks errored: broken floor"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mpmath import mp
 
 from bce_audit import formulas, sleef
-from tests.ulp_support import ulp_distance
+from tests.ulp_support import round_f32, ulp_distance
 
 F32 = np.float32
 UNARY = ("exp", "log", "log1p", "sigmoid", "log_sigmoid")
@@ -54,17 +54,6 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- without torch
 
 
-def _round_f32(q: Fraction) -> np.float32:
-    """The float32 nearest to q, ties to even (q finite, normal range or subnormal)."""
-    f = F32(float(q))
-    if Fraction(float(f)) > q:
-        lo, hi = np.nextafter(f, F32(-np.inf)), f
-    else:
-        lo, hi = f, np.nextafter(f, F32(np.inf))
-    dlo, dhi = q - Fraction(float(lo)), Fraction(float(hi)) - q
-    if dlo != dhi:
-        return lo if dlo < dhi else hi
-    return lo if int(np.array([lo], F32).view(np.uint32)[0]) % 2 == 0 else hi
 
 
 _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-(2.0**60), max_value=2.0**60)
@@ -77,7 +66,7 @@ _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-(2.
 def test_fma_rounds_once_and_keeps_subnormals(a, b, c):
     exact = Fraction(a) * Fraction(b) + Fraction(c)
     got = sleef.fma(np.array([a], F32), np.array([b], F32), np.array([c], F32))[0]
-    want = _round_f32(exact)
+    want = round_f32(exact)
     assert got == want, (a, b, c, got, want)
 
 

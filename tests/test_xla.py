@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bce_audit import xla
-from tests.ulp_support import ulp_distance
+from tests.ulp_support import round_f32, ulp_distance
 
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
           "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -65,17 +65,6 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- without jax
 
 
-def _round_f32(q: Fraction) -> np.float32:
-    """The float32 nearest to q, ties to even (q finite, within float32's range)."""
-    f = F32(float(q))  # within an ULP: the two float32 around q are f and one neighbour
-    if Fraction(float(f)) > q:
-        lo, hi = np.nextafter(f, F32(-np.inf)), f
-    else:
-        lo, hi = f, np.nextafter(f, F32(np.inf))
-    dlo, dhi = q - Fraction(float(lo)), Fraction(float(hi)) - q
-    if dlo != dhi:
-        return lo if dlo < dhi else hi
-    return lo if int(np.array([lo], F32).view(np.uint32)[0]) % 2 == 0 else hi
 
 
 _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-(2.0**60), max_value=2.0**60)
@@ -89,7 +78,7 @@ def test_fma_rounds_once(a, b, c):
     """`xla.fma` is the correctly rounded ``a*b + c`` (what ``vfmadd`` returns), past float64's tie."""
     exact = Fraction(a) * Fraction(b) + Fraction(c)
     got = xla.fma(np.array([a], F32), np.array([b], F32), np.array([c], F32))[0]
-    want = _round_f32(exact)
+    want = round_f32(exact)
     if abs(want) < np.finfo(F32).tiny:
         want = F32(0.0)
     assert got == want or (got == 0 and want == 0), (a, b, c, got, want)

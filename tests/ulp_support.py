@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from bce_audit import dtypes
@@ -21,3 +23,17 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d[na & nb] = 0.0
     d[na ^ nb] = np.inf
     return d
+
+
+def round_f32(q: Fraction) -> np.float32:
+    """The float32 nearest to q, ties to even (q finite, within float32's range, subnormals
+    included): the reference for the fused multiply-add models."""
+    f = np.float32(float(q))  # within an ULP: the two float32 around q are f and one neighbour
+    if Fraction(float(f)) > q:
+        lo, hi = np.nextafter(f, np.float32(-np.inf)), f
+    else:
+        lo, hi = f, np.nextafter(f, np.float32(np.inf))
+    dlo, dhi = q - Fraction(float(lo)), Fraction(float(hi)) - q
+    if dlo != dhi:
+        return lo if dlo < dhi else hi
+    return lo if int(np.array([lo], np.float32).view(np.uint32)[0]) % 2 == 0 else hi
