@@ -36,6 +36,7 @@ inf
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -93,6 +94,39 @@ def _rewrap(out):
     return out
 
 
+Kernel = Callable[[np.ndarray], np.ndarray]
+
+
+class KernelMemo:
+    """Kernel results remembered by the bits of their inputs, the least recently used dropped
+    past ``budget`` bytes: the formulas, labels and key-point searches that evaluate one kernel
+    on the same values share one evaluation. Results are read-only."""
+
+    def __init__(self, budget: int = 64 << 20):
+        self.budget = budget
+        self.size = 0
+        self._table: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
+
+    def __call__(self, key: tuple, compute: Callable[[], np.ndarray], *inputs) -> np.ndarray:
+        """``compute()``, or what it gave before for the same ``key`` and inputs (compared by
+        dtype, shape and bytes: a longdouble's padding may only cost a miss)."""
+        arrays = [np.asarray(a) for a in inputs]
+        full = (*key, *((a.dtype.str, a.shape, a.tobytes()) for a in arrays))
+        hit = self._table.get(full)
+        if hit is not None:
+            self._table.move_to_end(full)
+            return hit[0]
+        out = compute()
+        out.flags.writeable = False
+        cost = out.nbytes + sum(a.nbytes for a in arrays)
+        self._table[full] = (out, cost)
+        self.size += cost
+        while self.size > self.budget and len(self._table) > 1:
+            _, (_, dropped) = self._table.popitem(last=False)
+            self.size -= dropped
+        return out
+
+
 @dataclass(frozen=True)
 class Ops:
     """Replacements for the built-in sigmoid and logit: a user's, or a real framework's."""
@@ -104,10 +138,13 @@ class Ops:
 class Evaluator:
     """Rounding semantics for one dtype and mode."""
 
-    def __init__(self, dtype: str, mode: str = "per-op", ops: Ops | None = None, memo: bool = False):
+    def __init__(self, dtype: str, mode: str = "per-op", ops: Ops | None = None,
+                 memo: bool | KernelMemo | None = False):
         """``ops``: a sigmoid and/or logit that replace the built-in ones. ``memo``: the built-in
-        sigmoid and log-sigmoid kernels remember their results by the bits of their input, so
-        the formulas evaluated on the same inputs share one evaluation (results are read-only)."""
+        sigmoid and log-sigmoid kernels and the frameworks' kernel models remember their results
+        by the bits of their input, so the formulas and labels evaluated on the same inputs share
+        one evaluation (results are read-only); a `KernelMemo` to share it with other evaluators
+        (True: one of its own). Never with ``ops``: real or user code is called every time."""
         if mode not in EVALUATED:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(EVALUATED)} "
                              "(native: resolve it per formula with framework_mode)")
@@ -116,7 +153,10 @@ class Evaluator:
         self.dtype = self.info.dtype
         self.ops = ops or Ops()
         self.ftz = mode in FLUSHING and ops is None  # real ops (and user code) see the values as they are
-        self._memo: list[tuple[Callable, np.ndarray, np.ndarray]] | None = [] if memo else None
+        if ops is not None or memo is None or memo is False:
+            self._memo: KernelMemo | None = None
+        else:
+            self._memo = KernelMemo() if memo is True else memo
 
     def c(self, value) -> np.ndarray:
         """A constant rounded to the dtype (0-d array, so it never promotes)."""
@@ -145,16 +185,17 @@ class Evaluator:
         """``kernel(fn, x)``, remembered by the bits of x when ``memo`` is on."""
         if self._memo is None:
             return self.kernel(fn, x)
-        x = np.asarray(x)
-        # the bits, as unsigned integers (bytes for longdouble, whose padding may only cost a miss)
-        bits = x.view(f"u{x.itemsize}") if x.itemsize <= 8 else np.ascontiguousarray(x).view(np.uint8)
-        for f, seen, out in self._memo:
-            if f is fn and seen.dtype == bits.dtype and seen.shape == bits.shape and (seen == bits).all():
-                return out
-        out = self.kernel(fn, x)
-        out.flags.writeable = False
-        self._memo.append((fn, bits.copy(), out))
-        return out
+        flushed = isinstance(x, Flushed)  # what the kernel's own ops then do to subnormals
+        return self._memo((fn, self.dtype.str, self.mode, flushed), lambda: self.kernel(fn, x), x)
+
+    def remembered(self, name: str, fn: Kernel) -> Kernel:
+        """A kernel model ``fn`` (one array in, one out), remembered by the bits of its input
+        under ``name`` when ``memo`` is on."""
+        memo = self._memo
+        if memo is None:
+            return fn
+        key = (name, self.dtype.str, self.mode)
+        return lambda a: memo(key, lambda: fn(a), a)
 
     # Framework-level ops shared by several formulas.
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
@@ -183,19 +224,20 @@ class Evaluator:
         return self._elementary("log1p", np.log1p)(a)
 
     def _elementary(self, name: str, default: Callable) -> Callable:
+        """numpy's ``default``, or the framework's kernel model (remembered: `remembered`)."""
         if self.mode == "tf":
             from bce_audit import eigen
 
             if self.dtype in eigen.DTYPES:
-                return _plain(getattr(eigen, name))
+                return self.remembered(name, _plain(getattr(eigen, name)))
         if self.xla:
             from bce_audit import xla
 
-            return _plain(getattr(xla, name))
+            return self.remembered(name, _plain(getattr(xla, name)))
         if self.torch_cpu:
             from bce_audit import sleef
 
-            return _plain(sleef.elementary(name))
+            return self.remembered(name, _plain(sleef.elementary(name)))
         return default
 
     @property
@@ -325,7 +367,8 @@ def _torch_bce_kernel(ev: Evaluator, p, y) -> np.ndarray:
     if ev.torch_cpu:  # a scalar cpu_kernel: std::log and std::log1p, the C library's
         from bce_audit import sleef
 
-        log, log1p = (lambda a: sleef.libm("logf", a)), (lambda a: sleef.libm("log1pf", a))
+        log = ev.remembered("logf", lambda a: sleef.libm("logf", a))
+        log1p = ev.remembered("log1pf", lambda a: sleef.libm("log1pf", a))
     return (y - one) * np.maximum(log1p(-p), floor) - y * np.maximum(log(p), floor)
 
 
@@ -369,7 +412,9 @@ def optax(x, y, eps, ev: Evaluator) -> np.ndarray:
     if ev.xla:
         from bce_audit import xla
 
-        return xla.optax_bce(np.asarray(x), np.asarray(y))
+        x = np.asarray(x)  # the softplus pair is the same for every label: remembered
+        softplus = ev.remembered("optax-softplus", xla.optax_softplus)(x)
+        return xla.optax_bce_of(softplus, np.asarray(y), x.dtype)
     one = ev.c(1.0)
     return -y * ev.shared(_jax_log_sigmoid, x) - (one - y) * ev.shared(_jax_log_sigmoid, -x)
 

@@ -350,7 +350,7 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
     """
     info = dtypes.get(dtype)
     computes = formulas.framework_mode(mode, None)  # "native": numpy's sigmoid and logit
-    ev = Evaluator(dtype, computes, user.ops if user else backend.ops() if backend else None)
+    ev = _evaluator(dtype, computes, user.ops if user else backend.ops() if backend else None)
     where = backend.label if backend else "numpy"
     name_of = user.name if user else None
     top, one = info.max_ordinal, _ord(info, 1.0)
@@ -429,7 +429,7 @@ def _label_table(dtype: str, mode: str, formula: str, eps: float | None, label: 
     """A built-in formula over every finite value of an 8- or 16-bit dtype, once per label; the
     pair's table is made from the two labels' (the pair at a is their mean at -a and a)."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, formulas.framework_mode(mode, formula))
+    ev = _evaluator(dtype, formulas.framework_mode(mode, formula))
     if label == "pair":
         l0, l1 = _label_table(dtype, mode, formula, eps, 0), _label_table(dtype, mode, formula, eps, 1)
         out = formulas.pair_mean(formulas.get(formula), l0[::-1], l1, ev)  # symmetric: index -i is -a
@@ -456,7 +456,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
                    backend=None) -> list[KeyPoint]:
     """Floor, ceiling, zero and non-finite points of one formula for one label (or the pair)."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
+    ev = _evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
     f = backend.formula(formula) if backend else formulas.get(formula)
     where = backend.label if backend else "numpy"
     if info.exhaustive and backend is None and f.user is None:
@@ -556,8 +556,26 @@ class Selection:
         return any(formulas.get(n).user is not None for n in self.formulas)
 
 
+_MEMO: list[formulas.KernelMemo] = []  # the memo of the `dtype_points` under way, if any
+
+
+def _evaluator(dtype: str, mode: str, ops: formulas.Ops | None = None) -> Evaluator:
+    """An evaluator for the searches: one dtype's searches share their kernel models' results
+    (`formulas.KernelMemo`): the labels, the formulas of one framework and the walks over the
+    same coarse samples evaluate the same values again and again."""
+    return Evaluator(dtype, mode, ops, memo=_MEMO[-1] if _MEMO else None)
+
+
 def dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
     """The key points of one dtype, and the notes on what could not be audited there."""
+    _MEMO.append(formulas.KernelMemo())
+    try:
+        return _dtype_points(d, sel, backend)
+    finally:
+        _MEMO.pop()
+
+
+def _dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
     from bce_audit.backends import Unsupported
 
     mode, thresholds = sel.mode, sel.thresholds
@@ -658,7 +676,7 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
                 backend=None) -> list[KeyPoint]:
     """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
     info = dtypes.get(dtype)
-    ev = Evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
+    ev = _evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
     g = tabulated(info, gradients.grad_fn(formula, eps, label, ev, backend))
     f = formulas.get(formula)
     rec_eps = eps if f.uses_eps else None

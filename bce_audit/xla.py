@@ -352,10 +352,23 @@ def optax_bce(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     float32 LLVM fuses the first product into the sum:
     ``fma(y, softplus(-x), softplus(x) * (1 - y))``.
     """
+    return optax_bce_of(optax_softplus(x), y, np.asarray(x).dtype)
+
+
+def optax_softplus(x: np.ndarray) -> np.ndarray:
+    """``softplus(-x)`` and ``softplus(x)`` (rows 0 and 1, float32) as `optax_bce` computes
+    them: what its value at one x shares between labels."""
     o = _Ops(_dtype(x))
-    a, b = o.inp(x), o.inp(np.asarray(y).astype(np.asarray(x).dtype))
+    a = o.inp(x)
+    return np.stack([_softplus(o, -a), _softplus(o, a)])
+
+
+def optax_bce_of(softplus: np.ndarray, y: np.ndarray, dtype) -> np.ndarray:
+    """`optax_bce` at labels ``y`` from `optax_softplus` of the logits (of ``dtype``)."""
+    o = _Ops(_dtype(np.empty(0, dtype)))
+    b = o.inp(np.asarray(y).astype(dtype))
+    sp_neg, sp_pos = softplus[0], softplus[1]
     with np.errstate(all="ignore"):
-        sp_neg, sp_pos = _softplus(o, -a), _softplus(o, a)
         one_minus_y = o.r(_F32(1) - b)
         if o.f32:
             return o.out(fma(b, sp_neg, _z(sp_pos * one_minus_y)))
