@@ -363,7 +363,8 @@ def keras3(x, y, eps, ev: Evaluator) -> np.ndarray:
 
 def _torch_bce_kernel(ev: Evaluator, p, y) -> np.ndarray:
     floor, one = ev.c(-100.0), ev.c(1.0)
-    log, log1p = ev.log, ev.log1p
+    log: Kernel = ev.log
+    log1p: Kernel = ev.log1p
     if ev.torch_cpu:  # a scalar cpu_kernel: std::log and std::log1p, the C library's
         from bce_audit import sleef
 
