@@ -83,8 +83,9 @@ def pad(x: np.ndarray, fill: float = 0.0) -> np.ndarray:
     return np.concatenate([flat, np.full(extra, fill, flat.dtype)]) if extra else flat.copy()
 
 
-# float32 arithmetic under MXCSR FTZ|DAZ. Each operation is done exactly or with one innocuous
-# rounding in float64 (53 >= 2*24 + 2 bits, so +, -, *, / round correctly), then rounded once.
+# float32 arithmetic under MXCSR FTZ|DAZ. In float64 each operation is done exactly or with one
+# innocuous rounding (53 >= 2*24 + 2 bits, so +, -, *, / round correctly), then rounded once: what
+# `_op` falls back on where a result is near the flush threshold.
 
 
 def _round(v: np.ndarray) -> np.ndarray:
@@ -105,20 +106,35 @@ def _daz(x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) < _F32(_TINY), np.copysign(_F32(0), x), x)
 
 
+def _op(op: np.ufunc, a: Any, b: Any) -> np.ndarray:
+    """One float32 operation under FTZ: done in float32 (IEEE: correctly rounded, as the FPU
+    does it); only where a result is subnormal or exactly the smallest normal, where FTZ
+    decides by the unbounded-exponent rounding, done again in float64 and rounded by `_round`."""
+    r = op(np.asarray(a, _F32), np.asarray(b, _F32))
+    mag = np.asarray(r).view(np.uint32) & np.uint32(0x7FFFFFFF)
+    mag -= np.uint32(1)  # a zero wraps round: zeros keep their sign, as FTZ leaves them
+    if not (mag < _TINY_BITS).any():
+        return r
+    return _round(op(np.asarray(a, _F64), np.asarray(b, _F64)))
+
+
+_TINY_BITS = np.uint32(0x00800000)  # the bits of _TINY
+
+
 def _mul(a: Any, b: Any) -> np.ndarray:
-    return _round(np.asarray(a, _F64) * np.asarray(b, _F64))
+    return _op(np.multiply, a, b)
 
 
 def _add(a: Any, b: Any) -> np.ndarray:
-    return _round(np.asarray(a, _F64) + np.asarray(b, _F64))
+    return _op(np.add, a, b)
 
 
 def _sub(a: Any, b: Any) -> np.ndarray:
-    return _round(np.asarray(a, _F64) - np.asarray(b, _F64))
+    return _op(np.subtract, a, b)
 
 
 def _div(a: Any, b: Any) -> np.ndarray:
-    return _round(np.asarray(a, _F64) / np.asarray(b, _F64))
+    return _op(np.divide, a, b)
 
 
 def _madd(a: Any, b: Any, c: Any) -> np.ndarray:

@@ -59,8 +59,9 @@ _EXP_POLY = tuple(_F32(c) for c in (
 _LOG_POLY = tuple(_F32(c) for c in (0.3027294874, 0.3996108174, 0.6666694880))
 
 
-def fma(a, b, c) -> np.ndarray:
-    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``), subnormals kept.
+def fma(a, b, c, ftz: bool = False) -> np.ndarray:
+    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``), subnormals kept (``ftz``: flushed
+    to zeros of their sign, as under MXCSR FTZ).
 
     The float64 product of two float32 is exact, so the float64 sum is off only by its own
     rounding, and rounding it on to float32 goes wrong only where it sits exactly on a float32
@@ -80,7 +81,10 @@ def fma(a, b, c) -> np.ndarray:
         out = s.astype(_F32)
         i = np.flatnonzero(risky)
         shape = s.shape
-        out.reshape(-1)[i] = _fma_fix(*(np.broadcast_to(v, shape).reshape(-1)[i] for v in (a, b, c)))
+        fixed = _fma_fix(*(np.broadcast_to(v, shape).reshape(-1)[i] for v in (a, b, c)))
+        if ftz:  # only these can be subnormal
+            fixed = np.where(np.abs(fixed) < _F32(_TINY32), np.copysign(_F32(0), fixed), fixed)
+        out.reshape(-1)[i] = fixed
         return out
 
 
@@ -101,7 +105,8 @@ _LOW29 = np.uint64((1 << 29) - 1)
 _HALF29 = np.uint64(1 << 28)
 _ABS = np.uint64((1 << 63) - 1)
 _ONE = np.uint64(1)
-_TINY_BITS = np.uint64(np.float64(float.fromhex("0x1p-126")).view(np.uint64))  # float32's smallest normal
+_TINY32 = float.fromhex("0x1p-126")  # 1.18e-38, float32's smallest normal
+_TINY_BITS = np.uint64(np.float64(_TINY32).view(np.uint64))
 
 
 def _f(a) -> np.ndarray:

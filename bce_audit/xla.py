@@ -126,7 +126,7 @@ def fma(a, b, c) -> np.ndarray:
     """``a*b + c`` rounded once to float32 (x86 ``vfmadd``, `sleef.fma`), then flushed."""
     from bce_audit import sleef
 
-    return _z(sleef.fma(a, b, c))
+    return sleef.fma(a, b, c, ftz=True)
 
 
 def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
