@@ -53,14 +53,32 @@ FLUSHING = ("tf", "xla")  # the modes that flush subnormals to zero (FTZ/DAZ)
 def flush(a: np.ndarray) -> np.ndarray:
     """Subnormal values (for the CPU's float32 or float64 arithmetic) replaced by a signed zero."""
     a = np.asarray(a)
-    if a.dtype == np.bool_ or a.dtype.kind in "iub" or a.itemsize > 8:
+    tiny = _FLOORS.get(a.dtype, _UNKNOWN)
+    if tiny is _UNKNOWN:
+        tiny = _FLOORS[a.dtype] = _flushes_below(a.dtype)
+    if tiny is None:
         return a
-    tiny = flush_floor(a.dtype)
+    small = np.abs(a) < tiny
+    if not small.any():
+        return a
     with np.errstate(all="ignore"):
-        small = np.abs(a) < tiny
-        if not small.any():
-            return a
         return np.where(small, a * np.zeros((), a.dtype), a)
+
+
+_UNKNOWN = object()
+_FLOORS: dict = {}  # dtype -> what `_flushes_below` says of it
+
+
+def _flushes_below(dtype: np.dtype):
+    """`flush_floor` for a dtype that can hold values below it; None for one that cannot (bool,
+    integers, float16 and float8, whose subnormals are normal float32 values) and for longdouble
+    (x87 arithmetic does not flush)."""
+    import ml_dtypes
+
+    if dtype == np.bool_ or dtype.kind in "iub" or dtype.itemsize > 8:
+        return None
+    tiny = flush_floor(dtype)
+    return tiny if float(ml_dtypes.finfo(dtype).smallest_subnormal) < tiny else None
 
 
 _TINY32 = float.fromhex("0x1p-126")   # 1.18e-38, float32's smallest normal
