@@ -251,7 +251,10 @@ def log1p(d: np.ndarray) -> np.ndarray:
         m = fma(d, t, t - _F32(1))
         xh, xl = _dfdiv(m, np.zeros_like(m), *_dfadd_ff(_F32(2), m))
         r = _log_tail(e, xh, xl)
-        r = np.where(d <= _LOG1P_BOUND, r, log(d))
+        past = ~(d <= _LOG1P_BOUND)  # there (and at NaN) log(d): computed for those alone
+        if past.any():
+            r = np.array(r, _F32)
+            r[past] = log(d[past])
         r = np.where(d < -1, _F32(np.nan), r)
         r = np.where(d == -1, _F32(-np.inf), r)
         return np.where((d == 0) & np.signbit(d), _F32(-0.0), r).astype(_F32)

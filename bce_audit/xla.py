@@ -187,8 +187,24 @@ def _log32(x: np.ndarray) -> np.ndarray:
 
 
 def _log1p32(x: np.ndarray) -> np.ndarray:
+    """XLA's log1p: `_log1p_small` for ``|x| < sqrt(2) - 1``, ``log(1 + x)`` elsewhere; each
+    element computed on its own path only (the ops are elementwise: the same values)."""
     with np.errstate(all="ignore"):
-        big = _log32(_z(x + _F32(1)))
+        small = np.abs(x) < _LOG1P_SMALL
+        if small.all():
+            return _log1p_small(x)
+        if not small.any():
+            return _log32(_z(x + _F32(1)))
+        out = np.empty(x.shape, _F32)
+        out[small] = _log1p_small(x[small])
+        big = ~small
+        out[big] = _log32(_z(x[big] + _F32(1)))
+        return out
+
+
+def _log1p_small(x: np.ndarray) -> np.ndarray:
+    """``x - x**2/2 + x**3 * P(x) / Q(x)``, XLA's log1p near 0."""
+    with np.errstate(all="ignore"):
         x2 = _z(x * x)
         z = _z(x * _F32(0))
         q = _z(z + _LOG1P_Q[0])
@@ -199,8 +215,7 @@ def _log1p32(x: np.ndarray) -> np.ndarray:
             pp = fma(pp, x, c)
         t = _z(_z(x * x2) * _z(pp / q))
         t = fma(x2, _F32(-0.5), t)
-        small = _z(x + t)
-        return np.where(np.abs(x) < _LOG1P_SMALL, small, big).astype(_F32)
+        return _z(x + t)
 
 
 # ---------------------------------------------------------------- dtypes
