@@ -96,7 +96,9 @@ class Flushed(np.ndarray):
     results to zero, as TensorFlow and XLA run their CPU kernels (FTZ/DAZ set)."""
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        args = [flush(a) if isinstance(a, np.ndarray) else a for a in inputs]
+        # a Flushed array holds no subnormal (it is made flushed: `Evaluator.inputs`, `_rewrap`)
+        args = [(a.view(np.ndarray) if isinstance(a, Flushed) else flush(a)) if isinstance(a, np.ndarray)
+                else a for a in inputs]
         return _rewrap(getattr(ufunc, method)(*args, **kwargs))
 
     def __array_function__(self, func, types, args, kwargs):
