@@ -162,6 +162,7 @@ def _tf_and_model(tf, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return got, getattr(eigen, name)(x)
 
 
+@pytest.mark.slow  # every 16-bit value through TensorFlow
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
 @pytest.mark.parametrize("name", ["logistic", "exp", "log", "log1p"])
 def test_every_16_bit_value_matches_tensorflow(tf, name, dtype):

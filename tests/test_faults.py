@@ -353,6 +353,7 @@ def test_issue_14_a_scheduler_address_is_checked_before_the_work(address):
     assert_usage_error(run("sweep", "--scheduler", address), "--scheduler", "tcp://HOST:PORT")
 
 
+@pytest.mark.slow  # waits for Dask's connect timeout
 def test_issue_14_a_peer_that_is_no_scheduler_is_one_line(monkeypatch):
     """A TCP server that accepts and never answers: no wait past CONNECT_TIMEOUT, one line."""
     pytest.importorskip("dask.distributed")
@@ -371,6 +372,7 @@ def test_issue_14_a_peer_that_is_no_scheduler_is_one_line(monkeypatch):
     assert time.monotonic() - t < 30
 
 
+@pytest.mark.slow  # a Dask cluster, waited on
 def test_issue_14_a_cluster_without_workers_is_one_line(monkeypatch):
     dd = pytest.importorskip("dask.distributed")
     from bce_audit import distributed

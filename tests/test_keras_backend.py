@@ -109,6 +109,7 @@ def _f16_subset() -> np.ndarray:
 # ---------------------------------------------------------------- fidelity
 
 
+@pytest.mark.slow  # a Keras worker per backend, each importing its framework
 @pytest.mark.parametrize("kb", KERAS_BACKENDS)
 def test_keras_float16_formulas_are_the_models(kb):
     """A quick look: every 16th float16 value; each mapped formula is the call Keras really makes."""
@@ -233,6 +234,7 @@ def test_worker_that_cannot_start_is_backend_missing(monkeypatch):
     assert "No module named bce_audit.no_such_worker" in msg and "pip install 'bce-audit[keras]'" in msg
 
 
+@pytest.mark.slow  # starts a Keras worker
 def test_worker_that_dies_mid_run_is_backend_missing():
     be = _keras("numpy")
     w = keras_backend.Worker("numpy")

@@ -96,7 +96,8 @@ def _lean(s: Settings, dtype: str, n: int, keep: set[int]):
 
 
 CASES = [
-    (Settings(dtypes=("float16",), exhaustive=True, keep=9, grad=True), "float16"),
+    pytest.param(Settings(dtypes=("float16",), exhaustive=True, keep=9, grad=True), "float16",
+                 marks=pytest.mark.slow),  # every float16, with gradients: seconds
     (Settings(dtypes=("bfloat16",), exhaustive=True, keep=9, mode="upcast"), "bfloat16"),
     (Settings(points=9001, range=(-800.0, 800.0), keep=13, grad=True, eps=(1e-7, 0.1)), "float32"),
     (Settings(points=5001, range=(-40.0, 40.0), keep=7, spacing="log", label="0"), "float32"),

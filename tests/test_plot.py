@@ -356,6 +356,7 @@ def test_gate_markdown_parses_and_states_pass_and_fail(tmp_path):
     assert "1 of 2 checks failed: round trip survives to 20" in text
 
 
+@pytest.mark.slow  # a huge grid
 def test_issue_14_plot_of_a_huge_grid_keeps_a_bounded_sample(monkeypatch):
     """A curve draws plot.MAX_POINTS evenly spread grid points, never a Row per grid point."""
     seen = []

@@ -510,6 +510,7 @@ def test_small_fast_grids_run_without_a_pool(monkeypatch):
     assert RecordingPool.made == [2]  # the mpmath baseline always pays for the pool
 
 
+@pytest.mark.slow  # a process pool over a multi-chunk grid
 def test_jobs_2_equals_jobs_1(pool_spy):
     one = sweep.run_sweep(MULTI, jobs=1)
     assert pool_spy == []
@@ -710,6 +711,7 @@ def test_cache_key_tells_settings_apart(tmp_path, chunk_spy):
 # ---------------------------------------------------------------- Dask
 
 
+@pytest.mark.slow  # a Dask cluster of processes
 def test_dask_local_cluster_equals_local_run(monkeypatch):
     distributed = pytest.importorskip("dask.distributed")
     from bce_audit import distributed as bce_distributed
