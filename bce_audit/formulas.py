@@ -196,7 +196,8 @@ class Evaluator:
     def kernel(self, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
         """Run a framework-level op: in float32 and rounded once when upcasting a narrow dtype."""
         if self.mode == "upcast" and self.info.narrow:
-            ev32 = Evaluator("float32", "upcast")  # torch's float32 kernels (`sleef`) where modelled
+            # torch's float32 kernels (`sleef`) where modelled; the memo too (keyed by dtype and mode)
+            ev32 = Evaluator("float32", "upcast", memo=self._memo)
             out = fn(ev32, *(np.asarray(a).astype(np.float32) for a in args))
             return np.asarray(out).astype(self.dtype)
         return fn(self, *args)
