@@ -182,13 +182,13 @@ def _ld_value(ordinals):
     emin, nm = _LD.minexp, _LD.nmant
     mask = (1 << nm) - 1
     n = [-o if o < 0 else o for o in ords]
-    field = np.fromiter((v >> nm for v in n), dtype=np.int64, count=len(n))
-    frac = np.fromiter((v & mask for v in n), dtype=np.uint64, count=len(n)).astype(np.longdouble)
+    field = np.array([v >> nm for v in n], dtype=np.int64)
+    frac = np.array([v & mask for v in n], dtype=np.uint64).astype(np.longdouble)
     normal = field > 0
     sig = np.where(normal, frac + np.longdouble(2) ** nm, frac)
     exp = np.where(normal, field - 1 + emin - nm, emin - nm)
     v = np.ldexp(sig, exp.astype(np.int32))
-    neg = np.fromiter((o < 0 for o in ords), dtype=bool, count=len(ords))
+    neg = np.array([o < 0 for o in ords], dtype=bool)
     v = np.where(neg, -v, v).astype(np.longdouble)
     return v[0] if scalar else v
 
