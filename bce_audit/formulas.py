@@ -129,9 +129,9 @@ class KernelMemo:
 
     def __call__(self, key: tuple, compute: Callable[[], np.ndarray], *inputs) -> np.ndarray:
         """``compute()``, or what it gave before for the same ``key`` and inputs (compared by
-        dtype, shape and bytes: a longdouble's padding may only cost a miss)."""
+        dtype, shape and bits)."""
         arrays = [np.asarray(a) for a in inputs]
-        full = (*key, *((a.dtype.str, a.shape, a.tobytes()) for a in arrays))
+        full = (*key, *((a.dtype.str, a.shape, _bytes(a)) for a in arrays))
         hit = self._table.get(full)
         if hit is not None:
             self._table.move_to_end(full)
@@ -145,6 +145,17 @@ class KernelMemo:
             _, (_, dropped) = self._table.popitem(last=False)
             self.size -= dropped
         return out
+
+
+_X87 = np.finfo(np.longdouble).nmant == 63  # an 80-bit longdouble padded to 12 or 16 bytes
+
+
+def _bytes(a: np.ndarray) -> bytes:
+    """The bits of an array's values: an x87 longdouble's 10 bytes, not its padding (which is
+    not always zero, and would make equal values differ)."""
+    if _X87 and a.dtype == np.longdouble:
+        return np.ascontiguousarray(a).view(np.uint8).reshape(*a.shape, a.itemsize)[..., :10].tobytes()
+    return a.tobytes()
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,12 @@ class Evaluator:
             return self.kernel(fn, x)
         flushed = isinstance(x, Flushed)  # what the kernel's own ops then do to subnormals
         return self._memo((fn, self.dtype.str, self.mode, flushed), lambda: self.kernel(fn, x), x)
+
+    def remember(self, key: tuple, compute: Callable[[], np.ndarray], *inputs) -> np.ndarray:
+        """``compute()``, remembered under ``key`` by the bits of ``inputs`` when ``memo`` is on."""
+        if self._memo is None:
+            return compute()
+        return self._memo((*key, self.dtype.str, self.mode), compute, *inputs)
 
     def remembered(self, name: str, fn: Kernel) -> Kernel:
         """A kernel model ``fn`` (one array in, one out), remembered by the bits of its input

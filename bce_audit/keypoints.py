@@ -402,12 +402,22 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
 def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) -> Callable:
     if label == "pair":
         def pair(a):
-            zero, one = np.zeros(np.shape(a)), np.ones(np.shape(a))
-            l0 = formula(-np.asarray(a), zero, eps, ev)
-            l1 = formula(a, one, eps, ev)
+            l0 = _loss(formula, eps, 0, ev, -np.asarray(a))
+            l1 = _loss(formula, eps, 1, ev, a)
             return formulas.pair_mean(formula, l0, l1, ev)
         return pair
-    return lambda v: formula(v, np.full(np.shape(v), label), eps, ev)
+    lab = int(label)
+    return lambda v: _loss(formula, eps, lab, ev, v)
+
+
+def _loss(formula: Formula, eps: float | None, label: int, ev: Evaluator, x) -> np.ndarray:
+    """A formula at x for label ``label``; a built-in one's remembered by the evaluator's memo
+    (the pair's halves are the labels' own values at -x and x, on the same walks)."""
+    def compute():
+        return formula(x, np.full(np.shape(x), label), eps, ev)
+    if formula.user is not None:  # user code runs every time
+        return compute()
+    return ev.remember(("bce", formula.name, eps, label), compute, x)
 
 
 def loss_values(formula: Formula, eps: float | None, labels: Sequence[Label], ev: Evaluator,
@@ -417,7 +427,7 @@ def loss_values(formula: Formula, eps: float | None, labels: Sequence[Label], ev
     out: dict = {}
     for label in labels:
         if label == "pair" and 1 in out:
-            l0 = formula(-np.asarray(x), np.zeros(np.shape(x)), eps, ev)
+            l0 = _loss(formula, eps, 0, ev, -np.asarray(x))
             out[label] = formulas.pair_mean(formula, l0, out[1], ev)
         else:
             out[label] = loss_fn(formula, eps, label, ev)(x)
