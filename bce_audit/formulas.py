@@ -184,6 +184,7 @@ class Evaluator:
         self.dtype = self.info.dtype
         self.ops = ops or Ops()
         self.ftz = mode in FLUSHING and ops is None  # real ops (and user code) see the values as they are
+        self._kernels: dict[str, Callable] = {}
         if ops is not None or memo is None or memo is False:
             self._memo: KernelMemo | None = None
         else:
@@ -262,7 +263,14 @@ class Evaluator:
         return self._elementary("log1p", np.log1p)(a)
 
     def _elementary(self, name: str, default: Callable) -> Callable:
-        """numpy's ``default``, or the framework's kernel model (remembered: `remembered`)."""
+        """numpy's ``default``, or the framework's kernel model (remembered: `remembered`);
+        found once per evaluator."""
+        fn = self._kernels.get(name)
+        if fn is None:
+            fn = self._kernels[name] = self._find_elementary(name, default)
+        return fn
+
+    def _find_elementary(self, name: str, default: Callable) -> Callable:
         if self.mode == "tf":
             from bce_audit import eigen
 
