@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 from mpmath import mp, mpf
 
-from bce_audit import dtypes, formulas, gradients, heap, metrics, records, reference
+from bce_audit import dtypes, formulas, gradients, heap, impl, metrics, records, reference
 from bce_audit.formulas import Evaluator, Formula
 from bce_audit.records import KeyPoint, Label
 
@@ -466,7 +466,8 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
                    backend=None) -> list[KeyPoint]:
     """Floor, ceiling, zero and non-finite points of one formula for one label (or the pair)."""
     info = dtypes.get(dtype)
-    ev = _evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
+    ev = _evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None,
+                    formula)
     f = backend.formula(formula) if backend else formulas.get(formula)
     where = backend.label if backend else "numpy"
     if info.exhaustive and backend is None and f.user is None:
@@ -569,11 +570,14 @@ class Selection:
 _MEMO: list[formulas.KernelMemo] = []  # the memo of the `dtype_points` under way, if any
 
 
-def _evaluator(dtype: str, mode: str, ops: formulas.Ops | None = None) -> Evaluator:
+def _evaluator(dtype: str, mode: str, ops: formulas.Ops | None = None, formula: str | None = None
+               ) -> Evaluator:
     """An evaluator for the searches: one dtype's searches share their kernel models' results
     (`formulas.KernelMemo`): the labels, the formulas of one framework and the walks over the
-    same coarse samples evaluate the same values again and again."""
-    return Evaluator(dtype, mode, ops, memo=_MEMO[-1] if _MEMO else None)
+    same coarse samples evaluate the same values again and again. Not for user code (an
+    ``impl:`` ``formula``), which gets arrays of its own to change as it likes."""
+    shared = _MEMO[-1] if _MEMO and not (formula and impl.is_impl(formula)) else None
+    return Evaluator(dtype, mode, ops, memo=shared)
 
 
 def dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
@@ -686,7 +690,8 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
                 backend=None) -> list[KeyPoint]:
     """Dead zones (gradient exactly 0) and vanishing points (10x too small), on each tail."""
     info = dtypes.get(dtype)
-    ev = _evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None)
+    ev = _evaluator(dtype, formulas.framework_mode(mode, formula), backend.ops() if backend else None,
+                    formula)
     g = tabulated(info, gradients.grad_fn(formula, eps, label, ev, backend))
     f = formulas.get(formula)
     rec_eps = eps if f.uses_eps else None
