@@ -138,6 +138,7 @@ def _first_torch_onset(torch, thr: float, lo: float, hi: float) -> float:
     raise AssertionError("no onset")
 
 
+@pytest.mark.slow  # torch's key points on float32
 def test_torch_float32_roundtrip_onset_is_the_first_x():
     """The 1e-3 round-trip onset through real torch is the first float32 x with that error.
 
@@ -178,6 +179,7 @@ def test_jax_keypoints_identical_to_models_float16():
     assert {k: real[k] for k in model} == model
 
 
+@pytest.mark.slow  # jax's key points
 def test_jax_keypoints_bfloat16_differ_where_xla_flushes_subnormals():
     """bfloat16 with optax: XLA on CPU flushes float32 subnormals to zero (results and inputs).
 

@@ -170,12 +170,14 @@ def test_every_16_bit_value_matches_tensorflow(tf, name, dtype):
     assert bit_differences(got, model) == 0
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("name", ["logistic", "exp", "log", "log1p"])
 def test_dense_float32_matches_tensorflow(tf, name):
     got, model = _tf_and_model(tf, name, dense_float32())
     assert bit_differences(got, model) == 0
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_sigmoid_cross_entropy_with_logits_matches_tensorflow(tf, dtype):
     x = eigen.pad(inputs(dtype)[:200_000] if dtype == F32 else inputs(dtype))
@@ -186,6 +188,7 @@ def test_sigmoid_cross_entropy_with_logits_matches_tensorflow(tf, dtype):
         assert bit_differences(got, eigen.sigmoid_cross_entropy_with_logits(y, x)) == 0
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_scalar_path_matches_tensorflow(tf, dtype):
     """Arrays shorter than a packet run the scalar code (glibc expf) for every element. (The scalar
@@ -199,6 +202,7 @@ def test_scalar_path_matches_tensorflow(tf, dtype):
         assert bit_differences(got, getattr(eigen, name)(x[:n], scalar=True)) == 0, name
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_unpadded_arrays_match_tensorflow(tf, dtype):
     """The first n - n % BLOCK elements take the packet path, the last n % BLOCK the scalar path."""
@@ -213,6 +217,7 @@ def test_float32_paths_differ():
     assert np.count_nonzero(eigen.logistic(x, scalar=True) != eigen.logistic(x)) > 10_000
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 def test_tensorflow_flushes_subnormals(tf):
     """FTZ|DAZ: subnormal float32 results become zero, subnormal inputs read as zero; negation (a sign
     flip) and float16 arithmetic (subnormals of float16 are float32 normals) keep theirs."""

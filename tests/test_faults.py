@@ -429,6 +429,7 @@ def test_issue_14_gate_outputs_never_overwrite_an_input(tmp_path, flag):
     assert config.read_text(encoding="utf-8") == GATE
 
 
+@pytest.mark.slow  # a process pool
 def test_issue_14_the_timeout_reaches_pool_workers(module, monkeypatch):
     """A hung call in a --jobs worker stops at the parent's --impl-timeout, not at the default."""
     from bce_audit import sweep

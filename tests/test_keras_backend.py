@@ -147,6 +147,7 @@ def test_keras_mapping():
         assert set(calls.values()) <= set(keras_runner.CALLS)
 
 
+@pytest.mark.slow  # a Keras worker process, importing its framework
 def test_tensorflow_sigmoid_output_takes_the_logits_shortcut():
     """Keras on TF: a loss on ops.sigmoid's own output uses its _keras_logits (no clip), bit for bit
     the from_logits=True loss; the probabilities as a plain array take the clipped path."""
@@ -160,6 +161,7 @@ def test_tensorflow_sigmoid_output_takes_the_logits_shortcut():
     assert shortcut[0] == 30
 
 
+@pytest.mark.slow  # a Keras worker process, importing its framework
 def test_numpy_from_logits_runs_the_clipped_path():
     """Keras's numpy backend with from_logits=True: sigmoid, then the same clip (keras3-numpy)."""
     _keras("numpy")
@@ -280,6 +282,7 @@ def test_cache_key_names_the_keras_backend_and_versions():
     assert "torch" in b["backend_version"]
 
 
+@pytest.mark.slow  # a Keras worker process, importing its framework
 def test_cli_sweep_keras_jax_float16():
     _keras("jax")
     r = run("sweep", "--backend", "keras", "--keras-backend", "jax", "--dtype", "float16", "--format",
@@ -310,6 +313,7 @@ def test_cli_fidelity_keras_numpy_float16():
     assert doc["notes"][0] == "the models run in mode per-op, as keras-numpy-cpu computes"
 
 
+@pytest.mark.slow  # a Keras worker process, importing its framework
 def test_jax_float16_keras3_gradient_is_nan_where_1_over_p_overflows():
     """Keras 3 on JAX, float16: d/dx of binary_crossentropy(y, sigmoid(x)) is NaN for label 1 below
     x = -11.1 (1/p overflows float16 and jnp.clip's derivative multiplies it by 0), and for both
@@ -357,6 +361,7 @@ def test_gate_checks_take_a_keras_backend(tmp_path):
         gate.checks_from(config.load(str(bad)))
 
 
+@pytest.mark.slow  # a Keras worker process, importing its framework
 @pytest.mark.parametrize("kb", ["numpy", "jax"])
 def test_eps_reaches_keras_epsilon(kb):
     """--eps sets keras.config.set_epsilon in the worker: the clip follows it, as the model does

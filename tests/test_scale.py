@@ -498,6 +498,7 @@ def pool_spy(monkeypatch):
 MULTI = Settings(points=3 * CHUNK + 17, range=(-60.0, 60.0), keep=11)
 
 
+@pytest.mark.slow  # two sweeps of 200,000 points
 def test_small_fast_grids_run_without_a_pool(monkeypatch):
     import concurrent.futures
 
@@ -760,6 +761,7 @@ def test_dask_worker_with_threads_equals_local_run(monkeypatch):
     assert_same_result(local, remote)
 
 
+@pytest.mark.slow  # starts Dask
 def test_cli_unreachable_scheduler_is_a_usage_error(monkeypatch):
     distributed = pytest.importorskip("dask.distributed")
     real = distributed.Client

@@ -65,6 +65,7 @@ def _same(model: np.ndarray, real: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the tf mode against TensorFlow
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_tf_mode_matches_tensorflow_forward(dtype):
     """sigmoid, the round trip and the three TF formulas, value for value (fast: a sample)."""
@@ -99,6 +100,7 @@ def test_tf_mode_matches_tensorflow_forward(dtype):
         assert bad.size == 0, (key, x[bad[:5]], model[key][bad[:5]], r[bad[:5]])
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 def test_per_op_mode_does_not_match_tensorflow_float32():
     """The reason for the mode: numpy's 1/(1+exp(-x)) is not TensorFlow's sigmoid."""
     tf = _tf()
@@ -108,6 +110,7 @@ def test_per_op_mode_does_not_match_tensorflow_float32():
     assert (~_same(naive, real)).sum() > 1000
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 def test_tensorflow_flushes_subnormals_and_the_tf_mode_does_too():
     tf = _tf()
     x = np.float32([-87.5, -88.0, 90.0, 100.0])
@@ -117,6 +120,7 @@ def test_tensorflow_flushes_subnormals_and_the_tf_mode_does_too():
     assert formulas.evaluate_sigmoid(x, Evaluator("float32", "per-op"))[0] > 0  # numpy keeps it
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 def test_mean_of_the_pair_as_tensorflow_reduces_it():
     """TF's reduce_mean of float16 sums in float16; the formulas of TF code say so (mean32=False)."""
     tf = _tf()
@@ -186,6 +190,7 @@ def _log_loss_each(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array([log_loss([int(b)], p[i:i + 1], labels=[0, 1]) for i, b in enumerate(y)])
 
 
+@pytest.mark.slow  # scikit-learn's log_loss, one call per value
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_sklearn_formula_matches_log_loss(dtype):
     pytest.importorskip("sklearn", reason=NO_SKLEARN)

@@ -188,6 +188,7 @@ def assert_gradients_match(tf, x: np.ndarray) -> None:
     assert not failures, failures
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_sigmoid_grad_matches_tensorflow(tf, dtype):
     """SigmoidGrad does not depend on the CPU: both paths, bit for bit."""
@@ -203,6 +204,7 @@ def test_sigmoid_grad_matches_tensorflow(tf, dtype):
     assert not bits_differ(got, eigen.sigmoid_grad(y[:n], dy[:n], scalar=True)).any()
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_reciprocal_matches_tensorflow(tf, modelled_cpu, dtype):
     x = finite_16_bit(dtype) if dtype != F32 else np.concatenate(
@@ -216,12 +218,14 @@ def test_reciprocal_matches_tensorflow(tf, modelled_cpu, dtype):
     assert not bits_differ(got, want).any()
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_tf_gradients_match_gradient_tape_on_a_sample(tf, modelled_cpu, dtype):
     x = finite_16_bit(dtype, 29) if dtype != F32 else float32_logits(3000)
     assert_gradients_match(tf, x)
 
 
+@pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
 def test_tf_gradients_match_gradient_tape_on_every_16_bit_value(tf, modelled_cpu, dtype):
     assert_gradients_match(tf, finite_16_bit(dtype))
