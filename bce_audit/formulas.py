@@ -185,14 +185,22 @@ class Evaluator:
         self.ops = ops or Ops()
         self.ftz = mode in FLUSHING and ops is None  # real ops (and user code) see the values as they are
         self._kernels: dict[str, Callable] = {}
+        self._constants: dict[tuple, np.ndarray] = {}
         if ops is not None or memo is None or memo is False:
             self._memo: KernelMemo | None = None
         else:
             self._memo = KernelMemo() if memo is True else memo
 
     def c(self, value) -> np.ndarray:
-        """A constant rounded to the dtype (0-d array, so it never promotes)."""
-        return self.inputs(np.asarray(value, dtype=None if isinstance(value, np.generic) else np.float64))
+        """A constant rounded to the dtype (0-d array, so it never promotes; read-only, made
+        once per evaluator and value)."""
+        key = (type(value), repr(value))  # repr: -0.0 is not 0.0
+        out = self._constants.get(key)
+        if out is None:
+            out = self.inputs(np.asarray(value, dtype=None if isinstance(value, np.generic) else np.float64))
+            out.flags.writeable = False
+            self._constants[key] = out
+        return out
 
     def arr(self, values) -> np.ndarray:
         """Values rounded to the dtype; out-of-range values become inf (or nan in fn formats)."""
