@@ -78,6 +78,7 @@ def torch_sigmoid(torch, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- models vs torch autograd
 
 
+@pytest.mark.slow  # every 16-bit value through torch's autograd
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name", TORCH_FORMULAS)
 def test_torch_gradient_models_match_autograd_on_every_value(dtype, name):
@@ -157,6 +158,7 @@ def _jax_grad(x: np.ndarray, label: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow  # jax's gradients
 def test_optax_gradient_model_float32_within_4_ulp_of_jax():
     """Where the exact gradient is a normal float32 number (XLA flushes subnormals, the model not)."""
     x = np.linspace(-100, 100, 20001).astype(np.float32)
@@ -168,6 +170,7 @@ def test_optax_gradient_model_float32_within_4_ulp_of_jax():
         assert ulp_distance(model[normal], real[normal]).max() <= 4, label
 
 
+@pytest.mark.slow  # jax's gradients
 def test_optax_gradient_model_float16_matches_jax():
     """Every finite float16: bit for bit but for at most a handful, each 1 ULP off."""
     x = dtypes.get("float16").finite_values()
@@ -405,6 +408,7 @@ def _grad_points_json(*args: str) -> set[tuple]:
             if k["name"].startswith("grad_")}
 
 
+@pytest.mark.slow  # torch's gradient key points
 def test_points_grad_backend_torch():
     pytest.importorskip("torch", reason=NO_TORCH)
     real = _grad_points_json("--backend", "torch")
