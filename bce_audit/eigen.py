@@ -53,6 +53,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from bce_audit import ftz
+
 __all__ = [
     "BLOCK", "DTYPES", "RCP_TABLE", "exp", "log", "log1p", "logistic", "logistic_unpadded", "pad",
     "rcpps", "reciprocal", "sigmoid_cross_entropy_with_logits", "sigmoid_grad",
@@ -65,7 +67,7 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat1
 """The dtypes the model covers."""
 
 _F32 = np.float32
-_TINY = float.fromhex("0x1p-126")  # 1.18e-38, smallest normal float32
+_TINY = ftz.TINY32  # 1.18e-38, smallest normal float32
 _F64 = np.float64
 
 
@@ -83,42 +85,10 @@ def pad(x: np.ndarray, fill: float = 0.0) -> np.ndarray:
     return np.concatenate([flat, np.full(extra, fill, flat.dtype)]) if extra else flat.copy()
 
 
-# float32 arithmetic under MXCSR FTZ|DAZ. In float64 each operation is done exactly or with one
-# innocuous rounding (53 >= 2*24 + 2 bits, so +, -, *, / round correctly), then rounded once: what
-# `_op` falls back on where a result is near the flush threshold.
-
-
-def _round(v: np.ndarray) -> np.ndarray:
-    """float64 -> float32, flushing results that are tiny after rounding (x86 detects tininess then)."""
-    r = v.astype(_F32)
-    mag = np.abs(r)
-    if not (mag <= _F32(_TINY)).any():  # the common case: nothing near the flush threshold
-        return r
-    # Unbounded-exponent rounding decides tininess: scale into the normal range and look again.
-    tiny = (mag < _F32(_TINY)) | (
-        (mag == _F32(_TINY)) & (np.abs((v * 2.0**100).astype(_F32)) < _F32(2.0**-26))
-    )
-    return np.where(tiny & ~np.isnan(r), np.copysign(_F32(0), r), r)
-
-
-def _daz(x: np.ndarray) -> np.ndarray:
-    """float32 inputs as the FPU sees them with DAZ: subnormals read as signed zeros."""
-    return np.where(np.abs(x) < _F32(_TINY), np.copysign(_F32(0), x), x)
-
-
-def _op(op: np.ufunc, a: Any, b: Any) -> np.ndarray:
-    """One float32 operation under FTZ: done in float32 (IEEE: correctly rounded, as the FPU
-    does it); only where a result is subnormal or exactly the smallest normal, where FTZ
-    decides by the unbounded-exponent rounding, done again in float64 and rounded by `_round`."""
-    r = op(np.asarray(a, _F32), np.asarray(b, _F32))
-    mag = np.asarray(r).view(np.uint32) & np.uint32(0x7FFFFFFF)
-    mag -= np.uint32(1)  # a zero wraps round: zeros keep their sign, as FTZ leaves them
-    if not (mag < _TINY_BITS).any():
-        return r
-    return _round(op(np.asarray(a, _F64), np.asarray(b, _F64)))
-
-
-_TINY_BITS = np.uint32(0x00800000)  # the bits of _TINY
+# float32 arithmetic under MXCSR FTZ|DAZ: `ftz`'s, one definition for the kernel models.
+_round = ftz.round_f32
+_daz = ftz.flush  # float32 inputs as the FPU reads them with DAZ: subnormals as signed zeros
+_op = ftz.op
 
 
 def _mul(a: Any, b: Any) -> np.ndarray:

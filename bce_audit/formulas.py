@@ -44,51 +44,11 @@ from typing import cast
 import numpy as np
 
 from bce_audit import dtypes, impl, records
+from bce_audit.ftz import flush  # one definition (`ftz`); `formulas.flush` by name too
 
 EVALUATED = ("per-op", "upcast", "tf", "xla")  # the modes an Evaluator computes in
 MODES = (*EVALUATED, "native")  # and "native": each formula in its framework's
 FLUSHING = ("tf", "xla")  # the modes that flush subnormals to zero (FTZ/DAZ)
-
-
-def flush(a: np.ndarray) -> np.ndarray:
-    """Subnormal values (for the CPU's float32 or float64 arithmetic) replaced by a signed zero."""
-    a = np.asarray(a)
-    tiny = _FLOORS.get(a.dtype, _UNKNOWN)
-    if tiny is _UNKNOWN:
-        tiny = _FLOORS[a.dtype] = _flushes_below(a.dtype)
-    if tiny is None:
-        return a
-    small = np.abs(a) < tiny
-    if not small.any():
-        return a
-    with np.errstate(all="ignore"):
-        return np.where(small, a * np.zeros((), a.dtype), a)
-
-
-_UNKNOWN = object()
-_FLOORS: dict = {}  # dtype -> what `_flushes_below` says of it
-
-
-def _flushes_below(dtype: np.dtype):
-    """`flush_floor` for a dtype that can hold values below it; None for one that cannot (bool,
-    integers, float16 and float8, whose subnormals are normal float32 values) and for longdouble
-    (x87 arithmetic does not flush)."""
-    import ml_dtypes
-
-    if dtype == np.bool_ or dtype.kind in "iub" or dtype.itemsize > 8:
-        return None
-    tiny = flush_floor(dtype)
-    return tiny if float(ml_dtypes.finfo(dtype).smallest_subnormal) < tiny else None
-
-
-_TINY32 = float.fromhex("0x1p-126")   # 1.18e-38, float32's smallest normal
-_TINY64 = float.fromhex("0x1p-1022")  # 2.23e-308
-
-
-def flush_floor(dtype) -> float:
-    """The magnitude below which a flushing CPU zeroes a value of this dtype: float64's smallest
-    normal for float64, float32's for the dtypes computed in float32."""
-    return _TINY64 if np.dtype(dtype).itemsize == 8 else _TINY32
 
 
 class Flushed(np.ndarray):

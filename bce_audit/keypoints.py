@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 from mpmath import mp, mpf
 
-from bce_audit import dtypes, formulas, gradients, heap, impl, metrics, records, reference
+from bce_audit import dtypes, formulas, ftz, gradients, heap, impl, metrics, records, reference
 from bce_audit.formulas import Evaluator, Formula
 from bce_audit.records import KeyPoint, Label
 
@@ -157,7 +157,7 @@ def predicted_underflow(info: dtypes.DtypeInfo, mode: str) -> float:
     c = _compute_info(info, mode)
     tiny = Fraction(2 / info.smallest_subnormal)
     if mode in formulas.FLUSHING:
-        floor = Fraction(formulas.flush_floor(info.dtype))
+        floor = Fraction(ftz.flush_floor(info.dtype))
         if floor > info.smallest_subnormal:
             tiny = min(tiny, 1 / floor)
     if mode == "tf":  # TensorFlow's sigmoid is e / (1 + e), e = exp(x): nothing overflows on this side
@@ -192,7 +192,7 @@ def predicted_zero(info: dtypes.DtypeInfo, mode: str = "per-op") -> float:
     sub = info.smallest_subnormal
     least = ctx.mpf(sub.numerator) / sub.denominator / 2
     if mode in formulas.FLUSHING:
-        least = max(least, ctx.mpf(formulas.flush_floor(info.dtype)))
+        least = max(least, ctx.mpf(ftz.flush_floor(info.dtype)))
     return float(-ctx.log(ctx.expm1(least)))
 
 

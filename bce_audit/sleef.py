@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bce_audit import ftz
+
 CAPABILITIES = ("AVX512", "AVX2")  # torch's CPU capabilities whose SLEEF builds these model
 _F32 = np.float32
 
@@ -59,54 +61,7 @@ _EXP_POLY = tuple(_F32(c) for c in (
 _LOG_POLY = tuple(_F32(c) for c in (0.3027294874, 0.3996108174, 0.6666694880))
 
 
-def fma(a, b, c, ftz: bool = False) -> np.ndarray:
-    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``), subnormals kept (``ftz``: flushed
-    to zeros of their sign, as under MXCSR FTZ).
-
-    The float64 product of two float32 is exact, so the float64 sum is off only by its own
-    rounding, and rounding it on to float32 goes wrong only where it sits exactly on a float32
-    midpoint (its low 29 bits 1 followed by zeros) or in float32's subnormal range. Those few
-    are redone (`_fma_fix`): the sum rounded to odd, its error from TwoSum deciding the last bit.
-    """
-    a, b, c = (np.asarray(v, np.float64) for v in (a, b, c))
-    with np.errstate(all="ignore"):
-        s = a * b + c
-        bits = s.view(np.uint64)
-        risky = (bits & _LOW29) == _HALF29
-        mag = bits & _ABS
-        mag -= _ONE  # a zero wraps round: a float64 sum of 0 is exact
-        risky |= mag < _TINY_BITS - _ONE
-        if not risky.any():
-            return s.astype(_F32)
-        out = s.astype(_F32)
-        i = np.flatnonzero(risky)
-        shape = s.shape
-        fixed = _fma_fix(*(np.broadcast_to(v, shape).reshape(-1)[i] for v in (a, b, c)))
-        if ftz:  # only these can be subnormal
-            fixed = np.where(np.abs(fixed) < _F32(_TINY32), np.copysign(_F32(0), fixed), fixed)
-        out.reshape(-1)[i] = fixed
-        return out
-
-
-def _fma_fix(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """`fma` where the float64 sum may round twice: rounded to odd first, then to float32."""
-    p = a * b
-    s = p + c
-    bits = s.view(np.uint64)
-    bb = s - p
-    err = (p - (s - bb)) + (c - bb)
-    odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(s)
-    up = (err > 0) == (s > 0)  # moving away from zero
-    bits = np.where(odd, np.where(up, bits + 1, bits - 1), bits)
-    return bits.view(np.float64).astype(_F32)
-
-
-_LOW29 = np.uint64((1 << 29) - 1)
-_HALF29 = np.uint64(1 << 28)
-_ABS = np.uint64((1 << 63) - 1)
-_ONE = np.uint64(1)
-_TINY32 = float.fromhex("0x1p-126")  # 1.18e-38, float32's smallest normal
-_TINY_BITS = np.uint64(np.float64(_TINY32).view(np.uint64))
+fma = ftz.fma  # ``a*b + c`` rounded once to float32 (x86 ``vfmadd``), subnormals kept
 
 
 def _f(a) -> np.ndarray:

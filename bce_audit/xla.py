@@ -54,6 +54,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from bce_audit import ftz
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 # model -> the jitted jax call it reproduces (one jax.jit around each)
@@ -72,7 +74,7 @@ MODELS = {
 }
 
 _F32 = np.float32
-_TINY = np.float32(float.fromhex("0x1p-126"))  # 1.18e-38, the smallest normal float32
+_TINY = np.float32(ftz.TINY32)  # 1.18e-38, the smallest normal float32
 
 
 def _h(bits: int) -> np.float32:
@@ -106,16 +108,7 @@ _LOG1P_Q = tuple(_h(b) for b in (0x3F800000, 0x417101AD, 0x42A6185B, 0x435DC32D,
 # ---------------------------------------------------------------- float32 arithmetic under FTZ
 
 
-def flush(a: np.ndarray) -> np.ndarray:
-    """FTZ/DAZ: float32 and bfloat16 subnormals become zero of the same sign (float16 unchanged)."""
-    a = np.asarray(a)
-    if a.dtype == np.float16:
-        return a
-    tiny = a.dtype.type(_TINY)
-    small = np.abs(a) < tiny
-    if not small.any():
-        return a
-    return np.where(small, np.copysign(a.dtype.type(0), a), a).astype(a.dtype)
+flush = ftz.flush  # FTZ/DAZ: float32 and bfloat16 subnormals to zeros of their sign (float16 unchanged)
 
 
 def _z(a: np.ndarray) -> np.ndarray:
@@ -123,10 +116,8 @@ def _z(a: np.ndarray) -> np.ndarray:
 
 
 def fma(a, b, c) -> np.ndarray:
-    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``, `sleef.fma`), then flushed."""
-    from bce_audit import sleef
-
-    return sleef.fma(a, b, c, ftz=True)
+    """``a*b + c`` rounded once to float32 (x86 ``vfmadd``, `ftz.fma`), then flushed."""
+    return ftz.fma(a, b, c, ftz=True)
 
 
 def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
