@@ -299,6 +299,7 @@ def test_float32_bce_with_logits_model_within_4_ulp_of_torch():
 # ---------------------------------------------------------------- the CLI around --backend
 
 
+@pytest.mark.slow  # torch's key points
 def test_points_backend_torch_reports_formulas_without_counterpart():
     _torch()
     doc = strict_json(ok("points", "--backend", "torch", "--format", "json"))

@@ -64,6 +64,7 @@ def test_rcp_table_is_a_decreasing_12_bit_estimate():
     assert np.all(np.diff(t.astype(np.int64)) <= 0)
 
 
+@pytest.mark.slow  # every float32 mantissa
 def test_rcpps_meets_the_isa_bound():
     """Intel's and AMD's manuals: |relative error| <= 1.5 * 2**-12, on every float32 in [1, 2)."""
     a = every_mantissa()
