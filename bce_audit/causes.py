@@ -255,7 +255,7 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
 
 
 def _underflow_words(dtype: str, mode: str) -> str:
-    return "the loss is flushed to 0" if mode in formulas.FLUSHING else "the loss underflows"
+    return "loss flushed to 0" if mode in formulas.FLUSHING else "loss underflows"
 
 
 def explain_grad(name: str, dtype: str, mode: str, formula: str, eps: float | None, label: int,

@@ -246,6 +246,12 @@ def _grid(f: Callable) -> Callable:
     return f
 
 
+def _detail(f: Callable) -> Callable:
+    return click.option("--detail", "-v", is_flag=True, default=False,
+                        help="After the verdict, every table: each key point (and for sweep the "
+                             "sampled grid and the worst errors).")(f)
+
+
 def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
@@ -444,6 +450,7 @@ def cli(ctx: click.Context, color: str) -> None:
 @cli.command("sweep")
 @_selection
 @_grid
+@_detail
 @_output(FORMATS)
 def sweep_cmd(**kw) -> int:
     """Sweep a logit grid: key points, sampled values and errors, worst errors."""
@@ -468,7 +475,7 @@ def sweep_cmd(**kw) -> int:
                                                   result.worst, result.notes))
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result, out["show"], report.width_for(out["output"]))
+        return report.sweep_view(result, out["show"], report.width_for(out["output"]), kw["detail"])
 
     _emit(out, render)
     return 0
@@ -477,6 +484,7 @@ def sweep_cmd(**kw) -> int:
 @cli.command()
 @_selection
 @_JOBS
+@_detail
 @_output(DOCUMENT_FORMATS)
 def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
@@ -492,7 +500,7 @@ def points(**kw) -> int:
             return report.to_csv(result.keypoints, records.KeyPoint)
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result)
+        return report.sweep_view(result, detail=kw["detail"])
 
     _emit(out, render)
     return 0

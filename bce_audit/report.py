@@ -23,7 +23,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bce_audit import __version__
+from bce_audit import __version__, verdict
 from bce_audit.dtypes import DtypeInfo
 from bce_audit.dtypes import get as get_dtype
 from bce_audit.records import (
@@ -274,9 +274,108 @@ def dtype_eps(name: str) -> float:
     return get_dtype(name).eps
 
 
-def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
-    """The table view of a sweep: key points first, then sampled rows and worst errors."""
+# ---------------------------------------------------------------- the verdict
+
+
+_BREAKS = {"bce_floor": "floor", "bce_ceiling": "ceiling"}
+VERDICT_LEGEND = (  # under 80 columns
+    "y: the label (-: none); from x: the first value of the dtype from which it holds",
+    "breaks: the first failure out from x = 0 on that side: floor / ceiling (the loss",
+    "  stops falling / rising there), loss 0, inf or nan; round trip: logit(sigmoid(x))",
+    "cause: what the arithmetic does at that x; formula: as FORMULAS.md names them",
+)
+
+
+def _breaks(f: verdict.Finding) -> str:
+    """What a finding says breaks, in a few words."""
+    if f.name == "roundtrip_rel_err_onset":
+        return f"{fmt((f.threshold or 0) * 100, 3)}% rel error"
+    if f.name in ("roundtrip_overflow", "roundtrip_underflow"):
+        return fmt(f.value)
+    if f.name in _BREAKS:
+        return f"{_BREAKS[f.name]} {fmt(f.value)}"
+    noun = "gradient" if f.name.startswith("grad") else "loss"
+    return f"{noun} {fmt(f.value)}"
+
+
+def verdict_tables(found: Sequence[verdict.Finding]) -> list[Table]:
+    """One table per dtype and mode: the round trip, then each formula family's first breaks."""
+    tables = []
+    for (dtype, mode, backend), group in _group(found, lambda f: (f.dtype, f.mode, f.backend)):
+        eps_set = {f.eps for f in group if f.eps is not None}
+        title = f"Verdict: {dtype}, {mode}" + ("" if backend == "numpy" else f", {backend}") + (
+            f", eps {fmt(min(eps_set), 3)}" if len(eps_set) == 1 else "") + ": where it breaks, and why"
+        t = _table(title)
+        t.add_column("formula", max_width=22)
+        t.add_column("y", no_wrap=True)
+        t.add_column("breaks", no_wrap=True)
+        t.add_column("from x", justify="right", no_wrap=True)
+        t.add_column("cause")
+        last = None
+        for f in group:
+            what = ", ".join(f.what) if f.what else "round trip"
+            if f.what and f.name.startswith("roundtrip"):
+                what = f"round trip, {what}"
+            if len(eps_set) > 1 and f.eps is not None:
+                what += f" (eps {fmt(f.eps, 3)})"
+            style = "bold red" if not math.isfinite(f.value) else ""
+            t.add_row(what if what != last else "", _label(f.label), Text(_breaks(f), style=style),
+                      fmt_x(f.x), f.cause)
+            last = what
+        tables.append(t)
+    return tables
+
+
+def verdict_view(kps: Sequence[KeyPoint]) -> list[RenderableType]:
+    """The verdict tables of these key points and their legend (nothing if there are none)."""
+    tables = verdict_tables(verdict.findings(kps))
+    return [*tables, Text("\n".join(VERDICT_LEGEND) + "\n", style="dim")] if tables else []
+
+
+WORST_LEGEND = (  # under 80 columns
+    "worst ULP: the largest error on the grid, in ULPs of the dtype (*: over 4), at x,",
+    "label y; bits: log2(1 + ULP); inf/nan: non-finite points; error from: clip or round",
+)
+
+
+def _summary_name(w: Worst) -> str:
+    return "round trip" if w.quantity == "roundtrip" and w.formula is None else _what(w.quantity, w.formula)
+
+
+def worst_summary(worst: Sequence[Worst]) -> list[RenderableType]:
+    """The worst error of each formula on the grid, over its labels: one row each, per dtype."""
+    out: list[RenderableType] = []
+    for (dtype, mode), group in _group(worst, lambda w: (w.dtype, w.mode)):
+        t = _table(f"Worst error on the grid: {dtype}, {mode}")
+        t.add_column("computed", no_wrap=True)
+        for name in ("worst ULP", "bits", "at x", "y", "inf/nan"):
+            t.add_column(name, justify="right", no_wrap=True)
+        t.add_column("error from", no_wrap=True)
+        for (what, eps), ws in _group(group, lambda w: (_summary_name(w), w.eps)):
+            w = max(ws, key=lambda w: (w.max_ulp if not math.isnan(w.max_ulp) else math.inf))
+            bad = sum(v.nonfinite for v in ws)
+            t.add_row(what + (f" (eps {fmt(eps, 3)})" if eps is not None and len({v.eps for v in group
+                                                                                     if v.eps}) > 1 else ""),
+                      cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.x, 6), _label(w.label),
+                      Text(f"{bad}/{sum(v.points for v in ws)}", style="bold red" if bad else ""),
+                      _bites(w) if w.max_clip_rel is not None else "-")
+        out.append(t)
+    return [*out, Text("\n".join(WORST_LEGEND), style="dim")] if out else []
+
+
+DETAIL_HINT = "--detail (-v): every key point, the sampled grid and the worst errors"
+
+
+def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bool = False) -> Group:
+    """The table view of a sweep: the verdict; with ``detail``, then every key point, the
+    sampled rows and worst errors."""
     parts: list[RenderableType] = [Text(f"note: {n}", style="yellow") for n in result.notes]
+    parts += verdict_view(result.keypoints)
+    if not detail:
+        parts += worst_summary(result.worst)
+        parts.append(Text(DETAIL_HINT if result.rows else DETAIL_HINT.split(",")[0] + ": every key point",
+                          style="dim"))
+        return Group(*parts)
     parts += keypoint_tables(result.keypoints)
     if result.rows:
         parts += sample_tables(result.rows, show, width)
