@@ -509,6 +509,8 @@ def points(**kw) -> int:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("logits", nargs=-1, required=True, metavar="X [X ...]")
 @_selection
+@_JOBS
+@_detail
 @_output(DOCUMENT_FORMATS)
 def check(logits: tuple[str, ...], **kw) -> int:
     """Check single logits: every dtype's sigmoid, round trip and BCE beside the exact values."""
@@ -523,6 +525,9 @@ def check(logits: tuple[str, ...], **kw) -> int:
         xs.append(x)
     s, out = _settings(kw, default_dtypes=dtypes.NAMES, with_grid=False, formats=DOCUMENT_FORMATS)
     rows, exact = _run(lambda: sweep.check_rows(xs, s))
+    kps: list[records.KeyPoint] = []
+    if out["fmt"] == "table":  # the verdict above the logits' tables
+        kps = _run(lambda: sweep.run_sweep(s, with_rows=False, jobs=out["jobs"])).keypoints
 
     def render(fmt: str):
         if fmt == "json":
@@ -531,7 +536,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
             return report.to_csv(rows, records.Row)
         if fmt == "markdown":
             return report.check_markdown(rows, exact)
-        return report.check_view(rows, exact, report.width_for(out["output"]))
+        return report.check_view(rows, exact, report.width_for(out["output"]), kps, kw["detail"])
 
     _emit(out, render)
     return 0

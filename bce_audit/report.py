@@ -305,31 +305,65 @@ def verdict_tables(found: Sequence[verdict.Finding]) -> list[Table]:
         eps_set = {f.eps for f in group if f.eps is not None}
         title = f"Verdict: {dtype}, {mode}" + ("" if backend == "numpy" else f", {backend}") + (
             f", eps {fmt(min(eps_set), 3)}" if len(eps_set) == 1 else "") + ": where it breaks, and why"
-        t = _table(title)
-        t.add_column("formula", max_width=22)
-        t.add_column("y", no_wrap=True)
-        t.add_column("breaks", no_wrap=True)
-        t.add_column("from x", justify="right", no_wrap=True)
-        t.add_column("cause")
-        last = None
-        for f in group:
-            what = ", ".join(f.what) if f.what else "round trip"
-            if f.what and f.name.startswith("roundtrip"):
-                what = f"round trip, {what}"
-            if len(eps_set) > 1 and f.eps is not None:
-                what += f" (eps {fmt(f.eps, 3)})"
-            style = "bold red" if not math.isfinite(f.value) else ""
-            t.add_row(what if what != last else "", _label(f.label), Text(_breaks(f), style=style),
-                      fmt_x(f.x), f.cause)
-            last = what
-        tables.append(t)
+        tables.append(_verdict_table(title, group, len(eps_set) > 1, by_dtype=False))
     return tables
 
 
-def verdict_view(kps: Sequence[KeyPoint]) -> list[RenderableType]:
-    """The verdict tables of these key points and their legend (nothing if there are none)."""
-    tables = verdict_tables(verdict.findings(kps))
-    return [*tables, Text("\n".join(VERDICT_LEGEND) + "\n", style="dim")] if tables else []
+def _what_breaks(f: verdict.Finding, many_eps: bool) -> str:
+    what = ", ".join(f.what) if f.what else "round trip"
+    if f.what and f.name.startswith("roundtrip"):
+        what = f"round trip, {what}"
+    if many_eps and f.eps is not None:
+        what += f" (eps {fmt(f.eps, 3)})"
+    return what
+
+
+def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool, by_dtype: bool) -> Table:
+    t = _table(title)
+    if by_dtype:
+        t.add_column("dtype", no_wrap=True)
+    t.add_column("formula", max_width=22)
+    t.add_column("y", no_wrap=True)
+    t.add_column("breaks", no_wrap=True)
+    t.add_column("from x", justify="right", no_wrap=True)
+    t.add_column("cause")
+    last: tuple = ()
+    for f in group:
+        what = _what_breaks(f, many_eps)
+        where = (f.dtype, f.mode, f.backend)
+        lead = ([_dtype_mode(f) if where != last[:3] else ""] if by_dtype else [])
+        style = "bold red" if not math.isfinite(f.value) else ""
+        t.add_row(*lead, what if (*where, what) != last else "", _label(f.label),
+                  Text(_breaks(f), style=style), fmt_x(f.x), f.cause)
+        last = (*where, what)
+    return t
+
+
+def _dtype_mode(f: verdict.Finding) -> str:
+    return f.dtype if f.backend == "numpy" else f"{f.dtype} ({f.backend})"
+
+
+def verdict_view(kps: Sequence[KeyPoint], detail: bool = False) -> list[RenderableType]:
+    """The verdict: for one dtype (and mode), each formula family's breaks; for several, three
+    rows a dtype, and each one's families with ``detail``. With the legend; [] without key points."""
+    found = verdict.findings(kps)
+    if not found:
+        return []
+    legend = Text("\n".join(VERDICT_LEGEND) + "\n", style="dim")
+    one = len({(f.dtype, f.mode, f.backend) for f in found}) == 1
+    if one:
+        return [*verdict_tables(found), legend]
+    head = verdict_overview(found)
+    return [head, *(verdict_tables(found) if detail else []), legend]
+
+
+def verdict_overview(found: Sequence[verdict.Finding]) -> Table:
+    """Every dtype in three rows: the round trip's overflow and 1% onset, and the first loss to
+    break."""
+    top = verdict.overview(found)
+    modes = ", ".join(dict.fromkeys(f.mode for f in top))
+    return _verdict_table(f"Verdict ({modes}): where each dtype breaks first, and why", top,
+                          len({f.eps for f in top if f.eps is not None}) > 1, by_dtype=True)
 
 
 WORST_LEGEND = (  # under 80 columns
@@ -370,7 +404,7 @@ def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bo
     """The table view of a sweep: the verdict; with ``detail``, then every key point, the
     sampled rows and worst errors."""
     parts: list[RenderableType] = [Text(f"note: {n}", style="yellow") for n in result.notes]
-    parts += verdict_view(result.keypoints)
+    parts += verdict_view(result.keypoints, detail)
     if not detail:
         parts += worst_summary(result.worst)
         parts.append(Text(DETAIL_HINT if result.rows else DETAIL_HINT.split(",")[0] + ": every key point",
@@ -396,6 +430,58 @@ def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Tabl
     return t
 
 
+def shortest(v: float, dtype: str) -> str:
+    """The shortest decimal that reads back as this value of ``dtype`` (numpy's ``unique``
+    repr of the dtype's own scalar): float32 ``0.99999994``, not ``1``."""
+    v = float(v) if not isinstance(v, float) or dtype != "longdouble" else v
+    if not math.isfinite(v):
+        return fmt(v)
+    if v == 0:
+        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    import numpy as np
+
+    scalar = get_dtype(dtype).type(v)
+    if 1e-4 <= abs(v) < 1e7:
+        return np.format_float_positional(scalar, unique=True, trim="-")
+    return np.format_float_scientific(scalar, unique=True, trim="-", exp_digits=1).replace("e+", "e")
+
+
+def _digits(v: float, d: int) -> str:
+    """v to d significant digits, in the style of `shortest`."""
+    import numpy as np
+
+    if 1e-4 <= abs(v) < 1e7:
+        return np.format_float_positional(v, precision=d, unique=False, fractional=False, trim="-")
+    sci = np.format_float_scientific(v, precision=d - 1, unique=False, trim="-", exp_digits=1)
+    return sci.replace("e+", "e")
+
+
+def exact_text(e: float, cells: Sequence[tuple[float, str]]) -> str:
+    """The exact value with the digits needed to read apart from every cell that differs from
+    it (``cells``: each value and its text), 4 at least: no starred cell prints equal to it."""
+    if not math.isfinite(e) or e == 0:
+        return fmt(e)
+    differ = [t for v, t in cells if float(v) != e and math.isfinite(float(v))]
+    for d in range(4, 18):
+        t = _digits(e, d)
+        if all(float(t) != float(c) for c in differ):
+            return t
+    return repr(e)
+
+
+def ulp_text(ulp: float, value: float) -> str:
+    """A cell's error in ULPs of its dtype, short: 0, 0.5, 3, 2.2e5; '-' where not finite."""
+    return "-" if not math.isfinite(value) or math.isnan(ulp) else fmt(ulp, 2)
+
+
+CHECK_LEGEND = (  # under 80 columns
+    "exact: mpmath at x as given (x in dtype: the input each dtype really sees), shown",
+    "with the digits that tell it from every cell; each cell: the dtype's result in",
+    "its shortest repr, and ULP: its error, in ULPs of its dtype, against the exact",
+    "value at its own input; green: correctly rounded; *: more than 4 ULP; red: inf/nan",
+)
+
+
 def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> list[Table]:
     """`check`: for each logit, every dtype side by side with the exact value at that logit.
 
@@ -403,9 +489,24 @@ def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 10
     """
     tables = []
     for x, group in _group(rows, lambda r: r.x):
-        for dts in chunks(list(dict.fromkeys(r.dtype for r in group)), width, 28, 11):
-            tables.append(_check_table(x, group, dts, exact))
+        dts = list(dict.fromkeys(r.dtype for r in group))
+        wide = {d: max(len(d), *(len(shortest(r.value, d)) + 1 for r in group if r.dtype == d)) + 6
+                for d in dts}
+        fixed = 2 + max(len(_check_row_name(r)) for r in group) + 12
+        parts: list[list[str]] = [[]]
+        for d in dts:
+            if parts[-1] and fixed + sum(wide[p] for p in parts[-1]) + wide[d] > width:
+                parts.append([])
+            parts[-1].append(d)
+        tables += [_check_table(x, group, part, exact) for part in parts]
     return tables
+
+
+def _check_row_name(r: Row) -> str:
+    if r.quantity in ("bce", "grad"):
+        assert r.formula is not None  # BCE and gradient rows name their formula
+        return _check_name(("grad " if r.quantity == "grad" else "") + r.formula, str(r.label))
+    return _what(r.quantity, r.formula)
 
 
 def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Table:
@@ -413,19 +514,26 @@ def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Tab
     t.add_column("quantity", no_wrap=True)
     t.add_column("exact", justify="right", no_wrap=True)
     for d in dts:
-        t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
+        t.add_column(d, justify="right", no_wrap=True)
+        t.add_column("ULP", justify="right", no_wrap=True)
     keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
-    t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
+    first = {d: _first(group, d) for d in dts}
+    t.add_row("x in dtype", repr(float(x)), *(c for d in dts for c in (shortest(first[d].x_dtype, d), "")))
     for key in keys:
         q, f, eps, label = key
         cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-        if q in ("bce", "grad"):
-            assert f is not None  # BCE and gradient rows name their formula
-            name = _check_name(("grad " if q == "grad" else "") + SHORT.get(f, f), label)
-        else:
-            name = _what(q, f)
-        t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
-                  *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
+        texts = {d: shortest(r.value, d) for d, r in cells.items()}
+        e = exact[(x, q, f, eps, _unlabel(label))]
+        row: list[RenderableType] = [_check_row_name(next(iter(cells.values()))),
+                                     exact_text(e, [(cells[d].value, texts[d]) for d in cells])]
+        for d in dts:
+            if d not in cells:
+                row += ["-", ""]
+                continue
+            r = cells[d]
+            _, style, marker = CLASSES[error_class(r.ulp_err, r.value)]
+            row += [Text(texts[d] + marker, style=style), Text(ulp_text(r.ulp_err, r.value), style="dim")]
+        t.add_row(*row)
     return t
 
 
@@ -449,8 +557,11 @@ def _check_name(formula: str, label: str) -> str:
     return f"{formula} pair" if label == "pair" else f"{formula} y={label}"
 
 
-def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> Group:
-    return Group(*check_tables(rows, exact, width), Text(LEGEND, style="dim"))
+def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100,
+               kps: Sequence[KeyPoint] = (), detail: bool = False) -> Group:
+    """`check`: the verdict of the dtypes, then the logits' tables."""
+    return Group(*verdict_view(kps, detail), *check_tables(rows, exact, width),
+                 Text("\n".join(CHECK_LEGEND), style="dim"))
 
 
 def width_for(path: str | None) -> int:

@@ -67,7 +67,8 @@ def _roundtrip(group: list[KeyPoint]) -> list[Finding]:
         out += [_finding(k, what) for k in rt if k.name in ("roundtrip_overflow", "roundtrip_underflow")]
         onsets = [k for k in rt if k.name == "roundtrip_rel_err_onset" and k.threshold is not None]
         if onsets:
-            thr = ONSET if any(k.threshold == ONSET for k in onsets) else max(k.threshold or 0 for k in onsets)
+            thrs = [k.threshold or 0.0 for k in onsets]
+            thr = ONSET if ONSET in thrs else max(thrs)
             out += [_finding(k, what) for k in onsets if k.threshold == thr]
     return out
 
@@ -100,3 +101,19 @@ def _families(found: list[Finding]) -> list[Finding]:
         else:
             merged[key] = fs
     return [f for fs in merged.values() for f in fs]
+
+
+def overview(found: Sequence[Finding]) -> list[Finding]:
+    """Per dtype and mode, three rows: the round trip's overflow and error onset, and the
+    loss that breaks first (nearest x = 0; a family's first member names it)."""
+    groups: dict[tuple, list[Finding]] = {}
+    for f in found:
+        groups.setdefault((f.dtype, f.mode, f.backend), []).append(f)
+    out = []
+    for group in groups.values():
+        out += [f for f in group if not f.what and f.name in ("roundtrip_overflow",
+                                                              "roundtrip_rel_err_onset")]
+        losses = [f for f in group if f.name in LOSS]
+        if losses:
+            out.append(min(losses, key=lambda f: abs(f.x)))
+    return out
