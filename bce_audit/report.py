@@ -431,16 +431,24 @@ def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Tabl
 
 
 def shortest(v: float, dtype: str) -> str:
-    """The shortest decimal that reads back as this value of ``dtype`` (numpy's ``unique``
-    repr of the dtype's own scalar): float32 ``0.99999994``, not ``1``."""
-    v = float(v) if not isinstance(v, float) or dtype != "longdouble" else v
-    if not math.isfinite(v):
-        return fmt(v)
-    if v == 0:
-        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    """The shortest decimal that reads back as this value of ``dtype``: numpy's ``unique`` repr
+    of the dtype's own scalar (float32 ``0.99999994``, not ``1``); for the ml_dtypes types
+    (bfloat16, float8), the fewest digits that round back to the value in the dtype."""
     import numpy as np
 
-    scalar = get_dtype(dtype).type(v)
+    if not math.isfinite(float(v)):
+        return fmt(float(v))
+    if v == 0:
+        return "-0" if math.copysign(1.0, float(v)) < 0 else "0"
+    typ = get_dtype(dtype).type
+    scalar = typ(v)
+    if typ.__module__.startswith("ml_dtypes"):  # numpy's unique repr is float64's for these
+        positional = 1e-4 <= abs(v) < 1e7
+        for d in range(0 if positional else 1, 18):
+            text = (np.format_float_positional(float(scalar), precision=d, unique=False, trim="-")
+                    if positional else _digits(float(scalar), d))
+            if typ(float(text)) == scalar:
+                return text
     if 1e-4 <= abs(v) < 1e7:
         return np.format_float_positional(scalar, unique=True, trim="-")
     return np.format_float_scientific(scalar, unique=True, trim="-", exp_digits=1).replace("e+", "e")
@@ -457,15 +465,17 @@ def _digits(v: float, d: int) -> str:
 
 
 def exact_text(e: float, cells: Sequence[tuple[float, str]]) -> str:
-    """The exact value with the digits needed to read apart from every cell that differs from
-    it (``cells``: each value and its text), 4 at least: no starred cell prints equal to it."""
+    """The exact value with the digits that keep it apart from every cell that differs from it
+    (``cells``: each value and its text): nearer the exact value than halfway to any cell, 4
+    digits at least. So no starred cell prints equal to the exact one, and 0.99999993 never
+    reads as 1 beside a cell of 0.9999999."""
     if not math.isfinite(e) or e == 0:
         return fmt(e)
-    differ = [t for v, t in cells if float(v) != e and math.isfinite(float(v))]
+    shown = [float(t) for v, t in cells if float(v) != e and math.isfinite(float(v))]
     for d in range(4, 18):
-        t = _digits(e, d)
-        if all(float(t) != float(c) for c in differ):
-            return t
+        t = float(text := _digits(e, d))
+        if all(2 * abs(t - e) < abs(c - e) for c in shown):
+            return text
     return repr(e)
 
 
@@ -579,12 +589,17 @@ def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = _check_name(f, label) if q == "bce" else (
-                _check_name("grad " + f, label) if q == "grad" else _what(q, f))
-            body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
-                         *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
+            texts = {d: shortest(r.value, d) for d, r in cells.items()}
+            e = exact[(x, q, f, key[2], _unlabel(label))]
+            body.append([_check_row_name(next(iter(cells.values()))),
+                         exact_text(e, [(cells[d].value, texts[d]) for d in cells]),
+                         *(texts[d] + CLASSES[error_class(cells[d].ulp_err, cells[d].value)][2]
+                           + f" ({ulp_text(cells[d].ulp_err, cells[d].value)} ULP)"
+                           if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
-    return "\n".join(out)
+    out.append("Each cell: the dtype's result (its shortest repr) and its error in ULPs of the dtype; "
+               "`*`: more than 4 ULP.")
+    return "\n".join(out) + "\n"
 
 
 def exact_number(q: Fraction) -> float | str:
