@@ -40,13 +40,6 @@ from bce_audit.records import (
 
 # Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
 
-SHORT = {
-    "naive": "naive", "keras2-logits": "keras2", "tf-keras": "tf-keras", "keras3": "keras3",
-    "torch-bce": "torch", "logits-stable": "stable", "torch-bce-logits": "torch-l", "optax": "optax",
-    "keras3-torch": "keras3-t", "keras-sigmoid-logits": "keras-sl", "keras3-numpy": "keras3-np",
-    "float8_e4m3fn": "e4m3fn", "float8_e5m2": "e5m2", "float16": "f16", "bfloat16": "bf16",
-    "float32": "f32", "float64": "f64", "longdouble": "ldouble",
-}
 CLASSES = (  # (name, style, marker); thresholds in ULPs of the audited dtype
     ("exact", "green", ""),        # correctly rounded: at most 0.5 ULP
     ("few-ulp", "", ""),           # within 4 ULP
@@ -131,36 +124,64 @@ def _value(k: KeyPoint) -> Text:
     return Text(fmt(k.value, 5), style="bold red" if not math.isfinite(k.value) else "")
 
 
-def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
-    """Per dtype and mode: the round trip's key points, then each formula's; measured beside predicted."""
-    tables = []
+KEYPOINT_LEGEND = (
+    "key point: roundtrip_overflow / _underflow: the first x (+ / -) whose round trip is not",
+    "  finite; roundtrip_rel_err_onset: the first x >= 1 whose relative error reaches the",
+    "  threshold; roundtrip_small_x_limit: the largest x < 1 where it is still reached",
+    "threshold: that relative error; x: the key point, a value of the dtype",
+    "value: the round trip at x (for the error points, its relative error there)",
+    "predicted: the x derived from eps alone (overflow: -ln(eps/2)); -: no prediction",
+    "cause: what the arithmetic does at x",
+)
+BCE_KEYPOINT_LEGEND = (
+    "key point: bce_floor / bce_ceiling: the loss stops falling / rising, holding value",
+    "  from x to the end of the range; bce_zero: exactly 0 from x; bce_nonfinite: the first",
+    "  x out from 0 where it is inf or nan; grad_*: the same for the gradient dBCE/dx",
+    "formula: as FORMULAS.md names it; y: the label (pair: the mean over (-a, 0), (a, 1))",
+    "x: the key point, a value of the dtype; value: the loss (or gradient) there",
+    "predicted: the clipped formula's limit in exact arithmetic (beside value), or, as",
+    "  'x ...', the x from which even a correctly rounded loss is 0; cause: why it is there",
+)
+
+
+def _legend(lines: Sequence[str]) -> Text:
+    return Text("\n".join(lines) + "\n", style="dim")
+
+
+def keypoint_tables(kps: Sequence[KeyPoint]) -> list[RenderableType]:
+    """Per dtype and mode: the round trip's key points, then each formula's; measured beside
+    predicted, with each one's cause; a legend under each kind of table."""
+    tables: list[RenderableType] = []
     for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
         rts = _group([k for k in group if k.name.startswith("roundtrip")], lambda k: k.formula)
         backend = "" if group[0].backend == "numpy" else f", {group[0].backend}"
         for via, rt in rts:
             t = _table(f"Round-trip key points: {dtype}, {mode}{backend}" + (f", {via}" if via else ""))
             t.add_column("key point", no_wrap=True)
-            for name in ("rel err", "x", "value", "predicted"):
+            for name in ("threshold", "x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
+            t.add_column("cause")
             for k in rt:
                 thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
-                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k))
-            tables.append(t)
+                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k), k.cause)
+            tables += [t, _legend(KEYPOINT_LEGEND)]
         bce = [k for k in group if not k.name.startswith("roundtrip")]
         if bce:
             eps_set = {k.eps for k in bce if k.eps is not None}
             one_eps = len(eps_set) <= 1  # then it goes in the title, not in a column
             title = f"BCE key points: {dtype}, {mode}{backend}" + (
                 f", eps {fmt(min(eps_set), 3)}" if eps_set and one_eps else "")
-            t = _table(title + " (y: label)")
+            t = _table(title)
             for name in ("key point", "formula", "y") + (() if one_eps else ("eps",)):
                 t.add_column(name, no_wrap=True)
             for name in ("x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
+            t.add_column("cause")
             for k in bce:
                 eps_cell = () if one_eps else (_eps(k.eps),)
-                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k))
-            tables.append(t)
+                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k),
+                          k.cause)
+            tables += [t, _legend(BCE_KEYPOINT_LEGEND)]
     return tables
 
 
@@ -171,29 +192,49 @@ def _group(items: Iterable, key) -> list[tuple]:
     return list(out.items())
 
 
-def chunks(items: list, width: int, fixed: int, each: int) -> list[list]:
-    """Split columns into as few even groups as fit ``width`` (``fixed`` chars of other columns)."""
-    per = max(1, (width - fixed) // each)
-    n = -(-len(items) // per) if items else 1
-    size = -(-len(items) // n) if items else 0
-    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+def fitting(items: list, widths: Sequence[int], width: int, fixed: int) -> list[list]:
+    """Split columns (each ``widths[i]`` characters wide) into as few even groups as fit
+    ``width`` beside ``fixed`` characters of other columns."""
+    if not items:
+        return [[]]
+    for n in range(1, len(items) + 1):
+        size = -(-len(items) // n)
+        parts = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        if all(fixed + sum(widths[i] for i in p) <= width for p in parts):
+            return [[items[i] for i in p] for p in parts]
+    return [[it] for it in items]
 
 
-def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[Table]:
+SAMPLE_LEGEND = (
+    "x: the grid's logit; x in dtype: as the dtype holds it; sigmoid: the dtype's sigmoid",
+    "exact: mpmath's sigmoid at x in dtype; round trip: logit(sigmoid(x)) in the dtype",
+    "rel err: |round trip - x| / |x|; ULP: the round trip's error in ULPs of the dtype",
+)
+BCE_SAMPLE_LEGEND = (
+    "x: the grid's logit; exact: mpmath's value at x in the dtype; each formula: its result",
+    "  in the dtype (green: correctly rounded; *: more than 4 ULP off; red: inf or nan)",
+)
+BITS_LEGEND = (
+    "x, exact: as above; each formula: its bits of error, log2(1 + ULPs) (0.0: exact;",
+    "  the dtype's precision, e.g. 24 for float32: no correct bit), classed as above",
+)
+
+
+def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[RenderableType]:
     """Sampled rows: the round trip, then each label's BCE under every formula."""
-    tables = []
+    tables: list[RenderableType] = []
     for (dtype, mode), group in _group(rows, lambda r: (r.dtype, r.mode)):
         sig = [r for r in group if r.quantity == "sigmoid" and r.formula is None]
         rt = [r for r in group if r.quantity == "roundtrip" and r.formula is None]
         idx = sample_indices(len(sig), show)
         t = _table(f"Sampled: sigmoid and round trip, {dtype}, {mode}")
-        for name in ("x", f"x in {SHORT[dtype]}", "sigmoid", "exact", "logit(sig)", "rel err", "ULP"):
+        for name in ("x", "x in dtype", "sigmoid", "exact", "round trip", "rel err", "ULP"):
             t.add_column(name, justify="right", no_wrap=True)
         for i in idx:
             s, r = sig[i], rt[i]
             t.add_row(fmt(s.x, 6), fmt_x(s.x_dtype), cell(s.value, s.ulp_err, 8), fmt(s.exact, 8),
                       cell(r.value, r.ulp_err, 8), fmt(r.rel_err, 3), fmt(r.ulp_err, 3))
-        tables.append(t)
+        tables += [t, _legend(SAMPLE_LEGEND)]
         for quantity, noun in (("bce", "BCE"), ("grad", "gradient dBCE/dx")):
             tables += _formula_tables([r for r in group if r.quantity == quantity], noun, dtype, mode,
                                       idx, width)
@@ -201,9 +242,9 @@ def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list
 
 
 def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list[int], width: int
-                    ) -> list[Table]:
+                    ) -> list[RenderableType]:
     """Per label (and eps): the formulas' values side by side, then their bits of error."""
-    tables = []
+    tables: list[RenderableType] = []
     labels = list(dict.fromkeys(r.label for r in rows))
     eps_values: list[float | None] = list(dict.fromkeys(r.eps for r in rows if r.eps is not None)) or [None]
     for label in labels:
@@ -211,10 +252,12 @@ def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list
             cols = [r for r in rows if r.label == label and (r.eps is None or r.eps == eps)]
             by_formula = _group(cols, lambda r: r.formula)
             what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
-            for part in chunks(by_formula, width, 15, 10):
-                tables.append(_bce_table(f"Sampled: {noun}, {what}", part, idx, errors=False))
-            for part in chunks(by_formula, width, 15, 9):
-                tables.append(_bce_table(f"Bits of error: {noun}, {what}", part, idx, errors=True))
+            for errors, each, legend in ((False, 10, BCE_SAMPLE_LEGEND), (True, 6, BITS_LEGEND)):
+                widths = [max(each, len(str(f))) + 2 for f, _ in by_formula]
+                for part in fitting(by_formula, widths, width, 17):
+                    kind = "Bits of error" if errors else "Sampled"
+                    tables.append(_bce_table(f"{kind}: {noun}, {what}", part, idx, errors=errors))
+                tables.append(_legend(legend))
     return tables
 
 
@@ -224,7 +267,7 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     t.add_column("x", justify="right", no_wrap=True)
     t.add_column("exact", justify="right", no_wrap=True)
     for f, _ in by_formula:
-        t.add_column(SHORT.get(f, f), justify="right", no_wrap=True)
+        t.add_column(f, justify="right", no_wrap=True)
     for i in idx:
         first = by_formula[0][1][i]
         if errors:
@@ -235,7 +278,19 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     return t
 
 
-def worst_tables(worst: Sequence[Worst]) -> list[Table]:
+WORST_DETAIL_LEGEND = (
+    "audited: the formula, or the sigmoid and round trip; label: y; eps: the clip's",
+    "max ULP, bits, max rel: the largest error on the grid, in ULPs of the dtype, as",
+    "  log2(1 + ULP), and relative; at x: where; inf/nan: non-finite points, of all",
+)
+CLIP_LEGEND = (
+    "clip rel: the clipped formula in exact arithmetic against the exact BCE (clipping's",
+    "  share of the error); round ULP: the computed value against that clipped value, in",
+    "  ULPs (rounding's share); error from: the larger share, or neither (<= 4 ULP, no clip)",
+)
+
+
+def worst_tables(worst: Sequence[Worst]) -> list[RenderableType]:
     """The largest error per formula over the grid; then, for clipped formulas, whose fault it is."""
     t = _table("Worst error over the grid")
     for name in ("dtype", "audited", "label", "eps"):
@@ -243,22 +298,21 @@ def worst_tables(worst: Sequence[Worst]) -> list[Table]:
     for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
         t.add_column(name, justify="right", no_wrap=True)
     for w in worst:
-        t.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+        t.add_row(w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                   cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
                   Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
-    tables = [t]
+    tables: list[RenderableType] = [t, _legend(WORST_DETAIL_LEGEND)]
     clipped = [w for w in worst if w.max_clip_rel is not None]
     if clipped:
-        c = _table("Clipping or rounding? (clip rel: clipped formula in exact arithmetic vs exact BCE; "
-                   "round ULP: computed vs that clipped-exact value)")
+        c = _table("Clipping or rounding?")
         for name in ("dtype", "audited", "label", "eps"):
             c.add_column(name, no_wrap=True)
-        for name in ("clip rel", "round ULP", "bites"):
+        for name in ("clip rel", "round ULP", "error from"):
             c.add_column(name, justify="right", no_wrap=True)
         for w in clipped:
-            c.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+            c.add_row(w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                       fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
-        tables.append(c)
+        tables += [c, _legend(CLIP_LEGEND)]
     return tables
 
 
@@ -924,7 +978,7 @@ def fidelity_tables(diffs, pairs, backend_label: str) -> list[Table]:
         t.add_column(name, justify="right", no_wrap=True)
     for d in diffs:
         style = "" if d.differ == 0 else ("yellow" if d.worst_ulp <= 4 else "bold red")
-        t.add_row(SHORT.get(d.dtype, d.dtype), d.quantity, _label(d.label),
+        t.add_row(d.dtype, d.quantity, _label(d.label),
                   Text(str(d.differ), style=style), str(d.inputs), fmt(d.worst_ulp, 3), fmt_x(d.first_x),
                   fmt_x(d.worst_x))
     tables = [t]
