@@ -347,8 +347,8 @@ def test_sweep_log_spacing_is_geometric_around_zero():
 def test_sweep_rows_option_limits_sampled_rows():
     out = ok("sweep", "--dtype", "float32", "--range", "-20:20", "--points", "9", "--formula", "naive",
              "--label", "1", "--rows", "3", "--detail")
-    table = out.split("Sampled: sigmoid and round trip")[1].split("─")[-1].split("\n\n")[0]
-    data = [line for line in strip_lines(table) if line.strip()]
+    table = "\n".join(strip_lines(out.split("Sampled: sigmoid and round trip")[1]))
+    data = [line for line in table.split("─")[-1].split("\n\n")[0].splitlines() if line.strip()]
     assert len(data) == 3, data
 
 
