@@ -785,10 +785,10 @@ def to_markdown(result: SweepResult) -> str:
     notes = list(result.notes)
     out += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     out += _md_table(
-        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted"],
+        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted", "cause"],
         ([k.dtype, k.name, k.formula or "round trip", _label(k.label),
           fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_x(k.x),
-          fmt(k.value, 5), _pred(k)] for k in result.keypoints),
+          fmt(k.value, 5), _pred(k), k.cause] for k in result.keypoints),
     )
     if result.worst:
         out += ["", "### Worst error over the grid", ""]
