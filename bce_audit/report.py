@@ -461,8 +461,7 @@ def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bo
     parts += verdict_view(result.keypoints, detail)
     if not detail:
         parts += worst_summary(result.worst)
-        parts.append(Text(DETAIL_HINT if result.rows else DETAIL_HINT.split(",")[0] + ": every key point",
-                          style="dim"))
+        parts.append(Text(DETAIL_HINT if result.rows else "--detail (-v): every key point", style="dim"))
         return Group(*parts)
     parts += keypoint_tables(result.keypoints)
     if result.rows:
