@@ -388,6 +388,14 @@ def test_points_csv_has_keypoint_fields():
     assert "roundtrip_overflow" in names
 
 
+def test_issue_12_readme_pastes_the_real_default_sweep():
+    """The README's verdict of `sweep --dtype float32` is the golden one, byte for byte."""
+    readme = (GOLDEN.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### `sweep`: the verdict first")[1]
+    pasted = section.split("```\n")[1]
+    assert pasted == (GOLDEN / "sweep_default.txt").read_text(encoding="utf-8")
+
+
 def test_points_table():
     out = ok("points", "--dtype", "float32", "--detail")
     assert "roundtrip_overflow" in out
