@@ -72,7 +72,7 @@ class Tracer(Evaluator):
         out = super().exp(a)
         arg, res = np.asarray(a), np.asarray(out)
         with np.errstate(all="ignore"):
-            if (np.isfinite(arg) & np.isinf(res)).any():
+            if (np.isfinite(arg) & ~np.isfinite(res)).any():  # inf, or nan in a format without inf
                 self.note("exp=inf")
             under = np.isfinite(arg) & (res == 0)
             if under.any():
