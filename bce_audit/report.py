@@ -124,23 +124,24 @@ def _value(k: KeyPoint) -> Text:
     return Text(fmt(k.value, 5), style="bold red" if not math.isfinite(k.value) else "")
 
 
-KEYPOINT_LEGEND = (
-    "key point: roundtrip_overflow / _underflow: the first x (+ / -) whose round trip is not",
-    "  finite; roundtrip_rel_err_onset: the first x >= 1 whose relative error reaches the",
-    "  threshold; roundtrip_small_x_limit: the largest x < 1 where it is still reached",
-    "threshold: that relative error; x: the key point, a value of the dtype",
+KEYPOINT_LEGEND = (  # under 80 columns
+    "key point: roundtrip_overflow / _underflow: the first x (+ / -) whose round",
+    "  trip is not finite; roundtrip_rel_err_onset: the first x >= 1 whose relative",
+    "  error reaches the threshold; roundtrip_small_x_limit: the largest x < 1 where",
+    "  it still does; threshold: that relative error; x: a value of the dtype",
     "value: the round trip at x (for the error points, its relative error there)",
-    "predicted: the x derived from eps alone (overflow: -ln(eps/2)); -: no prediction",
+    "predicted: the x derived from eps alone (overflow: -ln(eps/2)); -: none",
     "cause: what the arithmetic does at x",
 )
-BCE_KEYPOINT_LEGEND = (
-    "key point: bce_floor / bce_ceiling: the loss stops falling / rising, holding value",
-    "  from x to the end of the range; bce_zero: exactly 0 from x; bce_nonfinite: the first",
-    "  x out from 0 where it is inf or nan; grad_*: the same for the gradient dBCE/dx",
-    "formula: as FORMULAS.md names it; y: the label (pair: the mean over (-a, 0), (a, 1))",
-    "x: the key point, a value of the dtype; value: the loss (or gradient) there",
-    "predicted: the clipped formula's limit in exact arithmetic (beside value), or, as",
-    "  'x ...', the x from which even a correctly rounded loss is 0; cause: why it is there",
+BCE_KEYPOINT_LEGEND = (  # under 80 columns
+    "key point: bce_floor / bce_ceiling: the loss stops falling / rising and holds",
+    "  value from x to the end of the range; bce_zero: exactly 0 from x;",
+    "  bce_nonfinite: the first x out from 0 where it is inf or nan; grad_*: the",
+    "  same for the gradient dBCE/dx; formula: as FORMULAS.md names it",
+    "y: the label (pair: the mean over (-a, 0) and (a, 1)); x: a value of the dtype",
+    "value: the loss (or gradient) at x; predicted: the clipped formula's limit in",
+    "  exact arithmetic (beside value), or, as 'x ...', the x from which even a",
+    "  correctly rounded loss is 0; cause: what the arithmetic does at x",
 )
 
 
@@ -205,18 +206,19 @@ def fitting(items: list, widths: Sequence[int], width: int, fixed: int) -> list[
     return [[it] for it in items]
 
 
-SAMPLE_LEGEND = (
-    "x: the grid's logit; x in dtype: as the dtype holds it; sigmoid: the dtype's sigmoid",
-    "exact: mpmath's sigmoid at x in dtype; round trip: logit(sigmoid(x)) in the dtype",
-    "rel err: |round trip - x| / |x|; ULP: the round trip's error in ULPs of the dtype",
+SAMPLE_LEGEND = (  # under 80 columns
+    "x: the grid's logit; x in dtype: as the dtype holds it; sigmoid: the dtype's",
+    "exact: mpmath's sigmoid at x in dtype; round trip: logit(sigmoid(x)), in dtype",
+    "rel err: |round trip - x| / |x|; ULP: the round trip's error, in ULPs",
 )
-BCE_SAMPLE_LEGEND = (
-    "x: the grid's logit; exact: mpmath's value at x in the dtype; each formula: its result",
-    "  in the dtype (green: correctly rounded; *: more than 4 ULP off; red: inf or nan)",
+BCE_SAMPLE_LEGEND = (  # under 80 columns
+    "x: the grid's logit; exact: mpmath's value at x in the dtype; each formula:",
+    "  its result in the dtype (green: correctly rounded; *: more than 4 ULP off;",
+    "  red: inf or nan)",
 )
-BITS_LEGEND = (
-    "x, exact: as above; each formula: its bits of error, log2(1 + ULPs) (0.0: exact;",
-    "  the dtype's precision, e.g. 24 for float32: no correct bit), classed as above",
+BITS_LEGEND = (  # under 80 columns
+    "x, exact: as above; each formula: its bits of error, log2(1 + ULPs) (0.0:",
+    "  exact; the dtype's precision, e.g. 24 for float32: no correct bit)",
 )
 
 
@@ -278,15 +280,16 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     return t
 
 
-WORST_DETAIL_LEGEND = (
+WORST_DETAIL_LEGEND = (  # under 80 columns
     "audited: the formula, or the sigmoid and round trip; label: y; eps: the clip's",
-    "max ULP, bits, max rel: the largest error on the grid, in ULPs of the dtype, as",
-    "  log2(1 + ULP), and relative; at x: where; inf/nan: non-finite points, of all",
+    "max ULP, bits, max rel: the largest error on the grid, in ULPs of the dtype,",
+    "  as log2(1 + ULP), and relative; at x: where; inf/nan: non-finite points",
 )
-CLIP_LEGEND = (
-    "clip rel: the clipped formula in exact arithmetic against the exact BCE (clipping's",
-    "  share of the error); round ULP: the computed value against that clipped value, in",
-    "  ULPs (rounding's share); error from: the larger share, or neither (<= 4 ULP, no clip)",
+CLIP_LEGEND = (  # under 80 columns
+    "clip rel: the clipped formula in exact arithmetic against the exact BCE",
+    "  (clipping's share); round ULP: the computed value against that clipped",
+    "  value, in ULPs (rounding's share); error from: the larger share, or",
+    "  neither (no clip, and within 4 ULP)",
 )
 
 
@@ -335,7 +338,7 @@ _BREAKS = {"bce_floor": "floor", "bce_ceiling": "ceiling"}
 VERDICT_LEGEND = (  # under 80 columns
     "y: the label (-: none); from x: the first value of the dtype from which it holds",
     "breaks: the first failure out from x = 0 on that side: floor / ceiling (the loss",
-    "  stops falling / rising there), loss 0, inf or nan; round trip: logit(sigmoid(x))",
+    "  stops falling / rising there), loss 0, inf or nan; round trip: logit(sigmoid)",
     "cause: what the arithmetic does at that x; formula: as FORMULAS.md names them",
 )
 
@@ -376,7 +379,7 @@ def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool,
     t = _table(title)
     if by_dtype:
         t.add_column("dtype", no_wrap=True)
-    t.add_column("formula", max_width=22)
+    t.add_column("formula", max_width=20)
     t.add_column("y", no_wrap=True)
     t.add_column("breaks", no_wrap=True)
     t.add_column("from x", justify="right", no_wrap=True)
@@ -421,9 +424,11 @@ def verdict_overview(found: Sequence[verdict.Finding]) -> Table:
 
 
 WORST_LEGEND = (  # under 80 columns
-    "worst ULP: the largest error on the grid, in ULPs of the dtype (*: over 4), at x,",
-    "label y; bits: log2(1 + ULP); inf/nan: non-finite points; error from: clip or round",
+    "worst ULP: largest error on the grid in ULPs of the dtype (*: over 4), at x, y;",
+    "bits: log2(1 + ULP); inf/nan: non-finite points; error from: the larger share,",
+    "clipping or rounding, of a clipped formula's error (-: not a clipped formula)",
 )
+
 
 
 def _summary_name(w: Worst) -> str:
@@ -538,10 +543,10 @@ def ulp_text(ulp: float, value: float) -> str:
 
 
 CHECK_LEGEND = (  # under 80 columns
-    "exact: mpmath at x as given (x in dtype: the input each dtype really sees), shown",
+    "exact: mpmath at x as given (x in dtype: the input each dtype really sees),",
     "with the digits that tell it from every cell; each cell: the dtype's result in",
-    "its shortest repr, and ULP: its error, in ULPs of its dtype, against the exact",
-    "value at its own input; green: correctly rounded; *: more than 4 ULP; red: inf/nan",
+    "its shortest repr, and ULP: its error in ULPs of its dtype against the exact",
+    "value at its own input; green: correctly rounded; *: over 4 ULP; red: inf/nan",
 )
 
 
