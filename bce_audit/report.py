@@ -425,9 +425,9 @@ def verdict_overview(found: Sequence[verdict.Finding]) -> Table:
 
 WORST_LEGEND = (  # under 80 columns
     "worst ULP: largest error on the grid in ULPs of the dtype (*: over 4), at x, y;",
-    "bits: log2(1 + ULP); inf/nan: non-finite points; error from: the larger share,",
-    "clipping or rounding, of a clipped formula's error (-: not a clipped formula)",
+    "bits: log2(1 + ULP); inf/nan: non-finite points; error from: clipping, rounding",
 )
+
 
 
 
@@ -451,7 +451,7 @@ def worst_summary(worst: Sequence[Worst]) -> list[RenderableType]:
                                                                                      if v.eps}) > 1 else ""),
                       cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.x, 6), _label(w.label),
                       Text(f"{bad}/{sum(v.points for v in ws)}", style="bold red" if bad else ""),
-                      _bites(w) if w.max_clip_rel is not None else "-")
+                      _bites(w) if w.max_clip_rel is not None else "")
         out.append(t)
     return [*out, Text("\n".join(WORST_LEGEND), style="dim")] if out else []
 
