@@ -42,6 +42,9 @@ WORDS = {
 }
 
 
+SHOWN = 5e-4  # half a unit in the 4th digit: a rounding of 1 - eps that a 4-digit floor shows
+
+
 class Tracer(Evaluator):
     """An Evaluator that notes, in order, what its ops did (keys of `WORDS`)."""
 
@@ -51,6 +54,7 @@ class Tracer(Evaluator):
         self.eps = eps
         self.notes: list[str] = [] if notes is None else notes
         self.own_eps = True  # every clip bound came from --eps (sklearn's is finfo(dtype).eps)
+        self.one_minus_eps = ""  # 1 - eps as the dtype holds it, where that is not 1 - eps itself
 
     def note(self, key: str) -> None:
         if key not in self.notes:
@@ -118,6 +122,11 @@ class Tracer(Evaluator):
         return out
 
     def _bounds(self, p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        with np.errstate(all="ignore"):
+            held = (np.asarray(1.0).astype(lo.dtype) - lo)[()]  # 1 - eps in the dtype
+        gap = 1.0 - float(held)  # what the dtype makes of 1 - eps, against eps itself:
+        if 0 < held < 1 and abs(gap - float(lo)) > SHOWN * float(lo) and not self.one_minus_eps:
+            self.one_minus_eps = _one_minus(held, lo.dtype)
         if hi == 1:
             if (p >= hi).any():
                 self.note("1-eps=1")
@@ -144,6 +153,16 @@ class _Derived(Tracer):
         return out
 
 
+def _one_minus(held, dtype) -> str:
+    """A value just below 1 as the dtype holds it: ``1 - 2^-23`` where the gap is a power of
+    two, else its shortest decimal."""
+    gap = 1 - dtypes.to_fraction(held)
+    if gap.numerator == 1 and gap.denominator & (gap.denominator - 1) == 0:
+        return f"1 - 2^-{gap.denominator.bit_length() - 1}"
+    name = next(n for n in dtypes.NAMES if dtypes.get(n).dtype == np.dtype(dtype))
+    return dtypes.shortest(held, name)
+
+
 def _first(notes: Sequence[str], keys: Sequence[str]) -> str | None:
     for k in keys:
         if k in notes:
@@ -151,8 +170,14 @@ def _first(notes: Sequence[str], keys: Sequence[str]) -> str | None:
     return None
 
 
-def _clip_words(key: str, t: Tracer) -> str:
+def _clip_words(key: str, t: Tracer, floor: bool = False) -> str:
+    """A clip's words; where the dtype holds 1 - eps as another number, that number (it is
+    what the upper bound, and the label-0 floor's log(1 - eps), really use)."""
     words = WORDS[key]
+    if t.one_minus_eps and key in ("clip>hi", "p=hi"):
+        words += f" = {t.one_minus_eps}"
+    elif t.one_minus_eps and floor and key in ("clip<lo", "p=lo"):
+        words += f", 1 - eps = {t.one_minus_eps}"
     return words if t.own_eps else words.replace("eps", "finfo.eps")
 
 
@@ -226,7 +251,7 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
     if name == "bce_floor":
         key = _first(notes, ("clip>hi", "p=hi", "1-eps=1") if to_one else ("clip<lo", "p=lo"))
         if key:
-            return _clip_words(key, t)
+            return _clip_words(key, t, floor=True)
         key = _first(notes, ("sigmoid=1" if to_one else "sigmoid=0", "exp=0 flushed", "exp=0"))
         return WORDS[key] if key else "constant from here"
     if name == "bce_ceiling":

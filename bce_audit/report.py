@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -24,7 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bce_audit import __version__, verdict
-from bce_audit.dtypes import DtypeInfo
+from bce_audit.dtypes import DtypeInfo, shortest
+from bce_audit.dtypes import digits as _digits
 from bce_audit.dtypes import get as get_dtype
 from bce_audit.records import (
     SCHEMA,
@@ -384,16 +385,40 @@ def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool,
     t.add_column("breaks", no_wrap=True)
     t.add_column("from x", justify="right", no_wrap=True)
     t.add_column("cause")
+    names = _family_names(group, many_eps)
     last: tuple = ()
-    for f in group:
-        what = _what_breaks(f, many_eps)
+    for f, name in zip(group, names, strict=True):
         where = (f.dtype, f.mode, f.backend)
-        lead = ([_dtype_mode(f) if where != last[:3] else ""] if by_dtype else [])
+        lead = ([_dtype_mode(f) if where != last else ""] if by_dtype else [])
         style = "bold red" if not math.isfinite(f.value) else ""
-        t.add_row(*lead, what if (*where, what) != last else "", _label(f.label),
-                  Text(_breaks(f), style=style), fmt_x(f.x), f.cause)
-        last = (*where, what)
+        t.add_row(*lead, name, _label(f.label), Text(_breaks(f), style=style), fmt_x(f.x), f.cause)
+        last = where
     return t
+
+
+def _family_names(group: Sequence[verdict.Finding], many_eps: bool) -> list[str]:
+    """The formula column of each row: a family's members one a row down its rows (the last
+    row takes the rest), blank below them."""
+    out: list[str] = []
+    runs: list[tuple[tuple, int]] = []
+    for f in group:
+        key = (f.dtype, f.mode, f.backend, f.what, f.eps)
+        if runs and runs[-1][0] == key:
+            runs[-1] = (key, runs[-1][1] + 1)
+        else:
+            runs.append((key, 1))
+    i = 0
+    for _, n in runs:
+        f = group[i]
+        members = [_what_breaks(replace(f, what=(m,)), many_eps) for m in f.what] or \
+            [_what_breaks(f, many_eps)]
+        if f.what and f.name.startswith("roundtrip"):
+            members = [_what_breaks(f, many_eps)]
+        lines = [*members[:n - 1], ", ".join(members[n - 1:])] if len(members) > n else members
+        lines = [m + ("," if k < len(lines) - 1 else "") for k, m in enumerate(lines)]
+        out += lines + [""] * (n - len(lines))
+        i += n
+    return out
 
 
 def _dtype_mode(f: verdict.Finding) -> str:
@@ -486,40 +511,6 @@ def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Tabl
         t.add_row(i.name, str(i.bits), str(i.nmant), fmt(i.eps, 4), _fmt_exact(i.tiny),
                   _fmt_exact(i.max), fmt(overflow[i.name], 6), i.description)
     return t
-
-
-def shortest(v: float, dtype: str) -> str:
-    """The shortest decimal that reads back as this value of ``dtype``: numpy's ``unique`` repr
-    of the dtype's own scalar (float32 ``0.99999994``, not ``1``); for the ml_dtypes types
-    (bfloat16, float8), the fewest digits that round back to the value in the dtype."""
-    import numpy as np
-
-    if not math.isfinite(float(v)):
-        return fmt(float(v))
-    if v == 0:
-        return "-0" if math.copysign(1.0, float(v)) < 0 else "0"
-    typ = get_dtype(dtype).type
-    scalar = typ(v)
-    if typ.__module__.startswith("ml_dtypes"):  # numpy's unique repr is float64's for these
-        positional = 1e-4 <= abs(v) < 1e7
-        for d in range(0 if positional else 1, 18):
-            text = (np.format_float_positional(float(scalar), precision=d, unique=False, trim="-")
-                    if positional else _digits(float(scalar), d))
-            if typ(float(text)) == scalar:
-                return text
-    if 1e-4 <= abs(v) < 1e7:
-        return np.format_float_positional(scalar, unique=True, trim="-")
-    return np.format_float_scientific(scalar, unique=True, trim="-", exp_digits=1).replace("e+", "e")
-
-
-def _digits(v: float, d: int) -> str:
-    """v to d significant digits, in the style of `shortest`."""
-    import numpy as np
-
-    if 1e-4 <= abs(v) < 1e7:
-        return np.format_float_positional(v, precision=d, unique=False, fractional=False, trim="-")
-    sci = np.format_float_scientific(v, precision=d - 1, unique=False, trim="-", exp_digits=1)
-    return sci.replace("e+", "e")
 
 
 def exact_text(e: float, cells: Sequence[tuple[float, str]]) -> str:
