@@ -380,7 +380,7 @@ def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool,
     t = _table(title)
     if by_dtype:
         t.add_column("dtype", no_wrap=True)
-    t.add_column("formula", max_width=20)
+    t.add_column("formula", max_width=20, overflow="fold")
     t.add_column("y", no_wrap=True)
     t.add_column("breaks", no_wrap=True)
     t.add_column("from x", justify="right", no_wrap=True)
