@@ -698,6 +698,83 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     return 0
 
 
+ADVISE_FORMATS = ("text", "json", "markdown")
+
+
+@cli.command("advise")
+@click.option("--config", "config", type=str, default=None, metavar="FILE",
+              help="A TOML config: with [[check]] tables, advice for every failing check; else its options.")
+@click.option("--dtype", "dtypes", multiple=True, metavar="NAME", type=_Choice((*dtypes.NAMES, "all"), dtypes.ALIASES),
+              help="Dtype (repeatable; default float32).")
+@click.option("--formula", "formulas", multiple=True, metavar="NAME",
+              help=f"BCE formula (repeatable): {', '.join(formulas.NAMES)}, or impl:package.module:function.")
+@click.option("--eps", "eps", multiple=True, type=float, metavar="EPS", help="Clip epsilon (default 1e-7).")
+@click.option("--impl-kind", "kind", type=_Choice(impl.KINDS), default="bce-logits", show_default=True,
+              help="What an impl: formula computes: f(x, y), f(p, y), sigmoid f(x) or logit f(p).")
+@_IMPL_TIMEOUT
+@_PYTHONPATH
+@click.option("--mode", type=_Choice(formulas.MODES), default="native", show_default=True,
+              help="How the arithmetic is done (see sweep --help).")
+@click.option("--label", type=_Choice(records.LABELS), default="both", show_default=True,
+              help="Label to audit; 'both' adds the seed article's two-point pair.")
+@click.option("--range", "range", metavar="LO:HI", default=None, help="The range you care about (default -40:40).")
+@click.option("--points", type=int, default=None, metavar="N",
+              help=f"Grid points over the range (default {records.DEFAULT_POINTS}).")
+@click.option("--max-ulp", "tolerance", type=float, default=None, metavar="ULP",
+              help="Worst error, in ULPs of the dtype, below which there is nothing to fix (default 4).")
+@click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Skip the result cache.")
+@_output(ADVISE_FORMATS)
+def advise_cmd(tolerance: float | None, **kw) -> int:
+    """The fix, not only the diagnosis: what goes wrong, then fixes, each verified by re-running
+    the audit with it applied (with-logits rewrite, safe eps, float32 loss, best built-in).
+
+    \b
+    Examples:
+      bce-audit advise --dtype float16 --formula keras3 --eps 1e-7
+      bce-audit advise --config my-gate.toml          # advice for every failing check
+      bce-audit advise --formula impl:mypkg.losses:bce --impl-kind bce-probs --dtype bfloat16
+    """
+    from bce_audit import advise, advise_view
+
+    tol = advise.TOLERANCE_ULP if tolerance is None else tolerance
+    if not (math.isfinite(tol) and tol >= 0):
+        _fail(f"--max-ulp {tolerance!r} must be a number >= 0")
+    path = _output_path(kw)
+    fmt = kw.pop("format") or {"json": "json", "markdown": "markdown"}.get(config.format_for(path), "text")
+    kw = {**kw, "output": None}
+    ctx = click.get_current_context()
+    checks = None
+    if kw["config"]:
+        try:
+            cf = config.load(kw["config"])
+        except config.ConfigError as e:
+            _fail(str(e))
+        if cf.checks:
+            flags = {"dtypes": "--dtype", "formulas": "--formula", "eps": "--eps", "mode": "--mode",
+                     "label": "--label", "range": "--range", "points": "--points", "kind": "--impl-kind"}
+            given = [flag for key, flag in flags.items()
+                     if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE]
+            if given:
+                _fail(f"--config {kw['config']!r} has [[check]] tables, which say what to advise on; "
+                      f"{given[0]} would be ignored")
+            try:
+                _impl_timeout(kw.get("timeout"))
+                dirs = config.pythonpath_dirs(kw.get("pythonpath", ()), os.getcwd(), "--pythonpath")
+                checks = gate.load_checks([kw["config"]], dirs)
+            except config.ConfigError as e:
+                _fail(str(e))
+    if checks is not None:
+        _use_cache(kw)
+        found = _run(lambda: advise.advise_checks(checks, tolerance=tol))
+    else:
+        s, _ = _settings(kw)
+        found = _run(lambda: [advise.advise(t, tol) for t in advise.targets(s)])
+    _cache_warnings()
+    render = {"json": advise_view.json_doc, "markdown": advise_view.markdown, "text": advise_view.text}[fmt]
+    _emit({"fmt": fmt, "output": path}, lambda _: render(found))
+    return 0
+
+
 @cli.command("gate")
 @click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
 @click.option("--baseline", "baseline_path", default=None, metavar="FILE",
@@ -709,10 +786,12 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the results as JSON.")
 @click.option("--markdown", "markdown_path", default=None, metavar="FILE",
               help="Write a markdown summary (for a PR comment).")
+@click.option("--advise", "with_advice", is_flag=True, default=False,
+              help="Append the advice for each failing check (bce-audit advise) to the report.")
 @_IMPL_TIMEOUT
 @_PYTHONPATH
 def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, timeout,
-             pythonpath) -> int:
+             pythonpath, with_advice=False) -> int:
     """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails or errors, 2 on
     bad input (a config error: nothing runs).
 
@@ -748,11 +827,19 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     if actions:  # check names come from configs: nothing in the table may act as a workflow command
         click.echo(f"::stop-commands::{token}")
     report.print_view(report.gate_view(results), color=_color())
+    advice_md = ""
+    if with_advice:
+        from bce_audit import advise, advise_view
+
+        found = _run(lambda: advise.advise_checks(checks, results))
+        if found:
+            click.echo("\n" + advise_view.text(found), nl=False)
+            advice_md = "\n" + advise_view.markdown(found)
     if actions:
         click.echo(f"::{token}::")
     for path, text in ((junit_path, report.junit_xml(results)),
                        (json_path, report.gate_json(results, configs, baseline_path)),
-                       (markdown_path, report.gate_markdown(results))):
+                       (markdown_path, report.gate_markdown(results) + advice_md)):
         if path:
             _write(path, text)
     if actions:

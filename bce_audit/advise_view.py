@@ -1,0 +1,161 @@
+"""Renderers of advice (`records.Advice`): text (80 columns, the answer first), markdown (a PR
+comment) and JSON. They read the records only; no measuring here."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+from bce_audit import __version__
+from bce_audit.records import SCHEMA, Advice, Audited, Fix, to_json
+from bce_audit.report import fmt, printable
+
+WIDTH = 80
+MOVES_SHOWN = 6  # key-point moves listed per fix in text and markdown; JSON has them all
+KINDS = {"logits": "with logits", "eps": "eps", "precision": "float32 loss", "builtin": "built-in"}
+
+
+def _subject(a: Advice) -> str:
+    b = a.before
+    eps = f", eps {fmt(b.eps)}" if b.eps is not None else ""
+    lo, hi = b.range
+    label = "" if a.label == "both" else f", label {a.label}"
+    return f"{b.formula}, {b.dtype}, {b.mode}{eps}{label}, x in [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _figures(a: Audited) -> str:
+    return f"inf/nan {a.nonfinite}, max ULP {fmt(a.max_ulp)}, max rel {fmt(a.max_rel)}"
+
+
+def answer(a: Advice) -> str:
+    """The first line: nothing to fix, no verified fix, or the best fix and what it changes."""
+    b = a.before
+    if a.ok:
+        return (f"Nothing to fix: worst error {fmt(b.max_ulp)} ULP (tolerance {fmt(a.tolerance)}), "
+                "no inf/nan, no key point spoils the range.")
+    if not a.fixes:
+        return "No fix improves the measured error (each candidate was run and measured)."
+    f = a.fixes[0]
+    unit = "max ULP" if f.figure == "max_ulp" else "max rel"
+    was, now = (b.max_ulp, f.after.max_ulp) if f.figure == "max_ulp" else (b.max_rel, f.after.max_rel)
+    gate = f"; the check {f.gate}es" if f.gate == "PASS" else ""
+    return (f"Fix: {f.title}. Verified: inf/nan {b.nonfinite} -> {f.after.nonfinite}, "
+            f"{unit} {fmt(was)} -> {fmt(now)}{gate}.")
+
+
+def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
+    return textwrap.wrap(printable(text), WIDTH, initial_indent=first or indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False) or [first.rstrip()]
+
+
+def _table(a: Advice) -> list[str]:
+    head = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
+    rows = [("", "before", a.before.dtype, fmt(a.before.max_ulp), fmt(a.before.max_bits, 3),
+             fmt(a.before.max_rel, 3), str(a.before.nonfinite), "FAIL" if a.check else "")]
+    for i, f in enumerate(a.fixes, 1):
+        what = KINDS[f.kind]
+        if f.kind == "eps":
+            what = f"eps {fmt(f.after.eps, 3)}"
+        elif f.kind in ("logits", "builtin"):
+            what = f"{what}: {f.after.formula}" if f.kind == "builtin" else f"{f.after.formula}"
+        rows.append((f"{i}.", what, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
+                     fmt(f.after.max_rel, 3), str(f.after.nonfinite), f.gate))
+    if not a.check:
+        head, rows = head[:-1], [r[:-1] for r in rows]
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    right = {3, 4, 5, 6}
+
+    def cells(r: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                                 strict=True)))
+    return [" " + cells(head).rstrip(), " " + "─" * (sum(widths) + 2 * (len(widths) - 1)),
+            *(" " + cells(r).rstrip() for r in rows)]
+
+
+def _moves(f: Fix) -> list[str]:
+    shown = list(f.moves[:MOVES_SHOWN])
+    if len(f.moves) > MOVES_SHOWN:
+        shown.append(f"... and {len(f.moves) - MOVES_SHOWN} more (--format json lists them all)")
+    return shown
+
+
+def text(advice: Sequence[Advice]) -> str:
+    """Plain text, at most 80 columns where the words allow: the answer first."""
+    out: list[str] = []
+    for a in advice:
+        if out:
+            out.append("")
+        if a.check:
+            out += _wrap(f"Check {a.check!r} failed: {_subject(a)}")
+        else:
+            out += _wrap(_subject(a))
+        out += _wrap(answer(a), "  ", "  ")
+        for n in a.notes:
+            out += _wrap(f"note: {n}", "    ", "  ")
+        if a.ok:
+            continue
+        out += ["", "What goes wrong"]
+        for p in a.problems:
+            out += _wrap(p, "    ", "  ")
+        if a.safe_eps is not None and a.safe_eps.get("smallest") is not None:
+            s = a.safe_eps
+            out += ["", "Safe eps"]
+            out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
+                         f"{fmt(s['smallest'], 6)} (bounds {fmt(s['smallest_lo'], 6)}, {fmt(s['smallest_hi'], 8)}); "
+                         f"best over the range: {fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
+        if not a.fixes:
+            continue
+        out += ["", "Fixes, best first: each measured by the audit with the fix applied", ""]
+        out += _table(a)
+        for i, f in enumerate(a.fixes, 1):
+            out.append("")
+            out += _wrap(f.title, "     ", f"{i}. ")
+            for code in f.snippet.splitlines():
+                out.append(f"       {printable(code)}")
+            if f.note:
+                out += _wrap(f.note, "     ", "     ")
+            for m in _moves(f):
+                out += _wrap(m, "       ", "     - ")
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(v: str) -> str:
+    return " ".join(str(v).split()).replace("|", "\\|") or "-"
+
+
+def markdown(advice: Sequence[Advice]) -> str:
+    """A PR comment: per target, the answer, what goes wrong, a before/after table, the code."""
+    out = [f"## bce-audit advise: {sum(not a.ok for a in advice)} of {len(advice)} need a fix", ""]
+    for a in advice:
+        out += [f"### {_md_cell(('check ' + repr(a.check) + ': ') if a.check else '')}{_md_cell(_subject(a))}",
+                "", f"**{_md_cell(answer(a))}**", ""]
+        out += [f"- note: {_md_cell(n)}" for n in a.notes]
+        if a.ok:
+            continue
+        out += ["What goes wrong:", ""] + [f"- {_md_cell(p)}" for p in a.problems] + [""]
+        if not a.fixes:
+            continue
+        head = ["#", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan"] + (["gate"] if a.check else [])
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = [["", "before", a.before.dtype, fmt(a.before.max_ulp), fmt(a.before.max_bits, 3),
+                 fmt(a.before.max_rel, 3), str(a.before.nonfinite)] + (["FAIL"] if a.check else [])]
+        for i, f in enumerate(a.fixes, 1):
+            rows.append([str(i), f.title, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
+                         fmt(f.after.max_rel, 3), str(f.after.nonfinite)] + ([f.gate] if a.check else []))
+        out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows] + [""]
+        for i, f in enumerate(a.fixes, 1):
+            out += [f"{i}. {_md_cell(f.title)}"]
+            if f.snippet:
+                out += ["", "   ```python", *(f"   {line}" for line in f.snippet.splitlines()), "   ```"]
+            if f.note:
+                out += ["", f"   {_md_cell(f.note)}"]
+            moves = _moves(f)
+            if moves:
+                out += [""] + [f"   - {_md_cell(m)}" for m in moves]
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def json_doc(advice: Sequence[Advice]) -> str:
+    """The advice as versioned, deterministic JSON (inf/nan as strings)."""
+    return to_json({"schema": SCHEMA, "version": __version__, "advice": [a.to_dict() for a in advice]})
