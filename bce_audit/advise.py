@@ -25,7 +25,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bce_audit import dtypes, formulas, gate, gradients, impl, sweep
-from bce_audit.records import DEFAULT_EPS, DEFAULT_POINTS, DEFAULT_RANGE, Advice, Audited, Fix, KeyPoint, Settings
+from bce_audit.records import (
+    DEFAULT_EPS,
+    DEFAULT_POINTS,
+    DEFAULT_RANGE,
+    Advice,
+    Audited,
+    Fix,
+    KeyPoint,
+    Settings,
+)
 
 TOLERANCE_ULP = 4.0  # the worst error, in ULPs of the dtype, below which there is nothing to fix
 EPS_CEILING = 0.1  # the largest eps the best-eps search tries
@@ -57,11 +66,12 @@ class Target:
 # formula -> (framework, the with-logits formula that models its with-logits call, the call, a snippet)
 _KERAS_SNIPPET = ('outputs = keras.layers.Dense(1)(h)  # no activation="sigmoid"\n'
                   'model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))\n'
-                  'p = keras.ops.sigmoid(model(x))  # probabilities, when you need them')
+                  'p = keras.ops.sigmoid(model(x))  # probabilities, where needed')
 _NUMPY_CALL = "np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))"
-_NUMPY = ("numpy", "logits-stable", _NUMPY_CALL, f"loss = {_NUMPY_CALL}  # x: logits, not probabilities")
+_NUMPY = ("numpy", "logits-stable", _NUMPY_CALL, f"# x: logits, not probabilities\nloss = {_NUMPY_CALL}")
 REWRITES: dict[str, tuple[str, str, str, str]] = {
-    "keras3": ("Keras 3", "logits-stable", "keras.losses.BinaryCrossentropy(from_logits=True)", _KERAS_SNIPPET),
+    "keras3": ("Keras 3", "logits-stable", "keras.losses.BinaryCrossentropy(from_logits=True)",
+               _KERAS_SNIPPET),
     "keras3-torch": ("Keras 3 (torch backend)", "torch-bce-logits",
                      "keras.losses.BinaryCrossentropy(from_logits=True)", _KERAS_SNIPPET),
     "tf-keras": ("tf.keras", "logits-stable", "tf.keras.losses.BinaryCrossentropy(from_logits=True)",
@@ -111,7 +121,8 @@ def _precision_call(formula: str, dtype: str) -> tuple[str, str]:
         keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
         call = f'{keras}.layers.Dense(1, activation="sigmoid", dtype="float32")'
         return call, (f'{keras}.mixed_precision.set_global_policy("{policy}")\n'
-                      f"outputs = {call}(h)  # the loss sees float32")
+                      "# the last layer in float32: the loss sees float32\n"
+                      f"outputs = {call}(h)")
     if fw == "torch":
         name = "binary_cross_entropy_with_logits(x" if formula == "torch-bce-logits" else \
             "binary_cross_entropy(torch.sigmoid(x)"
@@ -129,7 +140,8 @@ def _precision_call(formula: str, dtype: str) -> tuple[str, str]:
 
 
 def _settings(t: Target, grad: bool, keep: int | None = 0) -> Settings:
-    return Settings(dtypes=(t.dtype,), formulas=(t.formula,), eps=(t.eps if t.eps is not None else DEFAULT_EPS[0],),
+    eps = t.eps if t.eps is not None else DEFAULT_EPS[0]
+    return Settings(dtypes=(t.dtype,), formulas=(t.formula,), eps=(eps,),
                     mode=t.mode, label="both" if t.label == "pair" else t.label, range=t.range,
                     points=t.points, grad=grad, keep=keep)
 
@@ -150,7 +162,8 @@ def measure(t: Target) -> Audited:
              and w.x is not None]
     kps = tuple(k for k in r.keypoints if k.formula == t.formula and k.label in labels)
     return Audited(t.formula, t.dtype, t.mode, t.eps if _uses_eps(t.formula) else None, t.range, t.points,
-                   max((w.max_ulp for w in found), default=0.0), max((w.max_bits for w in found), default=0.0),
+                   max((w.max_ulp for w in found), default=0.0),
+                   max((w.max_bits for w in found), default=0.0),
                    max((w.max_rel for w in found), default=0.0), sum(w.nonfinite for w in bce),
                    max((w.max_ulp for w in grads), default=None) if grads else None, kps)
 
@@ -238,24 +251,28 @@ def line(k: KeyPoint) -> str:
     return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
 
 
-def moves(before: Audited, after: Audited) -> list[str]:
-    """The problem key points that vanish, move or appear with a fix, one line each."""
+def moves(before: Audited, after: Audited) -> list[dict]:
+    """The problem key points that vanish, move or appear with a fix: one record each, loss
+    before gradient, and in each what the fix costs first (new), then moved, then gone."""
     def keyed(a: Audited) -> dict[tuple, KeyPoint]:
         return {(k.name, str(k.label), _side(k)): k for k in problems(a)}
 
     b, a = keyed(before), keyed(after)
     out = []
-    for key, k in b.items():
-        if key not in a:
-            out.append(f"{line(k).split(' (')[0]}: gone")
-        elif a[key].x != k.x or a[key].value != k.value:
-            n = a[key]
-            what = f"x {_fmt(k.x, 6)} -> {_fmt(n.x, 6)}" if n.x != k.x else f"x {_fmt(k.x, 6)}"
-            if n.value != k.value:
-                what += f", value {_fmt(k.value)} -> {_fmt(n.value)}"
-            out.append(f"{'pair' if k.label == 'pair' else f'y={k.label}'} {k.name}: {what}")
-    out += [f"{line(k)}: new" for key, k in a.items() if key not in b]
-    return out
+    for key in (*b, *(k for k in a if k not in b)):
+        old, new = b.get(key), a.get(key)
+        if old is not None and new is not None and (old.x, old.value) == (new.x, new.value):
+            continue
+        status = "gone" if new is None else "new" if old is None else "moved"
+        k = new or old
+        assert k is not None
+        out.append({"status": status, "name": k.name, "label": str(k.label),
+                    "quantity": "gradient" if k.name.startswith("grad") else "loss",
+                    "x_before": old.x if old else None, "x_after": new.x if new else None,
+                    "value_before": old.value if old else None, "value_after": new.value if new else None,
+                    "before": line(old) if old else "", "after": line(new) if new else ""})
+    order = {"loss": 0, "gradient": 1}, {"new": 0, "moved": 1, "gone": 2}
+    return sorted(out, key=lambda m: (order[0][m["quantity"]], order[1][m["status"]]))
 
 
 # ---------------------------------------------------------------- the fixes
@@ -296,7 +313,7 @@ def safe_eps(t: Target) -> dict | None:
 
 def _eps_text(e: float) -> str:
     m, x = math.frexp(e)
-    return f"{e:.4g} (2**{x - 1})" if m == 0.5 else f"{e:g}"
+    return f"{e!r} (2**{x - 1})" if m == 0.5 else repr(e)
 
 
 def _limits(a: Audited) -> str:
@@ -317,7 +334,13 @@ def _verified(before: Audited, t: Target, kind: str, title: str, call: str, snip
     if score(after, figure) >= score(before, figure) and not (
             score(after, figure) == score(before, figure) and len(problems(after)) < len(problems(before))):
         return None
-    return Fix(kind, title, call, snippet, after, figure, tuple(moves(before, after)), note=note)
+    changed = moves(before, after)
+    if before.grad_max_ulp is None and not any(k.name.startswith("grad") for k in before.keypoints):
+        changed = [m for m in changed if m["quantity"] == "loss"]  # no gradient before: nothing to compare
+        dead = [line(k) for k in problems(after) if k.name.startswith("grad")]
+        if dead:
+            note = "; ".join([*([note] if note else []), "its gradient: " + "; ".join(dead)])
+    return Fix(kind, title, call, snippet, after, figure, tuple(changed), note=note)
 
 
 def _rank(f: Fix) -> tuple:
@@ -334,8 +357,9 @@ def fixes(t: Target, before: Audited, eps_info: dict | None) -> list[Fix]:
     if rewrite is not None:
         fw, target, call, snippet = rewrite
         mode = "per-op" if fw == "numpy" and t.mode == "native" else t.mode
+        drop = " without the sigmoid" if (fw != "numpy" and "Keras" in fw) or fw == "tf.keras" else ""
         fix = _verified(before, replace(t, formula=target, mode=mode, eps=None), "logits",
-                        f"{fw}: {call}", call, snippet, f"measured as {target}")
+                        f"{fw}: {call}{drop}", call, snippet, f"measured as {target} ({mode})")
         if fix is not None:
             out.append(fix)
     if eps_info is not None and eps_info["smallest"] is not None:
@@ -346,7 +370,7 @@ def fixes(t: Target, before: Audited, eps_info: dict | None) -> list[Fix]:
             if e == t.eps:
                 continue
             fix = _verified(before, replace(t, eps=e), "eps", f"eps = {_eps_text(e)} ({what})",
-                            f"eps={e:g}", _eps_snippet(t.formula, e))
+                            f"eps={e!r}", _eps_snippet(t.formula, e))
             if fix is not None:
                 out.append(replace(fix, note=_limits(fix.after)))
     if dtypes.get(t.dtype).narrow:
@@ -362,8 +386,8 @@ def _eps_snippet(formula: str, e: float) -> str:
     fw = _framework(formula)
     if fw == "keras":
         keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
-        return f"{keras}.backend.set_epsilon({e:g})  # the clip: [eps, 1 - eps]"
-    return f"p = np.clip(p, {e:g}, 1 - {e:g})"
+        return f"{keras}.backend.set_epsilon({e!r})  # the clip: [eps, 1 - eps]"
+    return f"p = np.clip(p, {e!r}, 1 - {e!r})"
 
 
 def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None) -> Fix | None:
@@ -416,7 +440,7 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
         if impl.is_impl(t.formula):
             best = builtin_fix(t, before, check)
             if best is not None:
-                found.append(best)
+                found = sorted([*found, best], key=_rank)
         if check is not None:
             found = [f if f.gate else replace(f, gate=_gate_with(check, f.after)) for f in found]
     return Advice(before, t.label, tolerance, ok, tuple(lines), tuple(found), eps_info,

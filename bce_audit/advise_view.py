@@ -11,7 +11,7 @@ from bce_audit.records import SCHEMA, Advice, Audited, Fix, to_json
 from bce_audit.report import fmt, printable
 
 WIDTH = 80
-MOVES_SHOWN = 6  # key-point moves listed per fix in text and markdown; JSON has them all
+MOVES_SHOWN = 4  # key-point moves listed per fix in text and markdown; JSON has them all
 KINDS = {"logits": "with logits", "eps": "eps", "precision": "float32 loss", "builtin": "built-in"}
 
 
@@ -38,7 +38,7 @@ def answer(a: Advice) -> str:
     f = a.fixes[0]
     unit = "max ULP" if f.figure == "max_ulp" else "max rel"
     was, now = (b.max_ulp, f.after.max_ulp) if f.figure == "max_ulp" else (b.max_rel, f.after.max_rel)
-    gate = f"; the check {f.gate}es" if f.gate == "PASS" else ""
+    gate = "; the check passes with it" if f.gate == "PASS" else ""
     return (f"Fix: {f.title}. Verified: inf/nan {b.nonfinite} -> {f.after.nonfinite}, "
             f"{unit} {fmt(was)} -> {fmt(now)}{gate}.")
 
@@ -49,15 +49,16 @@ def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
 
 
 def _table(a: Advice) -> list[str]:
-    head = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
-    rows = [("", "before", a.before.dtype, fmt(a.before.max_ulp), fmt(a.before.max_bits, 3),
-             fmt(a.before.max_rel, 3), str(a.before.nonfinite), "FAIL" if a.check else "")]
+    head: tuple[str, ...] = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
+    b = a.before
+    rows: list[tuple[str, ...]] = [("", "before", b.dtype, fmt(b.max_ulp), fmt(b.max_bits, 3), fmt(b.max_rel, 3),
+                                    str(b.nonfinite), "FAIL" if a.check else "")]
     for i, f in enumerate(a.fixes, 1):
         what = KINDS[f.kind]
         if f.kind == "eps":
             what = f"eps {fmt(f.after.eps, 3)}"
         elif f.kind in ("logits", "builtin"):
-            what = f"{what}: {f.after.formula}" if f.kind == "builtin" else f"{f.after.formula}"
+            what = f"{f.kind}: {f.after.formula}"
         rows.append((f"{i}.", what, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
                      fmt(f.after.max_rel, 3), str(f.after.nonfinite), f.gate))
     if not a.check:
@@ -72,11 +73,38 @@ def _table(a: Advice) -> list[str]:
             *(" " + cells(r).rstrip() for r in rows)]
 
 
+SHORT = {"bce_nonfinite": "inf/nan", "bce_floor": "floor", "bce_ceiling": "cap", "bce_zero": "zero",
+         "grad_dead_zone": "dead", "grad_vanishing": "vanishing", "grad_nonfinite": "inf/nan"}
+
+
+def _label(m: dict) -> str:
+    return "pair" if m["label"] == "pair" else f"y={m['label']}"
+
+
 def _moves(f: Fix) -> list[str]:
-    shown = list(f.moves[:MOVES_SHOWN])
-    if len(f.moves) > MOVES_SHOWN:
-        shown.append(f"... and {len(f.moves) - MOVES_SHOWN} more (--format json lists them all)")
-    return shown
+    """The key points a fix changes, per quantity: what it costs first (new, at most
+    `MOVES_SHOWN` lines), then what moves, then what is gone, in one line."""
+    out = []
+    for quantity in ("loss", "gradient"):
+        ms = [m for m in f.moves if m["quantity"] == quantity]
+        if not ms:
+            continue
+        lines = []
+        for m in ms:
+            if m["status"] == "new":
+                lines.append(f"new: {m['after']}")
+            elif m["status"] == "moved":
+                what = f"x {fmt(m['x_before'], 6)} -> {fmt(m['x_after'], 6)}"
+                if m["value_before"] != m["value_after"]:
+                    what += f", value {fmt(m['value_before'])} -> {fmt(m['value_after'])}"
+                lines.append(f"moved: {_label(m)} {SHORT.get(m['name'], m['name'])} {what}")
+        if len(lines) > MOVES_SHOWN:
+            lines[MOVES_SHOWN:] = [f"... {len(lines) - MOVES_SHOWN} more (--format json lists them all)"]
+        gone = [f"{_label(m)} {SHORT.get(m['name'], m['name'])}" for m in ms if m["status"] == "gone"]
+        if gone:
+            lines.append("gone: " + ", ".join(gone))
+        out += [f"{quantity}: {lines[0]}", *lines[1:]]
+    return out
 
 
 def text(advice: Sequence[Advice]) -> str:
@@ -100,9 +128,10 @@ def text(advice: Sequence[Advice]) -> str:
         if a.safe_eps is not None and a.safe_eps.get("smallest") is not None:
             s = a.safe_eps
             out += ["", "Safe eps"]
+            bounds = f"bounds {fmt(s['smallest_lo'], 6)}, {fmt(s['smallest_hi'], 8)}"
             out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
-                         f"{fmt(s['smallest'], 6)} (bounds {fmt(s['smallest_lo'], 6)}, {fmt(s['smallest_hi'], 8)}); "
-                         f"best over the range: {fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
+                         f"{fmt(s['smallest'], 6)} ({bounds}); best over the range: "
+                         f"{fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
         if not a.fixes:
             continue
         out += ["", "Fixes, best first: each measured by the audit with the fix applied", ""]
@@ -115,7 +144,8 @@ def text(advice: Sequence[Advice]) -> str:
             if f.note:
                 out += _wrap(f.note, "     ", "     ")
             for m in _moves(f):
-                out += _wrap(m, "       ", "     - ")
+                first = "     " if m.startswith(("loss:", "gradient:")) else "       "
+                out += _wrap(m, "         ", first)
     return "\n".join(out) + "\n"
 
 
@@ -127,7 +157,8 @@ def markdown(advice: Sequence[Advice]) -> str:
     """A PR comment: per target, the answer, what goes wrong, a before/after table, the code."""
     out = [f"## bce-audit advise: {sum(not a.ok for a in advice)} of {len(advice)} need a fix", ""]
     for a in advice:
-        out += [f"### {_md_cell(('check ' + repr(a.check) + ': ') if a.check else '')}{_md_cell(_subject(a))}",
+        check = f"check {a.check!r}: " if a.check else ""
+        out += [f"### {_md_cell(check + _subject(a))}",
                 "", f"**{_md_cell(answer(a))}**", ""]
         out += [f"- note: {_md_cell(n)}" for n in a.notes]
         if a.ok:

@@ -704,7 +704,8 @@ ADVISE_FORMATS = ("text", "json", "markdown")
 @cli.command("advise")
 @click.option("--config", "config", type=str, default=None, metavar="FILE",
               help="A TOML config: with [[check]] tables, advice for every failing check; else its options.")
-@click.option("--dtype", "dtypes", multiple=True, metavar="NAME", type=_Choice((*dtypes.NAMES, "all"), dtypes.ALIASES),
+@click.option("--dtype", "dtypes", multiple=True, metavar="NAME",
+              type=_Choice((*dtypes.NAMES, "all"), dtypes.ALIASES),
               help="Dtype (repeatable; default float32).")
 @click.option("--formula", "formulas", multiple=True, metavar="NAME",
               help=f"BCE formula (repeatable): {', '.join(formulas.NAMES)}, or impl:package.module:function.")
@@ -717,7 +718,8 @@ ADVISE_FORMATS = ("text", "json", "markdown")
               help="How the arithmetic is done (see sweep --help).")
 @click.option("--label", type=_Choice(records.LABELS), default="both", show_default=True,
               help="Label to audit; 'both' adds the seed article's two-point pair.")
-@click.option("--range", "range", metavar="LO:HI", default=None, help="The range you care about (default -40:40).")
+@click.option("--range", "range", metavar="LO:HI", default=None,
+              help="The range you care about (default -40:40).")
 @click.option("--points", type=int, default=None, metavar="N",
               help=f"Grid points over the range (default {records.DEFAULT_POINTS}).")
 @click.option("--max-ulp", "tolerance", type=float, default=None, metavar="ULP",

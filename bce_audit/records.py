@@ -346,7 +346,8 @@ class Fix:
     ``kind``: "logits" (the with-logits rewrite), "eps" (a safe or best clip epsilon),
     "precision" (compute the loss in a wider dtype) or "builtin" (for user code: the best
     built-in formula). ``figure``: what improved, "max_ulp" (same dtype) or "max_rel";
-    ``moves``: the key points that moved, vanished or appeared, one line each; ``gate``: with a
+    ``moves``: the key points that moved, vanished or appeared (``status`` "moved", "gone" or
+    "new"; ``name``, ``label``, x and value before and after, and each as a line); ``gate``: with a
     gate check, its verdict with the fix applied ("PASS"/"FAIL"), else "".
     """
 
@@ -356,7 +357,7 @@ class Fix:
     snippet: str
     after: Audited
     figure: str
-    moves: tuple[str, ...] = ()
+    moves: tuple[dict, ...] = ()
     gate: str = ""
     note: str = ""
 
