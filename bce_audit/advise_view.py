@@ -51,7 +51,8 @@ def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
 def _table(a: Advice) -> list[str]:
     head: tuple[str, ...] = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
     b = a.before
-    rows: list[tuple[str, ...]] = [("", "before", b.dtype, fmt(b.max_ulp), fmt(b.max_bits, 3), fmt(b.max_rel, 3),
+    rows: list[tuple[str, ...]] = [("", "before", b.dtype, fmt(b.max_ulp), fmt(b.max_bits, 3),
+                                    fmt(b.max_rel, 3),
                                     str(b.nonfinite), "FAIL" if a.check else "")]
     for i, f in enumerate(a.fixes, 1):
         what = KINDS[f.kind]
