@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
-# (gate results gained "error" and "status", additions a reader of 1 may ignore)
+# (gate results gained "error" and "status", key points "cause" and "side": additions a
+# reader of 1 may ignore)
 # the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
                  "torch-bce-logits", "optax", "sklearn", "keras3-torch", "keras-sigmoid-logits",
@@ -197,6 +198,12 @@ class KeyPoint:
     predicts: str | None  # "x" or "value": which field `predicted` stands beside
     method: str
     backend: str = "numpy"  # "numpy" (the models), or the real framework, e.g. "torch-cpu"
+    cause: str = ""  # why it is here, one line: "sigmoid rounds to 1", "clip at 1-eps" (causes.py)
+    side: str = ""   # "+" or "-": the sign of x, which tells two records of one name apart
+
+    def __post_init__(self) -> None:
+        if not self.side:
+            object.__setattr__(self, "side", "-" if math.copysign(1.0, self.x) < 0 else "+")
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
