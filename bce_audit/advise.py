@@ -213,12 +213,11 @@ def problems(a: Audited) -> list[KeyPoint]:
 
 
 def _side(k: KeyPoint) -> str:
-    side = getattr(k, "side", "")  # the verdict branch's field, where present
-    return side if side in ("+", "-") else ("+" if k.x > 0 else "-")
+    return k.side or ("+" if k.x > 0 else "-")
 
 
 def _cause(k: KeyPoint) -> str:
-    return str(getattr(k, "cause", "") or "")
+    return k.cause
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
