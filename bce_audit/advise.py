@@ -35,12 +35,12 @@ from bce_audit.records import (
     KeyPoint,
     Settings,
 )
+from bce_audit.report import fmt as _fmt
 
 TOLERANCE_ULP = 4.0  # the worst error, in ULPs of the dtype, below which there is nothing to fix
 EPS_CEILING = 0.1  # the largest eps the best-eps search tries
-# the eps tried: every power of two, and 1, 2 and 5 times every power of ten, below 0.5
-EPS_CANDIDATES = tuple(sorted({2.0 ** -k for k in range(1, 64)}
-                              | {m * 10.0 ** -k for m in (1, 2, 5) for k in range(1, 20)}))
+# the eps tried: every power of two and of ten below 0.5
+EPS_CANDIDATES = tuple(sorted({2.0 ** -k for k in range(1, 64)} | {10.0 ** -k for k in range(1, 20)}))
 RUNS = ("bce_floor", "bce_ceiling", "bce_zero", "grad_dead_zone")  # hold from x to the end of the tail
 
 
@@ -75,7 +75,9 @@ REWRITES: dict[str, tuple[str, str, str, str]] = {
     "keras3-torch": ("Keras 3 (torch backend)", "torch-bce-logits",
                      "keras.losses.BinaryCrossentropy(from_logits=True)", _KERAS_SNIPPET),
     "tf-keras": ("tf.keras", "logits-stable", "tf.keras.losses.BinaryCrossentropy(from_logits=True)",
-                 _KERAS_SNIPPET.replace("keras.", "tf.keras.")),
+                 'outputs = tf.keras.layers.Dense(1)(h)  # no activation="sigmoid"\n'
+                 'model.compile(loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))\n'
+                 'p = tf.math.sigmoid(model(x))  # probabilities, where needed'),
     "keras2-logits": ("Keras 2 (TensorFlow)", "logits-stable",
                       "tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)",
                       "loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)  # x: logits"),
@@ -218,15 +220,6 @@ def _side(k: KeyPoint) -> str:
 
 def _cause(k: KeyPoint) -> str:
     return k.cause
-
-
-def _fmt(v: float | None, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    v = float(v)
-    if not math.isfinite(v):
-        return str(v)
-    return f"{v:.{digits}g}"
 
 
 _WHAT = {"bce_nonfinite": "loss is {v}", "bce_floor": "loss floors at {v}", "bce_ceiling": "loss caps at {v}",

@@ -133,10 +133,14 @@ def text(advice: Sequence[Advice]) -> str:
             out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
                          f"{fmt(s['smallest'], 6)} ({bounds}); best over the range: "
                          f"{fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
+            if not any(f.kind == "eps" for f in a.fixes):
+                out += _wrap("not a fix here: it does not lower the measured worst error", "    ", "  ")
         if not a.fixes:
             continue
         out += ["", "Fixes, best first: each measured by the audit with the fix applied", ""]
         out += _table(a)
+        if any(f.after.dtype != a.before.dtype for f in a.fixes):
+            out += _wrap("max ULP is in each row's own dtype; across dtypes compare max rel", "  ", "  ")
         for i, f in enumerate(a.fixes, 1):
             out.append("")
             out += _wrap(f.title, "     ", f"{i}. ")
@@ -175,6 +179,8 @@ def markdown(advice: Sequence[Advice]) -> str:
             rows.append([str(i), f.title, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
                          fmt(f.after.max_rel, 3), str(f.after.nonfinite)] + ([f.gate] if a.check else []))
         out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows] + [""]
+        if any(f.after.dtype != a.before.dtype for f in a.fixes):
+            out += ["max ULP is in each row's own dtype; across dtypes compare max rel.", ""]
         for i, f in enumerate(a.fixes, 1):
             out += [f"{i}. {_md_cell(f.title)}"]
             if f.snippet:

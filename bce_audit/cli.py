@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed or errored, 2 bad input (one line on std
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import secrets
@@ -770,6 +771,12 @@ def advise_cmd(tolerance: float | None, **kw) -> int:
         found = _run(lambda: advise.advise_checks(checks, tolerance=tol))
     else:
         s, _ = _settings(kw)
+        ignored = [f"{key} {value!r}" for key, value, default in (
+            ("backend", s.backend, "numpy"), ("spacing", s.spacing, "lin"),
+            ("exhaustive", s.exhaustive, False)) if value != default]
+        if ignored:
+            _fail(f"--config {kw['config']!r}: {ignored[0]}: advise audits the models on a linear grid; "
+                  "drop it")
         found = _run(lambda: [advise.advise(t, tol) for t in advise.targets(s)])
     _cache_warnings()
     render = {"json": advise_view.json_doc, "markdown": advise_view.markdown, "text": advise_view.text}[fmt]
@@ -829,19 +836,19 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     if actions:  # check names come from configs: nothing in the table may act as a workflow command
         click.echo(f"::stop-commands::{token}")
     report.print_view(report.gate_view(results), color=_color())
-    advice_md = ""
-    if with_advice:
+    gate_doc, gate_md = report.gate_json(results, configs, baseline_path), report.gate_markdown(results)
+    if with_advice:  # the advice for each failing check: after the table, in --markdown and --json
         from bce_audit import advise, advise_view
 
         found = _run(lambda: advise.advise_checks(checks, results))
         if found:
             click.echo("\n" + advise_view.text(found), nl=False)
-            advice_md = "\n" + advise_view.markdown(found)
+            gate_md += "\n" + advise_view.markdown(found)
+        gate_doc = records.to_json({**json.loads(gate_doc), "advice": [a.to_dict() for a in found]})
     if actions:
         click.echo(f"::{token}::")
-    for path, text in ((junit_path, report.junit_xml(results)),
-                       (json_path, report.gate_json(results, configs, baseline_path)),
-                       (markdown_path, report.gate_markdown(results) + advice_md)):
+    for path, text in ((junit_path, report.junit_xml(results)), (json_path, gate_doc),
+                       (markdown_path, gate_md)):
         if path:
             _write(path, text)
     if actions:

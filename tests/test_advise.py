@@ -4,16 +4,18 @@ independently, through `api.sweep` and `api.gate`, never copied constants."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
+from cli_support import assert_usage_error, ok, run, strict_json
 
 from bce_audit import advise, advise_view, api
-from tests.cli_support import assert_usage_error, ok, run, strict_json
 
 ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def _worst(formula: str, dtype: str, eps: float | None = None, mode: str = "native") -> tuple[int, float]:
@@ -59,7 +61,8 @@ def test_issue_13_float16_keras3_from_logits_verified(keras3_f16):
     assert got[0] == 0 and got[1] <= advise.TOLERANCE_ULP
     assert keras3_f16.fixes[0] is fix  # the best, and the answer given first
     text = advise_view.text([keras3_f16])
-    assert text.splitlines()[1].startswith("  Fix: Keras 3: keras.losses.BinaryCrossentropy(from_logits=True)")
+    first = "  Fix: Keras 3: keras.losses.BinaryCrossentropy(from_logits=True)"
+    assert text.splitlines()[1].startswith(first)
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
@@ -150,3 +153,14 @@ def test_safe_eps_follows_the_mode():
     assert lo_tf in (0.0, lo_np)
     assert advise.clip_bounds("keras3", 1e-7, "bfloat16", "per-op")[1] == float(ml_dtypes.bfloat16(1 - 1e-7))
     assert not math.isnan(advise.clip_bounds("keras3", 1e-3, "float32", "native")[1])
+
+
+def test_golden_first_example():
+    """The README's first example, byte for byte (BCE_AUDIT_REGEN=1 rewrites the file)."""
+    out = ok("--color", "never", "advise", "--dtype", "float16", "--formula", "keras3", "--eps", "1e-7",
+             "--no-cache")
+    path = GOLDEN / "advise_keras3_float16.txt"
+    if os.environ.get("BCE_AUDIT_REGEN") == "1":
+        path.write_text(out, encoding="utf-8")
+    assert out == path.read_text(encoding="utf-8")
+    assert max(len(line) for line in out.splitlines()) <= 80
