@@ -152,9 +152,19 @@ def _uses_eps(formula: str) -> bool:
     return formulas.get(formula).uses_eps
 
 
-def measure(t: Target) -> Audited:
+def measure(t: Target, memo: dict | None = None) -> Audited:
     """The audit of ``t`` through the sweep's engine: the worst BCE error over the grid (every
-    selected label), the worst gradient error, and the formula's key points (loss and gradient)."""
+    selected label), the worst gradient error, and the formula's key points (loss and gradient).
+    ``memo``: audits already run for this advice, by target."""
+    if memo is not None and t in memo:
+        return memo[t]
+    a = _measure(t)
+    if memo is not None:
+        memo[t] = a
+    return a
+
+
+def _measure(t: Target) -> Audited:
     grad = gradients.has_grad(t.formula)
     r = sweep.run_sweep(_settings(t, grad))
     labels = t.labels
@@ -284,10 +294,11 @@ def _safe(formula: str, eps: float, dtype: str, mode: str) -> bool:
     return lo > 0 and hi < 1
 
 
-def safe_eps(t: Target) -> dict | None:
+def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
     """For a clipping formula: the current eps's bounds, the smallest eps whose bounds are
     distinct from 0 and 1 in the dtype and mode, and the eps (of `EPS_CANDIDATES`, from that one
-    up to `EPS_CEILING`) that minimises the worst error over the range, measured."""
+    up to `EPS_CEILING`) that minimises the worst error over the range; for each of the two, the
+    floor and ceiling it implies, measured (label 1's, else the first label's: value and x)."""
     if impl.is_impl(t.formula) or not _uses_eps(t.formula) or t.eps is None:
         return None
     lo, hi = clip_bounds(t.formula, t.eps, t.dtype, t.mode)
@@ -298,9 +309,16 @@ def safe_eps(t: Target) -> dict | None:
     scores = {e: _quick(replace(t, eps=e)) for e in safe}
     best = min(safe, key=lambda e: (scores[e][0], scores[e][1], e))
     s_lo, s_hi = clip_bounds(t.formula, smallest, t.dtype, t.mode)
-    return {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": smallest,
-            "smallest_lo": s_lo, "smallest_hi": s_hi, "best": best, "best_max_ulp": scores[best][1],
-            "tried": len(safe)}
+    out = {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": smallest,
+           "smallest_lo": s_lo, "smallest_hi": s_hi, "best": best, "best_max_ulp": scores[best][1],
+           "tried": len(safe)}
+    for which, e in (("smallest", smallest), ("best", best)):
+        a = measure(replace(t, eps=e), memo)
+        for name, what in (("bce_floor", "floor"), ("bce_ceiling", "ceiling")):
+            k = next((k for k in a.keypoints if k.name == name), None)
+            out[f"{which}_{what}"] = None if k is None else k.value
+            out[f"{which}_{what}_x"] = None if k is None else k.x
+    return out
 
 
 def _eps_text(e: float) -> str:
@@ -319,9 +337,9 @@ def _limits(a: Audited) -> str:
 
 
 def _verified(before: Audited, t: Target, kind: str, title: str, call: str, snippet: str,
-              note: str = "") -> Fix | None:
+              note: str = "", memo: dict | None = None) -> Fix | None:
     """The fix, measured; None when it does not lower the figure (then it is not shown)."""
-    after = measure(t)
+    after = measure(t, memo)
     figure = _figure(before, after)
     if score(after, figure) >= score(before, figure) and not (
             score(after, figure) == score(before, figure) and len(problems(after)) < len(problems(before))):
@@ -339,7 +357,7 @@ def _rank(f: Fix) -> tuple:
     return f.after.nonfinite, f.after.max_rel, f.after.max_ulp
 
 
-def fixes(t: Target, before: Audited, eps_info: dict | None) -> list[Fix]:
+def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None = None) -> list[Fix]:
     """Every fix that improves the measured figure, best first (fewest inf/nan, then the
     smallest relative error: the figure that compares across dtypes)."""
     out: list[Fix] = []
@@ -351,7 +369,7 @@ def fixes(t: Target, before: Audited, eps_info: dict | None) -> list[Fix]:
         mode = "per-op" if fw == "numpy" and t.mode == "native" else t.mode
         drop = " without the sigmoid" if (fw != "numpy" and "Keras" in fw) or fw == "tf.keras" else ""
         fix = _verified(before, replace(t, formula=target, mode=mode, eps=None), "logits",
-                        f"{fw}: {call}{drop}", call, snippet, f"measured as {target} ({mode})")
+                        f"{fw}: {call}{drop}", call, snippet, f"measured as {target} ({mode})", memo)
         if fix is not None:
             out.append(fix)
     if eps_info is not None and eps_info["smallest"] is not None:
@@ -362,13 +380,13 @@ def fixes(t: Target, before: Audited, eps_info: dict | None) -> list[Fix]:
             if e == t.eps:
                 continue
             fix = _verified(before, replace(t, eps=e), "eps", f"eps = {_eps_text(e)} ({what})",
-                            f"eps={e!r}", _eps_snippet(t.formula, e))
+                            f"eps={e!r}", _eps_snippet(t.formula, e), memo=memo)
             if fix is not None:
                 out.append(replace(fix, note=_limits(fix.after)))
     if dtypes.get(t.dtype).narrow:
         call, snippet = _precision_call(t.formula, t.dtype)
         fix = _verified(before, replace(t, dtype="float32"), "precision",
-                        f"compute the loss in float32: {call}", call, snippet)
+                        f"compute the loss in float32: {call}", call, snippet, memo=memo)
         if fix is not None:
             out.append(fix)
     return sorted(out, key=_rank)
@@ -405,7 +423,8 @@ def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None) -> 
 def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None = None) -> Advice:
     """What goes wrong with ``t`` and the verified fixes, best first; with a gate ``check``, each
     fix also says whether the check passes with it applied."""
-    before = measure(t)
+    memo: dict[Target, Audited] = {}
+    before = measure(t, memo)
     bad = problems(before)
     lines = [line(k) for k in bad]
     if before.nonfinite:
@@ -419,7 +438,7 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
         notes.append(f"{t.formula} is a {kind}: advice covers BCE formulas only")
         return Advice(before, t.label, tolerance, True, (), (), None, "", tuple(notes))
     ok = not lines
-    eps_info = safe_eps(t)
+    eps_info = safe_eps(t, memo)
     if eps_info is not None and not eps_info["safe"]:
         which = "eps rounds to 0" if eps_info["lo"] <= 0 else "1 - eps rounds to 1"
         lines.insert(0, f"eps {_fmt(t.eps)}: {which} in {t.dtype} ({t.mode}); the clip does nothing there")
@@ -428,7 +447,7 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
         notes.append("from_logits=True on Keras's numpy backend runs the same sigmoid-then-clip path")
     found: list[Fix] = []
     if not ok:
-        found = fixes(t, before, eps_info)
+        found = fixes(t, before, eps_info, memo)
         if impl.is_impl(t.formula):
             best = builtin_fix(t, before, check)
             if best is not None:

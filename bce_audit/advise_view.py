@@ -133,6 +133,12 @@ def text(advice: Sequence[Advice]) -> str:
             out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
                          f"{fmt(s['smallest'], 6)} ({bounds}); best over the range: "
                          f"{fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
+            for which in ("smallest", "best") if s["best"] != s["smallest"] else ("smallest",):
+                implied = [f"{what} {fmt(s[f'{which}_{what}'])} from x = {fmt(s[f'{which}_{what}_x'], 6)}"
+                           for what in ("floor", "ceiling") if s.get(f"{which}_{what}") is not None]
+                if implied:
+                    out += _wrap(f"eps {fmt(s[which], 6)} implies: {'; '.join(implied)} (measured)",
+                                 "    ", "  ")
             if not any(f.kind == "eps" for f in a.fixes):
                 out += _wrap("not a fix here: it does not lower the measured worst error", "    ", "  ")
         if not a.fixes:
