@@ -309,9 +309,9 @@ def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
     scores = {e: _quick(replace(t, eps=e)) for e in safe}
     best = min(safe, key=lambda e: (scores[e][0], scores[e][1], e))
     s_lo, s_hi = clip_bounds(t.formula, smallest, t.dtype, t.mode)
-    out = {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": smallest,
-           "smallest_lo": s_lo, "smallest_hi": s_hi, "best": best, "best_max_ulp": scores[best][1],
-           "tried": len(safe)}
+    out: dict = {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": smallest,
+                 "smallest_lo": s_lo, "smallest_hi": s_hi, "best": best, "best_max_ulp": scores[best][1],
+                 "tried": len(safe)}
     for which, e in (("smallest", smallest), ("best", best)):
         a = measure(replace(t, eps=e), memo)
         for name, what in (("bce_floor", "floor"), ("bce_ceiling", "ceiling")):
