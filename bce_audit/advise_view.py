@@ -43,9 +43,16 @@ def answer(a: Advice) -> str:
             f"{unit} {fmt(was)} -> {fmt(now)}{gate}.")
 
 
+_GLUED = ("x = ", "x >= ", "x <= ", " -> ")  # never broken across lines
+
+
 def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
-    return textwrap.wrap(printable(text), WIDTH, initial_indent=first or indent, subsequent_indent=indent,
-                         break_on_hyphens=False, break_long_words=False) or [first.rstrip()]
+    text = printable(text)
+    for glued in _GLUED:
+        text = text.replace(glued, glued.replace(" ", "\0"))
+    lines = textwrap.wrap(text, WIDTH, initial_indent=first or indent, subsequent_indent=indent,
+                          break_on_hyphens=False, break_long_words=False) or [first.rstrip()]
+    return [line.replace("\0", " ") for line in lines]
 
 
 def _table(a: Advice) -> list[str]:
