@@ -104,6 +104,7 @@ CALLS = {
     "sklearn": "sklearn.metrics.log_loss",
     "naive": "-(y*log(p) + (1-y)*log(1-p))",
 }
+PREFERRED = ("logits-stable", "torch-bce-logits", "optax")  # the with-logits calls, plainest first
 _NARROW_POLICY = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
@@ -253,6 +254,10 @@ def line(k: KeyPoint) -> str:
     return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
 
 
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def moves(before: Audited, after: Audited) -> list[dict]:
     """The problem key points that vanish, move or appear with a fix: one record each, loss
     before gradient, and in each what the fix costs first (new), then moved, then gone."""
@@ -263,7 +268,7 @@ def moves(before: Audited, after: Audited) -> list[dict]:
     out = []
     for key in (*b, *(k for k in a if k not in b)):
         old, new = b.get(key), a.get(key)
-        if old is not None and new is not None and (old.x, old.value) == (new.x, new.value):
+        if old is not None and new is not None and old.x == new.x and _same(old.value, new.value):
             continue
         status = "gone" if new is None else "new" if old is None else "moved"
         k = new or old
@@ -403,7 +408,9 @@ def _eps_snippet(formula: str, e: float) -> str:
 def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None) -> Fix | None:
     """For user code: the built-in formula that does best on its dtype and range (measured);
     with a gate check, the best one that passes it."""
-    ranked = sorted(formulas.NAMES, key=lambda n: (*_quick(replace(t, formula=n, eps=DEFAULT_EPS[0])), n))
+    prefer = [*PREFERRED, *formulas.NAMES]  # ties go to the plain with-logits calls
+    ranked = sorted(formulas.NAMES, key=lambda n: (*_quick(replace(t, formula=n, eps=DEFAULT_EPS[0])),
+                                                   prefer.index(n)))
     for name in ranked:
         verdict = ""
         if check is not None:

@@ -103,7 +103,7 @@ def _moves(f: Fix) -> list[str]:
                 lines.append(f"new: {m['after']}")
             elif m["status"] == "moved":
                 what = f"x {fmt(m['x_before'], 6)} -> {fmt(m['x_after'], 6)}"
-                if m["value_before"] != m["value_after"]:
+                if fmt(m["value_before"]) != fmt(m["value_after"]):
                     what += f", value {fmt(m['value_before'])} -> {fmt(m['value_after'])}"
                 lines.append(f"moved: {_label(m)} {SHORT.get(m['name'], m['name'])} {what}")
         if len(lines) > MOVES_SHOWN:
