@@ -124,13 +124,13 @@ def _precision_call(formula: str, dtype: str) -> tuple[str, str]:
         keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
         call = f'{keras}.layers.Dense(1, activation="sigmoid", dtype="float32")'
         return call, (f'{keras}.mixed_precision.set_global_policy("{policy}")\n'
-                      "# the last layer in float32: the loss sees float32\n"
-                      f"outputs = {call}(h)")
+                      f"last = {call}\n"
+                      "outputs = last(h)  # the last layer in float32: the loss sees float32")
     if fw == "torch":
         name = "binary_cross_entropy_with_logits(x" if formula == "torch-bce-logits" else \
             "binary_cross_entropy(torch.sigmoid(x)"
-        return "x.float()", f"x = x.float()  # the logits in float32 before the loss\n" \
-                            f"loss = torch.nn.functional.{name}, y.float())"
+        return "x.float()", f"x, y = x.float(), y.float()  # float32 before the loss\n" \
+                            f"loss = torch.nn.functional.{name}, y)"
     if fw == "jax":
         return "x.astype(jnp.float32)", "loss = optax.sigmoid_binary_cross_entropy(x.astype(jnp.float32), y)"
     if fw == "tensorflow":

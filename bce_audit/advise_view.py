@@ -89,7 +89,7 @@ def _label(m: dict) -> str:
     return "pair" if m["label"] == "pair" else f"y={m['label']}"
 
 
-def _moves(f: Fix) -> list[str]:
+def _moves(f: Fix) -> list[tuple[str, list[str]]]:
     """The key points a fix changes, per quantity: what it costs first (new, at most
     `MOVES_SHOWN` lines), then what moves, then what is gone, in one line."""
     out = []
@@ -108,10 +108,11 @@ def _moves(f: Fix) -> list[str]:
                 lines.append(f"moved: {_label(m)} {SHORT.get(m['name'], m['name'])} {what}")
         if len(lines) > MOVES_SHOWN:
             lines[MOVES_SHOWN:] = [f"... {len(lines) - MOVES_SHOWN} more (--format json lists them all)"]
-        gone = [f"{_label(m)} {SHORT.get(m['name'], m['name'])}" for m in ms if m["status"] == "gone"]
+        gone = [f"{_label(m)} {SHORT.get(m['name'], m['name'])} ({fmt(m['x_before'])})"
+                for m in ms if m["status"] == "gone"]
         if gone:
             lines.append("gone: " + ", ".join(gone))
-        out += [f"{quantity}: {lines[0]}", *lines[1:]]
+        out.append((quantity, lines))
     return out
 
 
@@ -161,9 +162,10 @@ def text(advice: Sequence[Advice]) -> str:
                 out.append(f"       {printable(code)}")
             if f.note:
                 out += _wrap(f.note, "     ", "     ")
-            for m in _moves(f):
-                first = "     " if m.startswith(("loss:", "gradient:")) else "       "
-                out += _wrap(m, "         ", first)
+            for quantity, lines in _moves(f):
+                out.append(f"     {quantity}:")
+                for m in lines:
+                    out += _wrap(m, "         ", "       ")
     return "\n".join(out) + "\n"
 
 
@@ -200,9 +202,8 @@ def markdown(advice: Sequence[Advice]) -> str:
                 out += ["", "   ```python", *(f"   {line}" for line in f.snippet.splitlines()), "   ```"]
             if f.note:
                 out += ["", f"   {_md_cell(f.note)}"]
-            moves = _moves(f)
-            if moves:
-                out += [""] + [f"   - {_md_cell(m)}" for m in moves]
+            for quantity, lines in _moves(f):
+                out += ["", f"   - {quantity}:"] + [f"     - {_md_cell(m)}" for m in lines]
             out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

@@ -102,6 +102,18 @@ def test_issue_13_impl_poor_gets_a_builtin_that_passes_the_gate(tmp_path, monkey
     assert results["poor: within 4 ULP"].figures["max_ulp"] <= 4
 
 
+@pytest.mark.parametrize("args", [
+    ("--formula", "torch-bce", "--dtype", "float16", "--range", "-20:20"),
+    ("--formula", "impl:examples.probs_loss:bce", "--impl-kind", "bce-probs", "--dtype", "bfloat16"),
+    ("--formula", "tf-keras", "--dtype", "bfloat16", "--points", "41"),
+])
+def test_text_fits_80_columns_answer_first(args, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = ok("--color", "never", "advise", *args, "--no-cache")
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert out.splitlines()[1].startswith(("  Fix: ", "  Nothing to fix", "  No fix"))
+
+
 def test_markdown_parses():
     from markdown_it import MarkdownIt
 
