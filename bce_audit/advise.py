@@ -359,12 +359,16 @@ def _verified(before: Audited, t: Target, kind: str, title: str, call: str, snip
 
 
 def _rank(f: Fix) -> tuple:
-    return f.after.nonfinite, f.after.max_rel, f.after.max_ulp
+    """Fewest inf/nan first, then the decade of the worst relative error (which compares across
+    dtypes), then max ULP (within a dtype, the finer figure)."""
+    rel = f.after.max_rel
+    if rel > 0 and math.isfinite(rel):
+        return f.after.nonfinite, math.ceil(math.log10(rel)), f.after.max_ulp
+    return f.after.nonfinite, -math.inf if rel == 0 else math.inf, f.after.max_ulp
 
 
 def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None = None) -> list[Fix]:
-    """Every fix that improves the measured figure, best first (fewest inf/nan, then the
-    smallest relative error: the figure that compares across dtypes)."""
+    """Every fix that improves the measured figure, best first (`_rank`)."""
     out: list[Fix] = []
     user = impl.is_impl(t.formula)
     rewrite = _KERAS_XLA if t.formula == "keras3" and t.mode == "xla" else \
