@@ -707,7 +707,8 @@ ADVISE_FORMATS = ("text", "json", "markdown")
               help="A TOML config: with [[check]] tables, advice for every failing check; else its options.")
 @click.option("--dtype", "dtypes", multiple=True, metavar="NAME",
               type=_Choice((*dtypes.NAMES, "all"), dtypes.ALIASES),
-              help="Dtype (repeatable; default float32).")
+              help=f"Dtype (repeatable, or 'all'; default float32): {', '.join(dtypes.NAMES)}. "
+                   f"Aliases, in any case: {dtypes.aliases_help()}.")
 @click.option("--formula", "formulas", multiple=True, metavar="NAME",
               help=f"BCE formula (repeatable): {', '.join(formulas.NAMES)}, or impl:package.module:function.")
 @click.option("--eps", "eps", multiple=True, type=float, metavar="EPS", help="Clip epsilon (default 1e-7).")
