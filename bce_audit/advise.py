@@ -299,6 +299,12 @@ def _safe(formula: str, eps: float, dtype: str, mode: str) -> bool:
     return lo > 0 and hi < 1
 
 
+def safe_candidates(formula: str, dtype: str, mode: str) -> list[float]:
+    """The eps of `EPS_CANDIDATES` up to `EPS_CEILING` whose clip bounds survive the dtype and
+    mode, smallest first."""
+    return [e for e in EPS_CANDIDATES if e <= EPS_CEILING and _safe(formula, e, dtype, mode)]
+
+
 def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
     """For a clipping formula: the current eps's bounds, the smallest eps whose bounds are
     distinct from 0 and 1 in the dtype and mode, and the eps (of `EPS_CANDIDATES`, from that one
@@ -307,7 +313,7 @@ def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
     if impl.is_impl(t.formula) or not _uses_eps(t.formula) or t.eps is None:
         return None
     lo, hi = clip_bounds(t.formula, t.eps, t.dtype, t.mode)
-    safe = [e for e in EPS_CANDIDATES if e <= EPS_CEILING and _safe(t.formula, e, t.dtype, t.mode)]
+    safe = safe_candidates(t.formula, t.dtype, t.mode)
     if not safe:
         return {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": None, "best": None}
     smallest = safe[0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 
-from bce_audit import advise, advise_view, api
+from bce_audit import advise, advise_view, api, dtypes, formulas
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -136,11 +136,15 @@ def test_json_is_strict_and_versioned():
 
 def test_gate_advise_appends_the_advice(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
-    md = tmp_path / "gate.md"
-    r = run("--color", "never", "gate", "examples/gate-own-loss.toml", "--advise", "--markdown", str(md))
-    assert r.exit_code == 1, r.stderr
+    md, js = tmp_path / "gate.md", tmp_path / "gate.json"
+    r = run("--color", "never", "gate", "examples/gate-own-loss.toml", "--advise", "--markdown", str(md),
+            "--json", str(js))
+    assert r.exit_code == 1, r.stderr  # the gate's verdict is unchanged
     assert "Check 'poor: within 4 ULP' failed" in r.stdout
     assert "## bce-audit advise" in md.read_text()
+    doc = strict_json(js.read_text())
+    assert {a["check"] for a in doc["advice"]} == {"poor: within 4 ULP", "poor: no loss floor above 1e-30"}
+    assert all(f["gate"] in ("PASS", "FAIL") for a in doc["advice"] for f in a["fixes"])
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -176,3 +180,32 @@ def test_golden_first_example():
         path.write_text(out, encoding="utf-8")
     assert out == path.read_text(encoding="utf-8")
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+CLIPPING = [n for n in formulas.NAMES if formulas.get(n).uses_eps]
+
+
+@pytest.mark.parametrize("dtype", dtypes.NAMES)
+@pytest.mark.parametrize("mode", ["native", "per-op", "upcast"])
+def test_smallest_safe_eps_over_every_dtype(dtype, mode):
+    """Invariant: the smallest safe eps keeps both clip bounds inside (0, 1) as the framework
+    rounds them, and no smaller candidate does."""
+    for name in CLIPPING:
+        safe = advise.safe_candidates(name, dtype, mode)
+        assert safe, (name, dtype, mode)
+        lo, hi = advise.clip_bounds(name, safe[0], dtype, mode)
+        assert 0 < lo and hi < 1
+        for e in advise.EPS_CANDIDATES:
+            if e < safe[0]:
+                lo, hi = advise.clip_bounds(name, e, dtype, mode)
+                assert lo <= 0 or hi >= 1, (name, e)
+
+
+@pytest.mark.parametrize("dtype", [d for d in dtypes.NAMES if d != "longdouble"])
+def test_every_fix_improves_over_every_dtype(dtype):
+    """Invariant: a shown fix lowers its figure; the stable loss needs none where it is within 4 ULP."""
+    [a] = api.advise(dtype=dtype, formula="keras3", range="-20:20", points=41)
+    assert not a.ok
+    for f in a.fixes:
+        assert advise.score(f.after, f.figure) < advise.score(a.before, f.figure), (dtype, f.kind)
+    assert [f.kind for f in a.fixes][:1] == ["logits"]
