@@ -194,7 +194,7 @@ def test_smallest_safe_eps_over_every_dtype(dtype, mode):
         safe = advise.safe_candidates(name, dtype, mode)
         assert safe, (name, dtype, mode)
         lo, hi = advise.clip_bounds(name, safe[0], dtype, mode)
-        assert 0 < lo and hi < 1
+        assert lo > 0 and hi < 1
         for e in advise.EPS_CANDIDATES:
             if e < safe[0]:
                 lo, hi = advise.clip_bounds(name, e, dtype, mode)
