@@ -156,7 +156,7 @@ def _clip_words(key: str, t: Tracer) -> str:
     return words if t.own_eps else words.replace("eps", "finfo.eps")
 
 
-def _steps(x: float, below: float, info: dtypes.DtypeInfo) -> float:
+def _steps(x, below: float, info: dtypes.DtypeInfo) -> float:
     """How many steps of the dtype's grid just below ``below`` (1 or 1/2) separate x from it."""
     work = np.longdouble if info.bits > 64 else np.float64
     gap = work(info.eps) / 2 * work(below)
@@ -177,7 +177,7 @@ def explain_roundtrip(name: str, dtype: str, mode: str, x: float, ops: Ops | Non
             return "exp(-x) overflows, sigmoid = 0"
         key = _first(notes, ("sigmoid=0", "log(0)"))
         return WORDS[key] if key else "logit overflows"
-    p = float(np.asarray(formulas.evaluate_sigmoid(v, Tracer(dtype, mode, ops)))[0])
+    p = np.asarray(formulas.evaluate_sigmoid(v, Tracer(dtype, mode, ops)))[0]
     info = dtypes.get(dtype)
     if name == "roundtrip_rel_err_onset":
         n = _steps(p, 1.0, info)
@@ -241,13 +241,14 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
         key = _first(notes, ("sigmoid=0" if to_one else "sigmoid=1", "exp=inf"))
         return WORDS[key] if key else "constant from here"
     if name == "bce_nonfinite":
-        key = _first(notes, ("exp=inf", "1-eps=1"))
-        if key:
-            return WORDS[key]
-        where = _first(notes, ("sigmoid=1", "sigmoid=0"))
+        if "exp=inf" in notes:
+            return WORDS["exp=inf"]
+        where = _first(notes, ("1-eps=1", "sigmoid=1", "sigmoid=0"))
         if "log(0)" in notes:
             log = "0 * log(0) = nan" if np.isnan(value) else "log(0) = -inf"
             return f"{WORDS[where]}, {log}" if where else log
+        if where == "1-eps=1" and "log(0)" not in notes:
+            return f"{WORDS[where]}, 1 - p = 0"
         if label == "pair" and all(np.isfinite(h).all() for h in halves):
             return "the pair's sum overflows"
         return WORDS[where] if where else "inf or nan"
@@ -255,7 +256,7 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
 
 
 def _underflow_words(dtype: str, mode: str) -> str:
-    return "the loss is flushed to 0" if mode in formulas.FLUSHING else "the loss underflows"
+    return "loss flushed to 0" if mode in formulas.FLUSHING else "loss underflows"
 
 
 def explain_grad(name: str, dtype: str, mode: str, formula: str, eps: float | None, label: int,

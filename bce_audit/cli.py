@@ -247,6 +247,12 @@ def _grid(f: Callable) -> Callable:
     return f
 
 
+def _detail(f: Callable) -> Callable:
+    return click.option("--detail", "-v", is_flag=True, default=False,
+                        help="After the verdict, every table: each key point (and for sweep the "
+                             "sampled grid and the worst errors).")(f)
+
+
 def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
@@ -445,6 +451,7 @@ def cli(ctx: click.Context, color: str) -> None:
 @cli.command("sweep")
 @_selection
 @_grid
+@_detail
 @_output(FORMATS)
 def sweep_cmd(**kw) -> int:
     """Sweep a logit grid: key points, sampled values and errors, worst errors."""
@@ -469,7 +476,7 @@ def sweep_cmd(**kw) -> int:
                                                   result.worst, result.notes))
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result, out["show"], report.width_for(out["output"]))
+        return report.sweep_view(result, out["show"], report.width_for(out["output"]), kw["detail"])
 
     _emit(out, render)
     return 0
@@ -478,6 +485,7 @@ def sweep_cmd(**kw) -> int:
 @cli.command()
 @_selection
 @_JOBS
+@_detail
 @_output(DOCUMENT_FORMATS)
 def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
@@ -493,7 +501,7 @@ def points(**kw) -> int:
             return report.to_csv(result.keypoints, records.KeyPoint)
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result)
+        return report.sweep_view(result, detail=kw["detail"])
 
     _emit(out, render)
     return 0
@@ -502,6 +510,8 @@ def points(**kw) -> int:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("logits", nargs=-1, required=True, metavar="X [X ...]")
 @_selection
+@_JOBS
+@_detail
 @_output(DOCUMENT_FORMATS)
 def check(logits: tuple[str, ...], **kw) -> int:
     """Check single logits: every dtype's sigmoid, round trip and BCE beside the exact values."""
@@ -516,6 +526,9 @@ def check(logits: tuple[str, ...], **kw) -> int:
         xs.append(x)
     s, out = _settings(kw, default_dtypes=dtypes.NAMES, with_grid=False, formats=DOCUMENT_FORMATS)
     rows, exact = _run(lambda: sweep.check_rows(xs, s))
+    kps: list[records.KeyPoint] = []
+    if out["fmt"] == "table":  # the verdict above the logits' tables
+        kps = _run(lambda: sweep.run_sweep(s, with_rows=False, jobs=out["jobs"])).keypoints
 
     def render(fmt: str):
         if fmt == "json":
@@ -524,7 +537,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
             return report.to_csv(rows, records.Row)
         if fmt == "markdown":
             return report.check_markdown(rows, exact)
-        return report.check_view(rows, exact, report.width_for(out["output"]))
+        return report.check_view(rows, exact, report.width_for(out["output"]), kps, kw["detail"])
 
     _emit(out, render)
     return 0

@@ -23,7 +23,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bce_audit import __version__
+from bce_audit import __version__, verdict
 from bce_audit.dtypes import DtypeInfo
 from bce_audit.dtypes import get as get_dtype
 from bce_audit.records import (
@@ -40,13 +40,6 @@ from bce_audit.records import (
 
 # Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
 
-SHORT = {
-    "naive": "naive", "keras2-logits": "keras2", "tf-keras": "tf-keras", "keras3": "keras3",
-    "torch-bce": "torch", "logits-stable": "stable", "torch-bce-logits": "torch-l", "optax": "optax",
-    "keras3-torch": "keras3-t", "keras-sigmoid-logits": "keras-sl", "keras3-numpy": "keras3-np",
-    "float8_e4m3fn": "e4m3fn", "float8_e5m2": "e5m2", "float16": "f16", "bfloat16": "bf16",
-    "float32": "f32", "float64": "f64", "longdouble": "ldouble",
-}
 CLASSES = (  # (name, style, marker); thresholds in ULPs of the audited dtype
     ("exact", "green", ""),        # correctly rounded: at most 0.5 ULP
     ("few-ulp", "", ""),           # within 4 ULP
@@ -131,36 +124,64 @@ def _value(k: KeyPoint) -> Text:
     return Text(fmt(k.value, 5), style="bold red" if not math.isfinite(k.value) else "")
 
 
-def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
-    """Per dtype and mode: the round trip's key points, then each formula's; measured beside predicted."""
-    tables = []
+KEYPOINT_LEGEND = (
+    "key point: roundtrip_overflow / _underflow: the first x (+ / -) whose round trip is not",
+    "  finite; roundtrip_rel_err_onset: the first x >= 1 whose relative error reaches the",
+    "  threshold; roundtrip_small_x_limit: the largest x < 1 where it is still reached",
+    "threshold: that relative error; x: the key point, a value of the dtype",
+    "value: the round trip at x (for the error points, its relative error there)",
+    "predicted: the x derived from eps alone (overflow: -ln(eps/2)); -: no prediction",
+    "cause: what the arithmetic does at x",
+)
+BCE_KEYPOINT_LEGEND = (
+    "key point: bce_floor / bce_ceiling: the loss stops falling / rising, holding value",
+    "  from x to the end of the range; bce_zero: exactly 0 from x; bce_nonfinite: the first",
+    "  x out from 0 where it is inf or nan; grad_*: the same for the gradient dBCE/dx",
+    "formula: as FORMULAS.md names it; y: the label (pair: the mean over (-a, 0), (a, 1))",
+    "x: the key point, a value of the dtype; value: the loss (or gradient) there",
+    "predicted: the clipped formula's limit in exact arithmetic (beside value), or, as",
+    "  'x ...', the x from which even a correctly rounded loss is 0; cause: why it is there",
+)
+
+
+def _legend(lines: Sequence[str]) -> Text:
+    return Text("\n".join(lines) + "\n", style="dim")
+
+
+def keypoint_tables(kps: Sequence[KeyPoint]) -> list[RenderableType]:
+    """Per dtype and mode: the round trip's key points, then each formula's; measured beside
+    predicted, with each one's cause; a legend under each kind of table."""
+    tables: list[RenderableType] = []
     for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
         rts = _group([k for k in group if k.name.startswith("roundtrip")], lambda k: k.formula)
         backend = "" if group[0].backend == "numpy" else f", {group[0].backend}"
         for via, rt in rts:
             t = _table(f"Round-trip key points: {dtype}, {mode}{backend}" + (f", {via}" if via else ""))
             t.add_column("key point", no_wrap=True)
-            for name in ("rel err", "x", "value", "predicted"):
+            for name in ("threshold", "x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
+            t.add_column("cause")
             for k in rt:
                 thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
-                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k))
-            tables.append(t)
+                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k), k.cause)
+            tables += [t, _legend(KEYPOINT_LEGEND)]
         bce = [k for k in group if not k.name.startswith("roundtrip")]
         if bce:
             eps_set = {k.eps for k in bce if k.eps is not None}
             one_eps = len(eps_set) <= 1  # then it goes in the title, not in a column
             title = f"BCE key points: {dtype}, {mode}{backend}" + (
                 f", eps {fmt(min(eps_set), 3)}" if eps_set and one_eps else "")
-            t = _table(title + " (y: label)")
+            t = _table(title)
             for name in ("key point", "formula", "y") + (() if one_eps else ("eps",)):
                 t.add_column(name, no_wrap=True)
             for name in ("x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
+            t.add_column("cause")
             for k in bce:
                 eps_cell = () if one_eps else (_eps(k.eps),)
-                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k))
-            tables.append(t)
+                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k),
+                          k.cause)
+            tables += [t, _legend(BCE_KEYPOINT_LEGEND)]
     return tables
 
 
@@ -171,29 +192,49 @@ def _group(items: Iterable, key) -> list[tuple]:
     return list(out.items())
 
 
-def chunks(items: list, width: int, fixed: int, each: int) -> list[list]:
-    """Split columns into as few even groups as fit ``width`` (``fixed`` chars of other columns)."""
-    per = max(1, (width - fixed) // each)
-    n = -(-len(items) // per) if items else 1
-    size = -(-len(items) // n) if items else 0
-    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+def fitting(items: list, widths: Sequence[int], width: int, fixed: int) -> list[list]:
+    """Split columns (each ``widths[i]`` characters wide) into as few even groups as fit
+    ``width`` beside ``fixed`` characters of other columns."""
+    if not items:
+        return [[]]
+    for n in range(1, len(items) + 1):
+        size = -(-len(items) // n)
+        parts = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        if all(fixed + sum(widths[i] for i in p) <= width for p in parts):
+            return [[items[i] for i in p] for p in parts]
+    return [[it] for it in items]
 
 
-def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[Table]:
+SAMPLE_LEGEND = (
+    "x: the grid's logit; x in dtype: as the dtype holds it; sigmoid: the dtype's sigmoid",
+    "exact: mpmath's sigmoid at x in dtype; round trip: logit(sigmoid(x)) in the dtype",
+    "rel err: |round trip - x| / |x|; ULP: the round trip's error in ULPs of the dtype",
+)
+BCE_SAMPLE_LEGEND = (
+    "x: the grid's logit; exact: mpmath's value at x in the dtype; each formula: its result",
+    "  in the dtype (green: correctly rounded; *: more than 4 ULP off; red: inf or nan)",
+)
+BITS_LEGEND = (
+    "x, exact: as above; each formula: its bits of error, log2(1 + ULPs) (0.0: exact;",
+    "  the dtype's precision, e.g. 24 for float32: no correct bit), classed as above",
+)
+
+
+def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[RenderableType]:
     """Sampled rows: the round trip, then each label's BCE under every formula."""
-    tables = []
+    tables: list[RenderableType] = []
     for (dtype, mode), group in _group(rows, lambda r: (r.dtype, r.mode)):
         sig = [r for r in group if r.quantity == "sigmoid" and r.formula is None]
         rt = [r for r in group if r.quantity == "roundtrip" and r.formula is None]
         idx = sample_indices(len(sig), show)
         t = _table(f"Sampled: sigmoid and round trip, {dtype}, {mode}")
-        for name in ("x", f"x in {SHORT[dtype]}", "sigmoid", "exact", "logit(sig)", "rel err", "ULP"):
+        for name in ("x", "x in dtype", "sigmoid", "exact", "round trip", "rel err", "ULP"):
             t.add_column(name, justify="right", no_wrap=True)
         for i in idx:
             s, r = sig[i], rt[i]
             t.add_row(fmt(s.x, 6), fmt_x(s.x_dtype), cell(s.value, s.ulp_err, 8), fmt(s.exact, 8),
                       cell(r.value, r.ulp_err, 8), fmt(r.rel_err, 3), fmt(r.ulp_err, 3))
-        tables.append(t)
+        tables += [t, _legend(SAMPLE_LEGEND)]
         for quantity, noun in (("bce", "BCE"), ("grad", "gradient dBCE/dx")):
             tables += _formula_tables([r for r in group if r.quantity == quantity], noun, dtype, mode,
                                       idx, width)
@@ -201,9 +242,9 @@ def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list
 
 
 def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list[int], width: int
-                    ) -> list[Table]:
+                    ) -> list[RenderableType]:
     """Per label (and eps): the formulas' values side by side, then their bits of error."""
-    tables = []
+    tables: list[RenderableType] = []
     labels = list(dict.fromkeys(r.label for r in rows))
     eps_values: list[float | None] = list(dict.fromkeys(r.eps for r in rows if r.eps is not None)) or [None]
     for label in labels:
@@ -211,10 +252,12 @@ def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list
             cols = [r for r in rows if r.label == label and (r.eps is None or r.eps == eps)]
             by_formula = _group(cols, lambda r: r.formula)
             what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
-            for part in chunks(by_formula, width, 15, 10):
-                tables.append(_bce_table(f"Sampled: {noun}, {what}", part, idx, errors=False))
-            for part in chunks(by_formula, width, 15, 9):
-                tables.append(_bce_table(f"Bits of error: {noun}, {what}", part, idx, errors=True))
+            for errors, each, legend in ((False, 10, BCE_SAMPLE_LEGEND), (True, 6, BITS_LEGEND)):
+                widths = [max(each, len(str(f))) + 2 for f, _ in by_formula]
+                for part in fitting(by_formula, widths, width, 17):
+                    kind = "Bits of error" if errors else "Sampled"
+                    tables.append(_bce_table(f"{kind}: {noun}, {what}", part, idx, errors=errors))
+                tables.append(_legend(legend))
     return tables
 
 
@@ -224,7 +267,7 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     t.add_column("x", justify="right", no_wrap=True)
     t.add_column("exact", justify="right", no_wrap=True)
     for f, _ in by_formula:
-        t.add_column(SHORT.get(f, f), justify="right", no_wrap=True)
+        t.add_column(f, justify="right", no_wrap=True)
     for i in idx:
         first = by_formula[0][1][i]
         if errors:
@@ -235,7 +278,19 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     return t
 
 
-def worst_tables(worst: Sequence[Worst]) -> list[Table]:
+WORST_DETAIL_LEGEND = (
+    "audited: the formula, or the sigmoid and round trip; label: y; eps: the clip's",
+    "max ULP, bits, max rel: the largest error on the grid, in ULPs of the dtype, as",
+    "  log2(1 + ULP), and relative; at x: where; inf/nan: non-finite points, of all",
+)
+CLIP_LEGEND = (
+    "clip rel: the clipped formula in exact arithmetic against the exact BCE (clipping's",
+    "  share of the error); round ULP: the computed value against that clipped value, in",
+    "  ULPs (rounding's share); error from: the larger share, or neither (<= 4 ULP, no clip)",
+)
+
+
+def worst_tables(worst: Sequence[Worst]) -> list[RenderableType]:
     """The largest error per formula over the grid; then, for clipped formulas, whose fault it is."""
     t = _table("Worst error over the grid")
     for name in ("dtype", "audited", "label", "eps"):
@@ -243,22 +298,21 @@ def worst_tables(worst: Sequence[Worst]) -> list[Table]:
     for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
         t.add_column(name, justify="right", no_wrap=True)
     for w in worst:
-        t.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+        t.add_row(w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                   cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
                   Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
-    tables = [t]
+    tables: list[RenderableType] = [t, _legend(WORST_DETAIL_LEGEND)]
     clipped = [w for w in worst if w.max_clip_rel is not None]
     if clipped:
-        c = _table("Clipping or rounding? (clip rel: clipped formula in exact arithmetic vs exact BCE; "
-                   "round ULP: computed vs that clipped-exact value)")
+        c = _table("Clipping or rounding?")
         for name in ("dtype", "audited", "label", "eps"):
             c.add_column(name, no_wrap=True)
-        for name in ("clip rel", "round ULP", "bites"):
+        for name in ("clip rel", "round ULP", "error from"):
             c.add_column(name, justify="right", no_wrap=True)
         for w in clipped:
-            c.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+            c.add_row(w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                       fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
-        tables.append(c)
+        tables += [c, _legend(CLIP_LEGEND)]
     return tables
 
 
@@ -274,9 +328,141 @@ def dtype_eps(name: str) -> float:
     return get_dtype(name).eps
 
 
-def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
-    """The table view of a sweep: key points first, then sampled rows and worst errors."""
+# ---------------------------------------------------------------- the verdict
+
+
+_BREAKS = {"bce_floor": "floor", "bce_ceiling": "ceiling"}
+VERDICT_LEGEND = (  # under 80 columns
+    "y: the label (-: none); from x: the first value of the dtype from which it holds",
+    "breaks: the first failure out from x = 0 on that side: floor / ceiling (the loss",
+    "  stops falling / rising there), loss 0, inf or nan; round trip: logit(sigmoid(x))",
+    "cause: what the arithmetic does at that x; formula: as FORMULAS.md names them",
+)
+
+
+def _breaks(f: verdict.Finding) -> str:
+    """What a finding says breaks, in a few words."""
+    if f.name == "roundtrip_rel_err_onset":
+        return f"{fmt((f.threshold or 0) * 100, 3)}% rel error"
+    if f.name in ("roundtrip_overflow", "roundtrip_underflow"):
+        return fmt(f.value)
+    if f.name in _BREAKS:
+        return f"{_BREAKS[f.name]} {fmt(f.value)}"
+    noun = "gradient" if f.name.startswith("grad") else "loss"
+    return f"{noun} {fmt(f.value)}"
+
+
+def verdict_tables(found: Sequence[verdict.Finding]) -> list[Table]:
+    """One table per dtype and mode: the round trip, then each formula family's first breaks."""
+    tables = []
+    for (dtype, mode, backend), group in _group(found, lambda f: (f.dtype, f.mode, f.backend)):
+        eps_set = {f.eps for f in group if f.eps is not None}
+        title = f"Verdict: {dtype}, {mode}" + ("" if backend == "numpy" else f", {backend}") + (
+            f", eps {fmt(min(eps_set), 3)}" if len(eps_set) == 1 else "") + ": where it breaks, and why"
+        tables.append(_verdict_table(title, group, len(eps_set) > 1, by_dtype=False))
+    return tables
+
+
+def _what_breaks(f: verdict.Finding, many_eps: bool) -> str:
+    what = ", ".join(f.what) if f.what else "round trip"
+    if f.what and f.name.startswith("roundtrip"):
+        what = f"round trip, {what}"
+    if many_eps and f.eps is not None:
+        what += f" (eps {fmt(f.eps, 3)})"
+    return what
+
+
+def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool, by_dtype: bool) -> Table:
+    t = _table(title)
+    if by_dtype:
+        t.add_column("dtype", no_wrap=True)
+    t.add_column("formula", max_width=22)
+    t.add_column("y", no_wrap=True)
+    t.add_column("breaks", no_wrap=True)
+    t.add_column("from x", justify="right", no_wrap=True)
+    t.add_column("cause")
+    last: tuple = ()
+    for f in group:
+        what = _what_breaks(f, many_eps)
+        where = (f.dtype, f.mode, f.backend)
+        lead = ([_dtype_mode(f) if where != last[:3] else ""] if by_dtype else [])
+        style = "bold red" if not math.isfinite(f.value) else ""
+        t.add_row(*lead, what if (*where, what) != last else "", _label(f.label),
+                  Text(_breaks(f), style=style), fmt_x(f.x), f.cause)
+        last = (*where, what)
+    return t
+
+
+def _dtype_mode(f: verdict.Finding) -> str:
+    return f.dtype if f.backend == "numpy" else f"{f.dtype} ({f.backend})"
+
+
+def verdict_view(kps: Sequence[KeyPoint], detail: bool = False) -> list[RenderableType]:
+    """The verdict: for one dtype (and mode), each formula family's breaks; for several, three
+    rows a dtype, and each one's families with ``detail``. With the legend; [] without key points."""
+    found = verdict.findings(kps)
+    if not found:
+        return []
+    legend = Text("\n".join(VERDICT_LEGEND) + "\n", style="dim")
+    one = len({(f.dtype, f.mode, f.backend) for f in found}) == 1
+    if one:
+        return [*verdict_tables(found), legend]
+    head = verdict_overview(found)
+    return [head, *(verdict_tables(found) if detail else []), legend]
+
+
+def verdict_overview(found: Sequence[verdict.Finding]) -> Table:
+    """Every dtype in three rows: the round trip's overflow and 1% onset, and the first loss to
+    break."""
+    top = verdict.overview(found)
+    modes = ", ".join(dict.fromkeys(f.mode for f in top))
+    return _verdict_table(f"Verdict ({modes}): where each dtype breaks first, and why", top,
+                          len({f.eps for f in top if f.eps is not None}) > 1, by_dtype=True)
+
+
+WORST_LEGEND = (  # under 80 columns
+    "worst ULP: the largest error on the grid, in ULPs of the dtype (*: over 4), at x,",
+    "label y; bits: log2(1 + ULP); inf/nan: non-finite points; error from: clip or round",
+)
+
+
+def _summary_name(w: Worst) -> str:
+    return "round trip" if w.quantity == "roundtrip" and w.formula is None else _what(w.quantity, w.formula)
+
+
+def worst_summary(worst: Sequence[Worst]) -> list[RenderableType]:
+    """The worst error of each formula on the grid, over its labels: one row each, per dtype."""
+    out: list[RenderableType] = []
+    for (dtype, mode), group in _group(worst, lambda w: (w.dtype, w.mode)):
+        t = _table(f"Worst error on the grid: {dtype}, {mode}")
+        t.add_column("computed", no_wrap=True)
+        for name in ("worst ULP", "bits", "at x", "y", "inf/nan"):
+            t.add_column(name, justify="right", no_wrap=True)
+        t.add_column("error from", no_wrap=True)
+        for (what, eps), ws in _group(group, lambda w: (_summary_name(w), w.eps)):
+            w = max(ws, key=lambda w: (w.max_ulp if not math.isnan(w.max_ulp) else math.inf))
+            bad = sum(v.nonfinite for v in ws)
+            t.add_row(what + (f" (eps {fmt(eps, 3)})" if eps is not None and len({v.eps for v in group
+                                                                                     if v.eps}) > 1 else ""),
+                      cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.x, 6), _label(w.label),
+                      Text(f"{bad}/{sum(v.points for v in ws)}", style="bold red" if bad else ""),
+                      _bites(w) if w.max_clip_rel is not None else "-")
+        out.append(t)
+    return [*out, Text("\n".join(WORST_LEGEND), style="dim")] if out else []
+
+
+DETAIL_HINT = "--detail (-v): every key point, the sampled grid and the worst errors"
+
+
+def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bool = False) -> Group:
+    """The table view of a sweep: the verdict; with ``detail``, then every key point, the
+    sampled rows and worst errors."""
     parts: list[RenderableType] = [Text(f"note: {n}", style="yellow") for n in result.notes]
+    parts += verdict_view(result.keypoints, detail)
+    if not detail:
+        parts += worst_summary(result.worst)
+        parts.append(Text(DETAIL_HINT if result.rows else "--detail (-v): every key point", style="dim"))
+        return Group(*parts)
     parts += keypoint_tables(result.keypoints)
     if result.rows:
         parts += sample_tables(result.rows, show, width)
@@ -297,6 +483,68 @@ def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Tabl
     return t
 
 
+def shortest(v: float, dtype: str) -> str:
+    """The shortest decimal that reads back as this value of ``dtype``: numpy's ``unique`` repr
+    of the dtype's own scalar (float32 ``0.99999994``, not ``1``); for the ml_dtypes types
+    (bfloat16, float8), the fewest digits that round back to the value in the dtype."""
+    import numpy as np
+
+    if not math.isfinite(float(v)):
+        return fmt(float(v))
+    if v == 0:
+        return "-0" if math.copysign(1.0, float(v)) < 0 else "0"
+    typ = get_dtype(dtype).type
+    scalar = typ(v)
+    if typ.__module__.startswith("ml_dtypes"):  # numpy's unique repr is float64's for these
+        positional = 1e-4 <= abs(v) < 1e7
+        for d in range(0 if positional else 1, 18):
+            text = (np.format_float_positional(float(scalar), precision=d, unique=False, trim="-")
+                    if positional else _digits(float(scalar), d))
+            if typ(float(text)) == scalar:
+                return text
+    if 1e-4 <= abs(v) < 1e7:
+        return np.format_float_positional(scalar, unique=True, trim="-")
+    return np.format_float_scientific(scalar, unique=True, trim="-", exp_digits=1).replace("e+", "e")
+
+
+def _digits(v: float, d: int) -> str:
+    """v to d significant digits, in the style of `shortest`."""
+    import numpy as np
+
+    if 1e-4 <= abs(v) < 1e7:
+        return np.format_float_positional(v, precision=d, unique=False, fractional=False, trim="-")
+    sci = np.format_float_scientific(v, precision=d - 1, unique=False, trim="-", exp_digits=1)
+    return sci.replace("e+", "e")
+
+
+def exact_text(e: float, cells: Sequence[tuple[float, str]]) -> str:
+    """The exact value with the digits that keep it apart from every cell that differs from it
+    (``cells``: each value and its text): nearer the exact value than halfway to any cell, 4
+    digits at least. So no starred cell prints equal to the exact one, and 0.99999993 never
+    reads as 1 beside a cell of 0.9999999."""
+    if not math.isfinite(e) or e == 0:
+        return fmt(e)
+    shown = [float(t) for v, t in cells if float(v) != e and math.isfinite(float(v))]
+    for d in range(4, 18):
+        t = float(text := _digits(e, d))
+        if all(2 * abs(t - e) < abs(c - e) for c in shown):
+            return text
+    return repr(e)
+
+
+def ulp_text(ulp: float, value: float) -> str:
+    """A cell's error in ULPs of its dtype, short: 0, 0.5, 3, 2.2e5; '-' where not finite."""
+    return "-" if not math.isfinite(value) or math.isnan(ulp) else fmt(ulp, 2)
+
+
+CHECK_LEGEND = (  # under 80 columns
+    "exact: mpmath at x as given (x in dtype: the input each dtype really sees), shown",
+    "with the digits that tell it from every cell; each cell: the dtype's result in",
+    "its shortest repr, and ULP: its error, in ULPs of its dtype, against the exact",
+    "value at its own input; green: correctly rounded; *: more than 4 ULP; red: inf/nan",
+)
+
+
 def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> list[Table]:
     """`check`: for each logit, every dtype side by side with the exact value at that logit.
 
@@ -304,9 +552,24 @@ def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 10
     """
     tables = []
     for x, group in _group(rows, lambda r: r.x):
-        for dts in chunks(list(dict.fromkeys(r.dtype for r in group)), width, 28, 11):
-            tables.append(_check_table(x, group, dts, exact))
+        dts = list(dict.fromkeys(r.dtype for r in group))
+        wide = {d: max(len(d), *(len(shortest(r.value, d)) + 1 for r in group if r.dtype == d)) + 6
+                for d in dts}
+        fixed = 2 + max(len(_check_row_name(r)) for r in group) + 12
+        parts: list[list[str]] = [[]]
+        for d in dts:
+            if parts[-1] and fixed + sum(wide[p] for p in parts[-1]) + wide[d] > width:
+                parts.append([])
+            parts[-1].append(d)
+        tables += [_check_table(x, group, part, exact) for part in parts]
     return tables
+
+
+def _check_row_name(r: Row) -> str:
+    if r.quantity in ("bce", "grad"):
+        assert r.formula is not None  # BCE and gradient rows name their formula
+        return _check_name(("grad " if r.quantity == "grad" else "") + r.formula, str(r.label))
+    return _what(r.quantity, r.formula)
 
 
 def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Table:
@@ -314,19 +577,26 @@ def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Tab
     t.add_column("quantity", no_wrap=True)
     t.add_column("exact", justify="right", no_wrap=True)
     for d in dts:
-        t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
+        t.add_column(d, justify="right", no_wrap=True)
+        t.add_column("ULP", justify="right", no_wrap=True)
     keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
-    t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
+    first = {d: _first(group, d) for d in dts}
+    t.add_row("x in dtype", repr(float(x)), *(c for d in dts for c in (shortest(first[d].x_dtype, d), "")))
     for key in keys:
         q, f, eps, label = key
         cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-        if q in ("bce", "grad"):
-            assert f is not None  # BCE and gradient rows name their formula
-            name = _check_name(("grad " if q == "grad" else "") + SHORT.get(f, f), label)
-        else:
-            name = _what(q, f)
-        t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
-                  *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
+        texts = {d: shortest(r.value, d) for d, r in cells.items()}
+        e = exact[(x, q, f, eps, _unlabel(label))]
+        row: list[RenderableType] = [_check_row_name(next(iter(cells.values()))),
+                                     exact_text(e, [(cells[d].value, texts[d]) for d in cells])]
+        for d in dts:
+            if d not in cells:
+                row += ["-", ""]
+                continue
+            r = cells[d]
+            _, style, marker = CLASSES[error_class(r.ulp_err, r.value)]
+            row += [Text(texts[d] + marker, style=style), Text(ulp_text(r.ulp_err, r.value), style="dim")]
+        t.add_row(*row)
     return t
 
 
@@ -350,8 +620,11 @@ def _check_name(formula: str, label: str) -> str:
     return f"{formula} pair" if label == "pair" else f"{formula} y={label}"
 
 
-def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> Group:
-    return Group(*check_tables(rows, exact, width), Text(LEGEND, style="dim"))
+def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100,
+               kps: Sequence[KeyPoint] = (), detail: bool = False) -> Group:
+    """`check`: the verdict of the dtypes, then the logits' tables."""
+    return Group(*verdict_view(kps, detail), *check_tables(rows, exact, width),
+                 Text("\n".join(CHECK_LEGEND), style="dim"))
 
 
 def width_for(path: str | None) -> int:
@@ -369,12 +642,17 @@ def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = _check_name(f, label) if q == "bce" else (
-                _check_name("grad " + f, label) if q == "grad" else _what(q, f))
-            body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
-                         *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
+            texts = {d: shortest(r.value, d) for d, r in cells.items()}
+            e = exact[(x, q, f, key[2], _unlabel(label))]
+            body.append([_check_row_name(next(iter(cells.values()))),
+                         exact_text(e, [(cells[d].value, texts[d]) for d in cells]),
+                         *(texts[d] + CLASSES[error_class(cells[d].ulp_err, cells[d].value)][2]
+                           + f" ({ulp_text(cells[d].ulp_err, cells[d].value)} ULP)"
+                           if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
-    return "\n".join(out)
+    out.append("Each cell: the dtype's result (its shortest repr) and its error in ULPs of the dtype; "
+               "`*`: more than 4 ULP.")
+    return "\n".join(out) + "\n"
 
 
 def exact_number(q: Fraction) -> float | str:
@@ -506,10 +784,10 @@ def to_markdown(result: SweepResult) -> str:
     notes = list(result.notes)
     out += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     out += _md_table(
-        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted"],
+        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted", "cause"],
         ([k.dtype, k.name, k.formula or "round trip", _label(k.label),
           fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_x(k.x),
-          fmt(k.value, 5), _pred(k)] for k in result.keypoints),
+          fmt(k.value, 5), _pred(k), k.cause] for k in result.keypoints),
     )
     if result.worst:
         out += ["", "### Worst error over the grid", ""]
@@ -699,7 +977,7 @@ def fidelity_tables(diffs, pairs, backend_label: str) -> list[Table]:
         t.add_column(name, justify="right", no_wrap=True)
     for d in diffs:
         style = "" if d.differ == 0 else ("yellow" if d.worst_ulp <= 4 else "bold red")
-        t.add_row(SHORT.get(d.dtype, d.dtype), d.quantity, _label(d.label),
+        t.add_row(d.dtype, d.quantity, _label(d.label),
                   Text(str(d.differ), style=style), str(d.inputs), fmt(d.worst_ulp, 3), fmt_x(d.first_x),
                   fmt_x(d.worst_x))
     tables = [t]
