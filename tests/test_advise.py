@@ -209,3 +209,46 @@ def test_every_fix_improves_over_every_dtype(dtype):
     for f in a.fixes:
         assert advise.score(f.after, f.figure) < advise.score(a.before, f.figure), (dtype, f.kind)
     assert [f.kind for f in a.fixes][:1] == ["logits"]
+
+
+def _resolve(path: str):
+    """An attribute path as the advice spells it (``tf.nn.x``, ``torch.nn.X``), imported."""
+    import importlib
+
+    top, *rest = path.split(".")
+    obj = importlib.import_module({"tf": "tensorflow", "np": "numpy", "jnp": "jax.numpy"}.get(top, top))
+    for name in rest:
+        obj = getattr(obj, name)
+    return obj
+
+
+# each with-logits call the advice names -> how the audited backends call the same thing
+BACKEND_SPELLING = {
+    "keras.losses.BinaryCrossentropy(from_logits=True)": "from_logits=True",
+    "tf.keras.losses.BinaryCrossentropy(from_logits=True)": "from_logits=True",
+    "tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)": "tf.nn.sigmoid_cross_entropy_with_logits(",
+    "torch.nn.BCEWithLogitsLoss()": "F.binary_cross_entropy_with_logits(",
+    "optax.sigmoid_binary_cross_entropy(x, y)": "optax.sigmoid_binary_cross_entropy(",
+}
+
+
+def test_calls_are_the_ones_the_backends_run():
+    """The with-logits calls advised are those the real-framework backends audit (by the name
+    they call them), so the measured model stands for the call named."""
+    sources = "".join((ROOT / "bce_audit" / f).read_text() for f in ("backends.py", "keras_runner.py"))
+    named = {r[2] for r in advise.REWRITES.values()} | {advise._KERAS_XLA[2], advise.CALLS["optax"],
+                                                         advise.CALLS["torch-bce-logits"]}
+    for call in named - {advise._NUMPY_CALL}:
+        assert BACKEND_SPELLING[call] in sources, call
+
+
+@pytest.mark.slow
+def test_calls_exist_in_the_installed_frameworks():
+    import inspect
+
+    for call in BACKEND_SPELLING:
+        pytest.importorskip({"tf": "tensorflow"}.get(call.split(".")[0], call.split(".")[0]))
+        obj = _resolve(call.split("(")[0])
+        if "from_logits=True" in call:
+            assert "from_logits" in inspect.signature(obj).parameters, call
+        assert callable(obj), call
