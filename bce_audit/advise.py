@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bce_audit import dtypes, formulas, gate, gradients, impl, sweep
+from bce_audit.config import ConfigError
 from bce_audit.records import (
     DEFAULT_EPS,
     DEFAULT_POINTS,
@@ -134,8 +135,9 @@ def _precision_call(formula: str, dtype: str) -> tuple[str, str]:
     if fw == "jax":
         return "x.astype(jnp.float32)", "loss = optax.sigmoid_binary_cross_entropy(x.astype(jnp.float32), y)"
     if fw == "tensorflow":
-        return "tf.cast(x, tf.float32)", \
-            "loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=tf.cast(x, tf.float32))"
+        return "tf.cast(x, tf.float32)", (
+            "x, y = tf.cast(x, tf.float32), tf.cast(y, tf.float32)\n"
+            "loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x)")
     return "x.astype(np.float32)", "x = x.astype(np.float32)  # compute the loss in float32"
 
 
@@ -450,10 +452,6 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
         lines.insert(0, f"worst error {_fmt(before.max_ulp)} ULP ({_fmt(before.max_bits, 3)} bits), "
                         f"more than {_fmt(tolerance)}")
     notes: list[str] = []
-    kind = formulas.get(t.formula).kind
-    if kind != "bce":
-        notes.append(f"{t.formula} is a {kind}: advice covers BCE formulas only")
-        return Advice(before, t.label, tolerance, True, (), (), None, "", tuple(notes))
     ok = not lines
     eps_info = safe_eps(t, memo)
     if eps_info is not None and not eps_info["safe"]:
@@ -494,6 +492,8 @@ def targets_of(check: gate.Check) -> list[Target]:
     the bare sigmoid, which no BCE fix changes."""
     if check.formula is None or check.formula in gate.QUANTITIES:
         return []
+    if formulas.get(check.formula).kind != "bce":  # a user sigmoid or logit: the round trip
+        return []
     if isinstance(check, gate.GridCheck):
         g = check.grid
         rng = (float(g["range"][0]), float(g["range"][1]))
@@ -518,7 +518,13 @@ def advise_checks(checks: Sequence[gate.Check], results: Sequence | None = None,
 
 
 def targets(s: Settings) -> list[Target]:
-    """The advice targets of a selection: each dtype, formula and (for clipping formulas) eps."""
+    """The advice targets of a selection: each dtype, formula and (for clipping formulas) eps.
+    A user sigmoid or logit is a `ConfigError`: the advice is about BCE."""
+    for name in s.formulas:
+        kind = formulas.get(name).kind
+        if kind != "bce":
+            raise ConfigError(f"--formula {name}: advise covers BCE formulas, and this is a {kind} "
+                              "(--impl-kind bce-logits or bce-probs)")
     points = sweep.grid_size(replace(s, exhaustive=False), s.dtypes[0]) if s.step is not None else s.points
     out: list[Target] = []
     for d in s.dtypes:

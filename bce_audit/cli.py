@@ -791,7 +791,11 @@ def advise_cmd(tolerance: float | None, **kw) -> int:
         if ignored:
             _fail(f"--config {kw['config']!r}: {ignored[0]}: advise audits the models on a linear grid; "
                   "drop it")
-        found = _run(lambda: [advise.advise(t, tol) for t in advise.targets(s)])
+        try:
+            todo = advise.targets(s)
+        except config.ConfigError as e:
+            _fail(str(e))
+        found = _run(lambda: [advise.advise(t, tol) for t in todo])
     _cache_warnings()
     render = {"json": advise_view.json_doc, "markdown": advise_view.markdown, "text": advise_view.text}[fmt]
     _emit({"fmt": fmt, "output": path}, lambda _: render(found))

@@ -160,6 +160,12 @@ def test_bad_input_is_one_line_exit_2(args, needle, monkeypatch):
     assert_usage_error(run("advise", *args), needle)
 
 
+def test_a_user_sigmoid_is_refused_in_one_line(tmp_path):
+    (tmp_path / "mysig.py").write_text("def sig(x):\n    return 1 / (1 + (-x).__array__())\n")
+    assert_usage_error(run("advise", "--formula", "impl:mysig:sig", "--impl-kind", "sigmoid",
+                           "--pythonpath", str(tmp_path)), "advise covers BCE formulas", "sigmoid")
+
+
 def test_safe_eps_follows_the_mode():
     """The clip bounds as the framework rounds them: TensorFlow (native keras3) flushes a
     subnormal eps to 0 in float16; numpy (per-op) keeps it."""
