@@ -56,11 +56,11 @@ def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
 
 
 def _table(a: Advice) -> list[str]:
+    """The before/after rows; the bits column goes first if the table would pass 80 columns."""
     head: tuple[str, ...] = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
     b = a.before
     rows: list[tuple[str, ...]] = [("", "before", b.dtype, fmt(b.max_ulp), fmt(b.max_bits, 3),
-                                    fmt(b.max_rel, 3),
-                                    str(b.nonfinite), "FAIL" if a.check else "")]
+                                    fmt(b.max_rel, 3), str(b.nonfinite), "FAIL" if a.check else "")]
     for i, f in enumerate(a.fixes, 1):
         what = KINDS[f.kind]
         if f.kind == "eps":
@@ -69,16 +69,19 @@ def _table(a: Advice) -> list[str]:
             what = f"{f.kind}: {f.after.formula}"
         rows.append((f"{i}.", what, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
                      fmt(f.after.max_rel, 3), str(f.after.nonfinite), f.gate))
-    if not a.check:
-        head, rows = head[:-1], [r[:-1] for r in rows]
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    right = {3, 4, 5, 6}
+    keep = [i for i in range(len(head)) if i < 7 or a.check]
+
+    def width(cols: list[int]) -> int:
+        return 1 + sum(max(len(r[i]) for r in (head, *rows)) for i in cols) + 2 * (len(cols) - 1)
+
+    if width(keep) > WIDTH:
+        keep.remove(4)
+    widths = {i: max(len(r[i]) for r in (head, *rows)) for i in keep}
 
     def cells(r: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                                 strict=True)))
-    return [" " + cells(head).rstrip(), " " + "─" * (sum(widths) + 2 * (len(widths) - 1)),
-            *(" " + cells(r).rstrip() for r in rows)]
+        return "  ".join(r[i].rjust(widths[i]) if 3 <= i <= 6 else r[i].ljust(widths[i]) for i in keep)
+    rule = " " + "─" * (width(keep) - 1)
+    return [" " + cells(head).rstrip(), rule, *(" " + cells(r).rstrip() for r in rows)]
 
 
 SHORT = {"bce_nonfinite": "inf/nan", "bce_floor": "floor", "bce_ceiling": "cap", "bce_zero": "zero",
