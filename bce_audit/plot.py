@@ -431,11 +431,13 @@ def labels(markers: Sequence[Marker], with_dtype: bool) -> tuple[Label, ...]:
     for (kname, what), ms in levels.items():
         level = ms[0].level
         xs = sorted({m.x for m in ms})
+        nb = "\N{NO-BREAK SPACE}"  # textwrap breaks at ASCII spaces only: "from x" stays whole
         if len(xs) == 1:
-            text = f"{what}: {_join([name(m) for m in ms])} from {fmt_x(xs[0])}"
+            text = f"{what}: {_join([name(m) for m in ms])} from{nb}{fmt_x(xs[0])}"
         else:
-            text = f"{what}: " + ", ".join(f"{name(m)} from {fmt_x(m.x)}" for m in ms)
-        text = "\n".join(textwrap.wrap(text, LEVEL_CHARS, subsequent_indent="  "))
+            text = f"{what}: " + ", ".join(f"{name(m)} from{nb}{fmt_x(m.x)}" for m in ms)
+        text = "\n".join(textwrap.wrap(text, LEVEL_CHARS, subsequent_indent="  ", break_on_hyphens=False))
+        text = text.replace(nb, " ")
         dts = {m.dtype for m in ms}
         out.append(Label(xs[0], text, level, "right" if kname == "bce_floor" else "left",
                          dts.pop() if len(dts) == 1 else None, tuple(xs)))
