@@ -385,7 +385,8 @@ def floors() -> records.SweepResult:
 
 @pytest.fixture(scope="module")
 def grads() -> records.SweepResult:
-    return sweep.run_sweep(Settings(dtypes=("float32",), grad=True, range=(-40.0, 40.0), points=81, label="1"))
+    s = Settings(dtypes=("float32",), grad=True, range=(-40.0, 40.0), points=81, label="1")
+    return sweep.run_sweep(s)
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +419,7 @@ def test_issue_12_roundtrip_plot_defaults_to_0_40(tmp_path):
     small = ("--dtype", "float32", "--points", "41", "--formula", "keras3")
     assert plot.default_range("roundtrip") == (0.0, 40.0) == plot.ROUNDTRIP_RANGE
     assert "x in [0, 40], 41 points" in assert_ok(run("plot", *small))
-    assert "x in [-40, 40], 41 points" in assert_ok(run("plot", *small, "--kind", "bce"))  # others keep -40:40
+    assert "x in [-40, 40], 41 points" in assert_ok(run("plot", *small, "--kind", "bce"))  # the others
     assert "x in [-5, 5], 41 points" in assert_ok(run("plot", *small, "--range=-5:5"))
     config = tmp_path / "c.toml"
     config.write_text("range = [-10.0, 10.0]\n", encoding="utf-8")
@@ -502,10 +503,11 @@ def test_issue_12_facet_is_one_panel_per_dtype(every_dtype):
 def test_issue_12_facet_from_the_command_line(tmp_path):
     pil = pytest.importorskip("PIL.Image")
     png = tmp_path / "all.png"
-    two = ("--dtype", "float16", "--dtype", "float32", "--points", "41", "--formula", "keras3", "--kind", "bce")
+    two = ("--dtype", "float16", "--dtype", "float32", "--points", "41", "--formula", "keras3",
+           "--kind", "bce")
     assert_ok(run("plot", *two, "--facet", "-o", str(png)))
     with pil.open(png) as im:
-        assert im.size == (plot.DEFAULT_SIZE[0], plot.PANEL_HEIGHT * 2 + 160)  # two panels, one above the other
+        assert im.size == (plot.DEFAULT_SIZE[0], plot.PANEL_HEIGHT * 2 + 160)  # one panel above the other
     out = assert_ok(run("plot", *two, "--facet"))  # the terminal: one chart each
     assert out.count("x: a (the pair is (-a, 0) and (a, 1))") == 2
 
@@ -517,7 +519,8 @@ def test_issue_12_pictures_for_the_eye(floors, grads, every_dtype, tmp_path):
 
     where = Path(os.environ.get("BCE_AUDIT_PLOTS", tmp_path))
     for name, res, kind, facet in [("roundtrip-float32", every_dtype, "roundtrip", False),
-                                   ("bce-float32", floors, "bce", False), ("grad-float32", grads, "grad", False),
+                                   ("bce-float32", floors, "bce", False),
+                                   ("grad-float32", grads, "grad", False),
                                    ("roundtrip-all", every_dtype, "roundtrip", False),
                                    ("roundtrip-all-facet", every_dtype, "roundtrip", True)]:
         data = plot.plot_data(res, kind)
