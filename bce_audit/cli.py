@@ -286,13 +286,14 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
 
 
 def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True,
-              formats: tuple[str, ...] = FORMATS) -> tuple[Settings, dict]:
+              formats: tuple[str, ...] = FORMATS,
+              default_range: tuple[float, float] = records.DEFAULT_RANGE) -> tuple[Settings, dict]:
     """Validate options (and --config) once into Settings plus the output choices."""
     kw = {**kw, "output": _output_path(kw)}
     try:
         values, origin = _merge(kw)
         _impl_timeout(values.get("timeout"), origin("timeout"))  # before any impl: module is imported
-        s = config.build_settings(values, origin, default_dtypes, with_grid)
+        s = config.build_settings(values, origin, default_dtypes, with_grid, default_range)
         given = "format" in values
         fmt = values["format"] if given else config.format_for(kw.get("output"))
         if given and fmt not in FORMATS:
@@ -663,10 +664,12 @@ def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str
                    "exact one; error: bits of error; grad: |dBCE/dx| beside the exact |sigmoid(x) - y|.")
 @click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write a .png, .svg or .pdf picture (matplotlib) instead of drawing in the terminal.")
-@click.option("--size", default="{}x{}".format(*plot.DEFAULT_SIZE), show_default=True, metavar="WxH",
-              help=f"Picture size in pixels for --output (at {plot.DPI} dpi; SVG and PDF get the same "
-                   "size in inches).")
-def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
+@click.option("--size", default=None, metavar="WxH",
+              help="Picture size in pixels for --output (default {}x{}, taller with --facet; at {} dpi; "
+                   "SVG and PDF get the same size in inches).".format(*plot.DEFAULT_SIZE, plot.DPI))
+@click.option("--facet", is_flag=True, default=False,
+              help="One panel per dtype, each with its own key points (in the terminal, one chart each).")
+def plot_cmd(plot_kind: str, output: str | None, size: str | None, facet: bool, **kw) -> int:
     """Plot a sweep: in the terminal (plotext), or to a picture file with --output (matplotlib).
 
     \b
@@ -675,19 +678,21 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
       pip install 'bce-audit[plot]'
     \b
     Examples:
-      bce-audit plot --dtype float32 --range 0:40
+      bce-audit plot --dtype float32                 (the round trip over 0:40)
+      bce-audit plot --dtype all --facet -o roundtrip.png
       bce-audit plot --config configs/seed-article.toml --kind bce -o docs/seed-bce.png
     """
     try:
         if output is not None:
             plot.check_path(output)
-            width_px, height_px = plot.parse_size(size)
+            if size is not None:
+                plot.parse_size(size)
             plot.require("matplotlib.figure", "--output")
         else:
             plot.require("plotext", "the terminal chart")
     except plot.PlotError as e:
         _fail(str(e))
-    s, _ = _settings(kw)
+    s, _ = _settings(kw, default_range=plot.default_range(plot_kind))
     s = replace(s, keep=plot.MAX_POINTS)  # evenly spread: a picture's memory never grows with the grid
     if plot_kind == "grad":
         s = replace(s, grad=True)  # gradients are computed only when asked for
@@ -702,11 +707,14 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     try:
         data = plot.plot_data(result, plot_kind)
         if output is not None:
-            plot.render_file(data, output, width_px, height_px)
+            width_px, height_px = plot.parse_size(size) if size else plot.default_size(data, facet)
+            plot.render_file(data, output, width_px, height_px, facet=facet)
         else:
             color = report.color_on(sys.stdout, _color())
-            text = plot.render_terminal(data, report.width_for(None), plot.TERMINAL_HEIGHT, color)
-            click.echo(text, nl=False)
+            panels = plot.facets(data) if facet else [data]
+            for panel in panels:
+                click.echo(plot.render_terminal(panel, report.width_for(None), plot.TERMINAL_HEIGHT, color),
+                           nl=False)
     except plot.PlotError as e:
         _fail(str(e))
     return 0
