@@ -154,11 +154,11 @@ class _Derived(Tracer):
 
 
 def _one_minus(held, dtype) -> str:
-    """A value just below 1 as the dtype holds it: ``1 - 2^-23`` where the gap is a power of
+    """A value just below 1 as the dtype holds it: ``1-2^-23`` where the gap is a power of
     two, else its shortest decimal."""
     gap = 1 - dtypes.to_fraction(held)
     if gap.numerator == 1 and gap.denominator & (gap.denominator - 1) == 0:
-        return f"1 - 2^-{gap.denominator.bit_length() - 1}"
+        return f"1-2^-{gap.denominator.bit_length() - 1}"
     name = next(n for n in dtypes.NAMES if dtypes.get(n).dtype == np.dtype(dtype))
     return dtypes.shortest(held, name)
 
@@ -177,7 +177,7 @@ def _clip_words(key: str, t: Tracer, floor: bool = False) -> str:
     if t.one_minus_eps and key in ("clip>hi", "p=hi"):
         words += f" = {t.one_minus_eps}"
     elif t.one_minus_eps and floor and key in ("clip<lo", "p=lo"):
-        words += f", 1 - eps = {t.one_minus_eps}"
+        words += f"; 1-eps = {t.one_minus_eps}"
     return words if t.own_eps else words.replace("eps", "finfo.eps")
 
 

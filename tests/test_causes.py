@@ -49,7 +49,7 @@ def test_the_seed_causes_in_float32():
     pts = _points("float32")
     assert _cause(pts, "roundtrip_overflow") == "sigmoid rounds to 1"
     assert _cause(pts, "roundtrip_underflow") == "exp(-x) overflows, sigmoid = 0"
-    assert _cause(pts, "bce_floor", "keras2-logits", "pair") == "clip at 1-eps = 1 - 2^-23"
+    assert _cause(pts, "bce_floor", "keras2-logits", "pair") == "clip at 1-eps = 1-2^-23"
     assert _cause(pts, "bce_ceiling", "keras3", 1) == "clip at eps"
     assert _cause(pts, "bce_zero", "tf-keras", 1) == "p + eps rounds to 1"
     assert _cause(pts, "bce_zero", "torch-bce", 1) == "sigmoid rounds to 1"
@@ -57,7 +57,7 @@ def test_the_seed_causes_in_float32():
     assert _cause(pts, "bce_zero", "torch-bce-logits", 0) == "log(1+e^x) lost beside x"
     assert _cause(pts, "bce_floor", "sklearn", 1) == "clip at 1-finfo.eps"
     assert _cause(pts, "grad_dead_zone", "torch-bce-logits", 1) == "sigmoid rounds to 1"
-    assert _cause(pts, "grad_dead_zone", "keras3", 1, "+") == "clip at 1-eps = 1 - 2^-23"
+    assert _cause(pts, "grad_dead_zone", "keras3", 1, "+") == "clip at 1-eps = 1-2^-23"
     assert _cause(pts, "grad_dead_zone", "keras3", 1, "-") == "clip at eps"
 
 
@@ -74,16 +74,16 @@ def test_the_cause_follows_eps_not_a_table():
     0, not a floor); with eps = 1e-3 the same formula floors, because the clip binds."""
     assert _cause(_points("float16"), "bce_zero", "keras3-torch", 1) == "1 - eps rounds to 1"
     wide = _points("float16", eps=1e-3, grad=False)
-    assert _cause(wide, "bce_floor", "keras3-torch", 1) == "clip at 1-eps = 1 - 2^-10"
+    assert _cause(wide, "bce_floor", "keras3-torch", 1) == "clip at 1-eps = 1-2^-10"
 
 
 def test_issue_12_keras3_label_0_floor_says_why_it_is_not_eps():
     """keras3's label-0 floor is 1.1921e-7, not the predicted 1e-7: float32 holds 1 - 1e-7 as
-    1 - 2^-23, and the loss is -log(1 - eps). float64 holds it closely: no such words."""
+    1-2^-23, and the loss is -log(1 - eps). float64 holds it closely: no such words."""
     pts = _points("float32")
     floor = next(k for k in pts if (k.name, k.formula, k.label) == ("bce_floor", "keras3", 0))
     assert floor.value == pytest.approx(2.0 ** -23, rel=1e-6) and floor.predicted == pytest.approx(1e-7)
-    assert floor.cause == "clip at eps, 1 - eps = 1 - 2^-23"
+    assert floor.cause == "clip at eps; 1-eps = 1-2^-23"
     assert _cause(_points("float64", grad=False), "bce_floor", "keras3", 0) == "clip at eps"
 
 
