@@ -557,7 +557,7 @@ def dtypes_cmd(mode: str, **kw) -> int:
         if fmt == "json":
             return records.to_json({"schema": records.SCHEMA, "version": __version__, "mode": mode,
                                    "dtypes": report.dtypes_records(infos, overflow)})
-        return report.dtypes_table(infos, overflow)
+        return report.dtypes_view(infos, overflow)
 
     _emit(_document(kw, ("table", "json")), render)
     return 0

@@ -501,12 +501,25 @@ def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bo
     return Group(*parts)
 
 
+DTYPES_LEGEND = (  # under 80 columns
+    "bits: storage width; mant: explicit fraction bits (precision is one more)",
+    "eps: the gap between 1 and the next value; tiny: the smallest normal value",
+    "max: the largest finite value; rt overflow: the x from which the round trip",
+    "  logit(sigmoid(x)) is predicted to overflow, -ln(eps/2) (--mode decides)",
+)
+
+
+def dtypes_view(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Group:
+    """`bce-audit dtypes`: the table and its legend."""
+    return Group(dtypes_table(infos, overflow), _legend(DTYPES_LEGEND))
+
+
 def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Table:
     t = _table("Dtypes")
     t.add_column("dtype", no_wrap=True)
     for name in ("bits", "mant", "eps", "tiny", "max", "rt overflow"):
         t.add_column(name, justify="right", no_wrap=True)
-    t.add_column("what it is")
+    t.add_column("what it is", overflow="fold")
     for i in infos:
         t.add_row(i.name, str(i.bits), str(i.nmant), fmt(i.eps, 4), _fmt_exact(i.tiny),
                   _fmt_exact(i.max), fmt(overflow[i.name], 6), i.description)
