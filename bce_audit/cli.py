@@ -502,7 +502,7 @@ def points(**kw) -> int:
             return report.to_csv(result.keypoints, records.KeyPoint)
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result, detail=kw["detail"])
+        return report.sweep_view(result, width=report.width_for(out["output"]), detail=kw["detail"])
 
     _emit(out, render)
     return 0

@@ -146,13 +146,25 @@ BCE_KEYPOINT_LEGEND = (  # under 80 columns
 )
 
 
+def _cause_legend(lines: Sequence[str], why: bool) -> Sequence[str]:
+    """A key-point legend, its cause column said to be the JSON's where the table has none."""
+    if why:
+        return lines
+    return [*lines[:-1], lines[-1].replace("cause: what the arithmetic does at x",
+                                           "causes: in the verdict and the JSON")]
+
+
 def _legend(lines: Sequence[str]) -> Text:
     return Text("\n".join(lines) + "\n", style="dim")
 
 
-def keypoint_tables(kps: Sequence[KeyPoint]) -> list[RenderableType]:
+CAUSE_WIDTH = 100  # the detail tables carry the cause from this many columns (the verdict always)
+
+
+def keypoint_tables(kps: Sequence[KeyPoint], width: int = 100) -> list[RenderableType]:
     """Per dtype and mode: the round trip's key points, then each formula's; measured beside
-    predicted, with each one's cause; a legend under each kind of table."""
+    predicted, with each one's cause where ``width`` leaves room; a legend under each table."""
+    why = width >= CAUSE_WIDTH
     tables: list[RenderableType] = []
     for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
         rts = _group([k for k in group if k.name.startswith("roundtrip")], lambda k: k.formula)
@@ -162,11 +174,12 @@ def keypoint_tables(kps: Sequence[KeyPoint]) -> list[RenderableType]:
             t.add_column("key point", no_wrap=True)
             for name in ("threshold", "x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
-            t.add_column("cause")
+            if why:
+                t.add_column("cause", overflow="fold")
             for k in rt:
                 thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
-                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k), k.cause)
-            tables += [t, _legend(KEYPOINT_LEGEND)]
+                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k), *([k.cause] if why else []))
+            tables += [t, _legend(_cause_legend(KEYPOINT_LEGEND, why))]
         bce = [k for k in group if not k.name.startswith("roundtrip")]
         if bce:
             eps_set = {k.eps for k in bce if k.eps is not None}
@@ -174,16 +187,19 @@ def keypoint_tables(kps: Sequence[KeyPoint]) -> list[RenderableType]:
             title = f"BCE key points: {dtype}, {mode}{backend}" + (
                 f", eps {fmt(min(eps_set), 3)}" if eps_set and one_eps else "")
             t = _table(title)
-            for name in ("key point", "formula", "y") + (() if one_eps else ("eps",)):
+            t.add_column("key point", no_wrap=True)
+            t.add_column("formula", overflow="fold")  # at 80 columns a long name folds, no number
+            for name in ("y",) + (() if one_eps else ("eps",)):
                 t.add_column(name, no_wrap=True)
             for name in ("x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
-            t.add_column("cause")
+            if why:
+                t.add_column("cause", overflow="fold")
             for k in bce:
                 eps_cell = () if one_eps else (_eps(k.eps),)
                 t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k),
-                          k.cause)
-            tables += [t, _legend(BCE_KEYPOINT_LEGEND)]
+                          *([k.cause] if why else []))
+            tables += [t, _legend(_cause_legend(BCE_KEYPOINT_LEGEND, why))]
     return tables
 
 
@@ -295,27 +311,31 @@ CLIP_LEGEND = (  # under 80 columns
 
 
 def worst_tables(worst: Sequence[Worst]) -> list[RenderableType]:
-    """The largest error per formula over the grid; then, for clipped formulas, whose fault it is."""
-    t = _table("Worst error over the grid")
-    for name in ("dtype", "audited", "label", "eps"):
-        t.add_column(name, no_wrap=True)
+    """The largest error per formula over the grid; then, for clipped formulas, whose fault it is.
+    One dtype: named in the titles, not in a column."""
+    one = len({w.dtype for w in worst}) == 1
+    of = f": {worst[0].dtype}" if one and worst else ""
+    lead = () if one else ("dtype",)
+    t = _table(f"Worst error over the grid{of}")
+    for name in (*lead, "audited", "label", "eps"):
+        t.add_column(name, no_wrap=name != "audited", overflow="fold")
     for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
         t.add_column(name, justify="right", no_wrap=True)
     for w in worst:
-        t.add_row(w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+        t.add_row(*(() if one else (w.dtype,)), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                   cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
                   Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
     tables: list[RenderableType] = [t, _legend(WORST_DETAIL_LEGEND)]
     clipped = [w for w in worst if w.max_clip_rel is not None]
     if clipped:
-        c = _table("Clipping or rounding?")
-        for name in ("dtype", "audited", "label", "eps"):
-            c.add_column(name, no_wrap=True)
+        c = _table(f"Clipping or rounding?{of}")
+        for name in (*lead, "audited", "label", "eps"):
+            c.add_column(name, no_wrap=name != "audited", overflow="fold")
         for name in ("clip rel", "round ULP", "error from"):
             c.add_column(name, justify="right", no_wrap=True)
         for w in clipped:
-            c.add_row(w.dtype, _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
-                      fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
+            c.add_row(*(() if one else (w.dtype,)), _what(w.quantity, w.formula), _label(w.label),
+                      _eps(w.eps), fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
         tables += [c, _legend(CLIP_LEGEND)]
     return tables
 
@@ -493,7 +513,7 @@ def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bo
         parts += worst_summary(result.worst)
         parts.append(Text(DETAIL_HINT if result.rows else "--detail (-v): every key point", style="dim"))
         return Group(*parts)
-    parts += keypoint_tables(result.keypoints)
+    parts += keypoint_tables(result.keypoints, width)
     if result.rows:
         parts += sample_tables(result.rows, show, width)
         parts += worst_tables(result.worst)
@@ -555,23 +575,44 @@ CHECK_LEGEND = (  # under 80 columns
 
 
 def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> list[Table]:
-    """`check`: for each logit, every dtype side by side with the exact value at that logit.
+    """`check`: for each logit, every dtype side by side with the exact value at that logit,
+    as many dtypes a table as fit ``width`` (measured on the texts themselves).
 
     Each dtype's cell is classed against the exact value at *its* rounded input.
     """
     tables = []
     for x, group in _group(rows, lambda r: r.x):
         dts = list(dict.fromkeys(r.dtype for r in group))
-        wide = {d: max(len(d), *(len(shortest(r.value, d)) + 1 for r in group if r.dtype == d)) + 6
-                for d in dts}
-        fixed = 2 + max(len(_check_row_name(r)) for r in group) + 12
+        body = _check_body(x, group, exact)
+        fixed = 2 + sum(max(len(line[k]) for line in body) + 2 for k in (0, 1))
+        wide = {d: max(len(d), *(len(line[2][d][0]) for line in body if d in line[2])) + 2
+                + max(3, *(len(line[2][d][2]) for line in body if d in line[2])) + 2 for d in dts}
         parts: list[list[str]] = [[]]
         for d in dts:
             if parts[-1] and fixed + sum(wide[p] for p in parts[-1]) + wide[d] > width:
                 parts.append([])
             parts[-1].append(d)
-        tables += [_check_table(x, group, part, exact) for part in parts]
+        tables += [_check_table(x, body, part) for part in parts]
     return tables
+
+
+def _check_body(x: float, group: list[Row], exact: dict) -> list[tuple[str, str, dict]]:
+    """The rows of a logit's tables: name, exact text, and per dtype (text, style, ULP text)."""
+    first = {r.dtype: r for r in reversed(group)}
+    body = [("x in dtype", repr(float(x)), {d: (shortest(r.x_dtype, d), "", "") for d, r in first.items()})]
+    keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
+    for key in keys:
+        q, f, eps, label = key
+        cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
+        texts = {d: shortest(r.value, d) for d, r in cells.items()}
+        e = exact[(x, q, f, eps, _unlabel(label))]
+        out = {}
+        for d, r in cells.items():
+            _, style, marker = CLASSES[error_class(r.ulp_err, r.value)]
+            out[d] = (texts[d] + marker, style, ulp_text(r.ulp_err, r.value))
+        body.append((_check_row_name(next(iter(cells.values()))),
+                     exact_text(e, [(cells[d].value, texts[d]) for d in cells]), out))
+    return body
 
 
 def _check_row_name(r: Row) -> str:
@@ -581,30 +622,18 @@ def _check_row_name(r: Row) -> str:
     return _what(r.quantity, r.formula)
 
 
-def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Table:
+def _check_table(x: float, body: list[tuple[str, str, dict]], dts: list[str]) -> Table:
     t = _table(f"x = {fmt_x(x)}")
-    t.add_column("quantity", no_wrap=True)
+    t.add_column("quantity", overflow="fold")  # wraps at its label before any number is cut
     t.add_column("exact", justify="right", no_wrap=True)
     for d in dts:
         t.add_column(d, justify="right", no_wrap=True)
         t.add_column("ULP", justify="right", no_wrap=True)
-    keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
-    first = {d: _first(group, d) for d in dts}
-    t.add_row("x in dtype", repr(float(x)), *(c for d in dts for c in (shortest(first[d].x_dtype, d), "")))
-    for key in keys:
-        q, f, eps, label = key
-        cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-        texts = {d: shortest(r.value, d) for d, r in cells.items()}
-        e = exact[(x, q, f, eps, _unlabel(label))]
-        row: list[RenderableType] = [_check_row_name(next(iter(cells.values()))),
-                                     exact_text(e, [(cells[d].value, texts[d]) for d in cells])]
+    for name, exact_cell, cells in body:
+        row: list[RenderableType] = [name, exact_cell]
         for d in dts:
-            if d not in cells:
-                row += ["-", ""]
-                continue
-            r = cells[d]
-            _, style, marker = CLASSES[error_class(r.ulp_err, r.value)]
-            row += [Text(texts[d] + marker, style=style), Text(ulp_text(r.ulp_err, r.value), style="dim")]
+            text, style, ulp = cells.get(d, ("-", "", ""))
+            row += [Text(text, style=style), Text(ulp, style="dim")]
         t.add_row(*row)
     return t
 

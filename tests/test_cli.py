@@ -388,6 +388,18 @@ def test_points_csv_has_keypoint_fields():
     assert "roundtrip_overflow" in names
 
 
+@pytest.mark.parametrize("args", [
+    ("sweep", "--dtype", "float32", "--detail"),
+    ("points", "--dtype", "float16", "--dtype", "longdouble", "--eps", "1e-7", "--eps", "1e-3"),
+    ("check", "16.5", "-50", "--dtype", "float8_e4m3fn", "--dtype", "float64", "--dtype", "longdouble",
+     "--detail"),
+], ids=["sweep-detail", "points-two-dtypes", "check-detail"])
+def test_issue_12_every_table_fits_80_columns_without_cutting(monkeypatch, args):
+    """At 80 columns text wraps or folds; no number is cut to an ellipsis."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert_fits(ok(*args), 80)
+
+
 def test_issue_12_readme_pastes_the_real_default_sweep():
     """The README's verdict of `sweep --dtype float32` is the golden one, byte for byte."""
     readme = (GOLDEN.parent.parent / "README.md").read_text(encoding="utf-8")
