@@ -36,7 +36,7 @@ from bce_audit import config as cfg
 from bce_audit import dtypes, formulas
 from bce_audit import gate as gate_mod
 from bce_audit import sweep as sweep_mod
-from bce_audit.records import CheckResult, KeyPoint, Row, Settings, SweepResult
+from bce_audit.records import Advice, CheckResult, KeyPoint, Row, Settings, SweepResult
 
 FormulaArg = str | Callable[..., Any] | Sequence[str | Callable[..., Any]]
 _PARAMS = {"dtypes": "dtype", "formulas": "formula", "thresholds": "threshold"}  # config key -> argument
@@ -225,3 +225,31 @@ def gate(config_or_checks: str | os.PathLike | Sequence[str | os.PathLike] | Seq
     else:
         raise cfg.ConfigError("gate(): give config paths or gate.Check objects, not a mix")
     return gate_mod.run(checks)
+
+
+def advise(*, config: str | os.PathLike | None = None, dtype: str | Sequence[str] | None = None,
+           formula: FormulaArg | None = None, eps: float | Sequence[float] | None = None,
+           range: tuple[float, float] | str | None = None, points: int | None = None,
+           label: str | int | None = None, mode: str | None = None, kind: str | None = None,
+           max_ulp: float | None = None) -> list[Advice]:
+    """``bce-audit advise``: for each formula, dtype and eps, what goes wrong over the range and
+    the fixes, best first, each verified by running the audit with it applied. A ``config`` with
+    ``[[check]]`` tables gives the advice for each failing check (the other arguments unused).
+
+    >>> [a] = advise(dtype="float32", formula="logits-stable")
+    >>> a.ok, a.fixes
+    (True, ())
+    >>> [f.after.formula for f in advise(dtype="float16", formula="keras3")[0].fixes][:1]
+    ['logits-stable']
+    """
+    from bce_audit import advise as advise_mod
+
+    tolerance = advise_mod.TOLERANCE_ULP if max_ulp is None else max_ulp
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise cfg.ConfigError(f"advise(): max_ulp {max_ulp!r} must be a number >= 0")
+    if config is not None and cfg.load(os.fspath(config)).checks:
+        return advise_mod.advise_checks(gate_mod.load_checks([os.fspath(config)]), tolerance=tolerance)
+    given = {"dtype": dtype, "formula": formula, "eps": eps, "range": range, "points": points, "label": label,
+             "mode": mode, "kind": kind}
+    s = settings("advise", given, config)
+    return [advise_mod.advise(t, float(tolerance)) for t in advise_mod.targets(s)]

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed or errored, 2 bad input (one line on std
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import secrets
@@ -246,6 +247,12 @@ def _grid(f: Callable) -> Callable:
     return f
 
 
+def _detail(f: Callable) -> Callable:
+    return click.option("--detail", "-v", is_flag=True, default=False,
+                        help="After the verdict, every table: each key point (and for sweep the "
+                             "sampled grid and the worst errors).")(f)
+
+
 def _output(formats: tuple[str, ...]) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
@@ -279,13 +286,14 @@ def _merge(kw: dict) -> tuple[dict, Callable[[str], str]]:
 
 
 def _settings(kw: dict, default_dtypes: tuple[str, ...] = ("float32",), with_grid: bool = True,
-              formats: tuple[str, ...] = FORMATS) -> tuple[Settings, dict]:
+              formats: tuple[str, ...] = FORMATS,
+              default_range: tuple[float, float] = records.DEFAULT_RANGE) -> tuple[Settings, dict]:
     """Validate options (and --config) once into Settings plus the output choices."""
     kw = {**kw, "output": _output_path(kw)}
     try:
         values, origin = _merge(kw)
         _impl_timeout(values.get("timeout"), origin("timeout"))  # before any impl: module is imported
-        s = config.build_settings(values, origin, default_dtypes, with_grid)
+        s = config.build_settings(values, origin, default_dtypes, with_grid, default_range)
         given = "format" in values
         fmt = values["format"] if given else config.format_for(kw.get("output"))
         if given and fmt not in FORMATS:
@@ -444,6 +452,7 @@ def cli(ctx: click.Context, color: str) -> None:
 @cli.command("sweep")
 @_selection
 @_grid
+@_detail
 @_output(FORMATS)
 def sweep_cmd(**kw) -> int:
     """Sweep a logit grid: key points, sampled values and errors, worst errors."""
@@ -468,7 +477,7 @@ def sweep_cmd(**kw) -> int:
                                                   result.worst, result.notes))
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result, out["show"], report.width_for(out["output"]))
+        return report.sweep_view(result, out["show"], report.width_for(out["output"]), kw["detail"])
 
     _emit(out, render)
     return 0
@@ -477,6 +486,7 @@ def sweep_cmd(**kw) -> int:
 @cli.command()
 @_selection
 @_JOBS
+@_detail
 @_output(DOCUMENT_FORMATS)
 def points(**kw) -> int:
     """Key points only: overflow, floors, ceilings, zeros and onsets, found on the dtype grid."""
@@ -492,7 +502,7 @@ def points(**kw) -> int:
             return report.to_csv(result.keypoints, records.KeyPoint)
         if fmt == "markdown":
             return report.to_markdown(result)
-        return report.sweep_view(result)
+        return report.sweep_view(result, width=report.width_for(out["output"]), detail=kw["detail"])
 
     _emit(out, render)
     return 0
@@ -501,6 +511,8 @@ def points(**kw) -> int:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("logits", nargs=-1, required=True, metavar="X [X ...]")
 @_selection
+@_JOBS
+@_detail
 @_output(DOCUMENT_FORMATS)
 def check(logits: tuple[str, ...], **kw) -> int:
     """Check single logits: every dtype's sigmoid, round trip and BCE beside the exact values."""
@@ -515,6 +527,9 @@ def check(logits: tuple[str, ...], **kw) -> int:
         xs.append(x)
     s, out = _settings(kw, default_dtypes=dtypes.NAMES, with_grid=False, formats=DOCUMENT_FORMATS)
     rows, exact = _run(lambda: sweep.check_rows(xs, s))
+    kps: list[records.KeyPoint] = []
+    if out["fmt"] == "table":  # the verdict above the logits' tables
+        kps = _run(lambda: sweep.run_sweep(s, with_rows=False, jobs=out["jobs"])).keypoints
 
     def render(fmt: str):
         if fmt == "json":
@@ -523,7 +538,7 @@ def check(logits: tuple[str, ...], **kw) -> int:
             return report.to_csv(rows, records.Row)
         if fmt == "markdown":
             return report.check_markdown(rows, exact)
-        return report.check_view(rows, exact, report.width_for(out["output"]))
+        return report.check_view(rows, exact, report.width_for(out["output"]), kps, kw["detail"])
 
     _emit(out, render)
     return 0
@@ -542,7 +557,7 @@ def dtypes_cmd(mode: str, **kw) -> int:
         if fmt == "json":
             return records.to_json({"schema": records.SCHEMA, "version": __version__, "mode": mode,
                                    "dtypes": report.dtypes_records(infos, overflow)})
-        return report.dtypes_table(infos, overflow)
+        return report.dtypes_view(infos, overflow)
 
     _emit(_document(kw, ("table", "json")), render)
     return 0
@@ -649,10 +664,12 @@ def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str
                    "exact one; error: bits of error; grad: |dBCE/dx| beside the exact |sigmoid(x) - y|.")
 @click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write a .png, .svg or .pdf picture (matplotlib) instead of drawing in the terminal.")
-@click.option("--size", default="{}x{}".format(*plot.DEFAULT_SIZE), show_default=True, metavar="WxH",
-              help=f"Picture size in pixels for --output (at {plot.DPI} dpi; SVG and PDF get the same "
-                   "size in inches).")
-def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
+@click.option("--size", default=None, metavar="WxH",
+              help="Picture size in pixels for --output (default {}x{}, taller with --facet; at {} dpi; "
+                   "SVG and PDF get the same size in inches).".format(*plot.DEFAULT_SIZE, plot.DPI))
+@click.option("--facet", is_flag=True, default=False,
+              help="One panel per dtype, each with its own key points (in the terminal, one chart each).")
+def plot_cmd(plot_kind: str, output: str | None, size: str | None, facet: bool, **kw) -> int:
     """Plot a sweep: in the terminal (plotext), or to a picture file with --output (matplotlib).
 
     \b
@@ -661,19 +678,21 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
       pip install 'bce-audit[plot]'
     \b
     Examples:
-      bce-audit plot --dtype float32 --range 0:40
+      bce-audit plot --dtype float32                 (the round trip over 0:40)
+      bce-audit plot --dtype all --facet -o roundtrip.png
       bce-audit plot --config configs/seed-article.toml --kind bce -o docs/seed-bce.png
     """
     try:
         if output is not None:
             plot.check_path(output)
-            width_px, height_px = plot.parse_size(size)
+            if size is not None:
+                plot.parse_size(size)
             plot.require("matplotlib.figure", "--output")
         else:
             plot.require("plotext", "the terminal chart")
     except plot.PlotError as e:
         _fail(str(e))
-    s, _ = _settings(kw)
+    s, _ = _settings(kw, default_range=plot.default_range(plot_kind))
     s = replace(s, keep=plot.MAX_POINTS)  # evenly spread: a picture's memory never grows with the grid
     if plot_kind == "grad":
         s = replace(s, grad=True)  # gradients are computed only when asked for
@@ -688,13 +707,106 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
     try:
         data = plot.plot_data(result, plot_kind)
         if output is not None:
-            plot.render_file(data, output, width_px, height_px)
+            width_px, height_px = plot.parse_size(size) if size else plot.default_size(data, facet)
+            plot.render_file(data, output, width_px, height_px, facet=facet)
         else:
             color = report.color_on(sys.stdout, _color())
-            text = plot.render_terminal(data, report.width_for(None), plot.TERMINAL_HEIGHT, color)
-            click.echo(text, nl=False)
+            panels = plot.facets(data) if facet else [data]
+            for panel in panels:
+                click.echo(plot.render_terminal(panel, report.width_for(None), plot.TERMINAL_HEIGHT, color),
+                           nl=False)
     except plot.PlotError as e:
         _fail(str(e))
+    return 0
+
+
+ADVISE_FORMATS = ("text", "json", "markdown")
+
+
+@cli.command("advise")
+@click.option("--config", "config", type=str, default=None, metavar="FILE",
+              help="A TOML config: with [[check]] tables, advice for every failing check; else its options.")
+@click.option("--dtype", "dtypes", multiple=True, metavar="NAME",
+              type=_Choice((*dtypes.NAMES, "all"), dtypes.ALIASES),
+              help=f"Dtype (repeatable, or 'all'; default float32): {', '.join(dtypes.NAMES)}. "
+                   f"Aliases, in any case: {dtypes.aliases_help()}.")
+@click.option("--formula", "formulas", multiple=True, metavar="NAME",
+              help=f"BCE formula (repeatable): {', '.join(formulas.NAMES)}, or impl:package.module:function.")
+@click.option("--eps", "eps", multiple=True, type=float, metavar="EPS", help="Clip epsilon (default 1e-7).")
+@click.option("--impl-kind", "kind", type=_Choice(impl.KINDS), default="bce-logits", show_default=True,
+              help="What an impl: formula computes: f(x, y), f(p, y), sigmoid f(x) or logit f(p).")
+@_IMPL_TIMEOUT
+@_PYTHONPATH
+@click.option("--mode", type=_Choice(formulas.MODES), default="native", show_default=True,
+              help="How the arithmetic is done (see sweep --help).")
+@click.option("--label", type=_Choice(records.LABELS), default="both", show_default=True,
+              help="Label to audit; 'both' adds the seed article's two-point pair.")
+@click.option("--range", "range", metavar="LO:HI", default=None,
+              help="The range you care about (default -40:40).")
+@click.option("--points", type=int, default=None, metavar="N",
+              help=f"Grid points over the range (default {records.DEFAULT_POINTS}).")
+@click.option("--max-ulp", "tolerance", type=float, default=None, metavar="ULP",
+              help="Worst error, in ULPs of the dtype, below which there is nothing to fix (default 4).")
+@click.option("--no-cache", "no_cache", is_flag=True, default=False, help="Skip the result cache.")
+@_output(ADVISE_FORMATS)
+def advise_cmd(tolerance: float | None, **kw) -> int:
+    """The fix, not only the diagnosis: what goes wrong, then fixes, each verified by re-running
+    the audit with it applied (with-logits rewrite, safe eps, float32 loss, best built-in).
+
+    \b
+    Examples:
+      bce-audit advise --dtype float16 --formula keras3 --eps 1e-7
+      bce-audit advise --config my-gate.toml          # advice for every failing check
+      bce-audit advise --formula impl:mypkg.losses:bce --impl-kind bce-probs --dtype bfloat16
+    """
+    from bce_audit import advise, advise_view
+
+    tol = advise.TOLERANCE_ULP if tolerance is None else tolerance
+    if not (math.isfinite(tol) and tol >= 0):
+        _fail(f"--max-ulp {tolerance!r} must be a number >= 0")
+    path = _output_path(kw)
+    fmt = kw.pop("format") or {"json": "json", "markdown": "markdown"}.get(config.format_for(path), "text")
+    kw = {**kw, "output": None}
+    ctx = click.get_current_context()
+    checks = None
+    if kw["config"]:
+        try:
+            cf = config.load(kw["config"])
+        except config.ConfigError as e:
+            _fail(str(e))
+        if cf.checks:
+            flags = {"dtypes": "--dtype", "formulas": "--formula", "eps": "--eps", "mode": "--mode",
+                     "label": "--label", "range": "--range", "points": "--points", "kind": "--impl-kind"}
+            given = [flag for key, flag in flags.items()
+                     if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE]
+            if given:
+                _fail(f"--config {kw['config']!r} has [[check]] tables, which say what to advise on; "
+                      f"{given[0]} would be ignored")
+            try:
+                _impl_timeout(kw.get("timeout"))
+                dirs = config.pythonpath_dirs(kw.get("pythonpath", ()), os.getcwd(), "--pythonpath")
+                checks = gate.load_checks([kw["config"]], dirs)
+            except config.ConfigError as e:
+                _fail(str(e))
+    if checks is not None:
+        _use_cache(kw)
+        found = _run(lambda: advise.advise_checks(checks, tolerance=tol))
+    else:
+        s, _ = _settings(kw)
+        ignored = [f"{key} {value!r}" for key, value, default in (
+            ("backend", s.backend, "numpy"), ("spacing", s.spacing, "lin"),
+            ("exhaustive", s.exhaustive, False)) if value != default]
+        if ignored:
+            _fail(f"--config {kw['config']!r}: {ignored[0]}: advise audits the models on a linear grid; "
+                  "drop it")
+        try:
+            todo = advise.targets(s)
+        except config.ConfigError as e:
+            _fail(str(e))
+        found = _run(lambda: [advise.advise(t, tol) for t in todo])
+    _cache_warnings()
+    render = {"json": advise_view.json_doc, "markdown": advise_view.markdown, "text": advise_view.text}[fmt]
+    _emit({"fmt": fmt, "output": path}, lambda _: render(found))
     return 0
 
 
@@ -709,10 +821,12 @@ def plot_cmd(plot_kind: str, output: str | None, size: str, **kw) -> int:
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the results as JSON.")
 @click.option("--markdown", "markdown_path", default=None, metavar="FILE",
               help="Write a markdown summary (for a PR comment).")
+@click.option("--advise", "with_advice", is_flag=True, default=False,
+              help="Append the advice for each failing check (bce-audit advise) to the report.")
 @_IMPL_TIMEOUT
 @_PYTHONPATH
 def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_path, timeout,
-             pythonpath) -> int:
+             pythonpath, with_advice=False) -> int:
     """Run the [[check]] tables of gate configs: exit 0 if all pass, 1 if any fails or errors, 2 on
     bad input (a config error: nothing runs).
 
@@ -748,11 +862,19 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     if actions:  # check names come from configs: nothing in the table may act as a workflow command
         click.echo(f"::stop-commands::{token}")
     report.print_view(report.gate_view(results), color=_color())
+    gate_doc, gate_md = report.gate_json(results, configs, baseline_path), report.gate_markdown(results)
+    if with_advice:  # the advice for each failing check: after the table, in --markdown and --json
+        from bce_audit import advise, advise_view
+
+        found = _run(lambda: advise.advise_checks(checks, results))
+        if found:
+            click.echo("\n" + advise_view.text(found), nl=False)
+            gate_md += "\n" + advise_view.markdown(found)
+        gate_doc = records.to_json({**json.loads(gate_doc), "advice": [a.to_dict() for a in found]})
     if actions:
         click.echo(f"::{token}::")
-    for path, text in ((junit_path, report.junit_xml(results)),
-                       (json_path, report.gate_json(results, configs, baseline_path)),
-                       (markdown_path, report.gate_markdown(results))):
+    for path, text in ((junit_path, report.junit_xml(results)), (json_path, gate_doc),
+                       (markdown_path, gate_md)):
         if path:
             _write(path, text)
     if actions:

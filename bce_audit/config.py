@@ -305,7 +305,7 @@ def check_thresholds(values: tuple[float, ...], where: str) -> tuple[float, ...]
     return tuple(dict.fromkeys(values))
 
 
-def check_grid(values: Mapping[str, Any], origin) -> dict:
+def check_grid(values: Mapping[str, Any], origin, default_range: tuple[float, float] = DEFAULT_RANGE) -> dict:
     exhaustive = bool(values.get("exhaustive", False))
     if exhaustive:
         meaningless = [k for k in ("points", "step", "spacing") if k in values]
@@ -313,7 +313,7 @@ def check_grid(values: Mapping[str, Any], origin) -> dict:
             flag = origin(meaningless[0])
             raise ConfigError(f"{flag} and {origin('exhaustive')}: an exhaustive grid is every dtype value "
                               f"in the range; {flag} means nothing with it")
-    rng = check_range(values["range"], origin("range"), exhaustive) if "range" in values else DEFAULT_RANGE
+    rng = check_range(values["range"], origin("range"), exhaustive) if "range" in values else default_range
     spacing = _one_of(values.get("spacing", "lin"), SPACINGS, "spacing", origin("spacing"))
     points, step = values.get("points"), values.get("step")
     if points is not None and step is not None:
@@ -363,11 +363,11 @@ def resolve_formulas(names: tuple[str, ...], kind: str, where: str,
 
 
 def build_settings(values: Mapping[str, Any], origin, default_dtypes=("float32",),
-                   with_grid: bool = True) -> Settings:
+                   with_grid: bool = True, default_range: tuple[float, float] = DEFAULT_RANGE) -> Settings:
     """Validate merged option values into Settings; ``origin(key)`` says where a key came from."""
     kind = _one_of(values.get("kind", "bce-logits"), impl.KINDS, "implementation kind", origin("kind"))
     chosen = check_dtypes(values.get("dtypes", ()), origin("dtypes"))
-    grid = check_grid(values, origin) if with_grid else {}
+    grid = check_grid(values, origin, default_range) if with_grid else {}
     backend = _one_of(values.get("backend", "numpy"), backends.NAMES, "backend", origin("backend"))
     keras_backend = _one_of(values.get("keras_backend", KERAS_BACKENDS[0]), KERAS_BACKENDS, "Keras backend",
                             origin("keras_backend"))

@@ -288,3 +288,41 @@ def exhaustive_bounds(info: DtypeInfo, rng: tuple[float, float]) -> tuple[int, i
         return o
 
     return ordinal(lo, True), ordinal(hi, False)
+
+
+def shortest(v, name: str) -> str:
+    """The shortest decimal that reads back as this value of dtype ``name``: numpy's ``unique``
+    repr of the dtype's own scalar (float32 ``0.99999994``, not ``1``); for the ml_dtypes types
+    (bfloat16, float8), whose ``unique`` repr is float64's, the fewest digits that round back.
+    Positional from 1e-4 to 1e7, else scientific (``6.8256035e-8``).
+
+    >>> shortest(1 - 2.0 ** -24, "float32"), shortest(0.99999994, "bfloat16"), shortest(-0.0, "float16")
+    ('0.99999994', '1', '-0')
+    """
+    f = float(v)
+    if math.isnan(f):
+        return "nan"
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    if f == 0:
+        return "-0" if math.copysign(1.0, f) < 0 else "0"
+    typ = get(name).type
+    scalar = typ(v)
+    positional = 1e-4 <= abs(f) < 1e7
+    if typ.__module__.startswith("ml_dtypes"):
+        for d in range(0 if positional else 1, 18):
+            text = (np.format_float_positional(float(scalar), precision=d, unique=False, trim="-")
+                    if positional else digits(float(scalar), d))
+            if typ(float(text)) == scalar:
+                return text
+    if positional:
+        return np.format_float_positional(scalar, unique=True, trim="-")
+    return np.format_float_scientific(scalar, unique=True, trim="-", exp_digits=1).replace("e+", "e")
+
+
+def digits(v: float, d: int) -> str:
+    """v to d significant digits, in the style of `shortest`."""
+    if 1e-4 <= abs(v) < 1e7:
+        return np.format_float_positional(v, precision=d, unique=False, fractional=False, trim="-")
+    sci = np.format_float_scientific(v, precision=d - 1, unique=False, trim="-", exp_digits=1)
+    return sci.replace("e+", "e")

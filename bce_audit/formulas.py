@@ -176,11 +176,16 @@ class Evaluator:
     def kernel(self, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
         """Run a framework-level op: in float32 and rounded once when upcasting a narrow dtype."""
         if self.mode == "upcast" and self.info.narrow:
-            # torch's float32 kernels (`sleef`) where modelled; the memo too (keyed by dtype and mode)
-            ev32 = Evaluator("float32", "upcast", memo=self._memo)
+            ev32 = self.derived("float32", "upcast")  # torch's float32 kernels (`sleef`) where modelled
             out = fn(ev32, *(np.asarray(a).astype(np.float32) for a in args))
             return np.asarray(out).astype(self.dtype)
         return fn(self, *args)
+
+    def derived(self, dtype: str, mode: str) -> Evaluator:
+        """An evaluator for arithmetic this one hands to another dtype (upcast's float32 kernels,
+        sklearn's float64); `causes.Tracer` keeps watching through it. It shares this one's memo
+        (whose keys hold the dtype and mode)."""
+        return Evaluator(dtype, mode, memo=self._memo)
 
     def shared(self, fn: Callable[..., np.ndarray], x: np.ndarray) -> np.ndarray:
         """``kernel(fn, x)``, remembered by the bits of x when ``memo`` is on."""
@@ -278,6 +283,11 @@ class Evaluator:
     def clip(self, p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """clip_by_value; np.clip would promote ml_dtypes arrays to float32."""
         return np.minimum(np.maximum(p, lo), hi)
+
+    def np_clip(self, p: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        """``np.clip`` with Python-float bounds, in the dtype numpy promotes to (float32 for
+        ml_dtypes arrays): Keras 3's numpy backend."""
+        return np.clip(p, lo, hi)
 
 
 def _sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
@@ -441,7 +451,7 @@ def sklearn(x, y, eps, ev: Evaluator) -> np.ndarray:
     It computes in float16, float32 and float64; ``check_array`` turns any other dtype
     (bfloat16, float8, longdouble) into float64 first, and the loss is rounded back."""
     p = ev.sigmoid(x)
-    work = ev if ev.dtype in _SKLEARN_DTYPES else Evaluator("float64", "xla" if ev.ftz else "per-op")
+    work = ev if ev.dtype in _SKLEARN_DTYPES else ev.derived("float64", "xla" if ev.ftz else "per-op")
     p, y = work.arr(p), work.arr(y)
     one, zero = work.c(1.0), work.c(0.0)
     e = work.c(np.finfo(work.dtype).eps)
@@ -482,7 +492,7 @@ def keras3_numpy(x, y, eps, ev: Evaluator) -> np.ndarray:
     rounded to the dtype once, here as in the audit of the real backend. ``from_logits=True``
     runs the same: sigmoid, then the clip.
     """
-    p = np.clip(ev.sigmoid(x), eps, 1.0 - eps)  # the promotion is the point: no ev.c here
+    p = ev.np_clip(ev.sigmoid(x), eps, 1.0 - eps)  # the promotion is the point: no ev.c here
     bce = y * np.log(p)
     bce = bce + (1.0 - y) * np.log(1.0 - p)
     return (-bce).astype(ev.dtype)

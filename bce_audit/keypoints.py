@@ -24,7 +24,7 @@ from fractions import Fraction
 import numpy as np
 from mpmath import mp, mpf
 
-from bce_audit import dtypes, formulas, ftz, gradients, heap, impl, metrics, records, reference
+from bce_audit import causes, dtypes, formulas, ftz, gradients, heap, impl, metrics, records, reference
 from bce_audit.formulas import Evaluator, Formula
 from bce_audit.records import KeyPoint, Label
 
@@ -370,9 +370,10 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
             return
         v = _scalar(info, o)
         val = value(v) if value else _num(rt(np.asarray([v]))[0])
+        why = causes.explain_roundtrip(name, dtype, computes, v, ev.ops)
         out.append(KeyPoint(dtype, mode, name_of, None, None, name, threshold, _num(v), val,
                             predicted, "x" if predicted is not None else None, method or _method(info),
-                            where))
+                            where, cause=why))
 
     add("roundtrip_overflow", first_hit(info, bad, 1, top), predicted=predicted_overflow(info, computes))
     add("roundtrip_underflow", first_hit(info, bad, -1, -top), predicted=predicted_underflow(info, computes))
@@ -483,8 +484,10 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
 
     def add(name, o, value, predicted=None, predicts=None):
         if o is not None:
+            x = _scalar(info, o)
+            why = causes.explain_bce(name, dtype, ev.mode, formula, eps, label, x, value)
             out.append(KeyPoint(dtype, mode, formula, rec_eps, label, name, None,
-                                _num(_scalar(info, o)), value, predicted, predicts, method, where))
+                                _num(x), value, predicted, predicts, method, where, cause=why))
 
     def at(o):
         return loss(np.asarray([_scalar(info, o)], dtype=info.dtype))[0]
@@ -705,6 +708,9 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
     def at(o):
         return g(info.value(_ords(info, [o])))[0]
 
+    def why(name, o):
+        return causes.explain_grad(name, dtype, ev.mode, formula, eps, label, _scalar(info, o), float(at(o)))
+
     def vanishing(v):
         exact = gradients.exact_magnitude(v, label)
         got = np.abs(np.asarray(g(v)).astype(exact.dtype))
@@ -717,13 +723,15 @@ def grad_points(dtype: str, mode: str, formula: str, eps: float | None, label: i
             ideal = predicted_zero(info, ev.mode) * sign if sign == good else None
             out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_dead_zone", None,
                                 float(_scalar(info, o)), 0.0, ideal, "x" if ideal else None,
-                                method, where))
+                                method, where, cause=why("grad_dead_zone", o)))
         o = first_hit(info, vanishing, 0, end)
         if o is not None:
             out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_vanishing", None,
-                                float(_scalar(info, o)), float(at(o)), None, None, method, where))
+                                float(_scalar(info, o)), float(at(o)), None, None, method, where,
+                                cause=why("grad_vanishing", o)))
         o = first_hit(info, lambda v: ~np.isfinite(np.asarray(g(v))), 0, end)
         if o is not None:
             out.append(KeyPoint(dtype, mode, formula, rec_eps, label, "grad_nonfinite", None,
-                                float(_scalar(info, o)), float(at(o)), None, None, method, where))
+                                float(_scalar(info, o)), float(at(o)), None, None, method, where,
+                                cause=why("grad_nonfinite", o)))
     return out

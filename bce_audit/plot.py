@@ -28,12 +28,13 @@ import os
 import textwrap
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from bce_audit import dtypes, files
-from bce_audit.records import ReproCase, Row, Settings, SweepResult
+from bce_audit.records import DEFAULT_RANGE, ReproCase, Row, Settings, SweepResult
 from bce_audit.report import fmt, fmt_x
 
 KINDS = ("roundtrip", "bce", "error", "grad")
@@ -55,6 +56,14 @@ MARKS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "8", "
 CHARS = ("•", "+", "x", "o", "◆", "▲", "■", "*", "#", "%", "@", "&", "=", "~", "$", "?")  # terminal
 EXACT_COLOR = "#9A9A9A"
 MAX_POINTS = 20_000  # grid points a curve draws, evenly spread: ten to a pixel of the widest picture
+
+
+ROUNDTRIP_RANGE = (0.0, 40.0)  # for x < 0 the round trip is exact, or nearly: half of -40:40 was empty
+
+
+def default_range(kind: str) -> tuple[float, float]:
+    """The grid a picture of ``kind`` gets without --range: 0:40 for the round trip, else -40:40."""
+    return ROUNDTRIP_RANGE if kind == "roundtrip" else DEFAULT_RANGE
 
 
 class PlotError(ValueError):
@@ -94,11 +103,29 @@ class Series:
 
 @dataclass(frozen=True)
 class Marker:
-    """A key point drawn as a vertical line at x."""
+    """One key point inside the range: ``who`` (dtype, formula, eps where they vary) and ``what``
+    happens from x; a floor or ceiling also has its ``level`` (the BCE it settles on)."""
 
     x: float
     text: str
     name: str
+    dtype: str | None = None
+    who: str = ""  # without the dtype: `labels` prefixes it where several dtypes share a picture
+    what: str = ""
+    level: float | None = None
+
+
+@dataclass(frozen=True)
+class Label:
+    """What the picture writes. A vertical line at x labelled with every key point there, or (``y``
+    set) a floor or ceiling written at the edge its plateau runs to, ``edge`` "right" or "left"."""
+
+    x: float
+    text: str
+    y: float | None = None
+    edge: str = "right"
+    dtype: str | None = None
+    xs: tuple[float, ...] = ()  # a level's key points (their vertical lines are drawn unlabelled)
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,7 @@ class PlotData:
     markers: tuple[Marker, ...]
     guides: tuple[Guide, ...] = ()
     notes: tuple[str, ...] = ()
+    labels: tuple[Label, ...] = ()  # the markers merged: what is written (see `labels`)
 
 
 # ---------------------------------------------------------------- the data
@@ -246,13 +274,15 @@ def plot_data(result: SweepResult, kind: str) -> PlotData:
         notes.append("exact round trip: error 0, below the log axis")
     if yscale == "log" and kind != "roundtrip" and np.any(every_y <= 0):
         notes.append("values of 0 are not drawn on the log axis")
+    markers = _markers(result, kind, label, series, s)
+    notes += trivial_note(markers, len(s.dtypes) > 1)
     title, ylabel = _what(kind, label)
     return PlotData(
         kind=kind, title=title, subtitle=_subtitle(s, kind, label, len(np.unique(xs))),
         xlabel="a (the pair is (-a, 0) and (a, 1))" if label == "pair" and kind != "roundtrip" else "logit x",
         ylabel=ylabel, xscale=x_scale(s, xs), yscale=yscale, xlim=(float(s.range[0]), float(s.range[1])),
-        series=series, exact=exact, markers=_markers(result, kind, label, series, s), guides=guides,
-        notes=tuple(notes),
+        series=series, exact=exact, markers=markers, guides=guides, notes=tuple(notes),
+        labels=labels(markers, len(s.dtypes) > 1),
     )
 
 
@@ -307,37 +337,144 @@ def _subtitle(s: Settings, kind: str, label, points: int) -> str:
 def _markers(result: SweepResult, kind: str, label, series, s: Settings) -> tuple[Marker, ...]:
     """Overflow, onsets, floors and ceilings that fall inside the plotted range."""
     lo, hi = s.range
-    many_dtypes = len(s.dtypes) > 1
     formulas = {sr.formula for sr in series}
     eps_set = {sr.eps for sr in series}
+    several_eps = len(eps_set - {None}) > 1
     out: list[Marker] = []
     for k in result.keypoints:
         if not (lo <= k.x <= hi):
             continue
-        pre = f"{k.dtype} " if many_dtypes else ""
+        eps = f" (eps {fmt(k.eps, 3)})" if several_eps and k.eps is not None else ""
+        who, level = k.formula or "", None
         if k.name == "roundtrip_overflow" and (k.formula is None or k.formula in formulas):
-            who = f"{k.formula} " if k.formula else ""
-            text = (f"{pre}{who}round trip inf from {fmt_x(k.x)}" if kind == "roundtrip"
-                    else f"{pre}sigmoid rounds to 1 from {fmt_x(k.x)}")
+            what = "round trip inf" if kind == "roundtrip" else "sigmoid rounds to 1"
         elif kind == "roundtrip" and k.name == "roundtrip_underflow" and k.formula in formulas:
-            text = f"{pre}round trip -inf from {fmt_x(k.x)}"
+            what = "round trip -inf"
         elif kind == "roundtrip" and k.name == "roundtrip_rel_err_onset" and k.formula in formulas:
-            text = f"{pre}rel err {fmt(k.threshold, 3)} from {fmt_x(k.x)}"
+            what = f"rel err {fmt(k.threshold, 3)}"
         elif (kind in ("bce", "error") and k.name in ("bce_floor", "bce_ceiling") and k.formula in formulas
               and k.label == label and k.eps in eps_set):
-            what = "floor" if k.name == "bce_floor" else "ceiling"
-            eps = f" (eps {fmt(k.eps, 3)})" if len(eps_set - {None}) > 1 and k.eps is not None else ""
-            text = f"{pre}{k.formula}{eps} {what} {fmt(k.value, 4)} from {fmt_x(k.x)}"
+            who += eps
+            what = f"{'floor' if k.name == 'bce_floor' else 'ceiling'} {fmt(k.value, 4)}"
+            level = float(k.value) if kind == "bce" else None  # the error plot's y is bits, not BCE
         elif (kind == "grad" and k.name in GRAD_POINTS and k.formula in formulas and k.label == label
               and k.eps in eps_set):
-            eps = f" (eps {fmt(k.eps, 3)})" if len(eps_set - {None}) > 1 and k.eps is not None else ""
-            text = f"{pre}{k.formula}{eps} gradient {GRAD_POINTS[k.name]} from {fmt_x(k.x)}"
+            who += eps
+            what = f"gradient {GRAD_POINTS[k.name]}"
         else:
             continue
-        m = Marker(float(k.x), text, k.name)
+        full = " ".join(w for w in (k.dtype if len(s.dtypes) > 1 else "", who) if w)
+        text = f"{full}{' ' if full else ''}{what} from {fmt_x(k.x)}"
+        m = Marker(float(k.x), text, k.name, k.dtype, who, what, level)
         if m not in out:
             out.append(m)
     return tuple(sorted(out, key=lambda m: m.x))
+
+
+ONSET_START = 1.0  # where the search for a round-trip error onset starts (keypoints: smallest x >= 1)
+
+
+def trivial(m: Marker) -> bool:
+    """An error onset at the very start of its search: the error is above the threshold from
+    x = 1 on, which the curve already shows; a line there says nothing (a note does)."""
+    return m.name == "roundtrip_rel_err_onset" and m.x == ONSET_START
+
+
+def _join(names: Sequence[str]) -> str:
+    return ", ".join(dict.fromkeys(names))
+
+
+LEVEL_CHARS = 56  # a level's label is wrapped to this many characters: it lies over the picture
+
+
+def labels(markers: Sequence[Marker], with_dtype: bool) -> tuple[Label, ...]:
+    """The markers merged into what a picture writes, one label per x and one per level.
+
+    Key points at one x share one vertical line and one label; who shares the same events is
+    named once (``keras3, tf-keras: gradient exactly 0 from 16.2``); a vanishing gradient where it
+    is also exactly 0 is left out. Floors and ceilings of one value share one label written at the
+    edge the plateau runs to (floors right, ceilings left), at the height of the level, so close
+    levels (keras2's 1.096e-7, keras3's 1.192e-7) are told apart by their own labels.
+
+    >>> ms = [Marker(16.2, "", "grad_dead_zone", "float32", "keras3", "gradient exactly 0"),
+    ...       Marker(16.2, "", "grad_vanishing", "float32", "keras3", "gradient vanishing"),
+    ...       Marker(16.2, "", "grad_dead_zone", "float32", "tf-keras", "gradient exactly 0")]
+    >>> [lb.text for lb in labels(ms, False)]
+    ['keras3, tf-keras: gradient exactly 0 from 16.2']
+    """
+    def name(m: Marker) -> str:
+        return " ".join(w for w in ((m.dtype or "") if with_dtype else "", m.who) if w)
+
+    out: list[Label] = []
+    lines: dict[float, dict[str, list[str]]] = {}  # x -> who -> what
+    for m in markers:
+        if m.level is None and not trivial(m):
+            whats = lines.setdefault(m.x, {}).setdefault(name(m), [])
+            whats += [m.what] if m.what not in whats else []
+    for x, who in lines.items():
+        for whats in who.values():
+            if "gradient exactly 0" in whats and "gradient vanishing" in whats:
+                whats.remove("gradient vanishing")
+        same: dict[tuple[str, ...], list[str]] = {}
+        for w, whats in who.items():
+            same.setdefault(tuple(whats), []).append(w)
+        parts = [f"{_join([w for w in ws if w])}: {' and '.join(wh)}" if any(ws) else " and ".join(wh)
+                 for wh, ws in same.items()]
+        text = (f"{parts[0]} from {fmt_x(x)}" if len(parts) == 1
+                else "\n".join([f"from {fmt_x(x)}:", *parts]))
+        dts = {m.dtype for m in markers if m.x == x and m.level is None}
+        out.append(Label(x, text, dtype=dts.pop() if len(dts) == 1 else None))
+    levels: dict[tuple[str, str], list[Marker]] = {}
+    for m in markers:
+        if m.level is not None:  # one label per value as written (keras2-logits' and keras3-torch's 1.096e-7)
+            levels.setdefault((m.name, m.what), []).append(m)
+    for (kname, what), ms in levels.items():
+        level = ms[0].level
+        xs = sorted({m.x for m in ms})
+        nb = "\N{NO-BREAK SPACE}"  # textwrap breaks at ASCII spaces only: "from x" stays whole
+        if len(xs) == 1:
+            text = f"{what}: {_join([name(m) for m in ms])} from{nb}{fmt_x(xs[0])}"
+        else:
+            text = f"{what}: " + ", ".join(f"{name(m)} from{nb}{fmt_x(m.x)}" for m in ms)
+        text = "\n".join(textwrap.wrap(text, LEVEL_CHARS, subsequent_indent="  ", break_on_hyphens=False))
+        text = text.replace(nb, " ")
+        dts = {m.dtype for m in ms}
+        out.append(Label(xs[0], text, level, "right" if kname == "bce_floor" else "left",
+                         dts.pop() if len(dts) == 1 else None, tuple(xs)))
+    return tuple(sorted(out, key=lambda lb: (lb.y is not None, lb.x)))
+
+
+def trivial_note(markers: Sequence[Marker], with_dtype: bool) -> list[str]:
+    """The trivial onsets in one line each, so leaving out their lines loses nothing."""
+    by_what: dict[str, list[str]] = {}
+    for m in markers:
+        if trivial(m):
+            who = " ".join(w for w in ((m.dtype or "") if with_dtype else "", m.who) if w)
+            by_what.setdefault(m.what, []).append(who)
+    return [f"{what} already at x = {fmt_x(ONSET_START)}" + (f": {_join(ws)}" if any(ws) else "")
+            for what, ws in by_what.items()]
+
+
+def facets(data: PlotData) -> list[PlotData]:
+    """One picture per dtype (``--facet``): its series, key points and labels, without the dtype in
+    every name; a formula keeps one style across the panels."""
+    dts = list(dict.fromkeys(sr.dtype for sr in data.series))
+    keys = list(dict.fromkeys(_short(sr) for sr in data.series))
+    out = []
+    for d in dts:
+        series = tuple(sr if data.kind == "roundtrip" else replace(sr, label=_short(sr),
+                                                                   style=style(keys.index(_short(sr))))
+                       for sr in data.series if sr.dtype == d)
+        markers = tuple(m for m in data.markers if m.dtype in (d, None))
+        notes = tuple(trivial_note(markers, False))
+        out.append(replace(data, title=str(d), subtitle="", series=series, markers=markers,
+                           labels=labels(markers, False), notes=notes))
+    return out
+
+
+def _short(sr: Series) -> str:
+    """A series' label without its dtype (which a panel's title says)."""
+    return sr.label[len(sr.dtype) + 1:] if sr.dtype and sr.label.startswith(sr.dtype + " ") else sr.label
 
 
 # ---------------------------------------------------------------- optional imports
@@ -386,19 +523,138 @@ def _masked(y: np.ndarray, log: bool) -> np.ndarray:
     return np.where(y > 0, y, np.nan) if log else y
 
 
+PANEL_HEIGHT = 300  # pixels a panel of --facet gets by default
+MAX_LABELS = 6  # vertical labels written in one picture; more are numbered and named in the legend
+LABEL_GAP = 3  # pixels kept between two labels
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of ``n`` panels: one column up to two panels, then two.
+
+    >>> grid_shape(7)
+    (4, 2)
+    """
+    cols = 1 if n <= 2 else 2
+    return -(-n // cols), cols
+
+
+def default_size(data: PlotData, facet: bool = False) -> tuple[int, int]:
+    """DEFAULT_SIZE, taller with ``facet`` so that each panel keeps PANEL_HEIGHT pixels."""
+    if not facet:
+        return DEFAULT_SIZE
+    rows, _ = grid_shape(len(facets(data)))
+    return DEFAULT_SIZE[0], min(MAX_PIXELS, max(DEFAULT_SIZE[1], PANEL_HEIGHT * rows + 160))
+
+
 def render_file(data: PlotData, path: str, width_px: int = DEFAULT_SIZE[0], height_px: int = DEFAULT_SIZE[1],
-                dpi: int = DPI) -> None:
+                dpi: int = DPI, facet: bool = False) -> None:
     """Draw with matplotlib (no pyplot, no global backend) and write PNG, SVG or PDF atomically.
 
     PNG is ``width_px`` x ``height_px`` pixels; SVG and PDF have the same size in inches at ``dpi``.
     """
     fmt_ = check_path(path)
     mpl = require("matplotlib", "--output")
-    figure = require("matplotlib.figure", "--output")
+    fig = figure(data, width_px, height_px, dpi, facet)
+    with mpl.rc_context({"svg.hashsalt": "bce-audit"}):  # SVG ids from a fixed salt, not a random one
+        _save(fig, path, fmt_)
+
+
+def figure(data: PlotData, width_px: int = DEFAULT_SIZE[0], height_px: int = DEFAULT_SIZE[1], dpi: int = DPI,
+           facet: bool = False):
+    """The picture as a laid-out matplotlib Figure (on an Agg canvas), one axes per panel.
+
+    Its key-point labels are placed so that no two overlap: each goes where it belongs (the top of
+    its line, or its level at the edge) and moves down (or up, at the bottom) past those already
+    placed, as measured by the renderer.
+    """
+    figure_ = require("matplotlib.figure", "--output")
     backend = require("matplotlib.backends.backend_agg", "--output")
-    fig = figure.Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
+    fig = figure_.Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
     backend.FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    panels = facets(data) if facet else [data]
+    rows, cols = grid_shape(len(panels)) if facet else (1, 1)
+    axes = list(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel())
+    for ax in axes[len(panels):]:
+        fig.delaxes(ax)
+    chars = max(40, int(width_px / dpi * 72 / 6.5))  # about 6.5 pt a character at 11 pt
+    title = "\n".join([data.title, *_wrap_settings(data.subtitle, chars),
+                       *(w for n in data.notes for w in textwrap.wrap(n, chars))])
+    handles: dict[str, Any] = {}
+    texts = []
+    for i, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
+        numbered = not facet and sum(lb.y is None for lb in panel.labels) > MAX_LABELS
+        entries, placed = _draw_panel(ax, panel, numbered)
+        texts.append((ax, placed, panel))
+        if facet:
+            ax.set_title(panel.title, fontsize=10, loc="left")
+            if i + cols >= len(panels):  # the lowest panel of its column
+                ax.set_xlabel(data.xlabel)
+                ax.xaxis.set_tick_params(labelbottom=True)
+            if i % cols == 0:
+                ax.set_ylabel(data.ylabel)
+        else:
+            ax.set_xlabel(data.xlabel)
+            ax.set_ylabel(data.ylabel)
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+        handles.update({e.get_label(): e for e in entries})
+    if facet:
+        fig.suptitle(title, fontsize=11, x=0.01, ha="left")
+        curves = {sr.label for panel in panels for sr in panel.series}
+        ordered = sorted(handles.values(), key=lambda h: h.get_label() not in curves)  # curves first
+        fig.legend(handles=ordered, loc="outside right upper", fontsize=9, frameon=False)
+    else:
+        axes[0].set_title(title, fontsize=11, loc="left")
+        axes[0].legend(handles=list(handles.values()), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       fontsize=9, frameon=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.draw_without_rendering()  # the layout, once: the labels are placed in it
+    for w in caught:
+        if "constrained_layout not applied" in str(w.message):
+            raise PlotError(f"--size {width_px}x{height_px} is too small for this picture; try "
+                            "{}x{}".format(*default_size(data, facet)))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    fig.set_layout_engine("none")  # keep that layout: moving labels inside the axes must not change it
+    renderer = fig.canvas.get_renderer()
+    for ax, placed, panel in texts:
+        starts = [t.xyann for t, _ in placed]
+        _declutter(ax, placed, renderer)
+        hung = [t for t, _ in placed if t.xycoords[1] == "axes fraction"]
+        if _headroom(ax, hung, _ymax(panel), renderer):
+            for (t, _), start in zip(placed, starts, strict=True):
+                t.xyann = start
+            _declutter(ax, placed, renderer)
+    return fig
+
+
+def _headroom(ax, tops: Sequence, ymax: float, renderer) -> bool:
+    """Raise the top of the y axis so that the curves (up to ``ymax``) stay below the labels hung
+    from it, giving the labels at most half the height; True if it moved."""
+    if not tops or not math.isfinite(ymax):
+        return False
+    frame = ax.get_window_extent(renderer)
+    lowest = min(t.get_window_extent(renderer).y0 for t in tops) - LABEL_GAP
+    if float(ax.transData.transform((ax.get_xlim()[0], ymax))[1]) <= lowest:
+        return False
+    f = max(0.5, (lowest - frame.y0) / frame.height)  # where the data's top should be, as a fraction
+    lo, _ = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(lo, 10.0 ** (math.log10(lo) + (math.log10(ymax) - math.log10(lo)) / f))
+    else:
+        ax.set_ylim(lo, lo + (ymax - lo) / f)
+    return True
+
+
+def _ymax(data: PlotData) -> float:
+    """The highest value a panel draws (positive, on a log axis)."""
+    ys = np.concatenate([sr.y for sr in ([data.exact] if data.exact is not None else []) + list(data.series)])
+    ys = ys[np.isfinite(ys) & ((ys > 0) if data.yscale == "log" else True)]
+    return float(ys.max()) if ys.size else math.nan
+
+
+def _draw_panel(ax, data: PlotData, numbered: bool) -> tuple[list, list]:
+    """Curves, guides and key points of one panel; returns numbered legend entries and the labels."""
     log = data.yscale == "log"
     if data.exact is not None:
         ax.plot(data.exact.x, _masked(data.exact.y, log), color=EXACT_COLOR, lw=6, alpha=0.5,
@@ -418,46 +674,79 @@ def render_file(data: PlotData, path: str, width_px: int = DEFAULT_SIZE[0], heig
         ax.set_xscale(data.xscale)
     ax.set_yscale(data.yscale)
     ax.set_xlim(*data.xlim)
-    ax.set_xlabel(data.xlabel)
-    ax.set_ylabel(data.ylabel)
     ax.grid(True, which="major", color="#DDDDDD", lw=0.6)
-    chars = max(40, int(width_px / dpi * 72 / 6.5))  # about 6.5 pt a character at 11 pt
-    title = "\n".join([data.title, *_wrap_settings(data.subtitle, chars),
-                       *(w for n in data.notes for w in textwrap.wrap(n, chars))])
-    ax.set_title(title, fontsize=11, loc="left")
-    handles = ax.get_legend_handles_labels()[0] + _draw_markers(ax, data.markers)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    with mpl.rc_context({"svg.hashsalt": "bce-audit"}):  # SVG ids from a fixed salt, not a random one
-        _save(fig, path, fmt_)
+    return _draw_labels(ax, data.labels, numbered)
 
 
-MAX_LABELS = 4  # key points labelled in the plot; more are numbered there and named in the legend
-
-
-def _draw_markers(ax, markers: Sequence[Marker]) -> list:
-    """Vertical lines at the key points, labelled from the top down so no two labels overlap.
-
-    Up to MAX_LABELS the labels are written beside the lines; beyond, the lines carry numbers and
-    the returned legend entries name them.
-    """
+def _draw_labels(ax, labels_: Sequence[Label], numbered: bool) -> tuple[list, list]:
+    """Vertical lines at the key points, labelled at the top (or numbered, the legend naming them);
+    floors and ceilings labelled at the edge, at their level. Returns (legend entries, labels)."""
     from matplotlib.lines import Line2D
 
-    numbered = len(markers) > MAX_LABELS
-    step = min(0.065, 0.9 / max(1, len(markers))) if not numbered else min(0.04, 0.9 / len(markers))
-    entries = []
-    for k, m in enumerate(markers):
-        ax.axvline(m.x, color="#333333", linestyle=(0, (2, 2)), lw=1.0, zorder=2)
-        frac = ax.transAxes.inverted().transform(ax.transData.transform((m.x, ax.get_ylim()[1])))[0]
-        right = frac > 0.62
-        text = str(k + 1) if numbered else m.text
-        ax.annotate(text, xy=(m.x, 0.98 - k * step), xycoords=("data", "axes fraction"),
-                    xytext=(-3 if right else 3, 0), textcoords="offset points",
-                    ha="right" if right else "left", va="top", fontsize=9, color="#222222", zorder=4,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+    entries, placed = [], []
+    box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85}
+    vertical = [lb for lb in labels_ if lb.y is None]
+    for k, lb in enumerate(vertical):
+        ax.axvline(lb.x, color="#333333", linestyle=(0, (2, 2)), lw=1.0, zorder=2)
+        right = _frac(ax, lb.x) > 0.62
+        text = str(k + 1) if numbered else lb.text
+        placed.append((ax.annotate(text, xy=(lb.x, 1.0), xycoords=("data", "axes fraction"),
+                                   xytext=(-3 if right else 3, -3), textcoords="offset points",
+                                   ha="right" if right else "left", va="top", fontsize=9, color="#222222",
+                                   zorder=4, bbox=box, annotation_clip=False), -1))
         if numbered:
             entries.append(Line2D([], [], linestyle="none", marker=f"${k + 1}$", color="#222222",
-                                  markersize=7 + 2 * len(str(k + 1)), label=m.text))
-    return entries
+                                  markersize=7 + 2 * len(str(k + 1)), label=lb.text))
+    # the floor nearest its line first, as they stack: floors upwards from the lowest, ceilings down
+    levels = sorted((lb for lb in labels_ if lb.y is not None),
+                    key=lambda lb: (lb.edge == "right", (lb.y or 0.0) * (1 if lb.edge == "right" else -1)))
+    for lb in levels:
+        for x in lb.xs:
+            ax.axvline(x, color="#999999", linestyle=(0, (1, 3)), lw=0.8, zorder=2)
+        right = lb.edge == "right"  # a floor: written above it, going up; a ceiling: below, going down
+        t = ax.annotate(lb.text, xy=(1.0 if right else 0.0, lb.y), xycoords=("axes fraction", "data"),
+                        xytext=(-3 if right else 3, 2 if right else -2), textcoords="offset points",
+                        ha="right" if right else "left", va="bottom" if right else "top",
+                        fontsize=9, color="#222222", zorder=4, bbox=box, annotation_clip=False)
+        placed.insert(len(placed) - len(vertical), (t, 1 if right else -1))
+    for t, _ in placed:
+        t.set_in_layout(False)
+        t.set_multialignment("left")
+    return entries, placed
+
+
+def _frac(ax, x: float) -> float:
+    return float(ax.transAxes.inverted().transform(ax.transData.transform((x, 1.0)))[0])
+
+
+def _declutter(ax, texts: Sequence, renderer) -> None:
+    """Move each label its way (-1 down, 1 up; the other way if it would leave the axes) past the
+    labels placed before it. ``texts``: (annotation, direction) pairs, placed in that order."""
+    frame = ax.get_window_extent(renderer)
+    scale = 72.0 / ax.figure.dpi  # display pixels to the annotations' offset points
+    done: list = []
+    for t, way in texts:
+        start = t.xyann
+        for direction in (way, -way, way):  # its way; the other; else its way, wherever that ends
+            t.xyann = start
+            for _ in range(4 * len(texts) + 4):
+                bb = t.get_window_extent(renderer)
+                hits = [b for b in done if _overlap(bb, b)]
+                if not hits:
+                    break
+                shift = (min(b.y0 for b in hits) - LABEL_GAP - bb.y1 if direction < 0
+                         else max(b.y1 for b in hits) + LABEL_GAP - bb.y0)
+                t.xyann = (t.xyann[0], t.xyann[1] + shift * scale)
+            bb = t.get_window_extent(renderer)
+            if not any(_overlap(bb, b) for b in done) and frame.y0 <= bb.y0 and bb.y1 <= frame.y1 + 1:
+                break
+        done.append(t.get_window_extent(renderer))
+
+
+def _overlap(a, b) -> bool:
+    """Two display boxes closer than LABEL_GAP (the labels' white boxes reach a little past the text)."""
+    g = LABEL_GAP - 0.5
+    return a.x0 < b.x1 + g and b.x0 < a.x1 + g and a.y0 < b.y1 + g and b.y0 < a.y1 + g
 
 
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
@@ -600,7 +889,7 @@ def render_terminal(data: PlotData, width: int = 80, height: int = TERMINAL_HEIG
     chart = _Chart(
         curves=[(sr.style, _segments(tx(sr.x), y)) for sr, y in zip(drawn, ys, strict=True)],
         guides=[float(v) for v in ty([g.y for g in data.guides]) if ylim[0] <= v <= ylim[1]],
-        markers=[float(v) for v in tx([m.x for m in data.markers])],
+        markers=[float(v) for v in tx([lb.x for lb in data.labels if lb.y is None])],
         xlim=(x0, x1), ylim=ylim,
         yticks=_decade_ticks(*ylim) if ylog else None,
         title=_fit(data.title, width), width=width, height=max(8, height),
@@ -669,6 +958,18 @@ def _plotext5(plt, chart: _Chart, color: bool) -> str:  # pragma: no cover - plo
     return out if color else plt.uncolorize(out)
 
 
+def one_line(text: str) -> str:
+    r"""A label on one line: ``from x:`` and its events joined by semicolons, wrapped lines rejoined.
+
+    >>> one_line("from 16.6:\nsigmoid rounds to 1\nnaive: gradient inf/nan")
+    'from 16.6: sigmoid rounds to 1; naive: gradient inf/nan'
+    """
+    first, *rest = text.split("\n")
+    if first.endswith(":") and rest:
+        return f"{first} {'; '.join(rest)}"
+    return " ".join([first, *(r.strip() for r in rest)])
+
+
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -692,7 +993,9 @@ def _legend(plt, data: PlotData, width: int, color: bool) -> list[str]:
         used += len(text) + (3 if used else 0)
     out += [line] if line else []
     out += _wrap([f"··· {g.text}" for g in data.guides], width)
-    out += _wrap([f"{k} {m.text}" for k, m in enumerate(data.markers, 1)], width)
+    vertical = [lb for lb in data.labels if lb.y is None]
+    out += _wrap([f"{k} {one_line(lb.text)}" for k, lb in enumerate(vertical, 1)], width)
+    out += _wrap([f"— {one_line(lb.text)}" for lb in data.labels if lb.y is not None], width)
     return out + _wrap_settings(data.subtitle, width) + _wrap(list(data.notes), width)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "bce-audit/1"  # 1: the first version; rows, key points, worst, gate results
-# (gate results gained "error" and "status", additions a reader of 1 may ignore)
+# (gate results gained "error" and "status", key points "cause" and "side": additions a
+# reader of 1 may ignore)
 # the built-in formulas, in table order (formulas.py)
 FORMULA_NAMES = ("naive", "keras2-logits", "tf-keras", "keras3", "torch-bce", "logits-stable",
                  "torch-bce-logits", "optax", "sklearn", "keras3-torch", "keras-sigmoid-logits",
@@ -197,6 +198,12 @@ class KeyPoint:
     predicts: str | None  # "x" or "value": which field `predicted` stands beside
     method: str
     backend: str = "numpy"  # "numpy" (the models), or the real framework, e.g. "torch-cpu"
+    cause: str = ""  # why it is here, one line: "sigmoid rounds to 1", "clip at 1-eps" (causes.py)
+    side: str = ""   # "+" or "-": the sign of x, which tells two records of one name apart
+
+    def __post_init__(self) -> None:
+        if not self.side:
+            object.__setattr__(self, "side", "-" if math.copysign(1.0, self.x) < 0 else "+")
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
@@ -313,6 +320,83 @@ class ReproCase:
     def name(self) -> str:
         """``tf_keras`` or ``keras/<backend>``."""
         return "tf_keras" if self.framework == "tf-keras" else f"keras/{self.backend}"
+
+
+@dataclass(frozen=True)
+class Audited:
+    """One measured audit behind a piece of advice: a formula in a dtype, mode and eps, over a
+    logit range. ``max_ulp`` is in ULPs of ``dtype``; ``nonfinite`` counts inf/nan results;
+    ``keypoints``: the formula's key points (the BCE's and its gradient's), wherever they fall."""
+
+    formula: str
+    dtype: str
+    mode: str
+    eps: float | None
+    range: tuple[float, float]
+    points: int
+    max_ulp: float
+    max_bits: float
+    max_rel: float
+    nonfinite: int
+    grad_max_ulp: float | None
+    keypoints: tuple[KeyPoint, ...]
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One fix, verified: the audit run with it applied (``after``) improved the figure.
+
+    ``kind``: "logits" (the with-logits rewrite), "eps" (a safe or best clip epsilon),
+    "precision" (compute the loss in a wider dtype) or "builtin" (for user code: the best
+    built-in formula). ``figure``: what improved, "max_ulp" (same dtype) or "max_rel";
+    ``moves``: the key points that moved, vanished or appeared (``status`` "moved", "gone" or
+    "new"; ``name``, ``label``, x and value before and after, and each as a line); ``gate``: with a
+    gate check, its verdict with the fix applied ("PASS"/"FAIL"), else "".
+    """
+
+    kind: str
+    title: str
+    call: str
+    snippet: str
+    after: Audited
+    figure: str
+    moves: tuple[dict, ...] = ()
+    gate: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What goes wrong with one (formula, dtype, mode, eps) over a range, and the fixes, best first.
+
+    ``ok``: nothing to fix (the worst error is within ``tolerance`` ULP, no inf/nan and no key
+    point that spoils the range); ``problems``: one line each; ``safe_eps``: for clipping
+    formulas, the smallest eps whose clip bounds survive the dtype and mode, and the eps that
+    minimises the worst error (None: the formula does not clip); ``check``: the gate check
+    advised, if any.
+    """
+
+    before: Audited
+    label: str
+    tolerance: float
+    ok: bool
+    problems: tuple[str, ...]
+    fixes: tuple[Fix, ...]
+    safe_eps: dict | None = None
+    check: str = ""
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
+        return clean(asdict(self))
 
 
 # ---------------------------------------------------------------- the codec

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -23,8 +23,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bce_audit import __version__
-from bce_audit.dtypes import DtypeInfo
+from bce_audit import __version__, verdict
+from bce_audit.dtypes import DtypeInfo, shortest
+from bce_audit.dtypes import digits as _digits
 from bce_audit.dtypes import get as get_dtype
 from bce_audit.records import (
     SCHEMA,
@@ -40,13 +41,6 @@ from bce_audit.records import (
 
 # Schema history: bce-audit/1 (0.1.0): settings, keypoints, rows, worst.
 
-SHORT = {
-    "naive": "naive", "keras2-logits": "keras2", "tf-keras": "tf-keras", "keras3": "keras3",
-    "torch-bce": "torch", "logits-stable": "stable", "torch-bce-logits": "torch-l", "optax": "optax",
-    "keras3-torch": "keras3-t", "keras-sigmoid-logits": "keras-sl", "keras3-numpy": "keras3-np",
-    "float8_e4m3fn": "e4m3fn", "float8_e5m2": "e5m2", "float16": "f16", "bfloat16": "bf16",
-    "float32": "f32", "float64": "f64", "longdouble": "ldouble",
-}
 CLASSES = (  # (name, style, marker); thresholds in ULPs of the audited dtype
     ("exact", "green", ""),        # correctly rounded: at most 0.5 ULP
     ("few-ulp", "", ""),           # within 4 ULP
@@ -131,36 +125,81 @@ def _value(k: KeyPoint) -> Text:
     return Text(fmt(k.value, 5), style="bold red" if not math.isfinite(k.value) else "")
 
 
-def keypoint_tables(kps: Sequence[KeyPoint]) -> list[Table]:
-    """Per dtype and mode: the round trip's key points, then each formula's; measured beside predicted."""
-    tables = []
+KEYPOINT_LEGEND = (  # under 80 columns
+    "key point: roundtrip_overflow / _underflow: the first x (+ / -) whose round",
+    "  trip is not finite; roundtrip_rel_err_onset: the first x >= 1 whose relative",
+    "  error reaches the threshold; roundtrip_small_x_limit: the largest x < 1 where",
+    "  it still does; threshold: that relative error; x: a value of the dtype",
+    "value: the round trip at x (for the error points, its relative error there)",
+    "predicted: the x derived from eps alone (overflow: -ln(eps/2)); -: none",
+    "cause: what the arithmetic does at x",
+)
+BCE_KEYPOINT_LEGEND = (  # under 80 columns
+    "key point: bce_floor / bce_ceiling: the loss stops falling / rising and holds",
+    "  value from x to the end of the range; bce_zero: exactly 0 from x;",
+    "  bce_nonfinite: the first x out from 0 where it is inf or nan; grad_*: the",
+    "  same for the gradient dBCE/dx; formula: as FORMULAS.md names it",
+    "y: the label (pair: the mean over (-a, 0) and (a, 1)); x: a value of the dtype",
+    "value: the loss (or gradient) at x; predicted: the clipped formula's limit in",
+    "  exact arithmetic (beside value), or, as 'x ...', the x from which even a",
+    "  correctly rounded loss is 0; cause: what the arithmetic does at x",
+)
+
+
+def _cause_legend(lines: Sequence[str], why: bool) -> Sequence[str]:
+    """A key-point legend, its cause column said to be the JSON's where the table has none."""
+    if why:
+        return lines
+    return [*lines[:-1], lines[-1].replace("cause: what the arithmetic does at x",
+                                           "causes: in the verdict and the JSON")]
+
+
+def _legend(lines: Sequence[str]) -> Text:
+    return Text("\n".join(lines) + "\n", style="dim")
+
+
+CAUSE_WIDTH = 100  # the detail tables carry the cause from this many columns (the verdict always)
+
+
+def keypoint_tables(kps: Sequence[KeyPoint], width: int = 100) -> list[RenderableType]:
+    """Per dtype and mode: the round trip's key points, then each formula's; measured beside
+    predicted, with each one's cause where ``width`` leaves room; a legend under each table."""
+    why = width >= CAUSE_WIDTH
+    tables: list[RenderableType] = []
     for (dtype, mode), group in _group(kps, lambda k: (k.dtype, k.mode)):
         rts = _group([k for k in group if k.name.startswith("roundtrip")], lambda k: k.formula)
         backend = "" if group[0].backend == "numpy" else f", {group[0].backend}"
         for via, rt in rts:
             t = _table(f"Round-trip key points: {dtype}, {mode}{backend}" + (f", {via}" if via else ""))
             t.add_column("key point", no_wrap=True)
-            for name in ("rel err", "x", "value", "predicted"):
+            for name in ("threshold", "x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
+            if why:
+                t.add_column("cause", overflow="fold")
             for k in rt:
                 thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
-                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k))
-            tables.append(t)
+                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k), *([k.cause] if why else []))
+            tables += [t, _legend(_cause_legend(KEYPOINT_LEGEND, why))]
         bce = [k for k in group if not k.name.startswith("roundtrip")]
         if bce:
             eps_set = {k.eps for k in bce if k.eps is not None}
             one_eps = len(eps_set) <= 1  # then it goes in the title, not in a column
             title = f"BCE key points: {dtype}, {mode}{backend}" + (
                 f", eps {fmt(min(eps_set), 3)}" if eps_set and one_eps else "")
-            t = _table(title + " (y: label)")
-            for name in ("key point", "formula", "y") + (() if one_eps else ("eps",)):
+            t = _table(title)
+            t.add_column("key point", no_wrap=True)
+            t.add_column("formula", overflow="fold")  # at 80 columns a long name folds, no number
+            for name in ("y",) + (() if one_eps else ("eps",)):
                 t.add_column(name, no_wrap=True)
             for name in ("x", "value", "predicted"):
                 t.add_column(name, justify="right", no_wrap=True)
+            if why:
+                t.add_column("cause", overflow="fold")
             for k in bce:
                 eps_cell = () if one_eps else (_eps(k.eps),)
-                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k))
-            tables.append(t)
+                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k),
+                          *([k.cause] if why else []))
+            tables += [t, _legend(_cause_legend(BCE_KEYPOINT_LEGEND, why))]
     return tables
 
 
@@ -171,29 +210,50 @@ def _group(items: Iterable, key) -> list[tuple]:
     return list(out.items())
 
 
-def chunks(items: list, width: int, fixed: int, each: int) -> list[list]:
-    """Split columns into as few even groups as fit ``width`` (``fixed`` chars of other columns)."""
-    per = max(1, (width - fixed) // each)
-    n = -(-len(items) // per) if items else 1
-    size = -(-len(items) // n) if items else 0
-    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+def fitting(items: list, widths: Sequence[int], width: int, fixed: int) -> list[list]:
+    """Split columns (each ``widths[i]`` characters wide) into as few even groups as fit
+    ``width`` beside ``fixed`` characters of other columns."""
+    if not items:
+        return [[]]
+    for n in range(1, len(items) + 1):
+        size = -(-len(items) // n)
+        parts = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        if all(fixed + sum(widths[i] for i in p) <= width for p in parts):
+            return [[items[i] for i in p] for p in parts]
+    return [[it] for it in items]
 
 
-def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[Table]:
+SAMPLE_LEGEND = (  # under 80 columns
+    "x: the grid's logit; x in dtype: as the dtype holds it; sigmoid: the dtype's",
+    "exact: mpmath's sigmoid at x in dtype; round trip: logit(sigmoid(x)), in dtype",
+    "rel err: |round trip - x| / |x|; ULP: the round trip's error, in ULPs",
+)
+BCE_SAMPLE_LEGEND = (  # under 80 columns
+    "x: the grid's logit; exact: mpmath's value at x in the dtype; each formula:",
+    "  its result in the dtype (green: correctly rounded; *: more than 4 ULP off;",
+    "  red: inf or nan)",
+)
+BITS_LEGEND = (  # under 80 columns
+    "x, exact: as above; each formula: its bits of error, log2(1 + ULPs) (0.0:",
+    "  exact; the dtype's precision, e.g. 24 for float32: no correct bit)",
+)
+
+
+def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list[RenderableType]:
     """Sampled rows: the round trip, then each label's BCE under every formula."""
-    tables = []
+    tables: list[RenderableType] = []
     for (dtype, mode), group in _group(rows, lambda r: (r.dtype, r.mode)):
         sig = [r for r in group if r.quantity == "sigmoid" and r.formula is None]
         rt = [r for r in group if r.quantity == "roundtrip" and r.formula is None]
         idx = sample_indices(len(sig), show)
         t = _table(f"Sampled: sigmoid and round trip, {dtype}, {mode}")
-        for name in ("x", f"x in {SHORT[dtype]}", "sigmoid", "exact", "logit(sig)", "rel err", "ULP"):
+        for name in ("x", "x in dtype", "sigmoid", "exact", "round trip", "rel err", "ULP"):
             t.add_column(name, justify="right", no_wrap=True)
         for i in idx:
             s, r = sig[i], rt[i]
             t.add_row(fmt(s.x, 6), fmt_x(s.x_dtype), cell(s.value, s.ulp_err, 8), fmt(s.exact, 8),
                       cell(r.value, r.ulp_err, 8), fmt(r.rel_err, 3), fmt(r.ulp_err, 3))
-        tables.append(t)
+        tables += [t, _legend(SAMPLE_LEGEND)]
         for quantity, noun in (("bce", "BCE"), ("grad", "gradient dBCE/dx")):
             tables += _formula_tables([r for r in group if r.quantity == quantity], noun, dtype, mode,
                                       idx, width)
@@ -201,9 +261,9 @@ def sample_tables(rows: Sequence[Row], show: int = 11, width: int = 100) -> list
 
 
 def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list[int], width: int
-                    ) -> list[Table]:
+                    ) -> list[RenderableType]:
     """Per label (and eps): the formulas' values side by side, then their bits of error."""
-    tables = []
+    tables: list[RenderableType] = []
     labels = list(dict.fromkeys(r.label for r in rows))
     eps_values: list[float | None] = list(dict.fromkeys(r.eps for r in rows if r.eps is not None)) or [None]
     for label in labels:
@@ -211,10 +271,12 @@ def _formula_tables(rows: list[Row], noun: str, dtype: str, mode: str, idx: list
             cols = [r for r in rows if r.label == label and (r.eps is None or r.eps == eps)]
             by_formula = _group(cols, lambda r: r.formula)
             what = f"label {label}, {dtype}, {mode}" + (f", eps {fmt(eps, 3)}" if eps is not None else "")
-            for part in chunks(by_formula, width, 15, 10):
-                tables.append(_bce_table(f"Sampled: {noun}, {what}", part, idx, errors=False))
-            for part in chunks(by_formula, width, 15, 9):
-                tables.append(_bce_table(f"Bits of error: {noun}, {what}", part, idx, errors=True))
+            for errors, each, legend in ((False, 10, BCE_SAMPLE_LEGEND), (True, 6, BITS_LEGEND)):
+                widths = [max(each, len(str(f))) + 2 for f, _ in by_formula]
+                for part in fitting(by_formula, widths, width, 17):
+                    kind = "Bits of error" if errors else "Sampled"
+                    tables.append(_bce_table(f"{kind}: {noun}, {what}", part, idx, errors=errors))
+                tables.append(_legend(legend))
     return tables
 
 
@@ -224,7 +286,7 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     t.add_column("x", justify="right", no_wrap=True)
     t.add_column("exact", justify="right", no_wrap=True)
     for f, _ in by_formula:
-        t.add_column(SHORT.get(f, f), justify="right", no_wrap=True)
+        t.add_column(f, justify="right", no_wrap=True)
     for i in idx:
         first = by_formula[0][1][i]
         if errors:
@@ -235,30 +297,46 @@ def _bce_table(title: str, by_formula: list, idx: list[int], errors: bool) -> Ta
     return t
 
 
-def worst_tables(worst: Sequence[Worst]) -> list[Table]:
-    """The largest error per formula over the grid; then, for clipped formulas, whose fault it is."""
-    t = _table("Worst error over the grid")
-    for name in ("dtype", "audited", "label", "eps"):
-        t.add_column(name, no_wrap=True)
+WORST_DETAIL_LEGEND = (  # under 80 columns
+    "audited: the formula, or the sigmoid and round trip; label: y; eps: the clip's",
+    "max ULP, bits, max rel: the largest error on the grid, in ULPs of the dtype,",
+    "  as log2(1 + ULP), and relative; at x: where; inf/nan: non-finite points",
+)
+CLIP_LEGEND = (  # under 80 columns
+    "clip rel: the clipped formula in exact arithmetic against the exact BCE",
+    "  (clipping's share); round ULP: the computed value against that clipped",
+    "  value, in ULPs (rounding's share); error from: the larger share, or",
+    "  neither (no clip, and within 4 ULP)",
+)
+
+
+def worst_tables(worst: Sequence[Worst]) -> list[RenderableType]:
+    """The largest error per formula over the grid; then, for clipped formulas, whose fault it is.
+    One dtype: named in the titles, not in a column."""
+    one = len({w.dtype for w in worst}) == 1
+    of = f": {worst[0].dtype}" if one and worst else ""
+    lead = () if one else ("dtype",)
+    t = _table(f"Worst error over the grid{of}")
+    for name in (*lead, "audited", "label", "eps"):
+        t.add_column(name, no_wrap=name != "audited", overflow="fold")
     for name in ("max ULP", "bits", "max rel", "at x", "inf/nan"):
         t.add_column(name, justify="right", no_wrap=True)
     for w in worst:
-        t.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
+        t.add_row(*(() if one else (w.dtype,)), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
                   cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.max_rel, 3), fmt(w.x, 6),
                   Text(f"{w.nonfinite}/{w.points}", style="bold red" if w.nonfinite else ""))
-    tables = [t]
+    tables: list[RenderableType] = [t, _legend(WORST_DETAIL_LEGEND)]
     clipped = [w for w in worst if w.max_clip_rel is not None]
     if clipped:
-        c = _table("Clipping or rounding? (clip rel: clipped formula in exact arithmetic vs exact BCE; "
-                   "round ULP: computed vs that clipped-exact value)")
-        for name in ("dtype", "audited", "label", "eps"):
-            c.add_column(name, no_wrap=True)
-        for name in ("clip rel", "round ULP", "bites"):
+        c = _table(f"Clipping or rounding?{of}")
+        for name in (*lead, "audited", "label", "eps"):
+            c.add_column(name, no_wrap=name != "audited", overflow="fold")
+        for name in ("clip rel", "round ULP", "error from"):
             c.add_column(name, justify="right", no_wrap=True)
         for w in clipped:
-            c.add_row(SHORT.get(w.dtype, w.dtype), _what(w.quantity, w.formula), _label(w.label), _eps(w.eps),
-                      fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
-        tables.append(c)
+            c.add_row(*(() if one else (w.dtype,)), _what(w.quantity, w.formula), _label(w.label),
+                      _eps(w.eps), fmt(w.max_clip_rel, 3), fmt(w.max_round_ulp, 3), _bites(w))
+        tables += [c, _legend(CLIP_LEGEND)]
     return tables
 
 
@@ -274,10 +352,168 @@ def dtype_eps(name: str) -> float:
     return get_dtype(name).eps
 
 
-def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
-    """The table view of a sweep: key points first, then sampled rows and worst errors."""
+# ---------------------------------------------------------------- the verdict
+
+
+_BREAKS = {"bce_floor": "floor", "bce_ceiling": "ceiling"}
+VERDICT_LEGEND = (  # under 80 columns
+    "y: the label (-: none); from x: the first value of the dtype from which it holds",
+    "breaks: the first failure out from x = 0 on that side: floor / ceiling (the loss",
+    "  stops falling / rising there), loss 0, inf or nan; round trip: logit(sigmoid)",
+    "cause: what the arithmetic does at that x; formula: as FORMULAS.md names them",
+)
+
+
+def _breaks(f: verdict.Finding) -> str:
+    """What a finding says breaks, in a few words."""
+    if f.name == "roundtrip_rel_err_onset":
+        return f"{fmt((f.threshold or 0) * 100, 3)}% rel error"
+    if f.name in ("roundtrip_overflow", "roundtrip_underflow"):
+        return fmt(f.value)
+    if f.name in _BREAKS:
+        return f"{_BREAKS[f.name]} {fmt(f.value)}"
+    noun = "gradient" if f.name.startswith("grad") else "loss"
+    return f"{noun} {fmt(f.value)}"
+
+
+def verdict_tables(found: Sequence[verdict.Finding]) -> list[Table]:
+    """One table per dtype and mode: the round trip, then each formula family's first breaks."""
+    tables = []
+    for (dtype, mode, backend), group in _group(found, lambda f: (f.dtype, f.mode, f.backend)):
+        eps_set = {f.eps for f in group if f.eps is not None}
+        title = f"Verdict: {dtype}, {mode}" + ("" if backend == "numpy" else f", {backend}") + (
+            f", eps {fmt(min(eps_set), 3)}" if len(eps_set) == 1 else "") + ": where it breaks, and why"
+        tables.append(_verdict_table(title, group, len(eps_set) > 1, by_dtype=False))
+    return tables
+
+
+def _what_breaks(f: verdict.Finding, many_eps: bool) -> str:
+    what = ", ".join(f.what) if f.what else "round trip"
+    if f.what and f.name.startswith("roundtrip"):
+        what = f"round trip, {what}"
+    if many_eps and f.eps is not None:
+        what += f" (eps {fmt(f.eps, 3)})"
+    return what
+
+
+def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool, by_dtype: bool) -> Table:
+    t = _table(title)
+    if by_dtype:
+        t.add_column("dtype", no_wrap=True)
+    t.add_column("formula", max_width=20, overflow="fold")
+    t.add_column("y", no_wrap=True)
+    t.add_column("breaks", no_wrap=True)
+    t.add_column("from x", justify="right", no_wrap=True)
+    t.add_column("cause")
+    names = _family_names(group, many_eps)
+    last: tuple = ()
+    for f, name in zip(group, names, strict=True):
+        where = (f.dtype, f.mode, f.backend)
+        lead = ([_dtype_mode(f) if where != last else ""] if by_dtype else [])
+        style = "bold red" if not math.isfinite(f.value) else ""
+        t.add_row(*lead, name, _label(f.label), Text(_breaks(f), style=style), fmt_x(f.x), f.cause)
+        last = where
+    return t
+
+
+def _family_names(group: Sequence[verdict.Finding], many_eps: bool) -> list[str]:
+    """The formula column of each row: a family's members one a row down its rows (the last
+    row takes the rest), blank below them."""
+    out: list[str] = []
+    runs: list[tuple[tuple, int]] = []
+    for f in group:
+        key = (f.dtype, f.mode, f.backend, f.what, f.eps)
+        if runs and runs[-1][0] == key:
+            runs[-1] = (key, runs[-1][1] + 1)
+        else:
+            runs.append((key, 1))
+    i = 0
+    for _, n in runs:
+        f = group[i]
+        members = [_what_breaks(replace(f, what=(m,)), many_eps) for m in f.what] or \
+            [_what_breaks(f, many_eps)]
+        if f.what and f.name.startswith("roundtrip"):
+            members = [_what_breaks(f, many_eps)]
+        lines = [*members[:n - 1], ", ".join(members[n - 1:])] if len(members) > n else members
+        lines = [m + ("," if k < len(lines) - 1 else "") for k, m in enumerate(lines)]
+        out += lines + [""] * (n - len(lines))
+        i += n
+    return out
+
+
+def _dtype_mode(f: verdict.Finding) -> str:
+    return f.dtype if f.backend == "numpy" else f"{f.dtype} ({f.backend})"
+
+
+def verdict_view(kps: Sequence[KeyPoint], detail: bool = False) -> list[RenderableType]:
+    """The verdict: for one dtype (and mode), each formula family's breaks; for several, three
+    rows a dtype, and each one's families with ``detail``. With the legend; [] without key points."""
+    found = verdict.findings(kps)
+    if not found:
+        return []
+    legend = Text("\n".join(VERDICT_LEGEND) + "\n", style="dim")
+    one = len({(f.dtype, f.mode, f.backend) for f in found}) == 1
+    if one:
+        return [*verdict_tables(found), legend]
+    head = verdict_overview(found)
+    return [head, *(verdict_tables(found) if detail else []), legend]
+
+
+def verdict_overview(found: Sequence[verdict.Finding]) -> Table:
+    """Every dtype in three rows: the round trip's overflow and 1% onset, and the first loss to
+    break."""
+    top = verdict.overview(found)
+    modes = ", ".join(dict.fromkeys(f.mode for f in top))
+    return _verdict_table(f"Verdict ({modes}): where each dtype breaks first, and why", top,
+                          len({f.eps for f in top if f.eps is not None}) > 1, by_dtype=True)
+
+
+WORST_LEGEND = (  # under 80 columns
+    "worst ULP: largest error on the grid in ULPs of the dtype (*: over 4), at x, y;",
+    "bits: log2(1 + ULP); inf/nan: non-finite points; error from: clipping, rounding",
+)
+
+
+
+
+def _summary_name(w: Worst) -> str:
+    return "round trip" if w.quantity == "roundtrip" and w.formula is None else _what(w.quantity, w.formula)
+
+
+def worst_summary(worst: Sequence[Worst]) -> list[RenderableType]:
+    """The worst error of each formula on the grid, over its labels: one row each, per dtype."""
+    out: list[RenderableType] = []
+    for (dtype, mode), group in _group(worst, lambda w: (w.dtype, w.mode)):
+        t = _table(f"Worst error on the grid: {dtype}, {mode}")
+        t.add_column("computed", no_wrap=True)
+        for name in ("worst ULP", "bits", "at x", "y", "inf/nan"):
+            t.add_column(name, justify="right", no_wrap=True)
+        t.add_column("error from", no_wrap=True)
+        for (what, eps), ws in _group(group, lambda w: (_summary_name(w), w.eps)):
+            w = max(ws, key=lambda w: (w.max_ulp if not math.isnan(w.max_ulp) else math.inf))
+            bad = sum(v.nonfinite for v in ws)
+            t.add_row(what + (f" (eps {fmt(eps, 3)})" if eps is not None and len({v.eps for v in group
+                                                                                     if v.eps}) > 1 else ""),
+                      cell(w.max_ulp, w.max_ulp, 3), fmt(w.max_bits, 3), fmt(w.x, 6), _label(w.label),
+                      Text(f"{bad}/{sum(v.points for v in ws)}", style="bold red" if bad else ""),
+                      _bites(w) if w.max_clip_rel is not None else "")
+        out.append(t)
+    return [*out, Text("\n".join(WORST_LEGEND), style="dim")] if out else []
+
+
+DETAIL_HINT = "--detail (-v): every key point, the sampled grid and the worst errors"
+
+
+def sweep_view(result: SweepResult, show: int = 11, width: int = 100, detail: bool = False) -> Group:
+    """The table view of a sweep: the verdict; with ``detail``, then every key point, the
+    sampled rows and worst errors."""
     parts: list[RenderableType] = [Text(f"note: {n}", style="yellow") for n in result.notes]
-    parts += keypoint_tables(result.keypoints)
+    parts += verdict_view(result.keypoints, detail)
+    if not detail:
+        parts += worst_summary(result.worst)
+        parts.append(Text(DETAIL_HINT if result.rows else "--detail (-v): every key point", style="dim"))
+        return Group(*parts)
+    parts += keypoint_tables(result.keypoints, width)
     if result.rows:
         parts += sample_tables(result.rows, show, width)
         parts += worst_tables(result.worst)
@@ -285,48 +521,120 @@ def sweep_view(result: SweepResult, show: int = 11, width: int = 100) -> Group:
     return Group(*parts)
 
 
+DTYPES_LEGEND = (  # under 80 columns
+    "bits: storage width; mant: explicit fraction bits (precision is one more)",
+    "eps: the gap between 1 and the next value; tiny: the smallest normal value",
+    "max: the largest finite value; rt overflow: the x from which the round trip",
+    "  logit(sigmoid(x)) is predicted to overflow, -ln(eps/2) (--mode decides)",
+)
+
+
+def dtypes_view(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Group:
+    """`bce-audit dtypes`: the table and its legend."""
+    return Group(dtypes_table(infos, overflow), _legend(DTYPES_LEGEND))
+
+
 def dtypes_table(infos: Sequence[DtypeInfo], overflow: dict[str, float]) -> Table:
     t = _table("Dtypes")
     t.add_column("dtype", no_wrap=True)
     for name in ("bits", "mant", "eps", "tiny", "max", "rt overflow"):
         t.add_column(name, justify="right", no_wrap=True)
-    t.add_column("what it is")
+    t.add_column("what it is", overflow="fold")
     for i in infos:
         t.add_row(i.name, str(i.bits), str(i.nmant), fmt(i.eps, 4), _fmt_exact(i.tiny),
                   _fmt_exact(i.max), fmt(overflow[i.name], 6), i.description)
     return t
 
 
+def exact_text(e: float, cells: Sequence[tuple[float, str]]) -> str:
+    """The exact value with the digits that keep it apart from every cell that differs from it
+    (``cells``: each value and its text): nearer the exact value than halfway to any cell, 4
+    digits at least. So no starred cell prints equal to the exact one, and 0.99999993 never
+    reads as 1 beside a cell of 0.9999999."""
+    if not math.isfinite(e) or e == 0:
+        return fmt(e)
+    shown = [float(t) for v, t in cells if float(v) != e and math.isfinite(float(v))]
+    for d in range(4, 18):
+        t = float(text := _digits(e, d))
+        if all(2 * abs(t - e) < abs(c - e) for c in shown):
+            return text
+    return repr(e)
+
+
+def ulp_text(ulp: float, value: float) -> str:
+    """A cell's error in ULPs of its dtype, short: 0, 0.5, 3, 2.2e5; '-' where not finite."""
+    return "-" if not math.isfinite(value) or math.isnan(ulp) else fmt(ulp, 2)
+
+
+CHECK_LEGEND = (  # under 80 columns
+    "exact: mpmath at x as given (x in dtype: the input each dtype really sees),",
+    "with the digits that tell it from every cell; each cell: the dtype's result in",
+    "its shortest repr, and ULP: its error in ULPs of its dtype against the exact",
+    "value at its own input; green: correctly rounded; *: over 4 ULP; red: inf/nan",
+)
+
+
 def check_tables(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> list[Table]:
-    """`check`: for each logit, every dtype side by side with the exact value at that logit.
+    """`check`: for each logit, every dtype side by side with the exact value at that logit,
+    as many dtypes a table as fit ``width`` (measured on the texts themselves).
 
     Each dtype's cell is classed against the exact value at *its* rounded input.
     """
     tables = []
     for x, group in _group(rows, lambda r: r.x):
-        for dts in chunks(list(dict.fromkeys(r.dtype for r in group)), width, 28, 11):
-            tables.append(_check_table(x, group, dts, exact))
+        dts = list(dict.fromkeys(r.dtype for r in group))
+        body = _check_body(x, group, exact)
+        fixed = 2 + sum(max(len(line[k]) for line in body) + 2 for k in (0, 1))
+        wide = {d: max(len(d), *(len(line[2][d][0]) for line in body if d in line[2])) + 2
+                + max(3, *(len(line[2][d][2]) for line in body if d in line[2])) + 2 for d in dts}
+        parts: list[list[str]] = [[]]
+        for d in dts:
+            if parts[-1] and fixed + sum(wide[p] for p in parts[-1]) + wide[d] > width:
+                parts.append([])
+            parts[-1].append(d)
+        tables += [_check_table(x, body, part) for part in parts]
     return tables
 
 
-def _check_table(x: float, group: list[Row], dts: list[str], exact: dict) -> Table:
-    t = _table(f"x = {fmt_x(x)}")
-    t.add_column("quantity", no_wrap=True)
-    t.add_column("exact", justify="right", no_wrap=True)
-    for d in dts:
-        t.add_column(SHORT.get(d, d), justify="right", no_wrap=True)
+def _check_body(x: float, group: list[Row], exact: dict) -> list[tuple[str, str, dict]]:
+    """The rows of a logit's tables: name, exact text, and per dtype (text, style, ULP text)."""
+    first = {r.dtype: r for r in reversed(group)}
+    body = [("x in dtype", repr(float(x)), {d: (shortest(r.x_dtype, d), "", "") for d, r in first.items()})]
     keys = list(dict.fromkeys((r.quantity, r.formula, r.eps, str(r.label)) for r in group))
-    t.add_row("x in dtype", fmt_x(x), *(fmt_x(_first(group, d).x_dtype) for d in dts))
     for key in keys:
         q, f, eps, label = key
         cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
-        if q in ("bce", "grad"):
-            assert f is not None  # BCE and gradient rows name their formula
-            name = _check_name(("grad " if q == "grad" else "") + SHORT.get(f, f), label)
-        else:
-            name = _what(q, f)
-        t.add_row(name, fmt(exact[(x, q, f, eps, _unlabel(label))], 4),
-                  *(cell(cells[d].value, cells[d].ulp_err, 4) if d in cells else "-" for d in dts))
+        texts = {d: shortest(r.value, d) for d, r in cells.items()}
+        e = exact[(x, q, f, eps, _unlabel(label))]
+        out = {}
+        for d, r in cells.items():
+            _, style, marker = CLASSES[error_class(r.ulp_err, r.value)]
+            out[d] = (texts[d] + marker, style, ulp_text(r.ulp_err, r.value))
+        body.append((_check_row_name(next(iter(cells.values()))),
+                     exact_text(e, [(cells[d].value, texts[d]) for d in cells]), out))
+    return body
+
+
+def _check_row_name(r: Row) -> str:
+    if r.quantity in ("bce", "grad"):
+        assert r.formula is not None  # BCE and gradient rows name their formula
+        return _check_name(("grad " if r.quantity == "grad" else "") + r.formula, str(r.label))
+    return _what(r.quantity, r.formula)
+
+
+def _check_table(x: float, body: list[tuple[str, str, dict]], dts: list[str]) -> Table:
+    t = _table(f"x = {fmt_x(x)}")
+    t.add_column("quantity", overflow="fold")  # wraps at its label before any number is cut
+    t.add_column("exact", justify="right", no_wrap=True)
+    for d in dts:
+        t.add_column(d, justify="right", no_wrap=True)
+        t.add_column("ULP", justify="right", no_wrap=True)
+    for name, exact_cell, cells in body:
+        row: list[RenderableType] = [name, exact_cell]
+        for d in dts:
+            text, style, ulp = cells.get(d, ("-", "", ""))
+            row += [Text(text, style=style), Text(ulp, style="dim")]
+        t.add_row(*row)
     return t
 
 
@@ -350,8 +658,11 @@ def _check_name(formula: str, label: str) -> str:
     return f"{formula} pair" if label == "pair" else f"{formula} y={label}"
 
 
-def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100) -> Group:
-    return Group(*check_tables(rows, exact, width), Text(LEGEND, style="dim"))
+def check_view(rows: Sequence[Row], exact: dict[tuple, float], width: int = 100,
+               kps: Sequence[KeyPoint] = (), detail: bool = False) -> Group:
+    """`check`: the verdict of the dtypes, then the logits' tables."""
+    return Group(*verdict_view(kps, detail), *check_tables(rows, exact, width),
+                 Text("\n".join(CHECK_LEGEND), style="dim"))
 
 
 def width_for(path: str | None) -> int:
@@ -369,12 +680,17 @@ def check_markdown(rows: Sequence[Row], exact: dict[tuple, float]) -> str:
         for key in keys:
             cells = {r.dtype: r for r in group if (r.quantity, r.formula, r.eps, str(r.label)) == key}
             q, f, _, label = key
-            name = _check_name(f, label) if q == "bce" else (
-                _check_name("grad " + f, label) if q == "grad" else _what(q, f))
-            body.append([name, fmt(exact[(x, q, f, key[2], _unlabel(label))], 4),
-                         *(fmt(cells[d].value, 4) if d in cells else "-" for d in dts)])
+            texts = {d: shortest(r.value, d) for d, r in cells.items()}
+            e = exact[(x, q, f, key[2], _unlabel(label))]
+            body.append([_check_row_name(next(iter(cells.values()))),
+                         exact_text(e, [(cells[d].value, texts[d]) for d in cells]),
+                         *(texts[d] + CLASSES[error_class(cells[d].ulp_err, cells[d].value)][2]
+                           + f" ({ulp_text(cells[d].ulp_err, cells[d].value)} ULP)"
+                           if d in cells else "-" for d in dts)])
         out += [f"### x = {fmt_x(x)}", "", *_md_table(["quantity", "exact", *dts], body), ""]
-    return "\n".join(out)
+    out.append("Each cell: the dtype's result (its shortest repr) and its error in ULPs of the dtype; "
+               "`*`: more than 4 ULP.")
+    return "\n".join(out) + "\n"
 
 
 def exact_number(q: Fraction) -> float | str:
@@ -506,10 +822,10 @@ def to_markdown(result: SweepResult) -> str:
     notes = list(result.notes)
     out += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     out += _md_table(
-        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted"],
+        ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted", "cause"],
         ([k.dtype, k.name, k.formula or "round trip", _label(k.label),
           fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_x(k.x),
-          fmt(k.value, 5), _pred(k)] for k in result.keypoints),
+          fmt(k.value, 5), _pred(k), k.cause] for k in result.keypoints),
     )
     if result.worst:
         out += ["", "### Worst error over the grid", ""]
@@ -699,7 +1015,7 @@ def fidelity_tables(diffs, pairs, backend_label: str) -> list[Table]:
         t.add_column(name, justify="right", no_wrap=True)
     for d in diffs:
         style = "" if d.differ == 0 else ("yellow" if d.worst_ulp <= 4 else "bold red")
-        t.add_row(SHORT.get(d.dtype, d.dtype), d.quantity, _label(d.label),
+        t.add_row(d.dtype, d.quantity, _label(d.label),
                   Text(str(d.differ), style=style), str(d.inputs), fmt(d.worst_ulp, 3), fmt_x(d.first_x),
                   fmt_x(d.worst_x))
     tables = [t]

@@ -277,17 +277,36 @@ def test_sweep_json_golden():
     assert {r["formula"] for r in doc["rows"] if r["quantity"] == "bce"} == {"keras3", "logits-stable"}
 
 
-def test_sweep_table_default():
-    out = ok("sweep", "--dtype", "float32")
+def test_sweep_table_detail():
+    """--detail (-v): after the verdict, every table the default used to print."""
+    out = ok("sweep", "--dtype", "float32", "--detail")
+    assert out.index("Verdict: float32") < out.index("Round-trip key points: float32, native")
     assert "roundtrip_overflow" in out
-    assert "Round-trip key points: float32, native" in out
     assert "Worst error over the grid" in out
-    too_long = [line for line in strip_lines(out) if len(line) > WIDTH]
-    assert not too_long, too_long
+    assert_fits(out)
+    assert ok("sweep", "--dtype", "float32", "-v") == out
 
 
 def test_sweep_table_default_is_not_truncated():
     assert_fits(ok("sweep", "--dtype", "float32"))
+
+
+def test_issue_12_sweep_default_is_a_verdict_on_one_screen(monkeypatch):
+    """`sweep --dtype float32` answers where float32 breaks, and why, first and in under 60
+    lines at 100 columns; it fits 80 columns too (rich wraps the causes)."""
+    out = ok("sweep", "--dtype", "float32")
+    lines = strip_lines(out)
+    assert len(lines) < 60, len(lines)
+    assert lines[0].startswith("Verdict: float32, native, eps 1e-7")
+    for needle in ("sigmoid rounds to 1", "clip at 1-eps", "keras2-logits", "torch-bce-logits",
+                   "Worst error on the grid", "--detail"):
+        assert needle in out, needle
+    assert "Round-trip key points" not in out and "Sampled" not in out
+    golden_text("sweep_default.txt", out)
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = ok("sweep", "--dtype", "float32")
+    assert_fits(narrow, 80)
+    assert strip_lines(narrow)[0].startswith("Verdict: float32")
 
 
 def test_sweep_csv_has_row_fields():
@@ -327,9 +346,9 @@ def test_sweep_log_spacing_is_geometric_around_zero():
 
 def test_sweep_rows_option_limits_sampled_rows():
     out = ok("sweep", "--dtype", "float32", "--range", "-20:20", "--points", "9", "--formula", "naive",
-             "--label", "1", "--rows", "3")
-    table = out.split("Sampled: sigmoid and round trip")[1].split("Sampled: BCE")[0]
-    data = [line for line in strip_lines(table)[1:] if line and "─" not in line and "x in" not in line]
+             "--label", "1", "--rows", "3", "--detail")
+    table = "\n".join(strip_lines(out.split("Sampled: sigmoid and round trip")[1]))
+    data = [line for line in table.split("─")[-1].split("\n\n")[0].splitlines() if line.strip()]
     assert len(data) == 3, data
 
 
@@ -369,12 +388,50 @@ def test_points_csv_has_keypoint_fields():
     assert "roundtrip_overflow" in names
 
 
+@pytest.mark.parametrize("args", [
+    ("sweep", "--dtype", "float32", "--detail"),
+    ("points", "--dtype", "float16", "--dtype", "longdouble", "--eps", "1e-7", "--eps", "1e-3"),
+    ("check", "16.5", "-50", "--dtype", "float8_e4m3fn", "--dtype", "float64", "--dtype", "longdouble",
+     "--detail"),
+], ids=["sweep-detail", "points-two-dtypes", "check-detail"])
+def test_issue_12_every_table_fits_80_columns_without_cutting(monkeypatch, args):
+    """At 80 columns text wraps or folds; no number is cut to an ellipsis."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert_fits(ok(*args), 80)
+
+
+def test_issue_12_readme_pastes_the_real_default_sweep():
+    """The README's verdict of `sweep --dtype float32` is the golden one, byte for byte."""
+    readme = (GOLDEN.parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### `sweep`: the verdict first")[1]
+    pasted = section.split("```\n")[1]
+    assert pasted == (GOLDEN / "sweep_default.txt").read_text(encoding="utf-8")
+
+
 def test_points_table():
-    out = ok("points", "--dtype", "float32")
+    out = ok("points", "--dtype", "float32", "--detail")
     assert "roundtrip_overflow" in out
     assert "BCE key points: float32, native" in out
     assert "Sampled" not in out
     assert_fits(out)
+
+
+def test_points_default_is_the_verdict():
+    out = ok("points", "--dtype", "float32")
+    assert out.startswith("Verdict: float32, native, eps 1e-7: where it breaks, and why")
+    assert "BCE key points" not in out and "Worst error" not in out
+    assert_fits(out)
+
+
+def test_points_several_dtypes_open_with_one_table():
+    """Several dtypes: one verdict table, three rows a dtype; --detail adds each one's families."""
+    out = ok("points", "--dtype", "float16", "--dtype", "bfloat16")
+    assert out.startswith("Verdict (native): where each dtype breaks first, and why")
+    assert out.count("Verdict") == 1
+    assert [line.split()[0] for line in strip_lines(out) if line.startswith((" float16", " bfloat16"))] \
+        == ["float16", "bfloat16"]
+    detail = ok("points", "--dtype", "float16", "--dtype", "bfloat16", "--detail")
+    assert "Verdict: float16, native" in detail and "Verdict: bfloat16, native" in detail
 
 
 def test_points_markdown():

@@ -194,8 +194,8 @@ def test_format_from_config_and_flag_override(tmp_path):
 
 def test_rows_from_config_and_flag_override(tmp_path):
     path = config(tmp_path, 'range = [-20.0, 20.0]\npoints = 9\nlabel = "1"\nrows = 3\n' + FAST)
-    assert sampled_rows(ok("sweep", "--config", path)) == 3
-    assert sampled_rows(ok("sweep", "--config", path, "--rows", "5")) == 5
+    assert sampled_rows(ok("sweep", "--config", path, "--detail")) == 3
+    assert sampled_rows(ok("sweep", "--config", path, "--rows", "5", "-v")) == 5
 
 
 def test_options_not_in_the_file_keep_their_defaults(tmp_path):

@@ -370,3 +370,162 @@ def test_issue_14_plot_of_a_huge_grid_keeps_a_bounded_sample(monkeypatch):
     out = assert_ok(run("plot", "--points", "3000000", "--dtype", "float16", "--formula", "keras3",
                         "--label", "1", "--kind", "bce", "-q"))
     assert seen == [plot.MAX_POINTS] and "keras3" in out
+
+
+# ---------------------------------------------------------------- pictures people can read (issue 12)
+
+ALL = ("float8_e4m3fn", "float8_e5m2", "float16", "bfloat16", "float32", "float64", "longdouble")
+FLOORS = ("keras2-logits", "keras3", "keras3-torch", "logits-stable")
+
+
+@pytest.fixture(scope="module")
+def floors() -> records.SweepResult:
+    """float32 over -40..40: keras2-logits and keras3-torch floor at 1.096e-7, keras3 at 1.192e-7."""
+    return sweep.run_sweep(Settings(dtypes=("float32",), formulas=FLOORS, range=(-40.0, 40.0), points=81))
+
+
+@pytest.fixture(scope="module")
+def grads() -> records.SweepResult:
+    s = Settings(dtypes=("float32",), grad=True, range=(-40.0, 40.0), points=81, label="1")
+    return sweep.run_sweep(s)
+
+
+@pytest.fixture(scope="module")
+def every_dtype() -> records.SweepResult:
+    return sweep.run_sweep(Settings(dtypes=ALL, formulas=("keras3",), range=plot.ROUNDTRIP_RANGE, points=81))
+
+
+def _drawn(fig) -> list[tuple[object, list]]:
+    """Each axes of a laid-out figure with the window extents of its key-point labels."""
+    renderer = fig.canvas.get_renderer()
+    return [(ax, [t.get_window_extent(renderer) for t in ax.texts]) for ax in fig.axes]
+
+
+def assert_apart(fig) -> int:
+    """No two labels of one axes overlap, and each lies inside its axes; returns how many there are."""
+    count = 0
+    renderer = fig.canvas.get_renderer()
+    for ax, boxes in _drawn(fig):
+        frame = ax.get_window_extent(renderer)
+        for i, a in enumerate(boxes):
+            assert frame.x0 - 1 <= a.x0 and a.x1 <= frame.x1 + 1, (a, frame)
+            assert frame.y0 - 1 <= a.y0 and a.y1 <= frame.y1 + 1, (a, frame)
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (ax.texts[i].get_text(), a, b)
+        count += len(boxes)
+    return count
+
+
+def test_issue_12_roundtrip_plot_defaults_to_0_40(tmp_path):
+    small = ("--dtype", "float32", "--points", "41", "--formula", "keras3")
+    assert plot.default_range("roundtrip") == (0.0, 40.0) == plot.ROUNDTRIP_RANGE
+    assert "x in [0, 40], 41 points" in assert_ok(run("plot", *small))
+    assert "x in [-40, 40], 41 points" in assert_ok(run("plot", *small, "--kind", "bce"))  # the others
+    assert "x in [-5, 5], 41 points" in assert_ok(run("plot", *small, "--range=-5:5"))
+    config = tmp_path / "c.toml"
+    config.write_text("range = [-10.0, 10.0]\n", encoding="utf-8")
+    assert "x in [-10, 10], 41 points" in assert_ok(run("plot", *small, "--config", str(config)))
+    assert "x in [-40, 40]" in assert_ok(run("sweep", *small, "--format", "markdown"))  # only plot changed
+
+
+def test_issue_12_markers_at_one_x_share_one_label(grads):
+    data = plot.plot_data(grads, "grad")
+    vertical = [lb for lb in data.labels if lb.y is None]
+    xs = {m.x for m in data.markers}
+    assert len(data.markers) > 2 * len(xs)  # several key points share each x
+    assert sorted(lb.x for lb in vertical) == sorted(xs)  # one label per x, no more
+    for m in data.markers:
+        (lb,) = [lb for lb in vertical if lb.x == m.x]
+        assert m.who in lb.text, (m.who, lb.text)
+        assert m.what in lb.text or m.name == "grad_vanishing", (m.what, lb.text)  # exactly 0 says it
+        assert lb.text.count(plot.fmt_x(m.x)) == 1  # the x is written once
+    assert all(lb.text.count(f"{m.who}:") <= 1 for lb in vertical for m in data.markers if m.who)
+
+
+def test_issue_12_close_floors_are_labelled_apart_at_the_right_edge(floors):
+    data = plot.plot_data(floors, "bce")
+    levels = [lb for lb in data.labels if lb.y is not None]
+    floor_labels = {lb.y: lb for lb in levels if lb.edge == "right"}
+    values = {k.value for k in floors.keypoints if k.name == "bce_floor" and k.label == "pair"}
+    assert len(values) >= 2 and max(values) / min(values) < 1.5  # keras2's 1.096e-7, keras3's 1.192e-7
+    assert {plot.fmt(v, 4) for v in floor_labels} == {plot.fmt(v, 4) for v in values}
+    one = next(lb for lb in levels if "1.096e-7" in lb.text)
+    assert "keras2-logits" in one.text and "keras3-torch" in one.text  # one label for one written value
+    assert all(lb.edge == "left" for lb in levels if lb.text.startswith("ceiling"))
+    fig = plot.figure(data)
+    assert assert_apart(fig) == len(data.labels)
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    at = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    frame = ax.get_window_extent(renderer)
+    ordered = sorted(floor_labels.values(), key=lambda lb: lb.y)
+    for lb in ordered:
+        assert abs(at[lb.text].x1 - frame.x1) < 10  # at the right edge
+    lows = [at[lb.text].y0 for lb in ordered]
+    assert lows == sorted(lows)  # stacked in the order of their values
+    y_line = ax.transData.transform((0.0, ordered[0].y))[1]
+    assert at[ordered[0].text].y0 >= y_line  # above the lowest floor, not over the curves on it
+
+
+def test_issue_12_grad_labels_do_not_overlap(grads):
+    data = plot.plot_data(grads, "grad")
+    assert assert_apart(plot.figure(data)) == len(data.labels) <= plot.MAX_LABELS
+
+
+def test_issue_12_every_dtype_is_legible(every_dtype):
+    data = plot.plot_data(every_dtype, "roundtrip")
+    trivial = [m for m in data.markers if plot.trivial(m)]
+    assert {m.dtype for m in trivial} >= {"float8_e4m3fn", "float8_e5m2"}  # their error is large from x = 1
+    assert all(lb.x != 1.0 for lb in data.labels)  # no line for them ...
+    assert any("already at x = 1: float8_e4m3fn, float8_e5m2" in n for n in data.notes)  # ... a note
+    assert len(data.labels) == len({m.x for m in data.markers if not plot.trivial(m)})
+    fig = plot.figure(data)
+    assert assert_apart(fig) == len(data.labels)  # numbered: more than MAX_LABELS
+    assert len(data.labels) > plot.MAX_LABELS
+    assert {t.get_text() for t in fig.axes[0].texts} == {str(k) for k in range(1, len(data.labels) + 1)}
+
+
+def test_issue_12_facet_is_one_panel_per_dtype(every_dtype):
+    data = plot.plot_data(every_dtype, "roundtrip")
+    panels = plot.facets(data)
+    assert [p.title for p in panels] == list(ALL)
+    for p in panels:
+        assert {sr.dtype for sr in p.series} == {p.title}
+        assert all(m.dtype == p.title for m in p.markers)
+        assert all(p.title not in lb.text for lb in p.labels)  # the panel's title says the dtype
+    fig = plot.figure(data, *plot.default_size(data, facet=True), facet=True)
+    assert len(fig.axes) == len(ALL)
+    assert assert_apart(fig) == sum(len(p.labels) for p in panels)
+    assert all(t.get_text() != "1" for ax in fig.axes for t in ax.texts)  # written out, not numbered
+    w, h = plot.default_size(data, facet=True)
+    assert (w, h) == (plot.DEFAULT_SIZE[0], plot.PANEL_HEIGHT * 4 + 160)  # 7 panels: 4 rows of 2
+
+
+def test_issue_12_facet_from_the_command_line(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    png = tmp_path / "all.png"
+    two = ("--dtype", "float16", "--dtype", "float32", "--points", "41", "--formula", "keras3",
+           "--kind", "bce")
+    assert_ok(run("plot", *two, "--facet", "-o", str(png)))
+    with pil.open(png) as im:
+        assert im.size == (plot.DEFAULT_SIZE[0], plot.PANEL_HEIGHT * 2 + 160)  # one panel above the other
+    out = assert_ok(run("plot", *two, "--facet"))  # the terminal: one chart each
+    assert out.count("x: a (the pair is (-a, 0) and (a, 1))") == 2
+
+
+@pytest.mark.slow
+def test_issue_12_pictures_for_the_eye(floors, grads, every_dtype, tmp_path):
+    """The pictures the issue names, written where a person can look at them (BCE_AUDIT_PLOTS=dir)."""
+    import os
+
+    where = Path(os.environ.get("BCE_AUDIT_PLOTS", tmp_path))
+    for name, res, kind, facet in [("roundtrip-float32", every_dtype, "roundtrip", False),
+                                   ("bce-float32", floors, "bce", False),
+                                   ("grad-float32", grads, "grad", False),
+                                   ("roundtrip-all", every_dtype, "roundtrip", False),
+                                   ("roundtrip-all-facet", every_dtype, "roundtrip", True)]:
+        data = plot.plot_data(res, kind)
+        if name == "roundtrip-float32":
+            data = plot.facets(data)[ALL.index("float32")]
+        plot.render_file(data, str(where / f"{name}.png"), *plot.default_size(data, facet), facet=facet)
+        assert (where / f"{name}.png").stat().st_size > 10_000

@@ -1,0 +1,216 @@
+"""Renderers of advice (`records.Advice`): text (80 columns, the answer first), markdown (a PR
+comment) and JSON. They read the records only; no measuring here."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+from bce_audit import __version__
+from bce_audit.records import SCHEMA, Advice, Audited, Fix, to_json
+from bce_audit.report import fmt, printable
+
+WIDTH = 80
+MOVES_SHOWN = 4  # key-point moves listed per fix in text and markdown; JSON has them all
+KINDS = {"logits": "with logits", "eps": "eps", "precision": "float32 loss", "builtin": "built-in"}
+
+
+def _subject(a: Advice) -> str:
+    b = a.before
+    eps = f", eps {fmt(b.eps)}" if b.eps is not None else ""
+    lo, hi = b.range
+    label = "" if a.label == "both" else f", label {a.label}"
+    return f"{b.formula}, {b.dtype}, {b.mode}{eps}{label}, x in [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _figures(a: Audited) -> str:
+    return f"inf/nan {a.nonfinite}, max ULP {fmt(a.max_ulp)}, max rel {fmt(a.max_rel)}"
+
+
+def answer(a: Advice) -> str:
+    """The first line: nothing to fix, no verified fix, or the best fix and what it changes."""
+    b = a.before
+    if a.ok:
+        return (f"Nothing to fix: worst error {fmt(b.max_ulp)} ULP (tolerance {fmt(a.tolerance)}), "
+                "no inf/nan, no key point spoils the range.")
+    if not a.fixes:
+        return "No fix improves the measured error (each candidate was run and measured)."
+    f = a.fixes[0]
+    unit = "max ULP" if f.figure == "max_ulp" else "max rel"
+    was, now = (b.max_ulp, f.after.max_ulp) if f.figure == "max_ulp" else (b.max_rel, f.after.max_rel)
+    gate = "; the check passes with it" if f.gate == "PASS" else ""
+    return (f"Fix: {f.title}. Verified: inf/nan {b.nonfinite} -> {f.after.nonfinite}, "
+            f"{unit} {fmt(was)} -> {fmt(now)}{gate}.")
+
+
+_GLUED = ("x = ", "x >= ", "x <= ", " -> ")  # never broken across lines
+
+
+def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
+    text = printable(text)
+    for glued in _GLUED:
+        text = text.replace(glued, glued.replace(" ", "\0"))
+    lines = textwrap.wrap(text, WIDTH, initial_indent=first or indent, subsequent_indent=indent,
+                          break_on_hyphens=False, break_long_words=False) or [first.rstrip()]
+    return [line.replace("\0", " ") for line in lines]
+
+
+def _table(a: Advice) -> list[str]:
+    """The before/after rows; the bits column goes first if the table would pass 80 columns."""
+    head: tuple[str, ...] = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
+    b = a.before
+    rows: list[tuple[str, ...]] = [("", "before", b.dtype, fmt(b.max_ulp), fmt(b.max_bits, 3),
+                                    fmt(b.max_rel, 3), str(b.nonfinite), "FAIL" if a.check else "")]
+    for i, f in enumerate(a.fixes, 1):
+        what = KINDS[f.kind]
+        if f.kind == "eps":
+            what = f"eps {fmt(f.after.eps, 3)}"
+        elif f.kind in ("logits", "builtin"):
+            what = f"{f.kind}: {f.after.formula}"
+        rows.append((f"{i}.", what, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
+                     fmt(f.after.max_rel, 3), str(f.after.nonfinite), f.gate))
+    keep = [i for i in range(len(head)) if i < 7 or a.check]
+
+    def width(cols: list[int]) -> int:
+        return 1 + sum(max(len(r[i]) for r in (head, *rows)) for i in cols) + 2 * (len(cols) - 1)
+
+    if width(keep) > WIDTH:
+        keep.remove(4)
+    widths = {i: max(len(r[i]) for r in (head, *rows)) for i in keep}
+
+    def cells(r: Sequence[str]) -> str:
+        return "  ".join(r[i].rjust(widths[i]) if 3 <= i <= 6 else r[i].ljust(widths[i]) for i in keep)
+    rule = " " + "─" * (width(keep) - 1)
+    return [" " + cells(head).rstrip(), rule, *(" " + cells(r).rstrip() for r in rows)]
+
+
+SHORT = {"bce_nonfinite": "inf/nan", "bce_floor": "floor", "bce_ceiling": "cap", "bce_zero": "zero",
+         "grad_dead_zone": "dead", "grad_vanishing": "vanishing", "grad_nonfinite": "inf/nan"}
+
+
+def _label(m: dict) -> str:
+    return "pair" if m["label"] == "pair" else f"y={m['label']}"
+
+
+def _moves(f: Fix) -> list[tuple[str, list[str]]]:
+    """The key points a fix changes, per quantity: what it costs first (new, at most
+    `MOVES_SHOWN` lines), then what moves, then what is gone, in one line."""
+    out = []
+    for quantity in ("loss", "gradient"):
+        ms = [m for m in f.moves if m["quantity"] == quantity]
+        if not ms:
+            continue
+        lines = []
+        for m in ms:
+            if m["status"] == "new":
+                lines.append(f"new: {m['after']}")
+            elif m["status"] == "moved":
+                what = f"x {fmt(m['x_before'], 6)} -> {fmt(m['x_after'], 6)}"
+                if fmt(m["value_before"]) != fmt(m["value_after"]):
+                    what += f", value {fmt(m['value_before'])} -> {fmt(m['value_after'])}"
+                lines.append(f"moved: {_label(m)} {SHORT.get(m['name'], m['name'])} {what}")
+        if len(lines) > MOVES_SHOWN:
+            lines[MOVES_SHOWN:] = [f"... {len(lines) - MOVES_SHOWN} more (--format json lists them all)"]
+        gone = [f"{_label(m)} {SHORT.get(m['name'], m['name'])} ({fmt(m['x_before'])})"
+                for m in ms if m["status"] == "gone"]
+        if gone:
+            lines.append("gone: " + ", ".join(gone))
+        out.append((quantity, lines))
+    return out
+
+
+def text(advice: Sequence[Advice]) -> str:
+    """Plain text, at most 80 columns where the words allow: the answer first."""
+    out: list[str] = []
+    for a in advice:
+        if out:
+            out.append("")
+        if a.check:
+            out += _wrap(f"Check {a.check!r} failed: {_subject(a)}")
+        else:
+            out += _wrap(_subject(a))
+        out += _wrap(answer(a), "  ", "  ")
+        for n in a.notes:
+            out += _wrap(f"note: {n}", "    ", "  ")
+        if a.ok:
+            continue
+        out += ["", "What goes wrong"]
+        for p in a.problems:
+            out += _wrap(p, "    ", "  ")
+        if a.safe_eps is not None and a.safe_eps.get("smallest") is not None:
+            s = a.safe_eps
+            out += ["", "Safe eps"]
+            bounds = f"bounds {fmt(s['smallest_lo'], 6)}, {fmt(s['smallest_hi'], 8)}"
+            out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
+                         f"{fmt(s['smallest'], 6)} ({bounds}); best over the range: "
+                         f"{fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
+            for which in ("smallest", "best") if s["best"] != s["smallest"] else ("smallest",):
+                implied = [f"{what} {fmt(s[f'{which}_{what}'])} from x = {fmt(s[f'{which}_{what}_x'], 6)}"
+                           for what in ("floor", "ceiling") if s.get(f"{which}_{what}") is not None]
+                if implied:
+                    out += _wrap(f"eps {fmt(s[which], 6)} implies: {'; '.join(implied)} (measured)",
+                                 "    ", "  ")
+            if not any(f.kind == "eps" for f in a.fixes):
+                out += _wrap("not a fix here: it does not lower the measured worst error", "    ", "  ")
+        if not a.fixes:
+            continue
+        out += ["", "Fixes, best first: each measured by the audit with the fix applied", ""]
+        out += _table(a)
+        if any(f.after.dtype != a.before.dtype for f in a.fixes):
+            out += _wrap("max ULP is in each row's own dtype; across dtypes compare max rel", "  ", "  ")
+        for i, f in enumerate(a.fixes, 1):
+            out.append("")
+            out += _wrap(f.title, "     ", f"{i}. ")
+            for code in f.snippet.splitlines():
+                out.append(f"       {printable(code)}")
+            if f.note:
+                out += _wrap(f.note, "     ", "     ")
+            for quantity, lines in _moves(f):
+                out.append(f"     {quantity}:")
+                for m in lines:
+                    out += _wrap(m, "         ", "       ")
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(v: str) -> str:
+    return " ".join(str(v).split()).replace("|", "\\|") or "-"
+
+
+def markdown(advice: Sequence[Advice]) -> str:
+    """A PR comment: per target, the answer, what goes wrong, a before/after table, the code."""
+    out = [f"## bce-audit advise: {sum(not a.ok for a in advice)} of {len(advice)} need a fix", ""]
+    for a in advice:
+        check = f"check {a.check!r}: " if a.check else ""
+        out += [f"### {_md_cell(check + _subject(a))}",
+                "", f"**{_md_cell(answer(a))}**", ""]
+        out += [f"- note: {_md_cell(n)}" for n in a.notes]
+        if a.ok:
+            continue
+        out += ["What goes wrong:", ""] + [f"- {_md_cell(p)}" for p in a.problems] + [""]
+        if not a.fixes:
+            continue
+        head = ["#", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan"] + (["gate"] if a.check else [])
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = [["", "before", a.before.dtype, fmt(a.before.max_ulp), fmt(a.before.max_bits, 3),
+                 fmt(a.before.max_rel, 3), str(a.before.nonfinite)] + (["FAIL"] if a.check else [])]
+        for i, f in enumerate(a.fixes, 1):
+            rows.append([str(i), f.title, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
+                         fmt(f.after.max_rel, 3), str(f.after.nonfinite)] + ([f.gate] if a.check else []))
+        out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows] + [""]
+        if any(f.after.dtype != a.before.dtype for f in a.fixes):
+            out += ["max ULP is in each row's own dtype; across dtypes compare max rel.", ""]
+        for i, f in enumerate(a.fixes, 1):
+            out += [f"{i}. {_md_cell(f.title)}"]
+            if f.snippet:
+                out += ["", "   ```python", *(f"   {line}" for line in f.snippet.splitlines()), "   ```"]
+            if f.note:
+                out += ["", f"   {_md_cell(f.note)}"]
+            for quantity, lines in _moves(f):
+                out += ["", f"   - {quantity}:"] + [f"     - {_md_cell(m)}" for m in lines]
+            out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def json_doc(advice: Sequence[Advice]) -> str:
+    """The advice as versioned, deterministic JSON (inf/nan as strings)."""
+    return to_json({"schema": SCHEMA, "version": __version__, "advice": [a.to_dict() for a in advice]})
