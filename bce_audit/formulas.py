@@ -97,8 +97,9 @@ class KernelMemo:
             self._table.move_to_end(full)
             return hit[0]
         out = compute()
-        out.flags.writeable = False
-        cost = out.nbytes + sum(a.nbytes for a in arrays)
+        if isinstance(out, np.ndarray):  # (a 0-d input may give a numpy scalar: immutable)
+            out.flags.writeable = False
+        cost = np.asarray(out).nbytes + sum(a.nbytes for a in arrays)
         self._table[full] = (out, cost)
         self.size += cost
         while self.size > self.budget and len(self._table) > 1:
