@@ -93,14 +93,14 @@ def op(ufunc: np.ufunc, a: Any, b: Any) -> np.ndarray:
     again in float64 (exact, or one innocuous rounding: 53 >= 2*24 + 2 bits) and `round_f32`'d.
     """
     r = ufunc(np.asarray(a, _F32), np.asarray(b, _F32))
-    mag = np.asarray(r).view(np.uint32) & np.uint32(0x7FFFFFFF)
-    mag -= np.uint32(1)  # a zero wraps round: zeros keep their sign, as FTZ leaves them
-    if not (mag < _TINY32_BITS).any():
+    mag = np.abs(r)
+    near = mag <= _TINY32_F32
+    if not near.any() or not (near & (mag != 0)).any():  # zeros keep their sign, as FTZ leaves them
         return r
     return round_f32(ufunc(np.asarray(a, _F64), np.asarray(b, _F64)))
 
 
-_TINY32_BITS = np.uint32(0x00800000)  # the bits of TINY32
+_TINY32_F32 = _F32(TINY32)
 
 
 def fma(a, b, c, ftz: bool = False) -> np.ndarray:
