@@ -400,23 +400,28 @@ def roundtrip_points(dtype: str, mode: str, thresholds: Sequence[float],
     return out
 
 
-def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator) -> Callable:
+def loss_fn(formula: Formula, eps: float | None, label: Label, ev: Evaluator, remember: bool = False
+            ) -> Callable:
+    """The formula's loss at x for one label (or the pair). ``remember``: each label's values are
+    kept in the evaluator's memo, for the key-point walks, which evaluate the same samples for
+    every label and the pair (the pair's halves are the labels' own values at -x and x)."""
     if label == "pair":
         def pair(a):
-            l0 = _loss(formula, eps, 0, ev, -np.asarray(a))
-            l1 = _loss(formula, eps, 1, ev, a)
+            l0 = _loss(formula, eps, 0, ev, -np.asarray(a), remember)
+            l1 = _loss(formula, eps, 1, ev, a, remember)
             return formulas.pair_mean(formula, l0, l1, ev)
         return pair
     lab = int(label)
-    return lambda v: _loss(formula, eps, lab, ev, v)
+    return lambda v: _loss(formula, eps, lab, ev, v, remember)
 
 
-def _loss(formula: Formula, eps: float | None, label: int, ev: Evaluator, x) -> np.ndarray:
-    """A formula at x for label ``label``; a built-in one's remembered by the evaluator's memo
-    (the pair's halves are the labels' own values at -x and x, on the same walks)."""
+def _loss(formula: Formula, eps: float | None, label: int, ev: Evaluator, x, remember: bool = False
+          ) -> np.ndarray:
+    """A formula at x for label ``label``; with ``remember``, a built-in one's values from the
+    evaluator's memo (user code runs every time)."""
     def compute():
         return formula(x, np.full(np.shape(x), label), eps, ev)
-    if formula.user is not None:  # user code runs every time
+    if not remember or formula.user is not None:
         return compute()
     return ev.remember(("bce", formula.name, eps, label), compute, x)
 
@@ -474,7 +479,7 @@ def formula_points(dtype: str, mode: str, formula: str, eps: float | None, label
     if info.exhaustive and backend is None and f.user is None:
         loss = _table_lookup(info, _label_table(dtype, mode, formula, eps, label))
     else:
-        loss = tabulated(info, loss_fn(f, eps, label, ev))
+        loss = tabulated(info, loss_fn(f, eps, label, ev, remember=not info.exhaustive))
     top = info.max_ordinal
     sign = -1 if label == 0 else 1  # label 0 improves toward -inf
     good_end, bad_end = sign * top, -sign * top
