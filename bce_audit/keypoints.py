@@ -590,39 +590,63 @@ def _evaluator(dtype: str, mode: str, ops: formulas.Ops | None = None, formula: 
 
 def dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
     """The key points of one dtype, and the notes on what could not be audited there."""
+    parts = _dtype_part(d, sel, (None, *sel.formulas), backend)
+    return _assemble(parts, sel)
+
+
+Part = tuple[list[KeyPoint], list[str]]
+
+
+def _dtype_part(d: str, sel: Selection, items: Sequence[str | None], backend=None) -> dict[str | None, Part]:
+    """Some of one dtype's key points: the round trip's (None) and those of the formulas named,
+    each with its notes. The items share one memo of the kernels' results."""
     _MEMO.append(formulas.KernelMemo())
     try:
-        return _dtype_points(d, sel, backend)
+        return {item: _formula_part(d, sel, item, backend) if item else _roundtrip_part(d, sel, backend)
+                for item in items}
     finally:
         _MEMO.pop()
 
 
-def _dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
-    from bce_audit.backends import Unsupported
-
-    mode, thresholds = sel.mode, sel.thresholds
+def _assemble(parts: dict[str | None, Part], sel: Selection) -> Part:
+    """One dtype's key points and notes from its parts, in `dtype_points`'s order."""
     out: list[KeyPoint] = []
     notes: list[str] = []
+    for item in (None, *sel.formulas):
+        out += parts[item][0]
+        notes += parts[item][1]
+    return out, notes
+
+
+def _roundtrip_part(d: str, sel: Selection, backend=None) -> Part:
+    from bce_audit.backends import Unsupported
+
     try:
-        out += roundtrip_points(d, mode, thresholds, backend=backend)
+        return roundtrip_points(d, sel.mode, sel.thresholds, backend=backend), []
     except Unsupported as e:
-        notes.append(f"{d}: round trip not audited: {e}")
-    for name in sel.formulas:
-        f = formulas.get(name)
-        if f.kind != "bce":
-            out += roundtrip_points(d, mode, thresholds, user=f)
-            continue
-        if backend is not None and backend.formula(name) is None:
-            continue
-        for eps in sel.eps if f.uses_eps else [None]:
-            for label in sel.labels:
-                try:
-                    out += formula_points(d, mode, name, eps, label, backend)
-                except Unsupported as e:
-                    notes.append(f"{d}: {name} not audited: {e}")
-                    break
-            if sel.grad:
-                out += _grad_points(d, mode, name, eps, sel.labels, backend, notes)
+        return [], [f"{d}: round trip not audited: {e}"]
+
+
+def _formula_part(d: str, sel: Selection, name: str, backend=None) -> Part:
+    from bce_audit.backends import Unsupported
+
+    mode = sel.mode
+    out: list[KeyPoint] = []
+    notes: list[str] = []
+    f = formulas.get(name)
+    if f.kind != "bce":
+        return roundtrip_points(d, mode, sel.thresholds, user=f), notes
+    if backend is not None and backend.formula(name) is None:
+        return out, notes
+    for eps in sel.eps if f.uses_eps else [None]:
+        for label in sel.labels:
+            try:
+                out += formula_points(d, mode, name, eps, label, backend)
+            except Unsupported as e:
+                notes.append(f"{d}: {name} not audited: {e}")
+                break
+        if sel.grad:
+            out += _grad_points(d, mode, name, eps, sel.labels, backend, notes)
     return out, notes
 
 
@@ -646,20 +670,35 @@ def _decode(entry: dict) -> tuple[list[KeyPoint], list[str]]:
     return [records.decode(KeyPoint, r) for r in entry["keypoints"]], [str(n) for n in entry["notes"]]
 
 
-COST = {"longdouble": 6, "float64": 3, "float16": 3, "bfloat16": 2, "float32": 2}  # relative search time
+COST = {"longdouble": 6, "float32": 5, "float16": 5, "bfloat16": 5, "float64": 4}  # relative search time
 
 
 def _map_dtypes(todo: list[str], sel: Selection, backend, jobs: int) -> list:
-    """`dtype_points` for each dtype: one after another, or in forked processes, costliest first."""
+    """`dtype_points` for each dtype: one after another, or in forked processes.
+
+    Forked, each dtype's search is split in parts (the round trip, then the formulas grouped by
+    the mode they compute in, which share their kernels' results), costliest dtypes first, so
+    the workers finish together; the parts are put back in `dtype_points`'s order."""
     if jobs < 2 or len(todo) < 2 or not _forkable(sel, backend):
         return [dtype_points(d, sel, backend) for d in todo]
     import multiprocessing
 
-    order = sorted(todo, key=lambda d: -COST.get(d, 1))
+    groups: dict[str, list[str]] = {}
+    for name in sel.formulas:
+        groups.setdefault(formulas.framework_mode(sel.mode, name), []).append(name)
+    split = [(None,), *(tuple(g) for g in groups.values())]
+    tasks = [(d, items) for d in sorted(todo, key=lambda d: -COST.get(d, 1)) for items in split]
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(min(jobs, len(todo)), initializer=heap.die_with_parent) as pool:
-        done = dict(zip(order, pool.imap(functools.partial(dtype_points, sel=sel), order), strict=True))
-    return [done[d] for d in todo]
+    parts: dict[str, dict[str | None, Part]] = {d: {} for d in todo}
+    with ctx.Pool(min(jobs, len(tasks)), initializer=heap.die_with_parent) as pool:
+        for (d, _), done in zip(tasks, pool.imap(functools.partial(_part_task, sel=sel), tasks), strict=True):
+            parts[d].update(done)
+    return [_assemble(parts[d], sel) for d in todo]
+
+
+def _part_task(task: tuple[str, tuple[str | None, ...]], sel: Selection) -> dict[str | None, Part]:
+    d, items = task
+    return _dtype_part(d, sel, items)
 
 
 FORK_UNSAFE = ("torch", "jax", "tensorflow")  # frameworks whose own thread pools make fork unsafe
