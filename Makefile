@@ -32,9 +32,10 @@ run: $(CORE)  ## the main job: the float32 sweep on the shipped defaults, core d
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Leaves out the tests marked slow (more than a few seconds each); `make test` runs them all.
+# Leaves out the tests marked slow (more than a few seconds each), on every core (pytest-xdist):
+# under a minute on two cores. `make test` runs them all, one at a time.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check bce_audit tests bench
