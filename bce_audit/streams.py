@@ -140,8 +140,13 @@ class JsonLines:
             pieces.append(literal + "}\n")
             lines = pc.binary_join_element_wise(*pieces, "")
             offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
-            data = lines.buffers()[2]
-            self.f.write(data.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes().decode())
+            data = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+            raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
+            if raw is not None and (self.f.encoding or "").lower().replace("-", "") == "utf8":
+                self.f.flush()
+                raw.write(memoryview(data))
+            else:
+                self.f.write(data.to_pybytes().decode())
 
     def close(self) -> None:
         self.f.flush()
