@@ -142,7 +142,8 @@ class JsonLines:
             offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
             data = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
             raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
-            if raw is not None and (self.f.encoding or "").lower().replace("-", "") == "utf8":
+            encoding = str(getattr(self.f, "encoding", None) or "").lower().replace("-", "")
+            if raw is not None and encoding == "utf8":
                 self.f.flush()
                 raw.write(memoryview(data))
             else:
