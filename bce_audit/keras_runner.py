@@ -339,15 +339,16 @@ class Worker:
             raise self._dead
         try:
             return read_message(self._out)
-        except (EOFError, ValueError, OSError):
+        except (EOFError, OSError):
             raise self._died(what) from None
+        except ValueError:  # not JSON, or not a message's header
+            raise self._died(what, "it answered no message") from None
 
-    def _died(self, what: str) -> Stopped:
+    def _died(self, what: str, last: str = "no message") -> Stopped:
         """Why the worker stopped: its exit code and the last line it wrote to stderr."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5)
         code = self._proc.poll()
-        last = "no message"
         with contextlib.suppress(OSError, ValueError):
             self._stderr.seek(0)
             lines = self._stderr.read().decode(errors="replace").strip().splitlines()
