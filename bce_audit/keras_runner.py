@@ -46,7 +46,7 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
-FRAMEWORKS = ("keras", "tf-keras")
+FRAMEWORKS = ("tf-keras", "keras")  # what BCE_AUDIT_KERAS may name
 FRAMEWORK_VAR = "BCE_AUDIT_KERAS"  # the environment variable naming the worker's framework
 MODULE = "bce_audit.keras_runner"  # the module run as the worker (tests point it elsewhere)
 

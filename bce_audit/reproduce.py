@@ -8,10 +8,10 @@ Keras runs in a worker process of its own (`bce_audit.keras_runner`, as for ``--
 the experiment is `bce_audit.keras_experiment`), under each dtype policy, twice: in the graph
 (``model.evaluate``), where Keras may take the logits its sigmoid left on the output tensor
 (``_keras_logits``) and skip the clip, and with the probabilities fed from outside as a numpy
-array, where it cannot. Which path it took is
-read from the data: at each a where the clip-and-log model and the with-logits model differ by
-more than a factor of 2, the loss votes for the nearer one. The worker also reports whether
-the output tensor carries ``_keras_logits`` and whether the backend's loss reads it.
+array, where it cannot. Which path it took is read from the data: at each a where the
+clip-and-log model and the with-logits model differ by more than a factor of 2, the loss votes
+for the nearer one. The worker also reports whether the output tensor carries
+``_keras_logits`` and whether the backend's loss reads it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from bce_audit import keras_runner, reference
 from bce_audit.records import ReproCase
 
-FRAMEWORKS = ("tf-keras", "keras")
+FRAMEWORKS = keras_runner.FRAMEWORKS
 POLICIES = ("float32", "mixed_float16")
 EPS = 1e-7  # keras.backend.epsilon()
 TIMEOUT = 600.0  # seconds a worker may run: two policies of 65 evaluate calls take about 10
