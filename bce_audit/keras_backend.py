@@ -1,9 +1,10 @@
 """Keras 3 as a real backend: `keras.losses.binary_crossentropy` and `keras.ops.sigmoid`, run for real.
 
 One process holds one Keras backend (chosen at import by ``KERAS_BACKEND``), so each Keras
-backend runs in a long-lived worker process of its own (`bce_audit.keras_runner`) and arrays
-travel through its pipes bit for bit. What each Keras backend really runs, per formula
-(``keras/src/backend/{tensorflow,jax,torch,numpy}/nn.py`` binary_crossentropy and sigmoid):
+backend runs in a long-lived Keras worker of its own (`bce_audit.keras_runner`, the one that
+`reproduce` uses too) and arrays travel through its pipes bit for bit. What each Keras backend
+really runs, per formula (``keras/src/backend/{tensorflow,jax,torch,numpy}/nn.py``
+binary_crossentropy and sigmoid):
 
 - tensorflow: from probabilities, ``clip(p, eps, 1-eps)`` then logs (``keras3``); the sigmoid's
   output carries ``_keras_logits`` and a loss on it uses those logits with no clip
@@ -28,17 +29,9 @@ float32, so float64 is not audited there.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import os
-import select
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -48,7 +41,6 @@ from bce_audit.records import KERAS_BACKENDS
 INSTALL = "pip install 'bce-audit[keras]'"
 EXTRA = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 START_TIMEOUT = 300.0  # seconds the worker may take to import Keras (TensorFlow on a busy machine)
-WORKER = "bce_audit.keras_runner"  # the module run as the worker (tests point it elsewhere)
 BLOCK = 256  # elements: whole SIMD blocks (Eigen's packets, torch's vectors) for every value
 
 # formula -> the worker's call, per Keras backend (keras_runner.CALLS says what each runs)
@@ -72,39 +64,21 @@ class Failed(RuntimeError):
     """One call failed in the worker (a dtype the framework has no kernel for)."""
 
 
-class Worker:
-    """One Keras backend in its own process, answering requests until it is closed."""
+class Worker(keras_runner.Worker):
+    """One Keras 3 backend in its own worker process, answering calls until it is closed."""
 
     def __init__(self, keras_backend: str):
         self.keras_backend = keras_backend
-        self._lock = threading.Lock()
-        self._dead: Missing | None = None  # why the worker stopped, once it has
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the worker's, closed in close())
-        root = str(Path(__file__).resolve().parent.parent)  # the worker imports this same bce_audit
-        env = {**os.environ, "KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1",  # float64 stays float64, as --backend jax
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        try:
-            self._proc = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=self._stderr, env=env)
-        except OSError as e:
-            self._stderr.close()
-            raise Missing(f"--keras-backend {keras_backend}: cannot start the Keras worker: "
-                          f"{e.strerror or e}") from None
-        assert self._proc.stdin is not None and self._proc.stdout is not None  # both are pipes
-        self._in, self._out = self._proc.stdin, self._proc.stdout
-        ready, _, _ = select.select([self._out], [], [], START_TIMEOUT)
-        if not ready:
-            self._proc.kill()
-            self.close()
-            raise Missing(f"--keras-backend {keras_backend}: Keras did not start within {START_TIMEOUT:g} s")
-        hello = self._answer("import keras")[0]
-        if not hello.get("ok"):
-            self.close()
+        try:  # float64 stays float64 under JAX, as with --backend jax
+            super().__init__("keras", keras_backend, env={"JAX_ENABLE_X64": "1"}, start_timeout=START_TIMEOUT)
+        except keras_runner.TimedOut:
+            raise Missing(f"--keras-backend {keras_backend}: Keras did not start within "
+                          f"{START_TIMEOUT:g} s") from None
+        except keras_runner.ImportFailed as e:
             raise Missing(f"--keras-backend {keras_backend}: cannot import Keras with the {keras_backend} "
-                          f"backend ({hello.get('error')}); {self.install}")
-        self.versions = {k: v for k, v in hello.items() if k != "ok"}
-        atexit.register(self.close)
+                          f"backend ({e.error}); {self.install}") from None
+        except keras_runner.WorkerError as e:
+            raise Missing(f"--keras-backend {keras_backend}: {e}; {self.install}") from None
 
     @property
     def install(self) -> str:
@@ -114,52 +88,14 @@ class Worker:
     def call(self, op: str, *arrays: np.ndarray, eps: float | None = None) -> np.ndarray:
         """Run one call (at Keras's ``epsilon()`` = eps, if given); its error is `Failed`, a
         dead worker `Missing`."""
-        with self._lock:
-            if self._dead is not None:
-                raise self._dead
-            try:
-                keras_runner.write_message(self._in, {"op": op, "eps": eps}, list(arrays))
-            except (ValueError, OSError):  # a broken pipe: the worker is gone
-                raise self._died(op) from None
-            header, out = self._answer(op)
+        try:
+            header, out = self.request({"op": op, "eps": eps}, list(arrays))
+        except keras_runner.WorkerError as e:
+            raise Missing(f"--keras-backend {self.keras_backend}: {e}; {self.install}") from None
         if not header.get("ok"):
             raise Failed(f"keras {self.keras_backend} {keras_runner.CALLS[op]} does not support "
                          f"{arrays[0].dtype}: {header.get('error')}")
         return out[0]
-
-    def _answer(self, what: str) -> tuple[dict, list[np.ndarray]]:
-        try:
-            return keras_runner.read_message(self._out)
-        except (EOFError, ValueError, OSError):
-            raise self._died(what) from None
-
-    def _died(self, what: str) -> Missing:
-        """Why the worker stopped: its exit code and the last line it wrote to stderr."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=5)
-        code = self._proc.poll()
-        last = "no message"
-        with contextlib.suppress(OSError, ValueError):
-            self._stderr.seek(0)
-            lines = self._stderr.read().decode(errors="replace").strip().splitlines()
-            last = lines[-1].strip() if lines else last
-        self.close()
-        self._dead = Missing(f"--keras-backend {self.keras_backend}: the Keras worker stopped during {what} "
-                             f"(exit code {code}): {last}; {self.install}")
-        return self._dead
-
-    def close(self) -> None:
-        """End the worker (it exits when its stdin closes); safe to call twice."""
-        with contextlib.suppress(OSError):
-            self._in.close()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        with contextlib.suppress(OSError):
-            self._out.close()
-        self._stderr.close()
 
 
 _WORKERS: dict[str, Worker] = {}

@@ -4,30 +4,29 @@ The question: a model ``Dense(1, activation='sigmoid')`` on one input, weight 1 
 compiled with ``binary_crossentropy`` and evaluated on the pair {(-a, 0), (a, 1)}, whose loss
 stops falling near 1e-7 from a = 16. The exact mean loss of the pair is ``log1p(exp(-a))``.
 
-Keras runs in a subprocess (`bce_audit.keras_worker`; one process holds one Keras backend),
-under each dtype policy, twice: in the graph (``model.evaluate``), where Keras may take the
-logits its sigmoid left on the output tensor (``_keras_logits``) and skip the clip, and with
-the probabilities fed from outside as a numpy array, where it cannot. Which path it took is
-read from the data: at each a where the clip-and-log model and the with-logits model differ by
-more than a factor of 2, the loss votes for the nearer one. The worker also reports whether
-the output tensor carries ``_keras_logits`` and whether the backend's loss reads it.
+Keras runs in a worker process of its own (`bce_audit.keras_runner`, as for ``--backend keras``;
+the experiment is `bce_audit.keras_experiment`), under each dtype policy, twice: in the graph
+(``model.evaluate``), where Keras may take the logits its sigmoid left on the output tensor
+(``_keras_logits``) and skip the clip, and with the probabilities fed from outside as a numpy
+array, where it cannot. Which path it took is read from the data: at each a where the
+clip-and-log model and the with-logits model differ by more than a factor of 2, the loss votes
+for the nearer one. The worker also reports whether the output tensor carries
+``_keras_logits`` and whether the backend's loss reads it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
-import subprocess
-import sys
+import time
 
 import numpy as np
 
-from bce_audit import reference
+from bce_audit import keras_runner, reference
 from bce_audit.records import ReproCase
 
-FRAMEWORKS = ("tf-keras", "keras")
+FRAMEWORKS = keras_runner.FRAMEWORKS
 POLICIES = ("float32", "mixed_float16")
 EPS = 1e-7  # keras.backend.epsilon()
 TIMEOUT = 600.0  # seconds a worker may run: two policies of 65 evaluate calls take about 10
@@ -73,46 +72,40 @@ def check_installed(framework: str, backend: str) -> None:
 
 
 def run_worker(framework: str, backend: str, policies: tuple[str, ...], a: list[float],
-               timeout: float = TIMEOUT) -> dict:
-    """Run `bce_audit.keras_worker` in a fresh interpreter; its JSON answer."""
+               timeout: float | None = None) -> dict:
+    """Run the experiment in a fresh Keras worker (`bce_audit.keras_runner`, op "reproduce"):
+    its answer. At most ``timeout`` seconds (`TIMEOUT`), the start included."""
     check_installed(framework, backend)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONWARNINGS="ignore")
-    if framework == "keras":
-        env["KERAS_BACKEND"] = backend
-    else:
-        env.pop("KERAS_BACKEND", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this bce_audit, not another
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
-    request = json.dumps({"framework": framework, "policies": list(policies), "a": a})
+    timeout = TIMEOUT if timeout is None else timeout
     what = _what(framework, backend)
+    deadline = time.monotonic() + timeout
+    # the question's model as its user runs it: on the CPU, JAX in its default float32
+    env = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     try:
-        done = subprocess.run([sys.executable, "-m", "bce_audit.keras_worker"], input=request, env=env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+        worker = keras_runner.Worker(framework, backend if framework == "keras" else None, env=env,
+                                     start_timeout=timeout)
+        try:
+            header, _ = worker.request({"op": "reproduce", "policies": list(policies), "a": a},
+                                       timeout=deadline - time.monotonic())
+        finally:
+            worker.close()
+    except keras_runner.ImportFailed as e:
+        if e.module:
+            raise ReproMissing(f"reproduce {what} needs {e.module}, which cannot be imported: "
+                               f"{requirements(framework, backend)[1]}") from None
+        raise ReproError(f"reproduce {what}: the Keras run failed: {e.error}") from None
+    except keras_runner.TimedOut:
         raise ReproError(f"reproduce {what}: the Keras run took longer than {timeout:g} s") from None
-    except OSError as e:
-        raise ReproError(f"reproduce {what}: cannot start {sys.executable}: {e.strerror or e}") from None
-    last = _last_line(done.stderr)
-    if done.returncode != 0:
-        raise ReproError(f"reproduce {what}: the Keras run failed (exit {done.returncode})"
-                         + (f": {last}" if last else ""))
-    try:
-        answer = json.loads(done.stdout)
-    except ValueError:
-        raise ReproError(f"reproduce {what}: the Keras run answered no JSON"
-                         + (f": {last}" if last else "")) from None
+    except keras_runner.Stopped as e:
+        raise ReproError(f"reproduce {what}: the Keras run failed (exit {e.code}): {e.last}") from None
+    except keras_runner.WorkerError as e:
+        raise ReproError(f"reproduce {what}: {e}") from None
+    if not header.get("ok"):
+        raise ReproError(f"reproduce {what}: the Keras run failed: {header.get('error')}")
+    answer = header.get("result")
     if not isinstance(answer, dict):
         raise ReproError(f"reproduce {what}: the Keras run answered {type(answer).__name__}, not an object")
-    if "missing" in answer:
-        install = requirements(framework, backend)[1]
-        raise ReproMissing(f"reproduce {what} needs {answer['missing']}, which cannot be imported: {install}")
     return answer
-
-
-def _last_line(text: str) -> str:
-    """The last line of a failing worker's stderr (an exception's message), shortened."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else ""
 
 
 # ---------------------------------------------------------------- the models

@@ -228,7 +228,7 @@ def test_keras_that_cannot_import_its_backend_is_one_line():
 
 
 def test_worker_that_cannot_start_is_backend_missing(monkeypatch):
-    monkeypatch.setattr(keras_backend, "WORKER", "bce_audit.no_such_worker")
+    monkeypatch.setattr(keras_runner, "MODULE", "bce_audit.no_such_worker")
     with pytest.raises(keras_backend.Missing) as e:
         keras_backend.Worker("numpy")
     msg = str(e.value)

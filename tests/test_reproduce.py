@@ -1,21 +1,21 @@
 """`bce-audit reproduce`: the seed question's Keras experiment, checked against derivations.
 
-The real runs (one subprocess per Keras backend, several seconds each) are slow and skip where
-the framework is missing. Every expected floor is derived here from the float32-rounded clip
-bounds with mpmath, never copied from the tool's output.
+The real runs (one Keras worker per Keras backend, several seconds each) are slow and skip where
+the framework is missing; the worker's failures are checked with a stand-in worker. Every
+expected floor is derived here from the float32-rounded clip bounds with mpmath, never copied
+from the tool's output.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 
 import mpmath
 import numpy as np
 import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 
-from bce_audit import reproduce
+from bce_audit import keras_runner, reproduce
 from bce_audit.records import ReproCase
 
 F32 = np.float32
@@ -130,37 +130,59 @@ def test_missing_framework_is_one_line(monkeypatch, args, needle):
     assert_usage_error(run("reproduce", *args), "not installed", needle)
 
 
-def _fake_worker(monkeypatch, returncode: int, stdout: str, stderr: str = "") -> None:
+# a stand-in for the Keras worker: raw protocol messages (no arrays), no Keras
+FAKE = """import json, sys, time
+def send(header):
+    sys.stdout.write(json.dumps({**header, "arrays": []}) + "\\n")
+    sys.stdout.flush()
+"""
+HELLO = 'send({"ok": True, "keras": "3.0.0", "backend": "jax"}); sys.stdin.readline()\n'
+
+
+def _fake_worker(monkeypatch, tmp_path, body: str) -> None:
+    """The worker run by `reproduce` is the module FAKE + body, in place of bce_audit.keras_runner."""
     monkeypatch.setattr(reproduce, "check_installed", lambda framework, backend: None)
-
-    def fake(cmd, **kw):
-        return subprocess.CompletedProcess(cmd, returncode, stdout, stderr)
-
-    monkeypatch.setattr(reproduce.subprocess, "run", fake)
+    (tmp_path / "fake_keras_worker.py").write_text(FAKE + body)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(keras_runner, "MODULE", "fake_keras_worker")
 
 
-@pytest.mark.parametrize(("rc", "stdout", "stderr", "needle"), [
-    (1, "", "Traceback (most recent call last):\n  File x\nValueError: Unable to import backend",
+@pytest.mark.parametrize(("body", "needle"), [
+    ('sys.stderr.write("Traceback (most recent call last):\\n  File x\\n")\n'
+     'sys.stderr.write("ValueError: Unable to import backend\\n"); sys.exit(1)\n',
      "failed (exit 1): ValueError: Unable to import backend"),
-    (0, "not json", "", "answered no JSON"),
-    (0, "[1, 2]", "", "answered list"),
-    (0, '{"cases": [{"policy": "float32"}]}', "", "malformed result"),
-    (0, '{"missing": "jax"}', "", "needs jax, which cannot be imported: pip install"),
+    ('send({"ok": False, "error": "ValueError: Unable to import backend"})\n',
+     "failed: ValueError: Unable to import backend"),
+    (HELLO + 'sys.stderr.write("Fatal Python error: Aborted\\n"); sys.exit(134)\n',
+     "failed (exit 134): Fatal Python error: Aborted"),
+    (HELLO + 'print("not json")\n', "failed (exit 0): it answered no message"),
+    (HELLO + 'send({"ok": False, "error": "ValueError: no policy float64"})\n',
+     "failed: ValueError: no policy float64"),
+    (HELLO + 'send({"ok": True, "result": [1, 2]})\n', "answered list"),
+    (HELLO + 'send({"ok": True, "result": {"cases": [{"policy": "float32"}]}})\n', "malformed result"),
+    ('send({"ok": False, "error": "ModuleNotFoundError: No module named \'jax\'", "missing": "jax"})\n',
+     "needs jax, which cannot be imported: pip install 'bce-audit[keras,jax]'"),
 ])
-def test_worker_failure_is_one_line(monkeypatch, rc, stdout, stderr, needle):
-    _fake_worker(monkeypatch, rc, stdout, stderr)
+def test_worker_failure_is_one_line(monkeypatch, tmp_path, body, needle):
+    _fake_worker(monkeypatch, tmp_path, body)
     line = assert_usage_error(run("reproduce", "--backend", "keras", "--keras-backend", "jax"), needle)
     assert "Traceback" not in line
 
 
-def test_worker_timeout_is_one_line(monkeypatch):
+@pytest.mark.parametrize("body", ["time.sleep(30)\n", HELLO + "time.sleep(30)\n"])
+def test_worker_timeout_is_one_line(monkeypatch, tmp_path, body):
+    """Whether the worker hangs on starting or on the experiment: the run's whole time is TIMEOUT."""
+    _fake_worker(monkeypatch, tmp_path, body)
+    monkeypatch.setattr(reproduce, "TIMEOUT", 1.0)
+    assert_usage_error(run("reproduce", "--backend", "tf-keras"), "the Keras run took longer than 1 s")
+
+
+def test_worker_that_cannot_start_is_one_line(monkeypatch):
     monkeypatch.setattr(reproduce, "check_installed", lambda framework, backend: None)
-
-    def slow(cmd, **kw):
-        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
-
-    monkeypatch.setattr(reproduce.subprocess, "run", slow)
-    assert_usage_error(run("reproduce", "--backend", "tf-keras"), "took longer than")
+    monkeypatch.setattr(keras_runner, "MODULE", "bce_audit.no_such_worker")
+    assert_usage_error(run("reproduce", "--backend", "tf-keras"),
+                       "reproduce --backend tf-keras: the Keras run failed (exit 1)",
+                       "No module named bce_audit.no_such_worker")
 
 
 def test_keras_backend_needs_keras():
@@ -203,6 +225,19 @@ def _floor_ok(c: ReproCase, floor: float) -> None:
     assert c.tail == "floor", c
     assert c.floor == pytest.approx(floor, abs=ULP)
     assert c.exact[-1] < floor / 1e10  # the exact loss has long gone under it
+
+
+@pytest.mark.slow  # a tf_keras worker, importing TensorFlow
+def test_tf_keras_worker_has_no_keras3_ops():
+    """The one Keras worker runs tf_keras too: its versions say so, and keras.ops's calls are absent."""
+    _needs("tf-keras", "tensorflow")
+    w = keras_runner.Worker("tf-keras")
+    try:
+        assert w.versions["backend"] == "tensorflow" and "tf_keras" in w.versions
+        header, arrays = w.request({"op": "sigmoid"}, [np.zeros(4, np.float32)])
+        assert header == {"ok": False, "error": "ValueError: tf-keras has no op 'sigmoid'"} and arrays == []
+    finally:
+        w.close()
 
 
 @pytest.mark.slow

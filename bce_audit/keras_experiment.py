@@ -1,51 +1,24 @@
-"""The Keras side of `bce-audit reproduce`, run as ``python -m bce_audit.keras_worker``.
+"""The question's experiment, run inside the Keras worker (`bce_audit.keras_runner`, op
+``reproduce``) for `bce-audit reproduce`.
 
-One process holds one Keras backend, so each framework runs in a process of its own. The
-request comes as JSON on stdin: ``{"framework": "tf-keras" | "keras", "policies": [...],
-"a": [...]}`` (for "keras", KERAS_BACKEND is set in the environment). The answer is one JSON
-object on stdout: the versions, then one case per (policy, feeding) with the loss at each a.
-A framework that cannot be imported is answered ``{"missing": module}``. Everything the
-frameworks print goes to stderr: stdout carries the answer only.
+Under each dtype policy, a ``Dense(1, sigmoid)`` model is evaluated on the pair {(-a, 0), (a, 1)}
+for every a, in the graph and with the probabilities fed from outside. The answer: the versions,
+then one case per (policy, feeding) with the loss at each a. ``framework`` is the worker's:
+"tf-keras" or "keras" (on the backend of KERAS_BACKEND).
 
-Imports nothing of bce_audit: the parent reads the answer, this process only runs Keras.
+Imports nothing of bce_audit: the parent reads the answer, this only runs Keras.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import os
 import sys
-import warnings
 
 import numpy as np
 
 
-def _silence() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    with contextlib.suppress(ImportError):
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-
-
-def _import(framework: str):
-    """The Keras module, and the module names that back it (for the versions)."""
-    if framework == "tf-keras":
-        import tensorflow as tf  # tf_keras needs it; its version is reported
-        import tf_keras as keras
-
-        tf.get_logger().setLevel("ERROR")
-        return keras, ("tensorflow", "tf_keras")
-    import keras
-
-    backend = keras.backend.backend()
-    return keras, ("keras", backend if backend != "numpy" else "numpy")
+def _modules(keras, framework: str) -> tuple[str, ...]:
+    """The module names that make up the framework (for the versions)."""
+    return ("tensorflow", "tf_keras") if framework == "tf-keras" else ("keras", keras.backend.backend())
 
 
 def _version(name: str) -> str:
@@ -104,9 +77,9 @@ def _pair(a: float, dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.array([[-a], [a]], dtype=dtype), np.array([[0.0], [1.0]], dtype=dtype)
 
 
-def run(framework: str, policies: list[str], a_values: list[float]) -> dict:
-    keras, names = _import(framework)
-    versions = {n: _version(n) for n in names}
+def run(keras, framework: str, policies: list[str], a_values: list[float]) -> dict:
+    """The experiment on ``keras``, the worker's Keras module (tf_keras for "tf-keras")."""
+    versions = {n: _version(n) for n in _modules(keras, framework)}
     reads = _reads_logits(keras, framework)
     cases = []
     for policy in policies:
@@ -133,21 +106,3 @@ def run(framework: str, policies: list[str], a_values: list[float]) -> dict:
     keras.mixed_precision.set_global_policy("float32")
     return {"versions": versions, "backend": "tensorflow" if framework == "tf-keras" else
             keras.backend.backend(), "reads_logits": reads, "cases": cases}
-
-
-def main() -> int:
-    answer = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # framework chatter goes to stderr
-    _silence()
-    req = json.load(sys.stdin)
-    try:
-        result = run(req["framework"], req["policies"], req["a"])
-    except ImportError as e:
-        result = {"missing": e.name or str(e)}
-    json.dump(result, answer)
-    answer.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
