@@ -325,8 +325,9 @@ class ReproCase:
 @dataclass(frozen=True)
 class Audited:
     """One measured audit behind a piece of advice: a formula in a dtype, mode and eps, over a
-    logit range. ``max_ulp`` is in ULPs of ``dtype``; ``nonfinite`` counts inf/nan results;
-    ``keypoints``: the formula's key points (the BCE's and its gradient's), wherever they fall."""
+    logit range. ``max_ulp`` is in ULPs of ``dtype`` (None: no finite result was measured);
+    ``nonfinite`` counts inf/nan results; ``keypoints``: the formula's key points (the BCE's and
+    its gradient's), wherever they fall."""
 
     formula: str
     dtype: str
@@ -334,9 +335,9 @@ class Audited:
     eps: float | None
     range: tuple[float, float]
     points: int
-    max_ulp: float
-    max_bits: float
-    max_rel: float
+    max_ulp: float | None
+    max_bits: float | None
+    max_rel: float | None
     nonfinite: int
     grad_max_ulp: float | None
     keypoints: tuple[KeyPoint, ...]
@@ -355,7 +356,9 @@ class Fix:
     built-in formula). ``figure``: what improved, "max_ulp" (same dtype) or "max_rel";
     ``moves``: the key points that moved, vanished or appeared (``status`` "moved", "gone" or
     "new"; ``name``, ``label``, x and value before and after, and each as a line); ``gate``: with a
-    gate check, its verdict with the fix applied ("PASS"/"FAIL"), else "".
+    gate check, its verdict with the fix applied ("PASS"/"FAIL"), else ""; ``verdict``: "fix"
+    (no figure worse, and within the tolerance), "partial" (no figure worse, still outside it) or
+    "trade-off" (one figure better, another worse: inf/nan traded for a larger finite error).
     """
 
     kind: str
@@ -367,6 +370,7 @@ class Fix:
     moves: tuple[dict, ...] = ()
     gate: str = ""
     note: str = ""
+    verdict: str = "fix"
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
@@ -381,7 +385,7 @@ class Advice:
     point that spoils the range); ``problems``: one line each; ``safe_eps``: for clipping
     formulas, the smallest eps whose clip bounds survive the dtype and mode, and the eps that
     minimises the worst error (None: the formula does not clip); ``check``: the gate check
-    advised, if any.
+    advised, if any; ``tried``: how many candidate fixes were run and measured.
     """
 
     before: Audited
@@ -393,6 +397,7 @@ class Advice:
     safe_eps: dict | None = None
     check: str = ""
     notes: tuple[str, ...] = ()
+    tried: int = 0
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
