@@ -19,7 +19,7 @@ unchanged, max relative error where the fix changes the dtype (ULPs of two dtype
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -200,7 +200,7 @@ def _figure(before: Audited, after: Audited) -> str:
     return "max_ulp" if before.dtype == after.dtype else "max_rel"
 
 
-MIN_GAIN = 2.0  # an error must shrink by more than this factor (one bit) to count as a gain
+MIN_GAIN = 4.0  # an error must shrink by this factor (two bits) or more to count as a gain: a bit is noise
 
 
 def _error(a: Audited, figure: str) -> float:
@@ -217,13 +217,13 @@ def within(a: Audited, tolerance: float) -> bool:
 def verdict(before: Audited, after: Audited, tolerance: float) -> str | None:
     """How a candidate fix compares, figure by figure (inf/nan count, worst error): "fix" (none
     worse, within the tolerance), "partial" (none worse, a real gain, still outside it),
-    "trade-off" (one better, one worse) or None (no real gain: an error under `MIN_GAIN` times
+    "trade-off" (one better, one worse) or None (no real gain: an error less than `MIN_GAIN` times
     smaller is noise, not a fix)."""
     figure = _figure(before, after)
     e0, e1 = _error(before, figure), _error(after, figure)
     n0, n1 = before.nonfinite, after.nonfinite
     fewer = n1 < n0
-    smaller = e1 * MIN_GAIN < e0 or (e1 == 0 < e0) or (math.isinf(e0) and math.isfinite(e1))
+    smaller = e1 * MIN_GAIN <= e0 or (e1 == 0 < e0) or (math.isinf(e0) and math.isfinite(e1))
     worse = n1 > n0 or e1 > e0
     if not (fewer or smaller):
         return None
@@ -483,12 +483,13 @@ def _eps_snippet(formula: str, e: float) -> str:
 
 
 def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None,
-                tolerance: float = TOLERANCE_ULP) -> Fix | None:
+                tolerance: float = TOLERANCE_ULP, skip: Collection[str] = ()) -> Fix | None:
     """The built-in formula that does best on the dtype and range (measured in ``t``'s mode),
-    other than ``t``'s own; with a gate check, the best one that passes it. Where the target is
-    itself a built-in of another framework, the title says so."""
+    other than ``t``'s own and those in ``skip`` (already advised); with a gate check, the best
+    one that passes it. Where the target is itself a built-in of another framework, the title
+    says so."""
     prefer = [*PREFERRED, *formulas.NAMES]  # ties go to the plain with-logits calls
-    names = [n for n in formulas.NAMES if n != t.formula]
+    names = [n for n in formulas.NAMES if n != t.formula and n not in skip]
     ranked = sorted(names, key=lambda n: (*_quick(replace(t, formula=n, eps=DEFAULT_EPS[0])),
                                           prefer.index(n)))
     for name in ranked:
@@ -498,12 +499,13 @@ def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None,
             if verdict_ != "PASS":
                 continue
         title = f"use the built-in {name}: {CALLS[name]}"
+        other = " other" if len(names) < len(formulas.NAMES) else ""  # than the target and the rewrite
         fw, own = _framework(name), _framework(t.formula)
         if not impl.is_impl(t.formula) and fw != own:
             title += f", a {FRAMEWORKS[fw]} call ({t.formula} is {FRAMEWORKS[own]}'s)"
         fix = _verified(before, replace(t, formula=name, eps=DEFAULT_EPS[0] if _uses_eps(name) else None),
                         "builtin", title, CALLS[name], "",
-                        f"best of the {len(ranked)} other built-ins on {t.dtype} ({t.mode})",
+                        f"best of the {len(ranked)}{other} built-ins on {t.dtype} ({t.mode})",
                         tolerance=tolerance)
         return replace(fix, gate=verdict_) if fix is not None else None
     return None
@@ -538,8 +540,8 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
     tried = 0
     if not ok:
         found, tried = fixes(t, before, eps_info, memo, tolerance)
-        if impl.is_impl(t.formula) or t.formula not in REWRITES:
-            best = builtin_fix(t, before, check, tolerance)
+        if impl.is_impl(t.formula) or not any(f.verdict == "fix" for f in found):
+            best = builtin_fix(t, before, check, tolerance, skip={f.after.formula for f in found})
             tried += 1
             if best is not None:
                 found = sorted([*found, best], key=_rank)
