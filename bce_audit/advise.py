@@ -215,16 +215,19 @@ def within(a: Audited, tolerance: float) -> bool:
 
 
 def verdict(before: Audited, after: Audited, tolerance: float) -> str | None:
-    """How a candidate fix compares, figure by figure (inf/nan count, worst error): "fix" (none
-    worse, within the tolerance), "partial" (none worse, a real gain, still outside it),
-    "trade-off" (one better, one worse) or None (no real gain: an error less than `MIN_GAIN` times
-    smaller is noise, not a fix)."""
+    """How a candidate fix compares, figure by figure (the inf/nan count; the worst error, as
+    max ULP within a dtype, where max rel must not grow either, and as max rel across dtypes):
+    "fix" (none worse, within the tolerance), "partial" (none worse, a real gain, still outside
+    it), "trade-off" (one better, one worse) or None (no real gain: an error less than
+    `MIN_GAIN` times smaller is noise, not a fix)."""
     figure = _figure(before, after)
     e0, e1 = _error(before, figure), _error(after, figure)
     n0, n1 = before.nonfinite, after.nonfinite
     fewer = n1 < n0
     smaller = e1 * MIN_GAIN <= e0 or (e1 == 0 < e0) or (math.isinf(e0) and math.isfinite(e1))
     worse = n1 > n0 or e1 > e0
+    if figure == "max_ulp":  # within a dtype the relative error must not grow either (beyond noise)
+        worse = worse or _error(after, "max_rel") > MIN_GAIN * _error(before, "max_rel")
     if not (fewer or smaller):
         return None
     if worse:

@@ -48,6 +48,8 @@ def _no_figure_worse(before, f) -> None:
     trade-off: one of them did."""
     b, a = _err(before, f.after)
     worse = f.after.nonfinite > before.nonfinite or a > b
+    if before.dtype == f.after.dtype:  # max rel may not grow either, beyond a factor of 4 (noise)
+        worse = worse or f.after.max_rel > 4 * before.max_rel
     assert worse == (f.verdict == "trade-off"), (f.kind, f.verdict, before.nonfinite, f.after.nonfinite, b, a)
     if f.verdict == "fix":
         assert f.after.nonfinite == 0 and f.after.max_ulp <= advise.TOLERANCE_ULP
