@@ -25,7 +25,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bce_audit import dtypes, formulas, gate, gradients, impl, sweep
-from bce_audit.advise_view import range_text
+from bce_audit.advise_view import (
+    NOTES,
+    eps_text,
+    limits_text,
+    line,
+    problem_lines,
+    range_text,
+    unsafe_text,
+    where,
+)
 from bce_audit.config import ConfigError
 from bce_audit.records import (
     DEFAULT_EPS,
@@ -36,14 +45,13 @@ from bce_audit.records import (
     Fix,
     KeyPoint,
     Settings,
+    tail,
 )
-from bce_audit.report import fmt as _fmt
 
 TOLERANCE_ULP = 4.0  # the worst error, in ULPs of the dtype, below which there is nothing to fix
 EPS_CEILING = 0.1  # the largest eps the best-eps search tries
 # the eps tried: every power of two and of ten below 0.5
 EPS_CANDIDATES = tuple(sorted({2.0 ** -k for k in range(1, 64)} | {10.0 ** -k for k in range(1, 20)}))
-RUNS = ("bce_floor", "bce_ceiling", "bce_zero", "grad_dead_zone")  # hold from x to the end of the tail
 
 
 @dataclass(frozen=True)
@@ -118,12 +126,17 @@ def _framework(formula: str) -> str:
     return {"optax": "jax", "logits-stable": "tensorflow"}.get(formula, "numpy")
 
 
+def _keras_module(formula: str) -> str:
+    """How the formula's Keras is imported: ``tf.keras`` (Keras 2, in TensorFlow) or ``keras``."""
+    return "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
+
+
 def _precision_call(formula: str, dtype: str) -> tuple[str, str]:
     """The call that computes the loss in float32, and a snippet, for the formula's framework."""
     fw = _framework(formula)
     if fw == "keras":
         policy = _NARROW_POLICY.get(dtype, "mixed_float16")
-        keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
+        keras = _keras_module(formula)
         call = f'{keras}.layers.Dense(1, activation="sigmoid", dtype="float32")'
         return call, (f'{keras}.mixed_precision.set_global_policy("{policy}")\n'
                       f"last = {call}\n"
@@ -242,15 +255,6 @@ def in_range(k: KeyPoint, rng: tuple[float, float]) -> bool:
     return rng[0] <= k.x <= rng[1]
 
 
-def tail(k: KeyPoint) -> str:
-    """The tail a key point belongs to, "+" or "-": for the loss's floor, ceiling and zero, the
-    tail its label gives (a floor at x = 0 still belongs to its tail); else the key point's side."""
-    if k.name in ("bce_floor", "bce_zero", "bce_ceiling") and k.label in (0, 1, "pair"):
-        good = "-" if k.label == 0 else "+"
-        return good if k.name != "bce_ceiling" else {"+": "-", "-": "+"}[good]
-    return k.side or ("-" if math.copysign(1.0, k.x) < 0 else "+")
-
-
 def _ideal(k: KeyPoint, kps: Sequence[KeyPoint]) -> bool:
     """A zero that a correctly rounded result would also have (the loss or gradient underflows
     there), or a vanishing gradient where it does: no problem."""
@@ -267,27 +271,6 @@ def _ideal(k: KeyPoint, kps: Sequence[KeyPoint]) -> bool:
 def problems(a: Audited) -> list[KeyPoint]:
     """The key points that spoil the range: inside it, and not what exact rounding gives."""
     return [k for k in a.keypoints if in_range(k, a.range) and not _ideal(k, a.keypoints)]
-
-
-_WHAT = {"bce_nonfinite": "loss is {v}", "bce_floor": "loss floors at {v}", "bce_ceiling": "loss caps at {v}",
-         "bce_zero": "loss is 0", "grad_dead_zone": "gradient is 0",
-         "grad_vanishing": "gradient 10x too small", "grad_nonfinite": "gradient is {v}"}
-
-
-def where(k: KeyPoint) -> str:
-    """Where a key point holds: a run to the end of its tail, or the first x walking out from 0."""
-    x = _fmt(k.x, 6)
-    if k.name in RUNS:
-        return f"x >= {x}" if tail(k) == "+" else f"x <= {x}"
-    return f"from x = {x}"
-
-
-def line(k: KeyPoint) -> str:
-    """One line: label, where, what, and why (the key point's cause, where it has one)."""
-    label = "pair" if k.label == "pair" else f"y={k.label}"
-    what = _WHAT.get(k.name, k.name).format(v=_fmt(k.value))
-    cause = k.cause
-    return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
 
 
 def _same(a: float, b: float) -> bool:
@@ -361,7 +344,7 @@ def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
                  "tried": len(safe)}
     for which, e in (("smallest", smallest), ("best", best)):
         a = measure(replace(t, eps=e), memo)
-        for name, what in (("bce_floor", "floor"), ("bce_ceiling", "ceiling")):
+        for name, what in LIMITS:
             k = limit(a, name)
             out[f"{which}_{what}"] = None if k is None else k.value
             out[f"{which}_{what}_x"] = None if k is None else k.x
@@ -369,42 +352,14 @@ def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
     return out
 
 
+LIMITS = (("bce_floor", "floor"), ("bce_ceiling", "ceiling"))
+
+
 def limit(a: Audited, name: str) -> KeyPoint | None:
     """The floor or ceiling (``name``) an eps implies over the range: label 1's, else the first
     label's, and only where it lies in the range."""
     found = [k for k in a.keypoints if k.name == name and in_range(k, a.range)]
     return next((k for k in found if k.label == 1), found[0] if found else None)
-
-
-def unsafe_text(info: dict, dtype: str, mode: str) -> str:
-    """Which clip bound collapses in the dtype and mode, and what that leaves of the clip."""
-    eps, lo, hi = info["eps"], info["lo"], info["hi"]
-    where_ = f"in {dtype} ({mode})"
-    if eps == 0:
-        return "eps is 0: the clip does nothing"
-    if lo <= 0 and hi >= 1:
-        return f"eps {_fmt(eps)}: eps rounds to 0 and 1 - eps to 1 {where_}; the clip does nothing"
-    if lo >= hi:
-        return (f"eps {_fmt(eps)}: the bounds eps and 1 - eps both round to {_fmt(lo)} {where_}; "
-                "the loss is a constant")
-    if lo <= 0:
-        return f"eps {_fmt(eps)}: the lower bound eps rounds to 0 {where_}; the clip does nothing at p = 0"
-    return f"eps {_fmt(eps)}: the upper bound 1 - eps rounds to 1 {where_}; the clip does nothing at p = 1"
-
-
-def _eps_text(e: float) -> str:
-    m, x = math.frexp(e)
-    return f"{e!r} (2**{x - 1})" if m == 0.5 else repr(e)
-
-
-def _limits(a: Audited) -> str:
-    """The floor and ceiling an eps implies, measured (label 1's, else the first label's)."""
-    parts = []
-    for name, what in (("bce_floor", "floor"), ("bce_ceiling", "ceiling")):
-        k = limit(a, name)
-        if k is not None:
-            parts.append(f"{what} {_fmt(k.value)} from {where(k)}")
-    return "; ".join(parts)
 
 
 def _verified(before: Audited, t: Target, kind: str, title: str, call: str, snippet: str,
@@ -462,9 +417,10 @@ def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None =
         for what, e in chosen:
             if e == t.eps:
                 continue
-            fix = _verified(before, replace(t, eps=e), "eps", f"eps = {_eps_text(e)} ({what})",
+            fix = _verified(before, replace(t, eps=e), "eps", f"eps = {eps_text(e)} ({what})",
                             f"eps={e!r}", _eps_snippet(t.formula, e), memo=memo, tolerance=tolerance)
-            out.append(fix if fix is None else replace(fix, note=_limits(fix.after)))
+            out.append(fix if fix is None else replace(fix, note=limits_text(
+                [(what, k) for name, what in LIMITS if (k := limit(fix.after, name)) is not None])))
     if dtypes.get(t.dtype).narrow:
         call, snippet = _precision_call(t.formula, t.dtype)
         out.append(_verified(before, replace(t, dtype="float32"), "precision",
@@ -480,7 +436,7 @@ FRAMEWORKS = {"keras": "Keras", "torch": "PyTorch", "jax": "JAX", "tensorflow": 
 def _eps_snippet(formula: str, e: float) -> str:
     fw = _framework(formula)
     if fw == "keras":
-        keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
+        keras = _keras_module(formula)
         return f"{keras}.backend.set_epsilon({e!r})  # the clip: [eps, 1 - eps]"
     return f"p = np.clip(p, {e!r}, 1 - {e!r})"
 
@@ -523,22 +479,11 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
     memo: dict[Target, Audited] = {}
     before = measure(t, memo)
     bad = problems(before)
-    lines = [line(k) for k in bad]
-    if before.nonfinite:
-        lines.insert(0, f"{before.nonfinite} inf/nan results on the grid")
-    if before.max_ulp is None:
-        lines.insert(0, "no finite result on the grid: nothing could be measured")
-    elif before.max_ulp > tolerance:
-        lines.insert(0, f"worst error {_fmt(before.max_ulp)} ULP ({_fmt(before.max_bits, 3)} bits), "
-                        f"more than {_fmt(tolerance)}")
-    notes: list[str] = []
-    ok = not lines
     eps_info = safe_eps(t, memo)
-    if eps_info is not None and not eps_info["safe"]:
-        lines.insert(0, unsafe_text(eps_info, t.dtype, t.mode))
-        ok = False
-    if t.formula == "keras3-numpy":
-        notes.append("from_logits=True on Keras's numpy backend runs the same sigmoid-then-clip path")
+    unsafe = unsafe_text(eps_info, t.dtype, t.mode) if eps_info is not None and not eps_info["safe"] else ""
+    lines = problem_lines(before, bad, tolerance, unsafe)
+    ok = not lines
+    notes = [NOTES[t.formula]] if t.formula in NOTES else []
     found: list[Fix] = []
     tried = 0
     if not ok:

@@ -3,16 +3,86 @@ comment) and JSON. They read the records only; no measuring here."""
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 
 from bce_audit import __version__
-from bce_audit.records import SCHEMA, Advice, Audited, Fix, to_json
+from bce_audit.records import SCHEMA, Advice, Audited, Fix, KeyPoint, tail, to_json
 from bce_audit.report import fmt, printable
 
 WIDTH = 80
 MOVES_SHOWN = 4  # key-point moves listed per fix in text and markdown; JSON has them all
 TAGS = {"fix": "", "partial": " (partial)", "trade-off": " (trade-off)"}  # after a table row's fix
+
+
+# ---------------------------------------------------------------- the advice's words
+# (advise.py measures and searches; the lines it stores in the records are built here)
+
+RUNS = ("bce_floor", "bce_ceiling", "bce_zero", "grad_dead_zone")  # hold from x to the end of the tail
+
+_WHAT = {"bce_nonfinite": "loss is {v}", "bce_floor": "loss floors at {v}", "bce_ceiling": "loss caps at {v}",
+         "bce_zero": "loss is 0", "grad_dead_zone": "gradient is 0",
+         "grad_vanishing": "gradient 10x too small", "grad_nonfinite": "gradient is {v}"}
+
+
+def where(k: KeyPoint) -> str:
+    """Where a key point holds: a run to the end of its tail, or the first x walking out from 0."""
+    x = fmt(k.x, 6)
+    if k.name in RUNS:
+        return f"x >= {x}" if tail(k) == "+" else f"x <= {x}"
+    return f"from x = {x}"
+
+
+def line(k: KeyPoint) -> str:
+    """One line: label, where, what, and why (the key point's cause, where it has one)."""
+    label = "pair" if k.label == "pair" else f"y={k.label}"
+    what = _WHAT.get(k.name, k.name).format(v=fmt(k.value))
+    cause = k.cause
+    return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
+
+
+def unsafe_text(info: dict, dtype: str, mode: str) -> str:
+    """Which clip bound collapses in the dtype and mode, and what that leaves of the clip."""
+    eps, lo, hi = info["eps"], info["lo"], info["hi"]
+    where_ = f"in {dtype} ({mode})"
+    if eps == 0:
+        return "eps is 0: the clip does nothing"
+    if lo <= 0 and hi >= 1:
+        return f"eps {fmt(eps)}: eps rounds to 0 and 1 - eps to 1 {where_}; the clip does nothing"
+    if lo >= hi:
+        return (f"eps {fmt(eps)}: the bounds eps and 1 - eps both round to {fmt(lo)} {where_}; "
+                "the loss is a constant")
+    if lo <= 0:
+        return f"eps {fmt(eps)}: the lower bound eps rounds to 0 {where_}; the clip does nothing at p = 0"
+    return f"eps {fmt(eps)}: the upper bound 1 - eps rounds to 1 {where_}; the clip does nothing at p = 1"
+
+
+def eps_text(e: float) -> str:
+    m, x = math.frexp(e)
+    return f"{e!r} (2**{x - 1})" if m == 0.5 else repr(e)
+
+
+def limits_text(found: Sequence[tuple[str, KeyPoint]]) -> str:
+    """The floor and ceiling an eps implies (each "floor"/"ceiling" and its key point)."""
+    return "; ".join(f"{what} {fmt(k.value)} from {where(k)}" for what, k in found)
+
+
+NOTES = {"keras3-numpy": "from_logits=True on Keras's numpy backend runs the same sigmoid-then-clip path"}
+
+
+def problem_lines(before: Audited, bad: Sequence[KeyPoint], tolerance: float, unsafe: str = "") -> list[str]:
+    """What goes wrong, one line each: the unsafe clip, the worst error, the inf/nan count, then
+    the key points that spoil the range."""
+    lines = [line(k) for k in bad]
+    if before.nonfinite:
+        lines.insert(0, f"{before.nonfinite} inf/nan results on the grid")
+    if before.max_ulp is None:
+        lines.insert(0, "no finite result on the grid: nothing could be measured")
+    elif before.max_ulp > tolerance:
+        lines.insert(0, f"worst error {fmt(before.max_ulp)} ULP ({fmt(before.max_bits, 3)} bits), "
+                        f"more than {fmt(tolerance)}")
+    return [unsafe, *lines] if unsafe else lines
 
 
 def _subject(a: Advice) -> str:

@@ -210,6 +210,15 @@ class KeyPoint:
         return clean(asdict(self))
 
 
+def tail(k: KeyPoint) -> str:
+    """The tail a key point belongs to, "+" or "-": for the loss's floor, ceiling and zero, the
+    tail its label gives (a floor at x = 0 still belongs to its tail); else the key point's side."""
+    if k.name in ("bce_floor", "bce_zero", "bce_ceiling") and k.label in (0, 1, "pair"):
+        good = "-" if k.label == 0 else "+"
+        return good if k.name != "bce_ceiling" else {"+": "-", "-": "+"}[good]
+    return k.side or ("-" if math.copysign(1.0, k.x) < 0 else "+")
+
+
 ROW_FLOATS = ("x", "x_dtype", "value", "exact", "abs_err", "rel_err", "ulp_err", "bits")
 CLIP_FLOATS = ("clipped_exact", "clip_rel", "round_ulp")
 
