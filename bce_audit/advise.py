@@ -3,24 +3,29 @@
 For one (formula, dtype, mode, eps) over a logit range: what goes wrong (its key points in the
 range, one line each), then the fixes, best first. Every fix is verified: the audit is run again
 with the fix applied, through the same engine (`sweep.run_sweep`, `sweep.audit_grid`,
-`gate.run_check`), and a fix whose measured figure does not improve is not shown. The fixes:
+`gate.run_check`), and judged figure by figure (`verdict`): a fix makes nothing worse and brings
+the error within the tolerance, a partial fix makes nothing worse, a trade-off makes one figure
+worse; a candidate with no real gain is not shown. The candidates:
 
 - ``logits``: the with-logits rewrite, as the framework the formula models spells it;
 - ``eps``: for clipping formulas, the smallest eps whose clip bounds survive the dtype and mode
-  (``eps`` above 0 and ``1 - eps`` below 1 once rounded, as the framework rounds them), and the
-  eps that minimises the worst error over the range;
+  (``eps`` above 0, ``1 - eps`` below 1 and the two apart once rounded, as the framework rounds
+  them), and the eps that minimises the worst error over the range;
 - ``precision``: the loss computed in float32 (dtypes narrower than float32);
-- ``builtin``: for user code (``impl:``), the built-in formula that does best on its dtype.
+- ``builtin``: for user code, and for a built-in with no full fix above, the built-in formula
+  that does best on its dtype.
 
-The figure is the worst error over the range, inf/nan counted first: max ULP where the dtype is
-unchanged, max relative error where the fix changes the dtype (ULPs of two dtypes do not compare).
+The figures are the inf/nan count and the worst error over the range: max ULP where the dtype is
+unchanged (there max rel may not grow either), max relative error where the fix changes the
+dtype (ULPs of two dtypes do not compare). Measuring and searching live here; the words, in
+`advise_view`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -38,13 +43,15 @@ from bce_audit.advise_view import (
 from bce_audit.config import ConfigError
 from bce_audit.records import (
     DEFAULT_EPS,
-    DEFAULT_POINTS,
-    DEFAULT_RANGE,
     Advice,
     Audited,
+    EpsChoice,
     Fix,
     KeyPoint,
+    Move,
+    SafeEps,
     Settings,
+    Target,
     tail,
 )
 
@@ -52,23 +59,6 @@ TOLERANCE_ULP = 4.0  # the worst error, in ULPs of the dtype, below which there 
 EPS_CEILING = 0.1  # the largest eps the best-eps search tries
 # the eps tried: every power of two and of ten below 0.5
 EPS_CANDIDATES = tuple(sorted({2.0 ** -k for k in range(1, 64)} | {10.0 ** -k for k in range(1, 20)}))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What is advised on: one formula in one dtype and mode, over a grid of logits."""
-
-    formula: str
-    dtype: str
-    mode: str = "native"
-    eps: float | None = DEFAULT_EPS[0]
-    label: str = "both"  # "1", "0", "both" (1, 0 and the pair) or "pair"
-    range: tuple[float, float] = DEFAULT_RANGE
-    points: int = DEFAULT_POINTS
-
-    @property
-    def labels(self) -> tuple:
-        return {"1": (1,), "0": (0,), "both": (1, 0, "pair"), "pair": ("pair",)}[self.label]
 
 
 # ---------------------------------------------------------------- the frameworks' spellings
@@ -277,14 +267,14 @@ def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-def moves(before: Audited, after: Audited) -> list[dict]:
+def moves(before: Audited, after: Audited) -> list[Move]:
     """The problem key points that vanish, move or appear with a fix: one record each, loss
     before gradient, and in each what the fix costs first (new), then moved, then gone."""
     def keyed(a: Audited) -> dict[tuple, KeyPoint]:
         return {(k.name, str(k.label), tail(k)): k for k in problems(a)}
 
     b, a = keyed(before), keyed(after)
-    out = []
+    out: list[Move] = []
     for key in (*b, *(k for k in a if k not in b)):
         old, new = b.get(key), a.get(key)
         if old is not None and new is not None and old.x == new.x and _same(old.value, new.value):
@@ -292,13 +282,12 @@ def moves(before: Audited, after: Audited) -> list[dict]:
         status = "gone" if new is None else "new" if old is None else "moved"
         k = new or old
         assert k is not None
-        out.append({"status": status, "name": k.name, "label": str(k.label),
-                    "quantity": "gradient" if k.name.startswith("grad") else "loss",
-                    "x_before": old.x if old else None, "x_after": new.x if new else None,
-                    "value_before": old.value if old else None, "value_after": new.value if new else None,
-                    "before": line(old) if old else "", "after": line(new) if new else ""})
+        out.append(Move(status, k.name, str(k.label), "gradient" if k.name.startswith("grad") else "loss",
+                        old.x if old else None, new.x if new else None,
+                        old.value if old else None, new.value if new else None,
+                        line(old) if old else "", line(new) if new else ""))
     order = {"loss": 0, "gradient": 1}, {"new": 0, "moved": 1, "gone": 2}
-    return sorted(out, key=lambda m: (order[0][m["quantity"]], order[1][m["status"]]))
+    return sorted(out, key=lambda m: (order[0][m.quantity], order[1][m.status]))
 
 
 # ---------------------------------------------------------------- the fixes
@@ -324,32 +313,30 @@ def safe_candidates(formula: str, dtype: str, mode: str) -> list[float]:
     return [e for e in EPS_CANDIDATES if e <= EPS_CEILING and _safe(formula, e, dtype, mode)]
 
 
-def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
+def safe_eps(t: Target, memo: dict | None = None) -> SafeEps | None:
     """For a clipping formula: the current eps's bounds, the smallest eps whose bounds are
-    distinct from 0 and 1 in the dtype and mode, and the eps (of `EPS_CANDIDATES`, from that one
-    up to `EPS_CEILING`) that minimises the worst error over the range; for each of the two, the
-    floor and ceiling it implies, measured (label 1's, else the first label's: value and x)."""
+    distinct from 0 and 1 (and from each other) in the dtype and mode, and the eps (of
+    `EPS_CANDIDATES`, from that one up to `EPS_CEILING`) that minimises the worst error over the
+    range; for each of the two, the floor and ceiling it implies over the range, measured."""
     if impl.is_impl(t.formula) or not _uses_eps(t.formula) or t.eps is None:
         return None
     lo, hi = clip_bounds(t.formula, t.eps, t.dtype, t.mode)
     safe = safe_candidates(t.formula, t.dtype, t.mode)
     if not safe:
-        return {"eps": t.eps, "lo": lo, "hi": hi, "safe": 0 < lo < hi < 1, "smallest": None, "best": None}
-    smallest = safe[0]
+        return SafeEps(t.eps, lo, hi, 0 < lo < hi < 1)
     scores = {e: _quick(replace(t, eps=e)) for e in safe}
     best = min(safe, key=lambda e: (scores[e][0], scores[e][1], e))
-    s_lo, s_hi = clip_bounds(t.formula, smallest, t.dtype, t.mode)
-    out: dict = {"eps": t.eps, "lo": lo, "hi": hi, "safe": 0 < lo < hi < 1, "smallest": smallest,
-                 "smallest_lo": s_lo, "smallest_hi": s_hi, "best": best, "best_max_ulp": scores[best][1],
-                 "tried": len(safe)}
-    for which, e in (("smallest", smallest), ("best", best)):
+
+    def choice(e: float) -> EpsChoice:
         a = measure(replace(t, eps=e), memo)
+        found: dict = {}
         for name, what in LIMITS:
             k = limit(a, name)
-            out[f"{which}_{what}"] = None if k is None else k.value
-            out[f"{which}_{what}_x"] = None if k is None else k.x
-            out[f"{which}_{what}_where"] = None if k is None else where(k)
-    return out
+            if k is not None:
+                found.update({what: k.value, f"{what}_x": k.x, f"{what}_where": where(k)})
+        return EpsChoice(e, *clip_bounds(t.formula, e, t.dtype, t.mode), **found)
+
+    return SafeEps(t.eps, lo, hi, 0 < lo < hi < 1, choice(safe[0]), choice(best), len(safe), scores[best][1])
 
 
 LIMITS = (("bce_floor", "floor"), ("bce_ceiling", "ceiling"))
@@ -375,7 +362,7 @@ def _verified(before: Audited, t: Target, kind: str, title: str, call: str, snip
         v = "fix" if within(after, tolerance) else "partial"  # the same figures, fewer key points
     changed = moves(before, after)
     if before.grad_max_ulp is None and not any(k.name.startswith("grad") for k in before.keypoints):
-        changed = [m for m in changed if m["quantity"] == "loss"]  # no gradient before: nothing to compare
+        changed = [m for m in changed if m.quantity == "loss"]  # no gradient before: nothing to compare
         dead = [line(k) for k in problems(after) if k.name.startswith("grad")]
         if dead:
             note = "; ".join([*([note] if note else []), "its gradient: " + "; ".join(dead)])
@@ -396,7 +383,7 @@ def _rank(f: Fix) -> tuple:
     return VERDICTS.index(f.verdict), f.after.nonfinite, decade, ulp
 
 
-def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None = None,
+def fixes(t: Target, before: Audited, eps_info: SafeEps | None, memo: dict | None = None,
           tolerance: float = TOLERANCE_ULP) -> tuple[list[Fix], int]:
     """Every fix that brings a real gain, best first (`_rank`), and how many candidates ran."""
     out: list[Fix | None] = []
@@ -410,10 +397,10 @@ def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None =
         out.append(_verified(before, replace(t, formula=target, mode=mode, eps=None), "logits",
                              f"{fw}: {call}{drop}", call, snippet, f"measured as {target} ({mode})", memo,
                              tolerance))
-    if eps_info is not None and eps_info["smallest"] is not None:
-        chosen = [("smallest safe", eps_info["smallest"])]
-        if eps_info["best"] != eps_info["smallest"]:
-            chosen.append(("best over the range", eps_info["best"]))
+    if eps_info is not None and eps_info.smallest is not None and eps_info.best is not None:
+        chosen = [("smallest safe", eps_info.smallest.eps)]
+        if eps_info.best.eps != eps_info.smallest.eps:
+            chosen.append(("best over the range", eps_info.best.eps))
         for what, e in chosen:
             if e == t.eps:
                 continue
@@ -480,7 +467,7 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
     before = measure(t, memo)
     bad = problems(before)
     eps_info = safe_eps(t, memo)
-    unsafe = unsafe_text(eps_info, t.dtype, t.mode) if eps_info is not None and not eps_info["safe"] else ""
+    unsafe = unsafe_text(eps_info, t.dtype, t.mode) if eps_info is not None and not eps_info.safe else ""
     lines = problem_lines(before, bad, tolerance, unsafe)
     ok = not lines
     notes = [NOTES[t.formula]] if t.formula in NOTES else []

@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Sequence
 
 from bce_audit import __version__
-from bce_audit.records import SCHEMA, Advice, Audited, Fix, KeyPoint, tail, to_json
+from bce_audit.records import SCHEMA, Advice, Audited, Fix, KeyPoint, Move, SafeEps, tail, to_json
 from bce_audit.report import fmt, printable
 
 WIDTH = 80
@@ -42,9 +42,9 @@ def line(k: KeyPoint) -> str:
     return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
 
 
-def unsafe_text(info: dict, dtype: str, mode: str) -> str:
+def unsafe_text(info: SafeEps, dtype: str, mode: str) -> str:
     """Which clip bound collapses in the dtype and mode, and what that leaves of the clip."""
-    eps, lo, hi = info["eps"], info["lo"], info["hi"]
+    eps, lo, hi = info.eps, info.lo, info.hi
     where_ = f"in {dtype} ({mode})"
     if eps == 0:
         return "eps is 0: the clip does nothing"
@@ -189,8 +189,8 @@ SHORT = {"bce_nonfinite": "inf/nan", "bce_floor": "floor", "bce_ceiling": "cap",
          "grad_dead_zone": "dead", "grad_vanishing": "vanishing", "grad_nonfinite": "inf/nan"}
 
 
-def _label(m: dict) -> str:
-    return "pair" if m["label"] == "pair" else f"y={m['label']}"
+def _label(m: Move) -> str:
+    return "pair" if m.label == "pair" else f"y={m.label}"
 
 
 def _moves(f: Fix) -> list[tuple[str, list[str]]]:
@@ -198,22 +198,22 @@ def _moves(f: Fix) -> list[tuple[str, list[str]]]:
     `MOVES_SHOWN` lines), then what moves, then what is gone, in one line."""
     out = []
     for quantity in ("loss", "gradient"):
-        ms = [m for m in f.moves if m["quantity"] == quantity]
+        ms = [m for m in f.moves if m.quantity == quantity]
         if not ms:
             continue
         lines = []
         for m in ms:
-            if m["status"] == "new":
-                lines.append(f"new: {m['after']}")
-            elif m["status"] == "moved":
-                what = f"x {fmt(m['x_before'], 6)} -> {fmt(m['x_after'], 6)}"
-                if fmt(m["value_before"]) != fmt(m["value_after"]):
-                    what += f", value {fmt(m['value_before'])} -> {fmt(m['value_after'])}"
-                lines.append(f"moved: {_label(m)} {SHORT.get(m['name'], m['name'])} {what}")
+            if m.status == "new":
+                lines.append(f"new: {m.after}")
+            elif m.status == "moved":
+                what = f"x {fmt(m.x_before, 6)} -> {fmt(m.x_after, 6)}"
+                if fmt(m.value_before) != fmt(m.value_after):
+                    what += f", value {fmt(m.value_before)} -> {fmt(m.value_after)}"
+                lines.append(f"moved: {_label(m)} {SHORT.get(m.name, m.name)} {what}")
         if len(lines) > MOVES_SHOWN:
             lines[MOVES_SHOWN:] = [f"... {len(lines) - MOVES_SHOWN} more (--format json lists them all)"]
-        gone = [f"{_label(m)} {SHORT.get(m['name'], m['name'])} ({fmt(m['x_before'])})"
-                for m in ms if m["status"] == "gone"]
+        gone = [f"{_label(m)} {SHORT.get(m.name, m.name)} ({fmt(m.x_before)})"
+                for m in ms if m.status == "gone"]
         if gone:
             lines.append("gone: " + ", ".join(gone))
         out.append((quantity, lines))
@@ -238,18 +238,19 @@ def text(advice: Sequence[Advice]) -> str:
         out += ["", "What goes wrong"]
         for p in a.problems:
             out += _wrap(p, "    ", "  ")
-        if a.safe_eps is not None and a.safe_eps.get("smallest") is not None:
-            s = a.safe_eps
+        s = a.safe_eps
+        if s is not None and s.smallest is not None and s.best is not None:
             out += ["", "Safe eps"]
-            bounds = f"bounds {fmt(s['smallest_lo'], 6)}, {fmt(s['smallest_hi'], 8)}"
+            bounds = f"bounds {fmt(s.smallest.lo, 6)}, {fmt(s.smallest.hi, 8)}"
             out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
-                         f"{fmt(s['smallest'], 6)} ({bounds}); best over the range: "
-                         f"{fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
-            for which in ("smallest", "best") if s["best"] != s["smallest"] else ("smallest",):
-                implied = [f"{what} {fmt(s[f'{which}_{what}'])} from {s[f'{which}_{what}_where']}"
-                           for what in ("floor", "ceiling") if s.get(f"{which}_{what}") is not None]
+                         f"{fmt(s.smallest.eps, 6)} ({bounds}); best over the range: "
+                         f"{fmt(s.best.eps, 6)} (of {s.tried} tried, measured)", "    ", "  ")
+            for c in (s.smallest, s.best) if s.best.eps != s.smallest.eps else (s.smallest,):
+                implied = [f"floor {fmt(c.floor)} from {c.floor_where}"] if c.floor is not None else []
+                if c.ceiling is not None:
+                    implied.append(f"ceiling {fmt(c.ceiling)} from {c.ceiling_where}")
                 if implied:
-                    out += _wrap(f"eps {fmt(s[which], 6)} implies: {'; '.join(implied)} (measured)",
+                    out += _wrap(f"eps {fmt(c.eps, 6)} implies: {'; '.join(implied)} (measured)",
                                  "    ", "  ")
             eps_fixes = [f for f in a.fixes if f.kind == "eps"]
             if not eps_fixes:

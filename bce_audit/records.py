@@ -332,6 +332,75 @@ class ReproCase:
 
 
 @dataclass(frozen=True)
+class Target:
+    """What is advised on: one formula in one dtype and mode, over a grid of logits."""
+
+    formula: str
+    dtype: str
+    mode: str = "native"
+    eps: float | None = DEFAULT_EPS[0]
+    label: str = "both"  # "1", "0", "both" (1, 0 and the pair) or "pair"
+    range: tuple[float, float] = DEFAULT_RANGE
+    points: int = DEFAULT_POINTS
+
+    @property
+    def labels(self) -> tuple:
+        return {"1": (1,), "0": (0,), "both": (1, 0, "pair"), "pair": ("pair",)}[self.label]
+
+
+@dataclass(frozen=True)
+class EpsChoice:
+    """One eps advise proposes, with the clip bounds it gets in the dtype and mode and the floor
+    and ceiling it implies over the range, measured (value, x and where it holds; None: none in
+    the range)."""
+
+    eps: float
+    lo: float
+    hi: float
+    floor: float | None = None
+    floor_x: float | None = None
+    floor_where: str | None = None
+    ceiling: float | None = None
+    ceiling_x: float | None = None
+    ceiling_where: str | None = None
+
+
+@dataclass(frozen=True)
+class SafeEps:
+    """For a clipping formula: the eps audited, its clip bounds as the framework rounds them and
+    whether they survive (0 < lo < hi < 1); the smallest eps whose bounds survive and the one
+    that minimises the worst error over the range (None: no candidate survives); ``tried``: the
+    candidates measured; ``best_max_ulp``: the best one's worst error."""
+
+    eps: float
+    lo: float
+    hi: float
+    safe: bool
+    smallest: EpsChoice | None = None
+    best: EpsChoice | None = None
+    tried: int = 0
+    best_max_ulp: float | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    """A problem key point that a fix makes vanish ("gone"), move ("moved") or appear ("new"):
+    its name, label and quantity ("loss", "gradient"), x and value before and after, and each
+    as a line."""
+
+    status: str
+    name: str
+    label: str
+    quantity: str
+    x_before: float | None
+    x_after: float | None
+    value_before: float | None
+    value_after: float | None
+    before: str = ""
+    after: str = ""
+
+
+@dataclass(frozen=True)
 class Audited:
     """One measured audit behind a piece of advice: a formula in a dtype, mode and eps, over a
     logit range. ``max_ulp`` is in ULPs of ``dtype`` (None: no finite result was measured);
@@ -376,7 +445,7 @@ class Fix:
     snippet: str
     after: Audited
     figure: str
-    moves: tuple[dict, ...] = ()
+    moves: tuple[Move, ...] = ()
     gate: str = ""
     note: str = ""
     verdict: str = "fix"
@@ -403,7 +472,7 @@ class Advice:
     ok: bool
     problems: tuple[str, ...]
     fixes: tuple[Fix, ...]
-    safe_eps: dict | None = None
+    safe_eps: SafeEps | None = None
     check: str = ""
     notes: tuple[str, ...] = ()
     tried: int = 0

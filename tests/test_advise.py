@@ -63,8 +63,9 @@ def keras3_f16():
 def test_issue_13_float16_keras3_safe_eps_verified(keras3_f16):
     a = keras3_f16
     assert not a.ok
-    assert a.safe_eps is not None and not a.safe_eps["safe"]  # 1 - 1e-7 rounds to 1 in float16
-    eps = a.safe_eps["smallest"]
+    assert a.safe_eps is not None and not a.safe_eps.safe  # 1 - 1e-7 rounds to 1 in float16
+    assert a.safe_eps.smallest is not None
+    eps = a.safe_eps.smallest.eps
     # the definition, here with ml-free numpy: 1 - eps and eps stay apart from 1 and 0 in float16
     assert np.float16(1.0 - eps) < 1 and np.float16(eps) > 0
     assert all(np.float16(1.0 - e) == 1 for e in advise.EPS_CANDIDATES if e < eps)
@@ -376,16 +377,16 @@ def test_calls_exist_in_the_installed_frameworks():
 def test_review_t2_safe_eps_limits_against_exact_arithmetic(keras3_f16):
     """float16, eps 2**-11: the floor is -log1p(-2**-11) and the ceiling -log(2**-11) = 11 ln 2,
     exactly (mpmath); the measured ones lie within one float16 ULP, on their own tails."""
-    s = keras3_f16.safe_eps
+    s = keras3_f16.safe_eps.smallest
     eps = float.fromhex("0x1p-11")  # 4.88e-04
-    assert s["smallest"] == eps
+    assert s.eps == eps
     with mp.workprec(200):
         floor, ceiling = -mp.log1p(-mp.mpf(eps)), -mp.log(mp.mpf(eps))
         assert abs(ceiling - 11 * mp.log(2)) < mp.mpf(2) ** -150
         floor, ceiling = float(floor), float(ceiling)
-    for got, exact in ((s["smallest_floor"], floor), (s["smallest_ceiling"], ceiling)):
+    for got, exact in ((s.floor, floor), (s.ceiling, ceiling)):
         assert abs(got - exact) <= float(np.spacing(np.float16(exact))), (got, exact)
-    assert s["smallest_floor_where"].startswith("x >= ") and s["smallest_ceiling_where"].startswith("x <= ")
+    assert s.floor_where.startswith("x >= ") and s.ceiling_where.startswith("x <= ")
     text = advise_view.text([keras3_f16])
     assert "floor 4.883e-4 from x >= 7.91016; ceiling 7.625 from" in text  # one helper, both places
     assert "floor 4.883e-4 from x >= 7.91016; ceiling 7.625 from x <= -7.625" in _fix(keras3_f16, "eps").note
@@ -395,7 +396,8 @@ def test_review_f10_limits_only_in_the_range():
     """A floor or ceiling outside the range is not what the eps implies there."""
     [a] = api.advise(dtype="float16", formula="keras3", eps=1e-7, range="-5:5", points=41)
     s = a.safe_eps
-    assert s is not None and s["smallest_floor"] is None and s["smallest_ceiling"] is None
+    assert s is not None and s.smallest is not None and s.smallest.eps == float.fromhex("0x1p-11")
+    assert s.smallest.floor is None and s.smallest.ceiling is None  # at x >= 7.91 and x <= -7.625
 
 
 def test_review_f4_a_range_the_dtype_cannot_hold_is_refused():
