@@ -302,7 +302,8 @@ def markdown(advice: Sequence[Advice]) -> str:
         rows = [["", "before", a.before.dtype, fmt(a.before.max_ulp), fmt(a.before.max_bits, 3),
                  fmt(a.before.max_rel, 3), str(a.before.nonfinite)] + (["FAIL"] if a.check else [])]
         for i, f in enumerate(a.fixes, 1):
-            rows.append([str(i), f.title + TAGS[f.verdict], f.after.dtype, fmt(f.after.max_ulp),
+            mode = f" ({f.after.mode})" if f.after.mode != a.before.mode else ""
+            rows.append([str(i), f.title + mode + TAGS[f.verdict], f.after.dtype, fmt(f.after.max_ulp),
                          fmt(f.after.max_bits, 3),
                          fmt(f.after.max_rel, 3), str(f.after.nonfinite)] + ([f.gate] if a.check else []))
         out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows] + [""]
