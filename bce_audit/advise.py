@@ -3,63 +3,62 @@
 For one (formula, dtype, mode, eps) over a logit range: what goes wrong (its key points in the
 range, one line each), then the fixes, best first. Every fix is verified: the audit is run again
 with the fix applied, through the same engine (`sweep.run_sweep`, `sweep.audit_grid`,
-`gate.run_check`), and a fix whose measured figure does not improve is not shown. The fixes:
+`gate.run_check`), and judged figure by figure (`verdict`): a fix makes nothing worse and brings
+the error within the tolerance, a partial fix makes nothing worse, a trade-off makes one figure
+worse; a candidate with no real gain is not shown. The candidates:
 
 - ``logits``: the with-logits rewrite, as the framework the formula models spells it;
 - ``eps``: for clipping formulas, the smallest eps whose clip bounds survive the dtype and mode
-  (``eps`` above 0 and ``1 - eps`` below 1 once rounded, as the framework rounds them), and the
-  eps that minimises the worst error over the range;
+  (``eps`` above 0, ``1 - eps`` below 1 and the two apart once rounded, as the framework rounds
+  them), and the eps that minimises the worst error over the range;
 - ``precision``: the loss computed in float32 (dtypes narrower than float32);
-- ``builtin``: for user code (``impl:``), the built-in formula that does best on its dtype.
+- ``builtin``: for user code, and for a built-in with no full fix above, the built-in formula
+  that does best on its dtype.
 
-The figure is the worst error over the range, inf/nan counted first: max ULP where the dtype is
-unchanged, max relative error where the fix changes the dtype (ULPs of two dtypes do not compare).
+The figures are the inf/nan count and the worst error over the range: max ULP where the dtype is
+unchanged (there max rel may not grow either), max relative error where the fix changes the
+dtype (ULPs of two dtypes do not compare). Measuring and searching live here; the words, in
+`advise_view`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from bce_audit import dtypes, formulas, gate, gradients, impl, sweep
+from bce_audit.advise_view import (
+    NOTES,
+    eps_text,
+    limits_text,
+    line,
+    problem_lines,
+    range_text,
+    unsafe_text,
+    where,
+)
 from bce_audit.config import ConfigError
 from bce_audit.records import (
     DEFAULT_EPS,
-    DEFAULT_POINTS,
-    DEFAULT_RANGE,
     Advice,
     Audited,
+    EpsChoice,
     Fix,
     KeyPoint,
+    Move,
+    SafeEps,
     Settings,
+    Target,
+    tail,
 )
-from bce_audit.report import fmt as _fmt
 
 TOLERANCE_ULP = 4.0  # the worst error, in ULPs of the dtype, below which there is nothing to fix
 EPS_CEILING = 0.1  # the largest eps the best-eps search tries
 # the eps tried: every power of two and of ten below 0.5
 EPS_CANDIDATES = tuple(sorted({2.0 ** -k for k in range(1, 64)} | {10.0 ** -k for k in range(1, 20)}))
-RUNS = ("bce_floor", "bce_ceiling", "bce_zero", "grad_dead_zone")  # hold from x to the end of the tail
-
-
-@dataclass(frozen=True)
-class Target:
-    """What is advised on: one formula in one dtype and mode, over a grid of logits."""
-
-    formula: str
-    dtype: str
-    mode: str = "native"
-    eps: float | None = DEFAULT_EPS[0]
-    label: str = "both"  # "1", "0", "both" (1, 0 and the pair) or "pair"
-    range: tuple[float, float] = DEFAULT_RANGE
-    points: int = DEFAULT_POINTS
-
-    @property
-    def labels(self) -> tuple:
-        return {"1": (1,), "0": (0,), "both": (1, 0, "pair"), "pair": ("pair",)}[self.label]
 
 
 # ---------------------------------------------------------------- the frameworks' spellings
@@ -117,12 +116,17 @@ def _framework(formula: str) -> str:
     return {"optax": "jax", "logits-stable": "tensorflow"}.get(formula, "numpy")
 
 
+def _keras_module(formula: str) -> str:
+    """How the formula's Keras is imported: ``tf.keras`` (Keras 2, in TensorFlow) or ``keras``."""
+    return "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
+
+
 def _precision_call(formula: str, dtype: str) -> tuple[str, str]:
     """The call that computes the loss in float32, and a snippet, for the formula's framework."""
     fw = _framework(formula)
     if fw == "keras":
         policy = _NARROW_POLICY.get(dtype, "mixed_float16")
-        keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
+        keras = _keras_module(formula)
         call = f'{keras}.layers.Dense(1, activation="sigmoid", dtype="float32")'
         return call, (f'{keras}.mixed_precision.set_global_policy("{policy}")\n'
                       f"last = {call}\n"
@@ -176,30 +180,62 @@ def _measure(t: Target) -> Audited:
     grads = [w for w in r.worst if w.formula == t.formula and w.quantity == "grad" and w.label in labels
              and w.x is not None]
     kps = tuple(k for k in r.keypoints if k.formula == t.formula and k.label in labels)
+    # no finite result measured: None, not 0 (0 would read as exact)
     return Audited(t.formula, t.dtype, t.mode, t.eps if _uses_eps(t.formula) else None, t.range, t.points,
-                   max((w.max_ulp for w in found), default=0.0),
-                   max((w.max_bits for w in found), default=0.0),
-                   max((w.max_rel for w in found), default=0.0), sum(w.nonfinite for w in bce),
+                   max((w.max_ulp for w in found), default=None),
+                   max((w.max_bits for w in found), default=None),
+                   max((w.max_rel for w in found), default=None), sum(w.nonfinite for w in bce),
                    max((w.max_ulp for w in grads), default=None) if grads else None, kps)
 
 
 def _quick(t: Target) -> tuple[int, float, float]:
-    """The grid figures only (no key points): inf/nan count, max ULP, max rel. For the searches."""
+    """The grid figures only (no key points): inf/nan count, max ULP, max rel (inf where no
+    finite result was measured: the worst, for ranking). For the searches."""
     s = sweep.native(_settings(t, False))
     series = [w for w in sweep.audit_grid(s, t.dtype, set())[0]
               if w.formula == t.formula and w.quantity == "bce" and w.label in t.labels]
     found = [w for w in series if w.x is not None]
-    return (sum(w.nonfinite for w in series), max((w.max_ulp for w in found), default=0.0),
-            max((w.max_rel for w in found), default=0.0))
-
-
-def score(a: Audited, figure: str) -> tuple[int, float]:
-    """What a fix must lower: inf/nan results first, then the figure (max_ulp or max_rel)."""
-    return a.nonfinite, getattr(a, figure)
+    return (sum(w.nonfinite for w in series), max((w.max_ulp for w in found), default=math.inf),
+            max((w.max_rel for w in found), default=math.inf))
 
 
 def _figure(before: Audited, after: Audited) -> str:
     return "max_ulp" if before.dtype == after.dtype else "max_rel"
+
+
+MIN_GAIN = 4.0  # an error must shrink by this factor (two bits) or more to count as a gain: a bit is noise
+
+
+def _error(a: Audited, figure: str) -> float:
+    """The error figure, inf where nothing finite was measured (nothing is known to be right)."""
+    v = getattr(a, figure)
+    return math.inf if v is None or math.isnan(v) else float(v)
+
+
+def within(a: Audited, tolerance: float) -> bool:
+    """No inf/nan, and the worst error within ``tolerance`` ULPs of its own dtype."""
+    return a.nonfinite == 0 and a.max_ulp is not None and a.max_ulp <= tolerance
+
+
+def verdict(before: Audited, after: Audited, tolerance: float) -> str | None:
+    """How a candidate fix compares, figure by figure (the inf/nan count; the worst error, as
+    max ULP within a dtype, where max rel must not grow either, and as max rel across dtypes):
+    "fix" (none worse, within the tolerance), "partial" (none worse, a real gain, still outside
+    it), "trade-off" (one better, one worse) or None (no real gain: an error less than
+    `MIN_GAIN` times smaller is noise, not a fix)."""
+    figure = _figure(before, after)
+    e0, e1 = _error(before, figure), _error(after, figure)
+    n0, n1 = before.nonfinite, after.nonfinite
+    fewer = n1 < n0
+    smaller = e1 * MIN_GAIN <= e0 or (e1 == 0 < e0) or (math.isinf(e0) and math.isfinite(e1))
+    worse = n1 > n0 or e1 > e0
+    if figure == "max_ulp":  # within a dtype the relative error must not grow either (beyond noise)
+        worse = worse or _error(after, "max_rel") > MIN_GAIN * _error(before, "max_rel")
+    if not (fewer or smaller):
+        return None
+    if worse:
+        return "trade-off"
+    return "fix" if within(after, tolerance) else "partial"
 
 
 # ---------------------------------------------------------------- key points
@@ -214,7 +250,7 @@ def _ideal(k: KeyPoint, kps: Sequence[KeyPoint]) -> bool:
     there), or a vanishing gradient where it does: no problem."""
     if k.name == "grad_vanishing":
         zero = next((z for z in kps if z.name == "grad_dead_zone" and z.label == k.label
-                     and (z.x > 0) == (k.x > 0)), None)
+                     and tail(z) == tail(k)), None)
         return zero is not None and _ideal(zero, kps) and abs(k.x) >= abs(zero.x)
     if k.name not in ("bce_zero", "grad_dead_zone") or k.predicts != "x" or k.predicted is None:
         return False
@@ -227,47 +263,18 @@ def problems(a: Audited) -> list[KeyPoint]:
     return [k for k in a.keypoints if in_range(k, a.range) and not _ideal(k, a.keypoints)]
 
 
-def _side(k: KeyPoint) -> str:
-    return k.side or ("+" if k.x > 0 else "-")
-
-
-def _cause(k: KeyPoint) -> str:
-    return k.cause
-
-
-_WHAT = {"bce_nonfinite": "loss is {v}", "bce_floor": "loss floors at {v}", "bce_ceiling": "loss caps at {v}",
-         "bce_zero": "loss is 0", "grad_dead_zone": "gradient is 0",
-         "grad_vanishing": "gradient 10x too small", "grad_nonfinite": "gradient is {v}"}
-
-
-def where(k: KeyPoint) -> str:
-    """Where a key point holds: a run to the end of its tail, or the first x walking out from 0."""
-    x = _fmt(k.x, 6)
-    if k.name in RUNS:
-        return f"x >= {x}" if k.x > 0 else f"x <= {x}"
-    return f"from x = {x}"
-
-
-def line(k: KeyPoint) -> str:
-    """One line: label, where, what, and why (the key point's cause, where it has one)."""
-    label = "pair" if k.label == "pair" else f"y={k.label}"
-    what = _WHAT.get(k.name, k.name).format(v=_fmt(k.value))
-    cause = _cause(k)
-    return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
-
-
 def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-def moves(before: Audited, after: Audited) -> list[dict]:
+def moves(before: Audited, after: Audited) -> list[Move]:
     """The problem key points that vanish, move or appear with a fix: one record each, loss
     before gradient, and in each what the fix costs first (new), then moved, then gone."""
     def keyed(a: Audited) -> dict[tuple, KeyPoint]:
-        return {(k.name, str(k.label), _side(k)): k for k in problems(a)}
+        return {(k.name, str(k.label), tail(k)): k for k in problems(a)}
 
     b, a = keyed(before), keyed(after)
-    out = []
+    out: list[Move] = []
     for key in (*b, *(k for k in a if k not in b)):
         old, new = b.get(key), a.get(key)
         if old is not None and new is not None and old.x == new.x and _same(old.value, new.value):
@@ -275,13 +282,12 @@ def moves(before: Audited, after: Audited) -> list[dict]:
         status = "gone" if new is None else "new" if old is None else "moved"
         k = new or old
         assert k is not None
-        out.append({"status": status, "name": k.name, "label": str(k.label),
-                    "quantity": "gradient" if k.name.startswith("grad") else "loss",
-                    "x_before": old.x if old else None, "x_after": new.x if new else None,
-                    "value_before": old.value if old else None, "value_after": new.value if new else None,
-                    "before": line(old) if old else "", "after": line(new) if new else ""})
+        out.append(Move(status, k.name, str(k.label), "gradient" if k.name.startswith("grad") else "loss",
+                        old.x if old else None, new.x if new else None,
+                        old.value if old else None, new.value if new else None,
+                        line(old) if old else "", line(new) if new else ""))
     order = {"loss": 0, "gradient": 1}, {"new": 0, "moved": 1, "gone": 2}
-    return sorted(out, key=lambda m: (order[0][m["quantity"]], order[1][m["status"]]))
+    return sorted(out, key=lambda m: (order[0][m.quantity], order[1][m.status]))
 
 
 # ---------------------------------------------------------------- the fixes
@@ -298,7 +304,7 @@ def clip_bounds(formula: str, eps: float, dtype: str, mode: str) -> tuple[float,
 
 def _safe(formula: str, eps: float, dtype: str, mode: str) -> bool:
     lo, hi = clip_bounds(formula, eps, dtype, mode)
-    return lo > 0 and hi < 1
+    return 0 < lo < hi < 1
 
 
 def safe_candidates(formula: str, dtype: str, mode: str) -> list[float]:
@@ -307,77 +313,80 @@ def safe_candidates(formula: str, dtype: str, mode: str) -> list[float]:
     return [e for e in EPS_CANDIDATES if e <= EPS_CEILING and _safe(formula, e, dtype, mode)]
 
 
-def safe_eps(t: Target, memo: dict | None = None) -> dict | None:
+def safe_eps(t: Target, memo: dict | None = None) -> SafeEps | None:
     """For a clipping formula: the current eps's bounds, the smallest eps whose bounds are
-    distinct from 0 and 1 in the dtype and mode, and the eps (of `EPS_CANDIDATES`, from that one
-    up to `EPS_CEILING`) that minimises the worst error over the range; for each of the two, the
-    floor and ceiling it implies, measured (label 1's, else the first label's: value and x)."""
+    distinct from 0 and 1 (and from each other) in the dtype and mode, and the eps (of
+    `EPS_CANDIDATES`, from that one up to `EPS_CEILING`) that minimises the worst error over the
+    range; for each of the two, the floor and ceiling it implies over the range, measured."""
     if impl.is_impl(t.formula) or not _uses_eps(t.formula) or t.eps is None:
         return None
     lo, hi = clip_bounds(t.formula, t.eps, t.dtype, t.mode)
     safe = safe_candidates(t.formula, t.dtype, t.mode)
     if not safe:
-        return {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": None, "best": None}
-    smallest = safe[0]
+        return SafeEps(t.eps, lo, hi, 0 < lo < hi < 1)
     scores = {e: _quick(replace(t, eps=e)) for e in safe}
     best = min(safe, key=lambda e: (scores[e][0], scores[e][1], e))
-    s_lo, s_hi = clip_bounds(t.formula, smallest, t.dtype, t.mode)
-    out: dict = {"eps": t.eps, "lo": lo, "hi": hi, "safe": lo > 0 and hi < 1, "smallest": smallest,
-                 "smallest_lo": s_lo, "smallest_hi": s_hi, "best": best, "best_max_ulp": scores[best][1],
-                 "tried": len(safe)}
-    for which, e in (("smallest", smallest), ("best", best)):
+
+    def choice(e: float) -> EpsChoice:
         a = measure(replace(t, eps=e), memo)
-        for name, what in (("bce_floor", "floor"), ("bce_ceiling", "ceiling")):
-            k = next((k for k in a.keypoints if k.name == name), None)
-            out[f"{which}_{what}"] = None if k is None else k.value
-            out[f"{which}_{what}_x"] = None if k is None else k.x
-    return out
+        found: dict = {}
+        for name, what in LIMITS:
+            k = limit(a, name)
+            if k is not None:
+                found.update({what: k.value, f"{what}_x": k.x, f"{what}_where": where(k)})
+        return EpsChoice(e, *clip_bounds(t.formula, e, t.dtype, t.mode), **found)
+
+    return SafeEps(t.eps, lo, hi, 0 < lo < hi < 1, choice(safe[0]), choice(best), len(safe), scores[best][1])
 
 
-def _eps_text(e: float) -> str:
-    m, x = math.frexp(e)
-    return f"{e!r} (2**{x - 1})" if m == 0.5 else repr(e)
+LIMITS = (("bce_floor", "floor"), ("bce_ceiling", "ceiling"))
 
 
-def _limits(a: Audited) -> str:
-    """The floor and ceiling an eps implies, measured (label 1's, else the first label's)."""
-    parts = []
-    for name, what in (("bce_floor", "floor"), ("bce_ceiling", "ceiling")):
-        k = next((k for k in a.keypoints if k.name == name), None)
-        if k is not None:
-            parts.append(f"{what} {_fmt(k.value)} from {where(k)}")
-    return "; ".join(parts)
+def limit(a: Audited, name: str) -> KeyPoint | None:
+    """The floor or ceiling (``name``) an eps implies over the range: label 1's, else the first
+    label's, and only where it lies in the range."""
+    found = [k for k in a.keypoints if k.name == name and in_range(k, a.range)]
+    return next((k for k in found if k.label == 1), found[0] if found else None)
 
 
 def _verified(before: Audited, t: Target, kind: str, title: str, call: str, snippet: str,
-              note: str = "", memo: dict | None = None) -> Fix | None:
-    """The fix, measured; None when it does not lower the figure (then it is not shown)."""
+              note: str = "", memo: dict | None = None, tolerance: float = TOLERANCE_ULP) -> Fix | None:
+    """The fix, measured, with its `verdict`; None when it brings no real gain (not shown)."""
     after = measure(t, memo)
     figure = _figure(before, after)
-    if score(after, figure) >= score(before, figure) and not (
-            score(after, figure) == score(before, figure) and len(problems(after)) < len(problems(before))):
-        return None
+    v = verdict(before, after, tolerance)
+    if v is None:
+        same = (after.nonfinite, _error(after, figure)) == (before.nonfinite, _error(before, figure))
+        if not (same and len(problems(after)) < len(problems(before))):
+            return None
+        v = "fix" if within(after, tolerance) else "partial"  # the same figures, fewer key points
     changed = moves(before, after)
     if before.grad_max_ulp is None and not any(k.name.startswith("grad") for k in before.keypoints):
-        changed = [m for m in changed if m["quantity"] == "loss"]  # no gradient before: nothing to compare
+        changed = [m for m in changed if m.quantity == "loss"]  # no gradient before: nothing to compare
         dead = [line(k) for k in problems(after) if k.name.startswith("grad")]
         if dead:
             note = "; ".join([*([note] if note else []), "its gradient: " + "; ".join(dead)])
-    return Fix(kind, title, call, snippet, after, figure, tuple(changed), note=note)
+    return Fix(kind, title, call, snippet, after, figure, tuple(changed), note=note, verdict=v)
+
+
+VERDICTS = ("fix", "partial", "trade-off")  # best first
 
 
 def _rank(f: Fix) -> tuple:
-    """Fewest inf/nan first, then the decade of the worst relative error (which compares across
-    dtypes), then max ULP (within a dtype, the finer figure)."""
-    rel = f.after.max_rel
-    if rel > 0 and math.isfinite(rel):
-        return f.after.nonfinite, math.ceil(math.log10(rel)), f.after.max_ulp
-    return f.after.nonfinite, -math.inf if rel == 0 else math.inf, f.after.max_ulp
+    """Fixes, then partial fixes, then trade-offs; within each, fewest inf/nan first, then the
+    decade of the worst relative error (which compares across dtypes), then max ULP (within a
+    dtype, the finer figure)."""
+    rel = math.inf if f.after.max_rel is None else f.after.max_rel
+    ulp = math.inf if f.after.max_ulp is None else f.after.max_ulp
+    decade = math.ceil(math.log10(rel)) if rel > 0 and math.isfinite(rel) else \
+        -math.inf if rel == 0 else math.inf
+    return VERDICTS.index(f.verdict), f.after.nonfinite, decade, ulp
 
 
-def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None = None) -> list[Fix]:
-    """Every fix that improves the measured figure, best first (`_rank`)."""
-    out: list[Fix] = []
+def fixes(t: Target, before: Audited, eps_info: SafeEps | None, memo: dict | None = None,
+          tolerance: float = TOLERANCE_ULP) -> tuple[list[Fix], int]:
+    """Every fix that brings a real gain, best first (`_rank`), and how many candidates ran."""
+    out: list[Fix | None] = []
     user = impl.is_impl(t.formula)
     rewrite = _KERAS_XLA if t.formula == "keras3" and t.mode == "xla" else \
         (_NUMPY if user else REWRITES.get(t.formula))
@@ -385,54 +394,66 @@ def fixes(t: Target, before: Audited, eps_info: dict | None, memo: dict | None =
         fw, target, call, snippet = rewrite
         mode = "per-op" if fw == "numpy" and t.mode == "native" else t.mode
         drop = " without the sigmoid" if (fw != "numpy" and "Keras" in fw) or fw == "tf.keras" else ""
-        fix = _verified(before, replace(t, formula=target, mode=mode, eps=None), "logits",
-                        f"{fw}: {call}{drop}", call, snippet, f"measured as {target} ({mode})", memo)
-        if fix is not None:
-            out.append(fix)
-    if eps_info is not None and eps_info["smallest"] is not None:
-        chosen = [("smallest safe", eps_info["smallest"])]
-        if eps_info["best"] != eps_info["smallest"]:
-            chosen.append(("best over the range", eps_info["best"]))
+        out.append(_verified(before, replace(t, formula=target, mode=mode, eps=None), "logits",
+                             f"{fw}: {call}{drop}", call, snippet, f"measured as {target} ({mode})", memo,
+                             tolerance))
+    if eps_info is not None and eps_info.smallest is not None and eps_info.best is not None:
+        chosen = [("smallest safe", eps_info.smallest.eps)]
+        if eps_info.best.eps != eps_info.smallest.eps:
+            chosen.append(("best over the range", eps_info.best.eps))
         for what, e in chosen:
             if e == t.eps:
                 continue
-            fix = _verified(before, replace(t, eps=e), "eps", f"eps = {_eps_text(e)} ({what})",
-                            f"eps={e!r}", _eps_snippet(t.formula, e), memo=memo)
-            if fix is not None:
-                out.append(replace(fix, note=_limits(fix.after)))
+            fix = _verified(before, replace(t, eps=e), "eps", f"eps = {eps_text(e)} ({what})",
+                            f"eps={e!r}", _eps_snippet(t.formula, e), memo=memo, tolerance=tolerance)
+            out.append(fix if fix is None else replace(fix, note=limits_text(
+                [(what, k) for name, what in LIMITS if (k := limit(fix.after, name)) is not None])))
     if dtypes.get(t.dtype).narrow:
         call, snippet = _precision_call(t.formula, t.dtype)
-        fix = _verified(before, replace(t, dtype="float32"), "precision",
-                        f"compute the loss in float32: {call}", call, snippet, memo=memo)
-        if fix is not None:
-            out.append(fix)
-    return sorted(out, key=_rank)
+        out.append(_verified(before, replace(t, dtype="float32"), "precision",
+                             f"compute the loss in float32: {call}", call, snippet, memo=memo,
+                             tolerance=tolerance))
+    return sorted((f for f in out if f is not None), key=_rank), len(out)
+
+
+FRAMEWORKS = {"keras": "Keras", "torch": "PyTorch", "jax": "JAX", "tensorflow": "TensorFlow",
+              "numpy": "NumPy"}
 
 
 def _eps_snippet(formula: str, e: float) -> str:
     fw = _framework(formula)
     if fw == "keras":
-        keras = "tf.keras" if formula in ("tf-keras", "keras2-logits") else "keras"
+        keras = _keras_module(formula)
         return f"{keras}.backend.set_epsilon({e!r})  # the clip: [eps, 1 - eps]"
     return f"p = np.clip(p, {e!r}, 1 - {e!r})"
 
 
-def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None) -> Fix | None:
-    """For user code: the built-in formula that does best on its dtype and range (measured);
-    with a gate check, the best one that passes it."""
+def builtin_fix(t: Target, before: Audited, check: gate.Check | None = None,
+                tolerance: float = TOLERANCE_ULP, skip: Collection[str] = ()) -> Fix | None:
+    """The built-in formula that does best on the dtype and range (measured in ``t``'s mode),
+    other than ``t``'s own and those in ``skip`` (already advised); with a gate check, the best
+    one that passes it. Where the target is itself a built-in of another framework, the title
+    says so."""
     prefer = [*PREFERRED, *formulas.NAMES]  # ties go to the plain with-logits calls
-    ranked = sorted(formulas.NAMES, key=lambda n: (*_quick(replace(t, formula=n, eps=DEFAULT_EPS[0])),
-                                                   prefer.index(n)))
+    names = [n for n in formulas.NAMES if n != t.formula and n not in skip]
+    ranked = sorted(names, key=lambda n: (*_quick(replace(t, formula=n, eps=DEFAULT_EPS[0])),
+                                          prefer.index(n)))
     for name in ranked:
-        verdict = ""
+        verdict_ = ""
         if check is not None:
-            verdict = gate.run_check(_applied(check, name, t.dtype, DEFAULT_EPS[0], t.mode)).status
-            if verdict != "PASS":
+            verdict_ = gate.run_check(_applied(check, name, t.dtype, DEFAULT_EPS[0], t.mode)).status
+            if verdict_ != "PASS":
                 continue
+        title = f"use the built-in {name}: {CALLS[name]}"
+        other = " other" if len(names) < len(formulas.NAMES) else ""  # than the target and the rewrite
+        fw, own = _framework(name), _framework(t.formula)
+        if not impl.is_impl(t.formula) and fw != own:
+            title += f", a {FRAMEWORKS[fw]} call ({t.formula} is {FRAMEWORKS[own]}'s)"
         fix = _verified(before, replace(t, formula=name, eps=DEFAULT_EPS[0] if _uses_eps(name) else None),
-                        "builtin", f"use the built-in {name}: {CALLS[name]}", CALLS[name], "",
-                        f"best of the {len(ranked)} built-ins on {t.dtype}")
-        return replace(fix, gate=verdict) if fix is not None else None
+                        "builtin", title, CALLS[name], "",
+                        f"best of the {len(ranked)}{other} built-ins on {t.dtype} ({t.mode})",
+                        tolerance=tolerance)
+        return replace(fix, gate=verdict_) if fix is not None else None
     return None
 
 
@@ -445,32 +466,24 @@ def advise(t: Target, tolerance: float = TOLERANCE_ULP, check: gate.Check | None
     memo: dict[Target, Audited] = {}
     before = measure(t, memo)
     bad = problems(before)
-    lines = [line(k) for k in bad]
-    if before.nonfinite:
-        lines.insert(0, f"{before.nonfinite} inf/nan results on the grid")
-    if before.max_ulp > tolerance:
-        lines.insert(0, f"worst error {_fmt(before.max_ulp)} ULP ({_fmt(before.max_bits, 3)} bits), "
-                        f"more than {_fmt(tolerance)}")
-    notes: list[str] = []
-    ok = not lines
     eps_info = safe_eps(t, memo)
-    if eps_info is not None and not eps_info["safe"]:
-        which = "eps rounds to 0" if eps_info["lo"] <= 0 else "1 - eps rounds to 1"
-        lines.insert(0, f"eps {_fmt(t.eps)}: {which} in {t.dtype} ({t.mode}); the clip does nothing there")
-        ok = False
-    if t.formula == "keras3-numpy":
-        notes.append("from_logits=True on Keras's numpy backend runs the same sigmoid-then-clip path")
+    unsafe = unsafe_text(eps_info, t.dtype, t.mode) if eps_info is not None and not eps_info.safe else ""
+    lines = problem_lines(before, bad, tolerance, unsafe)
+    ok = not lines
+    notes = [NOTES[t.formula]] if t.formula in NOTES else []
     found: list[Fix] = []
+    tried = 0
     if not ok:
-        found = fixes(t, before, eps_info, memo)
-        if impl.is_impl(t.formula):
-            best = builtin_fix(t, before, check)
+        found, tried = fixes(t, before, eps_info, memo, tolerance)
+        if impl.is_impl(t.formula) or not any(f.verdict == "fix" for f in found):
+            best = builtin_fix(t, before, check, tolerance, skip={f.after.formula for f in found})
+            tried += 1
             if best is not None:
                 found = sorted([*found, best], key=_rank)
         if check is not None:
             found = [f if f.gate else replace(f, gate=_gate_with(check, f.after)) for f in found]
     return Advice(before, t.label, tolerance, ok, tuple(lines), tuple(found), eps_info,
-                  check.name if check is not None else "", tuple(notes))
+                  check.name if check is not None else "", tuple(notes), tried)
 
 
 def _applied(check: gate.Check, formula: str, dtype: str, eps: float | None, mode: str) -> gate.Check:
@@ -517,6 +530,13 @@ def advise_checks(checks: Sequence[gate.Check], results: Sequence | None = None,
     return out
 
 
+def holds(dtype: str, rng: tuple[float, float]) -> bool:
+    """Whether a finite value of ``dtype`` lies in ``rng``."""
+    info = dtypes.get(dtype)
+    first, last = dtypes.exhaustive_bounds(info, rng)
+    return first <= last and -info.max_ordinal <= last and first <= info.max_ordinal
+
+
 def targets(s: Settings) -> list[Target]:
     """The advice targets of a selection: each dtype, formula and (for clipping formulas) eps.
     A user sigmoid or logit is a `ConfigError`: the advice is about BCE."""
@@ -528,6 +548,9 @@ def targets(s: Settings) -> list[Target]:
     points = sweep.grid_size(replace(s, exhaustive=False), s.dtypes[0]) if s.step is not None else s.points
     out: list[Target] = []
     for d in s.dtypes:
+        if not holds(d, s.range):
+            lo, hi = range_text(s.range)
+            raise ConfigError(f"--range {lo}:{hi}: no finite {d} value lies in it; nothing to measure")
         for name in s.formulas:
             for e in s.eps if _uses_eps(name) else (None,):
                 out.append(Target(name, d, s.mode, e, s.label, s.range, points))

@@ -3,44 +3,142 @@ comment) and JSON. They read the records only; no measuring here."""
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 
 from bce_audit import __version__
-from bce_audit.records import SCHEMA, Advice, Audited, Fix, to_json
+from bce_audit.records import SCHEMA, Advice, Audited, Fix, KeyPoint, Move, SafeEps, tail, to_json
 from bce_audit.report import fmt, printable
 
 WIDTH = 80
 MOVES_SHOWN = 4  # key-point moves listed per fix in text and markdown; JSON has them all
-KINDS = {"logits": "with logits", "eps": "eps", "precision": "float32 loss", "builtin": "built-in"}
+TAGS = {"fix": "", "partial": " (partial)", "trade-off": " (trade-off)"}  # after a table row's fix
+
+
+# ---------------------------------------------------------------- the advice's words
+# (advise.py measures and searches; the lines it stores in the records are built here)
+
+RUNS = ("bce_floor", "bce_ceiling", "bce_zero", "grad_dead_zone")  # hold from x to the end of the tail
+
+_WHAT = {"bce_nonfinite": "loss is {v}", "bce_floor": "loss floors at {v}", "bce_ceiling": "loss caps at {v}",
+         "bce_zero": "loss is 0", "grad_dead_zone": "gradient is 0",
+         "grad_vanishing": "gradient 10x too small", "grad_nonfinite": "gradient is {v}"}
+
+
+def where(k: KeyPoint) -> str:
+    """Where a key point holds: a run to the end of its tail, or the first x walking out from 0."""
+    x = fmt(k.x, 6)
+    if k.name in RUNS:
+        return f"x >= {x}" if tail(k) == "+" else f"x <= {x}"
+    return f"from x = {x}"
+
+
+def line(k: KeyPoint) -> str:
+    """One line: label, where, what, and why (the key point's cause, where it has one)."""
+    label = "pair" if k.label == "pair" else f"y={k.label}"
+    what = _WHAT.get(k.name, k.name).format(v=fmt(k.value))
+    cause = k.cause
+    return f"{label} {where(k)}: {what}" + (f" ({cause})" if cause else "")
+
+
+def unsafe_text(info: SafeEps, dtype: str, mode: str) -> str:
+    """Which clip bound collapses in the dtype and mode, and what that leaves of the clip."""
+    eps, lo, hi = info.eps, info.lo, info.hi
+    where_ = f"in {dtype} ({mode})"
+    if eps == 0:
+        return "eps is 0: the clip does nothing"
+    if lo <= 0 and hi >= 1:
+        return f"eps {fmt(eps)}: eps rounds to 0 and 1 - eps to 1 {where_}; the clip does nothing"
+    if lo >= hi:
+        return (f"eps {fmt(eps)}: the bounds eps and 1 - eps both round to {fmt(lo)} {where_}; "
+                "the loss is a constant")
+    if lo <= 0:
+        return f"eps {fmt(eps)}: the lower bound eps rounds to 0 {where_}; the clip does nothing at p = 0"
+    return f"eps {fmt(eps)}: the upper bound 1 - eps rounds to 1 {where_}; the clip does nothing at p = 1"
+
+
+def eps_text(e: float) -> str:
+    m, x = math.frexp(e)
+    return f"{e!r} (2**{x - 1})" if m == 0.5 else repr(e)
+
+
+def limits_text(found: Sequence[tuple[str, KeyPoint]]) -> str:
+    """The floor and ceiling an eps implies (each "floor"/"ceiling" and its key point)."""
+    return "; ".join(f"{what} {fmt(k.value)} from {where(k)}" for what, k in found)
+
+
+NOTES = {"keras3-numpy": "from_logits=True on Keras's numpy backend runs the same sigmoid-then-clip path"}
+
+
+def problem_lines(before: Audited, bad: Sequence[KeyPoint], tolerance: float, unsafe: str = "") -> list[str]:
+    """What goes wrong, one line each: the unsafe clip, the worst error, the inf/nan count, then
+    the key points that spoil the range."""
+    lines = [line(k) for k in bad]
+    if before.nonfinite:
+        lines.insert(0, f"{before.nonfinite} inf/nan results on the grid")
+    if before.max_ulp is None:
+        lines.insert(0, "no finite result on the grid: nothing could be measured")
+    elif before.max_ulp > tolerance:
+        lines.insert(0, f"worst error {fmt(before.max_ulp)} ULP ({fmt(before.max_bits, 3)} bits), "
+                        f"more than {fmt(tolerance)}")
+    return [unsafe, *lines] if unsafe else lines
 
 
 def _subject(a: Advice) -> str:
     b = a.before
     eps = f", eps {fmt(b.eps)}" if b.eps is not None else ""
-    lo, hi = b.range
+    lo, hi = range_text(b.range)
     label = "" if a.label == "both" else f", label {a.label}"
-    return f"{b.formula}, {b.dtype}, {b.mode}{eps}{label}, x in [{fmt(lo)}, {fmt(hi)}]"
+    return f"{b.formula}, {b.dtype}, {b.mode}{eps}{label}, x in [{lo}, {hi}]"
 
 
-def _figures(a: Audited) -> str:
-    return f"inf/nan {a.nonfinite}, max ULP {fmt(a.max_ulp)}, max rel {fmt(a.max_rel)}"
+def range_text(rng: tuple[float, float]) -> tuple[str, str]:
+    """``lo`` and ``hi`` with enough digits to tell them apart (4 where they allow)."""
+    for digits in (4, 6, 8, 12, 17):
+        lo, hi = fmt(rng[0], digits), fmt(rng[1], digits)
+        if lo != hi:
+            break
+    return lo, hi
+
+
+def _change(b: Audited, f: Fix) -> str:
+    unit = "max ULP" if f.figure == "max_ulp" else "max rel"
+    was, now = (b.max_ulp, f.after.max_ulp) if f.figure == "max_ulp" else (b.max_rel, f.after.max_rel)
+    return f"inf/nan {b.nonfinite} -> {f.after.nonfinite}, {unit} {fmt(was)} -> {fmt(now)}"
+
+
+def trade(b: Audited, f: Fix) -> str:
+    """What a trade-off gives up for what: "trades 260 inf/nan for a 58-bit error (max rel 1 ->
+    2.81e10)", or the other way round."""
+    unit = "max ULP" if f.figure == "max_ulp" else "max rel"
+    was, now = (b.max_ulp, f.after.max_ulp) if f.figure == "max_ulp" else (b.max_rel, f.after.max_rel)
+    if f.after.nonfinite < b.nonfinite:
+        return (f"trades {b.nonfinite - f.after.nonfinite} inf/nan for a {fmt(f.after.max_bits, 3)}-bit "
+                f"error ({unit} {fmt(was)} -> {fmt(now)})")
+    return (f"trades a smaller error ({unit} {fmt(was)} -> {fmt(now)}) for "
+            f"{f.after.nonfinite - b.nonfinite} more inf/nan")
 
 
 def answer(a: Advice) -> str:
-    """The first line: nothing to fix, no verified fix, or the best fix and what it changes."""
+    """The first line: nothing to fix, the fix, the best partial fix, only trade-offs, or none."""
     b = a.before
     if a.ok:
         return (f"Nothing to fix: worst error {fmt(b.max_ulp)} ULP (tolerance {fmt(a.tolerance)}), "
                 "no inf/nan, no key point spoils the range.")
     if not a.fixes:
-        return "No fix improves the measured error (each candidate was run and measured)."
+        if not a.tried:
+            return "No candidate fix applies."
+        return (f"No fix: none of the {a.tried} candidates, each run and measured, lowers the "
+                "error without making a figure worse.")
     f = a.fixes[0]
-    unit = "max ULP" if f.figure == "max_ulp" else "max rel"
-    was, now = (b.max_ulp, f.after.max_ulp) if f.figure == "max_ulp" else (b.max_rel, f.after.max_rel)
     gate = "; the check passes with it" if f.gate == "PASS" else ""
-    return (f"Fix: {f.title}. Verified: inf/nan {b.nonfinite} -> {f.after.nonfinite}, "
-            f"{unit} {fmt(was)} -> {fmt(now)}{gate}.")
+    if f.verdict == "fix":
+        return f"Fix: {f.title}. Verified: {_change(b, f)}{gate}."
+    if f.verdict == "partial":
+        return (f"Best partial fix (still above {fmt(a.tolerance)} ULP): {f.title}. "
+                f"Verified: {_change(b, f)}{gate}.")
+    return f"No fix without a cost. Trade-off: {f.title}: it {trade(b, f)}{gate}."
 
 
 _GLUED = ("x = ", "x >= ", "x <= ", " -> ")  # never broken across lines
@@ -55,6 +153,14 @@ def _wrap(text: str, indent: str = "", first: str = "") -> list[str]:
     return [line.replace("\0", " ") for line in lines]
 
 
+def _what(f: Fix, b: Audited) -> str:
+    """A fix in a table row: what it is, its mode where that differs, and a partial or trade-off tag."""
+    what = {"eps": f"eps {fmt(f.after.eps, 3)}", "precision": "float32 loss"}.get(
+        f.kind, f"{f.kind}: {f.after.formula}")
+    mode = f" ({f.after.mode})" if f.after.mode != b.mode else ""
+    return what + mode + TAGS[f.verdict]
+
+
 def _table(a: Advice) -> list[str]:
     """The before/after rows; the bits column goes first if the table would pass 80 columns."""
     head: tuple[str, ...] = ("", "fix", "dtype", "max ULP", "bits", "max rel", "inf/nan", "gate")
@@ -62,12 +168,7 @@ def _table(a: Advice) -> list[str]:
     rows: list[tuple[str, ...]] = [("", "before", b.dtype, fmt(b.max_ulp), fmt(b.max_bits, 3),
                                     fmt(b.max_rel, 3), str(b.nonfinite), "FAIL" if a.check else "")]
     for i, f in enumerate(a.fixes, 1):
-        what = KINDS[f.kind]
-        if f.kind == "eps":
-            what = f"eps {fmt(f.after.eps, 3)}"
-        elif f.kind in ("logits", "builtin"):
-            what = f"{f.kind}: {f.after.formula}"
-        rows.append((f"{i}.", what, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
+        rows.append((f"{i}.", _what(f, b), f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
                      fmt(f.after.max_rel, 3), str(f.after.nonfinite), f.gate))
     keep = [i for i in range(len(head)) if i < 7 or a.check]
 
@@ -88,8 +189,8 @@ SHORT = {"bce_nonfinite": "inf/nan", "bce_floor": "floor", "bce_ceiling": "cap",
          "grad_dead_zone": "dead", "grad_vanishing": "vanishing", "grad_nonfinite": "inf/nan"}
 
 
-def _label(m: dict) -> str:
-    return "pair" if m["label"] == "pair" else f"y={m['label']}"
+def _label(m: Move) -> str:
+    return "pair" if m.label == "pair" else f"y={m.label}"
 
 
 def _moves(f: Fix) -> list[tuple[str, list[str]]]:
@@ -97,22 +198,22 @@ def _moves(f: Fix) -> list[tuple[str, list[str]]]:
     `MOVES_SHOWN` lines), then what moves, then what is gone, in one line."""
     out = []
     for quantity in ("loss", "gradient"):
-        ms = [m for m in f.moves if m["quantity"] == quantity]
+        ms = [m for m in f.moves if m.quantity == quantity]
         if not ms:
             continue
         lines = []
         for m in ms:
-            if m["status"] == "new":
-                lines.append(f"new: {m['after']}")
-            elif m["status"] == "moved":
-                what = f"x {fmt(m['x_before'], 6)} -> {fmt(m['x_after'], 6)}"
-                if fmt(m["value_before"]) != fmt(m["value_after"]):
-                    what += f", value {fmt(m['value_before'])} -> {fmt(m['value_after'])}"
-                lines.append(f"moved: {_label(m)} {SHORT.get(m['name'], m['name'])} {what}")
+            if m.status == "new":
+                lines.append(f"new: {m.after}")
+            elif m.status == "moved":
+                what = f"x {fmt(m.x_before, 6)} -> {fmt(m.x_after, 6)}"
+                if fmt(m.value_before) != fmt(m.value_after):
+                    what += f", value {fmt(m.value_before)} -> {fmt(m.value_after)}"
+                lines.append(f"moved: {_label(m)} {SHORT.get(m.name, m.name)} {what}")
         if len(lines) > MOVES_SHOWN:
             lines[MOVES_SHOWN:] = [f"... {len(lines) - MOVES_SHOWN} more (--format json lists them all)"]
-        gone = [f"{_label(m)} {SHORT.get(m['name'], m['name'])} ({fmt(m['x_before'])})"
-                for m in ms if m["status"] == "gone"]
+        gone = [f"{_label(m)} {SHORT.get(m.name, m.name)} ({fmt(m.x_before)})"
+                for m in ms if m.status == "gone"]
         if gone:
             lines.append("gone: " + ", ".join(gone))
         out.append((quantity, lines))
@@ -137,21 +238,25 @@ def text(advice: Sequence[Advice]) -> str:
         out += ["", "What goes wrong"]
         for p in a.problems:
             out += _wrap(p, "    ", "  ")
-        if a.safe_eps is not None and a.safe_eps.get("smallest") is not None:
-            s = a.safe_eps
+        s = a.safe_eps
+        if s is not None and s.smallest is not None and s.best is not None:
             out += ["", "Safe eps"]
-            bounds = f"bounds {fmt(s['smallest_lo'], 6)}, {fmt(s['smallest_hi'], 8)}"
+            bounds = f"bounds {fmt(s.smallest.lo, 6)}, {fmt(s.smallest.hi, 8)}"
             out += _wrap(f"smallest whose clip survives {a.before.dtype} ({a.before.mode}): "
-                         f"{fmt(s['smallest'], 6)} ({bounds}); best over the range: "
-                         f"{fmt(s['best'], 6)} (of {s['tried']} tried, measured)", "    ", "  ")
-            for which in ("smallest", "best") if s["best"] != s["smallest"] else ("smallest",):
-                implied = [f"{what} {fmt(s[f'{which}_{what}'])} from x = {fmt(s[f'{which}_{what}_x'], 6)}"
-                           for what in ("floor", "ceiling") if s.get(f"{which}_{what}") is not None]
+                         f"{fmt(s.smallest.eps, 6)} ({bounds}); best over the range: "
+                         f"{fmt(s.best.eps, 6)} (of {s.tried} tried, measured)", "    ", "  ")
+            for c in (s.smallest, s.best) if s.best.eps != s.smallest.eps else (s.smallest,):
+                implied = [f"floor {fmt(c.floor)} from {c.floor_where}"] if c.floor is not None else []
+                if c.ceiling is not None:
+                    implied.append(f"ceiling {fmt(c.ceiling)} from {c.ceiling_where}")
                 if implied:
-                    out += _wrap(f"eps {fmt(s[which], 6)} implies: {'; '.join(implied)} (measured)",
+                    out += _wrap(f"eps {fmt(c.eps, 6)} implies: {'; '.join(implied)} (measured)",
                                  "    ", "  ")
-            if not any(f.kind == "eps" for f in a.fixes):
-                out += _wrap("not a fix here: it does not lower the measured worst error", "    ", "  ")
+            eps_fixes = [f for f in a.fixes if f.kind == "eps"]
+            if not eps_fixes:
+                out += _wrap("not a fix here: it brings no real gain in the measured figures", "    ", "  ")
+            elif all(f.verdict == "trade-off" for f in eps_fixes):
+                out += _wrap("not a fix here: a trade-off (see below)", "    ", "  ")
         if not a.fixes:
             continue
         out += ["", "Fixes, best first: each measured by the audit with the fix applied", ""]
@@ -160,7 +265,10 @@ def text(advice: Sequence[Advice]) -> str:
             out += _wrap("max ULP is in each row's own dtype; across dtypes compare max rel", "  ", "  ")
         for i, f in enumerate(a.fixes, 1):
             out.append("")
-            out += _wrap(f.title, "     ", f"{i}. ")
+            out += _wrap(f.title + {"fix": "", "partial": " (partial: still above the tolerance)",
+                                    "trade-off": ""}[f.verdict], "     ", f"{i}. ")
+            if f.verdict == "trade-off":
+                out += _wrap(f"Trade-off, not a fix: it {trade(a.before, f)}", "     ", "     ")
             for code in f.snippet.splitlines():
                 out.append(f"       {printable(code)}")
             if f.note:
@@ -194,7 +302,9 @@ def markdown(advice: Sequence[Advice]) -> str:
         rows = [["", "before", a.before.dtype, fmt(a.before.max_ulp), fmt(a.before.max_bits, 3),
                  fmt(a.before.max_rel, 3), str(a.before.nonfinite)] + (["FAIL"] if a.check else [])]
         for i, f in enumerate(a.fixes, 1):
-            rows.append([str(i), f.title, f.after.dtype, fmt(f.after.max_ulp), fmt(f.after.max_bits, 3),
+            mode = f" ({f.after.mode})" if f.after.mode != a.before.mode else ""
+            rows.append([str(i), f.title + mode + TAGS[f.verdict], f.after.dtype, fmt(f.after.max_ulp),
+                         fmt(f.after.max_bits, 3),
                          fmt(f.after.max_rel, 3), str(f.after.nonfinite)] + ([f.gate] if a.check else []))
         out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows] + [""]
         if any(f.after.dtype != a.before.dtype for f in a.fixes):
@@ -203,6 +313,8 @@ def markdown(advice: Sequence[Advice]) -> str:
             out += [f"{i}. {_md_cell(f.title)}"]
             if f.snippet:
                 out += ["", "   ```python", *(f"   {line}" for line in f.snippet.splitlines()), "   ```"]
+            if f.verdict == "trade-off":
+                out += ["", f"   Trade-off, not a fix: it {_md_cell(trade(a.before, f))}"]
             if f.note:
                 out += ["", f"   {_md_cell(f.note)}"]
             for quantity, lines in _moves(f):

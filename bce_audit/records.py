@@ -210,6 +210,15 @@ class KeyPoint:
         return clean(asdict(self))
 
 
+def tail(k: KeyPoint) -> str:
+    """The tail a key point belongs to, "+" or "-": for the loss's floor, ceiling and zero, the
+    tail its label gives (a floor at x = 0 still belongs to its tail); else the key point's side."""
+    if k.name in ("bce_floor", "bce_zero", "bce_ceiling") and k.label in (0, 1, "pair"):
+        good = "-" if k.label == 0 else "+"
+        return good if k.name != "bce_ceiling" else {"+": "-", "-": "+"}[good]
+    return k.side or ("-" if math.copysign(1.0, k.x) < 0 else "+")
+
+
 ROW_FLOATS = ("x", "x_dtype", "value", "exact", "abs_err", "rel_err", "ulp_err", "bits")
 CLIP_FLOATS = ("clipped_exact", "clip_rel", "round_ulp")
 
@@ -323,10 +332,80 @@ class ReproCase:
 
 
 @dataclass(frozen=True)
+class Target:
+    """What is advised on: one formula in one dtype and mode, over a grid of logits."""
+
+    formula: str
+    dtype: str
+    mode: str = "native"
+    eps: float | None = DEFAULT_EPS[0]
+    label: str = "both"  # "1", "0", "both" (1, 0 and the pair) or "pair"
+    range: tuple[float, float] = DEFAULT_RANGE
+    points: int = DEFAULT_POINTS
+
+    @property
+    def labels(self) -> tuple:
+        return {"1": (1,), "0": (0,), "both": (1, 0, "pair"), "pair": ("pair",)}[self.label]
+
+
+@dataclass(frozen=True)
+class EpsChoice:
+    """One eps advise proposes, with the clip bounds it gets in the dtype and mode and the floor
+    and ceiling it implies over the range, measured (value, x and where it holds; None: none in
+    the range)."""
+
+    eps: float
+    lo: float
+    hi: float
+    floor: float | None = None
+    floor_x: float | None = None
+    floor_where: str | None = None
+    ceiling: float | None = None
+    ceiling_x: float | None = None
+    ceiling_where: str | None = None
+
+
+@dataclass(frozen=True)
+class SafeEps:
+    """For a clipping formula: the eps audited, its clip bounds as the framework rounds them and
+    whether they survive (0 < lo < hi < 1); the smallest eps whose bounds survive and the one
+    that minimises the worst error over the range (None: no candidate survives); ``tried``: the
+    candidates measured; ``best_max_ulp``: the best one's worst error."""
+
+    eps: float
+    lo: float
+    hi: float
+    safe: bool
+    smallest: EpsChoice | None = None
+    best: EpsChoice | None = None
+    tried: int = 0
+    best_max_ulp: float | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    """A problem key point that a fix makes vanish ("gone"), move ("moved") or appear ("new"):
+    its name, label and quantity ("loss", "gradient"), x and value before and after, and each
+    as a line."""
+
+    status: str
+    name: str
+    label: str
+    quantity: str
+    x_before: float | None
+    x_after: float | None
+    value_before: float | None
+    value_after: float | None
+    before: str = ""
+    after: str = ""
+
+
+@dataclass(frozen=True)
 class Audited:
     """One measured audit behind a piece of advice: a formula in a dtype, mode and eps, over a
-    logit range. ``max_ulp`` is in ULPs of ``dtype``; ``nonfinite`` counts inf/nan results;
-    ``keypoints``: the formula's key points (the BCE's and its gradient's), wherever they fall."""
+    logit range. ``max_ulp`` is in ULPs of ``dtype`` (None: no finite result was measured);
+    ``nonfinite`` counts inf/nan results; ``keypoints``: the formula's key points (the BCE's and
+    its gradient's), wherever they fall."""
 
     formula: str
     dtype: str
@@ -334,9 +413,9 @@ class Audited:
     eps: float | None
     range: tuple[float, float]
     points: int
-    max_ulp: float
-    max_bits: float
-    max_rel: float
+    max_ulp: float | None
+    max_bits: float | None
+    max_rel: float | None
     nonfinite: int
     grad_max_ulp: float | None
     keypoints: tuple[KeyPoint, ...]
@@ -355,7 +434,9 @@ class Fix:
     built-in formula). ``figure``: what improved, "max_ulp" (same dtype) or "max_rel";
     ``moves``: the key points that moved, vanished or appeared (``status`` "moved", "gone" or
     "new"; ``name``, ``label``, x and value before and after, and each as a line); ``gate``: with a
-    gate check, its verdict with the fix applied ("PASS"/"FAIL"), else "".
+    gate check, its verdict with the fix applied ("PASS"/"FAIL"), else ""; ``verdict``: "fix"
+    (no figure worse, and within the tolerance), "partial" (no figure worse, still outside it) or
+    "trade-off" (one figure better, another worse: inf/nan traded for a larger finite error).
     """
 
     kind: str
@@ -364,9 +445,10 @@ class Fix:
     snippet: str
     after: Audited
     figure: str
-    moves: tuple[dict, ...] = ()
+    moves: tuple[Move, ...] = ()
     gate: str = ""
     note: str = ""
+    verdict: str = "fix"
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
@@ -381,7 +463,7 @@ class Advice:
     point that spoils the range); ``problems``: one line each; ``safe_eps``: for clipping
     formulas, the smallest eps whose clip bounds survive the dtype and mode, and the eps that
     minimises the worst error (None: the formula does not clip); ``check``: the gate check
-    advised, if any.
+    advised, if any; ``tried``: how many candidate fixes were run and measured.
     """
 
     before: Audited
@@ -390,9 +472,10 @@ class Advice:
     ok: bool
     problems: tuple[str, ...]
     fixes: tuple[Fix, ...]
-    safe_eps: dict | None = None
+    safe_eps: SafeEps | None = None
     check: str = ""
     notes: tuple[str, ...] = ()
+    tried: int = 0
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the fields, as the CLI's JSON writes this record."""
