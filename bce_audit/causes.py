@@ -39,8 +39,13 @@ WORDS = {
     "p=lo": "clip at eps",
     "log(0)": "log(0) = -inf",
     "log(1)": "log(1) = 0",
+    "opmath=0": "float32 opmath result rounds to 0",
 }
 
+
+DIVIDED = "÷ "  # the notes of a backward pass's divisions (`Tracer.divided`): the words follow
+CLAMPED = "max "  # and of its clamps (`Tracer.clamped`)
+UNTRACED = "cause not traced"  # where the tracer saw nothing that explains the key point
 
 SHOWN = 5e-4  # half a unit in the 4th digit: a rounding of 1 - eps that a 4-digit floor shows
 
@@ -87,11 +92,7 @@ class Tracer(Evaluator):
         return out
 
     def log(self, a: np.ndarray) -> np.ndarray:
-        arg = np.asarray(a)
-        if (arg == 0).any():
-            self.note("log(0)")
-        if (arg == 1).any():
-            self.note("log(1)")
+        self._logs(np.asarray(a))
         return super().log(a)
 
     def log1p(self, a: np.ndarray) -> np.ndarray:
@@ -107,6 +108,42 @@ class Tracer(Evaluator):
         out = super().log_sigmoid(x)
         if ((np.asarray(out) == np.asarray(x)) & (np.asarray(x) < 0)).any():
             self.note("logsig=x")
+        return out
+
+    def np_log(self, a: np.ndarray) -> np.ndarray:
+        self._logs(np.asarray(a))
+        return super().np_log(a)
+
+    def _logs(self, arg: np.ndarray) -> None:
+        if (arg == 0).any():
+            self.note("log(0)")
+        if (arg == 1).any():
+            self.note("log(1)")
+
+    def divided(self, out: np.ndarray, dividend: np.ndarray, divisor: np.ndarray, name: str,
+                quotient: str = "") -> np.ndarray:
+        res, num, den = np.asarray(out), np.asarray(dividend), np.asarray(divisor)
+        with np.errstate(all="ignore"):
+            if ((den == 0) & (num == 0)).any():
+                self.note(f"{DIVIDED}{quotient or _inverse(name)} = 0/0")
+            elif ((den == 0) & (num != 0)).any():
+                self.note(f"{DIVIDED}division by {name} = 0")
+            elif ((den != 0) & np.isfinite(den) & np.isfinite(num) & ~np.isfinite(res)).any():
+                self.note(f"{DIVIDED}{quotient or _inverse(name)} overflows")
+        return out
+
+    def kernel(self, fn, *args: np.ndarray) -> np.ndarray:
+        out = super().kernel(fn, *args)
+        if self.mode == "upcast" and self.info.narrow:  # its float32 result, rounded once
+            wide = np.asarray(fn(Evaluator("float32", "upcast"), *(np.asarray(a).astype(np.float32)
+                                                                    for a in args)))
+            if ((wide != 0) & np.isfinite(wide) & (np.asarray(out) == 0)).any():
+                self.note("opmath=0")
+        return out
+
+    def clamped(self, out: np.ndarray, a: np.ndarray, name: str) -> np.ndarray:
+        if (np.asarray(a) < np.asarray(out)).any():
+            self.note(f"{CLAMPED}{name}")
         return out
 
     def clip(self, p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -163,6 +200,15 @@ def _one_minus(held, dtype) -> str:
     return dtypes.shortest(held, name)
 
 
+def _inverse(name: str) -> str:
+    return f"1/{name}" if " " not in name else f"1/({name})"
+
+
+def _noted(notes: Sequence[str], prefix: str) -> str | None:
+    """The words of the first note that starts with ``prefix`` (`DIVIDED`, `CLAMPED`)."""
+    return next((n[len(prefix):] for n in notes if n.startswith(prefix)), None)
+
+
 def _first(notes: Sequence[str], keys: Sequence[str]) -> str | None:
     for k in keys:
         if k in notes:
@@ -190,18 +236,19 @@ def _steps(x, below: float, info: dtypes.DtypeInfo) -> float:
 
 def explain_roundtrip(name: str, dtype: str, mode: str, x: float, ops: Ops | None) -> str:
     """The cause of a round-trip key point at x (mode: the one it computes in, not native)."""
+    ops = None if ops == Ops() else ops  # no replacement: the built-in ops, flushing where the mode does
     t = Tracer(dtype, mode, ops)
     v = t.arr([x])
     formulas.evaluate_roundtrip(v, t)
     notes = t.notes
     if name == "roundtrip_overflow":
         key = _first(notes, ("sigmoid=1", "exp=inf", "log(0)"))
-        return WORDS[key] if key else "logit overflows"
+        return WORDS[key] if key else UNTRACED
     if name == "roundtrip_underflow":
         if "exp=inf" in notes:
             return "exp(-x) overflows, sigmoid = 0"
         key = _first(notes, ("sigmoid=0", "log(0)"))
-        return WORDS[key] if key else "logit overflows"
+        return WORDS[key] if key else UNTRACED
     p = np.asarray(formulas.evaluate_sigmoid(v, Tracer(dtype, mode, ops)))[0]
     info = dtypes.get(dtype)
     if name == "roundtrip_rel_err_onset":
@@ -242,18 +289,18 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
         if "log(1)" in notes and shift:
             return "p + eps rounds to 1" if to_one else "1 - p + eps rounds to 1"
         key = _first(notes, ("exp=0 flushed", "exp=0", "log1p=0", "logsig=x",
-                             "sigmoid=1" if to_one else "sigmoid=0"))
+                             "sigmoid=1" if to_one else "sigmoid=0", "opmath=0"))
         if key:
             return WORDS[key]
         if "log(1)" in notes:
             return "sigmoid rounds to 1" if to_one else "1 - p rounds to 1"
-        return _underflow_words(dtype, mode)
+        return UNTRACED
     if name == "bce_floor":
         key = _first(notes, ("clip>hi", "p=hi", "1-eps=1") if to_one else ("clip<lo", "p=lo"))
         if key:
             return _clip_words(key, t, floor=True)
         key = _first(notes, ("sigmoid=1" if to_one else "sigmoid=0", "exp=0 flushed", "exp=0"))
-        return WORDS[key] if key else "constant from here"
+        return WORDS[key] if key else UNTRACED
     if name == "bce_ceiling":
         key = _first(notes, ("clip<lo", "p=lo") if to_one else ("clip>hi", "p=hi", "1-eps=1"))
         clamp = f.clip.log_floor if f.clip is not None else None
@@ -264,7 +311,7 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
         if clamp is not None:
             return f"log clamped at {clamp:g}"
         key = _first(notes, ("sigmoid=0" if to_one else "sigmoid=1", "exp=inf"))
-        return WORDS[key] if key else "constant from here"
+        return WORDS[key] if key else UNTRACED
     if name == "bce_nonfinite":
         if "exp=inf" in notes:
             return WORDS["exp=inf"]
@@ -276,12 +323,8 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
             return f"{WORDS[where]}, 1 - p = 0"
         if label == "pair" and all(np.isfinite(h).all() for h in halves):
             return "the pair's sum overflows"
-        return WORDS[where] if where else "inf or nan"
+        return WORDS[where] if where else UNTRACED
     return ""
-
-
-def _underflow_words(dtype: str, mode: str) -> str:
-    return "loss flushed to 0" if mode in formulas.FLUSHING else "loss underflows"
 
 
 def explain_grad(name: str, dtype: str, mode: str, formula: str, eps: float | None, label: int,
@@ -294,16 +337,18 @@ def explain_grad(name: str, dtype: str, mode: str, formula: str, eps: float | No
     notes = t.notes
     to_one = x > 0
     if name == "grad_nonfinite":
+        division = _noted(notes, DIVIDED)
+        if division is not None:  # an inf times a label's weight of 0 is nan
+            has_inf = bool(np.isinf(t.arr([np.inf]))[0])  # (float8_e4m3fn has none: 1/0 is nan)
+            nan = np.isnan(value) and "0/0" not in division and has_inf
+            return division + (", 0 * inf = nan" if nan else "")
         key = _first(notes, ("exp=inf", "log(0)"))
-        return WORDS[key] if key else "division by 0 in the backward pass"
+        return WORDS[key] if key else UNTRACED
     key = _first(notes, ("clip>hi", "1-eps=1", "sigmoid=1") if to_one else ("clip<lo", "sigmoid=0"))
-    if key is None:
-        key = _first(notes, ("exp=0 flushed", "exp=0", "log1p=0"))
     if key is not None:
         return _clip_words(key, t) if key.startswith("clip") else WORDS[key]
-    if name == "grad_dead_zone":
-        return "gradient rounds to 0"
-    exact = float(gradients.exact_magnitude(np.asarray([x], dtype=np.float64), label)[0])
-    if value == 0 or not np.isfinite(value):
-        return "gradient rounds to 0"
-    return f"gradient 1/{exact / abs(value):.3g} of exact"
+    clamp = _noted(notes, CLAMPED)
+    if clamp is not None:
+        return clamp
+    key = _first(notes, ("exp=0 flushed", "exp=0", "log1p=0", "opmath=0"))
+    return WORDS[key] if key else UNTRACED

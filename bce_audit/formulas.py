@@ -290,6 +290,23 @@ class Evaluator:
         ml_dtypes arrays): Keras 3's numpy backend."""
         return np.clip(p, lo, hi)
 
+    def np_log(self, a: np.ndarray) -> np.ndarray:
+        """numpy's own ``np.log`` in every mode (Keras 3's numpy backend), where `causes.Tracer`
+        watches it as it watches `log`."""
+        return np.log(a)
+
+    def divided(self, out: np.ndarray, dividend: np.ndarray, divisor: np.ndarray, name: str,
+                quotient: str = "") -> np.ndarray:
+        """A quotient just computed by a backward pass, returned as it is; `causes.Tracer` notes a
+        division by 0 or an overflow. ``name``: what the cause calls the divisor; ``quotient``:
+        the quotient (``1/name`` if not given)."""
+        return out
+
+    def clamped(self, out: np.ndarray, a: np.ndarray, name: str) -> np.ndarray:
+        """``out = max(a, bound)`` of a backward pass, returned as it is; `causes.Tracer` notes
+        where the bound (``name``) binds."""
+        return out
+
 
 def _sigmoid(ev: Evaluator, x: np.ndarray) -> np.ndarray:
     """Naive sigmoid ``1 / (1 + exp(-x))`` (numpy, jax ``lax.logistic``, scipy ``expit``)."""
@@ -494,8 +511,8 @@ def keras3_numpy(x, y, eps, ev: Evaluator) -> np.ndarray:
     runs the same: sigmoid, then the clip.
     """
     p = ev.np_clip(ev.sigmoid(x), eps, 1.0 - eps)  # the promotion is the point: no ev.c here
-    bce = y * np.log(p)
-    bce = bce + (1.0 - y) * np.log(1.0 - p)
+    bce = y * ev.np_log(p)
+    bce = bce + (1.0 - y) * ev.np_log(1.0 - p)
     return (-bce).astype(ev.dtype)
 
 

@@ -50,11 +50,11 @@ def _tf_kernels(ev: Evaluator) -> bool:
     return ev.mode == "tf" and ev.dtype in eigen.DTYPES
 
 
-def _recip(ev: Evaluator, a):
-    """``tf.math.reciprocal``: on TF's CPU packet path an estimate and a Newton step (`eigen.reciprocal`)."""
-    if _tf_kernels(ev):
-        return eigen.reciprocal(a)
-    return ev.c(1.0) / a
+def _recip(ev: Evaluator, a, name: str):
+    """``tf.math.reciprocal``: on TF's CPU packet path an estimate and a Newton step (`eigen.reciprocal`).
+    ``name``: what the cause calls ``a`` (`Evaluator.divided`)."""
+    out = eigen.reciprocal(a) if _tf_kernels(ev) else ev.c(1.0) / a
+    return ev.divided(out, ev.c(1.0), a, name)
 
 
 def _sigmoid_grad_tf(ev: Evaluator, g, p):
@@ -70,7 +70,7 @@ def _stable_grad_tf(ev: Evaluator, x, y):
     cond = x >= zero
     neg_abs = np.where(cond, -x, x)
     e = ev.exp(neg_abs)
-    g_e = one * _recip(ev, one + e)          # Log1pGrad
+    g_e = one * _recip(ev, one + e, "1 + e")  # Log1pGrad
     g_z = g_e * e                            # ExpGrad
     g_relu = np.where(cond, one, zero)
     g_neg = np.where(cond, -g_z, g_z)
@@ -87,7 +87,7 @@ def _clipped_grad_tf(ev: Evaluator, x, y, eps, shift: bool, hi_in_dtype: bool):
     s = lo if shift else ev.c(0.0)
     g_log_p = -y
     g_log_q = -(one - y)
-    g_pc = g_log_p * _recip(ev, pc + s) - g_log_q * _recip(ev, (one - pc) + s)
+    g_pc = g_log_p * _recip(ev, pc + s, "p") - g_log_q * _recip(ev, (one - pc) + s, "1 - p")
     g_p = np.where((p >= lo) & (p <= hi), g_pc, ev.c(0.0))
     return _sigmoid_grad_tf(ev, g_p, p)
 
@@ -96,7 +96,7 @@ def _naive_grad(x, y, eps, ev):
     """The textbook formula on tf.sigmoid, differentiated by TF."""
     one = ev.c(1.0)
     p = ev.sigmoid(x)
-    g_p = (-y) * _recip(ev, p) - (-(one - y)) * _recip(ev, one - p)
+    g_p = (-y) * _recip(ev, p, "p") - (-(one - y)) * _recip(ev, one - p, "1 - p")
     return _sigmoid_grad_tf(ev, g_p, p)
 
 
@@ -108,12 +108,12 @@ def _keras2_grad(x, y, eps, ev):
     hi = one - lo
     pc = ev.clip(p, lo, hi)
     q = one - pc
-    r = pc / q
+    r = ev.divided(pc / q, pc, q, "1 - p", "p/(1 - p)")
     z = ev.log(r)
     g_z = _stable_grad_tf(ev, z, y)
-    g_r = g_z * _recip(ev, r)               # LogGrad
-    g_pc = g_r / q                          # RealDivGrad, numerator
-    g_q = g_r * ((-pc / q) / q)             # RealDivGrad, denominator
+    g_r = g_z * _recip(ev, r, "p/(1 - p)")  # LogGrad
+    g_pc = ev.divided(g_r / q, g_r, q, "1 - p", "g/(1 - p)")  # RealDivGrad, numerator
+    g_q = g_r * ev.divided((-pc / q) / q, -pc / q, q, "1 - p", "p/(1 - p)^2")  # RealDivGrad, denominator
     g_pc = g_pc - g_q
     g_p = np.where((p >= lo) & (p <= hi), g_pc, ev.c(0.0))
     return _sigmoid_grad_tf(ev, g_p, p)
@@ -133,7 +133,9 @@ def _torch_bce_grad(x, y, eps, ev):
 
 def _bce_loss_backward(ev: Evaluator, p, y):
     """BCELoss backward: ``(p - y) / max((1 - p) * p, 1e-12)``, elementwise in the dtype."""
-    return (p - y) / np.maximum((ev.c(1.0) - p) * p, ev.c(1e-12))
+    q = (ev.c(1.0) - p) * p
+    den = ev.clamped(np.maximum(q, ev.c(1e-12)), q, "p(1-p) clamped at 1e-12")
+    return ev.divided((p - y) / den, p - y, den, "p(1-p)", "(p-y)/(p(1-p))")
 
 
 def _keras3_torch_grad(x, y, eps, ev):
@@ -185,8 +187,9 @@ def _keras3_jax_grad(ev: Evaluator, x, y, eps):
     p = ev.sigmoid(x)
     lo, hi = ev.c(eps), ev.c(1.0 - eps)
     m = np.maximum(lo, p)
-    pc = np.minimum(hi, m)
-    g_pc = (-y) / pc + -((-(one - y)) / (one - pc))  # through log(pc) and log(1 - pc)
+    pc = ev.clip(p, lo, hi)  # = minimum(hi, m), where the tracer sees the clip
+    g_pc = (ev.divided((-y) / pc, -y, pc, "p", "1/p")  # through log(pc) and log(1 - pc)
+            + -ev.divided((-(one - y)) / (one - pc), -(one - y), one - pc, "1 - p"))
 
     def balanced(a, ans, other):
         return np.where(a == ans, one, zero) / np.where(other == ans, two, one)

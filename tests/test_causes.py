@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from bce_audit import causes, formulas, keypoints, records
+from bce_audit import causes, dtypes, formulas, keypoints, records
 
 KERAS_EPS = 1e-7
 
@@ -102,3 +102,72 @@ def test_cause_and_side_are_in_the_json_records():
     assert records.decode(records.KeyPoint, d) == k
     old = {f: v for f, v in d.items() if f not in ("cause", "side")}  # a schema-1 record before them
     assert records.decode(records.KeyPoint, old).side == k.side
+
+
+# causes a tracer can only guess at: `causes.UNTRACED` says so (the fallbacks that did guess were
+# F1 "division by 0 in the backward pass", F2 "loss underflows", F8 "gradient 1/10.7 of exact")
+_NOT_TRACED = {
+    # optax under XLA is one model of the compiled jit (`xla.optax_softplus`, `xla.optax_bce_grad`):
+    # its ops are not the Evaluator's, so no tracer watches them
+    ("optax", mode) for mode in ("xla", "native")
+}
+
+
+@pytest.mark.parametrize("mode", formulas.MODES)
+def test_issue_t5_no_built_in_key_point_falls_back_to_a_guess(mode):
+    """Every key point of every built-in formula, in every dtype and mode, has a cause the
+    tracer saw (the words of `causes.WORDS`, a clip, a division, a clamp), never a fallback."""
+    guesses = ("division by 0 in the backward pass", "loss underflows", "loss flushed to 0",
+               "constant from here", "inf or nan", "logit overflows", "gradient rounds to 0")
+    for dtype in dtypes.NAMES:
+        for k in _points(dtype, mode):
+            assert k.cause not in guesses and " of exact" not in k.cause, k
+            if (k.formula, mode) not in _NOT_TRACED:
+                assert k.cause != causes.UNTRACED, k
+
+
+def test_issue_f1_keras3_float16_gradient_overflows_1_over_p_not_a_division_by_0():
+    """float16 Keras 3 at x = -11.09: p = 1.52e-5, 1/p = 65800 overflows float16 (max 65504);
+    nothing divides by 0 there. Where p = 1 (x = 7.625, 1 - eps rounds to 1), 1 - p is 0."""
+    pts = _points("float16")
+    assert _cause(pts, "grad_nonfinite", "keras3", 1, "-") == "1/p overflows"
+    assert _cause(pts, "grad_nonfinite", "keras3", 0, "-") == "1/p overflows, 0 * inf = nan"
+    assert _cause(pts, "grad_nonfinite", "keras3", 1, "+") == "division by 1 - p = 0, 0 * inf = nan"
+
+
+def test_issue_f1_a_format_without_inf_gets_no_0_times_inf():
+    """float8_e4m3fn has no inf: 1/0 is nan itself, not inf times a zero weight."""
+    found = [k.cause for k in _points("float8_e4m3fn", "per-op") if k.name == "grad_nonfinite"]
+    assert found and not any("0 * inf" in c for c in found), found
+
+
+def test_issue_f2_keras3_numpy_label_0_zero_is_1_minus_p_rounding_to_1():
+    """keras3-numpy's logs are numpy's own (`Evaluator.np_log`), watched as keras3's are: at
+    x = -8.32 in float16, 1 - p rounds to 1 (the exact loss is 2.44e-4; nothing underflows)."""
+    pts = _points("float16")
+    zero = next(k for k in pts if (k.name, k.formula, k.label) == ("bce_zero", "keras3-numpy", 0))
+    assert zero.x == -8.3203125 and zero.cause == "1 - p rounds to 1"
+
+
+def test_issue_f8_torch_bce_vanishing_gradient_is_the_1e_12_clamp():
+    """torch's BCELoss backward divides by max(p(1-p), 1e-12): past p = 1e-12 the gradient is
+    p^2/1e-12, not p (pytorch issue 103316). bfloat16 holds 1e-12; float16 rounds it to 0."""
+    pts = _points("bfloat16")
+    for label in (0, 1):
+        assert _cause(pts, "grad_vanishing", "torch-bce", label, "-") == "p(1-p) clamped at 1e-12"
+
+
+def test_issue_f1_the_division_hook_leaves_the_gradient_bit_identical():
+    """`Evaluator.divided` and `clamped` only watch: the traced gradient is the model's."""
+    import numpy as np
+
+    from bce_audit import gradients
+
+    x = np.linspace(-40, 40, 2001)
+    for name in gradients.MODELS:
+        for mode in ("tf", "upcast", "xla"):
+            plain, traced = formulas.Evaluator("float16", mode), causes.Tracer("float16", mode, eps=KERAS_EPS)
+            for y in (0, 1):
+                a = gradients.grad(name, plain.arr(x), np.full(x.shape, y), KERAS_EPS, plain)
+                b = gradients.grad(name, traced.arr(x), np.full(x.shape, y), KERAS_EPS, traced)
+                assert a.tobytes() == b.tobytes(), (name, mode, y)
