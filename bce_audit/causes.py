@@ -40,6 +40,8 @@ WORDS = {
     "log(0)": "log(0) = -inf",
     "log(1)": "log(1) = 0",
     "opmath=0": "float32 opmath result rounds to 0",
+    "softplus=0": "softplus underflows",
+    "softplus=0 flushed": "softplus flushed to 0",
 }
 
 
@@ -90,6 +92,29 @@ class Tracer(Evaluator):
                 tiny = float(self.info.smallest_subnormal) / 2
                 self.note("exp=0 flushed" if self.ftz and np.any(plain > tiny) else "exp=0")
         return out
+
+    def remembered(self, name: str, fn):
+        inner = super().remembered(name, fn)
+        if name != "optax-softplus":
+            return inner
+
+        def watched(a: np.ndarray) -> np.ndarray:
+            out = inner(a)
+            self._softplus(np.asarray(a), np.asarray(out))
+            return out
+
+        return watched
+
+    def _softplus(self, x: np.ndarray, out: np.ndarray) -> None:
+        """optax under XLA (`xla.optax_softplus`): softplus(-x) and softplus(x), watched as
+        `exp` is: a 0 where float64 has a softplus the dtype holds is flushed, else underflows."""
+        with np.errstate(all="ignore"):
+            x64 = np.asarray(x, dtype=np.float64)
+            plain = np.stack([np.logaddexp(-x64, 0.0), np.logaddexp(x64, 0.0)])
+            zero = np.isfinite(plain) & (plain > 0) & (np.asarray(out, dtype=np.float64) == 0)
+            if zero.any():
+                held = plain[zero] > float(self.info.smallest_subnormal) / 2
+                self.note("softplus=0 flushed" if self.ftz and np.any(held) else "softplus=0")
 
     def log(self, a: np.ndarray) -> np.ndarray:
         self._logs(np.asarray(a))
@@ -289,7 +314,8 @@ def explain_bce(name: str, dtype: str, mode: str, formula: str, eps: float | Non
         if "log(1)" in notes and shift:
             return "p + eps rounds to 1" if to_one else "1 - p + eps rounds to 1"
         key = _first(notes, ("exp=0 flushed", "exp=0", "log1p=0", "logsig=x",
-                             "sigmoid=1" if to_one else "sigmoid=0", "opmath=0"))
+                             "sigmoid=1" if to_one else "sigmoid=0", "opmath=0", "softplus=0 flushed",
+                             "softplus=0"))
         if key:
             return WORDS[key]
         if "log(1)" in notes:

@@ -74,8 +74,19 @@ def fmt(v: float | None, digits: int = 4) -> str:
 
 
 def fmt_x(v: float | None) -> str:
-    """Inputs and key-point positions: enough digits to tell neighbours apart."""
+    """Inputs: enough digits to tell neighbours apart."""
     return fmt(v, 8)
+
+
+def fmt_at(v: float, dtype: str) -> str:
+    """A key point's position: the shortest text that reads back as the dtype's value
+    (`dtypes.shortest`, as ``check`` prints it): float16 -6.23828125 as ``-6.24``, not the
+    ``-6.2382812`` of 8 digits, which is neither that value nor its shortest text. Below 1e-3
+    in scientific notation, as `fmt` writes small numbers (the same digits)."""
+    text = shortest(v, dtype)
+    if "e" not in text and 0 < abs(float(v)) < 1e-3:
+        return f"{Decimal(text):e}".replace("e-0", "e-")
+    return text
 
 
 def error_class(ulp: float, value: float) -> int:
@@ -178,7 +189,7 @@ def keypoint_tables(kps: Sequence[KeyPoint], width: int = 100) -> list[Renderabl
                 t.add_column("cause", overflow="fold")
             for k in rt:
                 thr = fmt(k.threshold, 3) if k.threshold is not None else "-"
-                t.add_row(k.name, thr, fmt_x(k.x), _value(k), _pred(k), *([k.cause] if why else []))
+                t.add_row(k.name, thr, fmt_at(k.x, k.dtype), _value(k), _pred(k), *([k.cause] if why else []))
             tables += [t, _legend(_cause_legend(KEYPOINT_LEGEND, why))]
         bce = [k for k in group if not k.name.startswith("roundtrip")]
         if bce:
@@ -197,7 +208,7 @@ def keypoint_tables(kps: Sequence[KeyPoint], width: int = 100) -> list[Renderabl
                 t.add_column("cause", overflow="fold")
             for k in bce:
                 eps_cell = () if one_eps else (_eps(k.eps),)
-                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_x(k.x), _value(k), _pred(k),
+                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_at(k.x, k.dtype), _value(k), _pred(k),
                           *([k.cause] if why else []))
             tables += [t, _legend(_cause_legend(BCE_KEYPOINT_LEGEND, why))]
     return tables
@@ -411,7 +422,7 @@ def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool,
         where = (f.dtype, f.mode, f.backend)
         lead = ([_dtype_mode(f) if where != last else ""] if by_dtype else [])
         style = "bold red" if not math.isfinite(f.value) else ""
-        t.add_row(*lead, name, _label(f.label), Text(_breaks(f), style=style), fmt_x(f.x), f.cause)
+        t.add_row(*lead, name, _label(f.label), Text(_breaks(f), style=style), fmt_at(f.x, f.dtype), f.cause)
         last = where
     return t
 
@@ -824,7 +835,7 @@ def to_markdown(result: SweepResult) -> str:
     out += _md_table(
         ["dtype", "key point", "formula", "label", "eps/thr", "x", "value", "predicted", "cause"],
         ([k.dtype, k.name, k.formula or "round trip", _label(k.label),
-          fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_x(k.x),
+          fmt(k.threshold, 3) if k.threshold is not None else _eps(k.eps), fmt_at(k.x, k.dtype),
           fmt(k.value, 5), _pred(k), k.cause] for k in result.keypoints),
     )
     if result.worst:

@@ -107,9 +107,9 @@ def test_cause_and_side_are_in_the_json_records():
 # causes a tracer can only guess at: `causes.UNTRACED` says so (the fallbacks that did guess were
 # F1 "division by 0 in the backward pass", F2 "loss underflows", F8 "gradient 1/10.7 of exact")
 _NOT_TRACED = {
-    # optax under XLA is one model of the compiled jit (`xla.optax_softplus`, `xla.optax_bce_grad`):
-    # its ops are not the Evaluator's, so no tracer watches them
-    ("optax", mode) for mode in ("xla", "native")
+    # optax's gradient under XLA is one model of the compiled jax.grad (`xla.optax_bce_grad`):
+    # its ops are not the Evaluator's, so no tracer watches them (its loss's softplus is watched)
+    ("optax", mode, name) for mode in ("xla", "native") for name in ("grad_dead_zone", "grad_vanishing")
 }
 
 
@@ -122,7 +122,7 @@ def test_issue_t5_no_built_in_key_point_falls_back_to_a_guess(mode):
     for dtype in dtypes.NAMES:
         for k in _points(dtype, mode):
             assert k.cause not in guesses and " of exact" not in k.cause, k
-            if (k.formula, mode) not in _NOT_TRACED:
+            if (k.formula, mode, k.name) not in _NOT_TRACED:
                 assert k.cause != causes.UNTRACED, k
 
 
@@ -147,6 +147,13 @@ def test_issue_f2_keras3_numpy_label_0_zero_is_1_minus_p_rounding_to_1():
     pts = _points("float16")
     zero = next(k for k in pts if (k.name, k.formula, k.label) == ("bce_zero", "keras3-numpy", 0))
     assert zero.x == -8.3203125 and zero.cause == "1 - p rounds to 1"
+
+
+def test_optax_under_xla_says_its_softplus_was_flushed():
+    """XLA flushes softplus(-87.34) = 1.1e-38 (below float32's smallest normal) to 0; in float16
+    softplus(-17.34) = 2.96e-8 is under half float16's smallest subnormal: it underflows."""
+    assert _cause(_points("float32"), "bce_zero", "optax", 1) == "softplus flushed to 0"
+    assert _cause(_points("float16"), "bce_zero", "optax", 1) == "softplus underflows"
 
 
 def test_issue_f8_torch_bce_vanishing_gradient_is_the_1e_12_clamp():
