@@ -4,6 +4,7 @@ from every cell, so no starred cell prints equal to the exact one."""
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -55,8 +56,18 @@ def test_issue_12_the_cells_of_the_issue():
     exact, sig = rows["sigmoid"]
     assert sig["float32"][0] != "1" and float(sig["float32"][0]) < 1
     exact, rt = rows["logit(sigmoid)"]
-    assert rt["float64"][0] == "16.500000000782858*" and exact == "16.5"
-    assert float(rt["float64"][1]) > 1e5  # 220,355 ULP
+    # the float64 round trip as numpy computes it, op by op; its ULP error against the exact
+    # 16.5, in ULPs of 16.5 (float64 spacing there: 2**-48)
+    one, x = np.float64(1.0), np.float64(16.5)
+    p = one / (one + np.exp(-x))
+    v = float(np.log(p / (one - p)))
+    ulp = (v - 16.5) / float.fromhex("0x1p-48")  # 2**-48 = 3.55e-15
+    assert ulp == float(np.round(ulp)) and ulp > 1  # a whole number of ULPs: 220355
+    assert rt["float64"][0] == repr(v) + "*" and exact == "16.5"
+    assert rt["float64"][1] == report.ulp_text(ulp, v)
+    rows64, _ = sweep.check_rows([16.5], Settings(dtypes=("float64",), formulas=("naive",)))
+    (row,) = [r for r in rows64 if r.quantity == "roundtrip"]
+    assert row.value == v and row.ulp_err == ulp
 
 
 @pytest.mark.parametrize(("value", "dtype", "text"), [
