@@ -208,8 +208,8 @@ def keypoint_tables(kps: Sequence[KeyPoint], width: int = 100) -> list[Renderabl
                 t.add_column("cause", overflow="fold")
             for k in bce:
                 eps_cell = () if one_eps else (_eps(k.eps),)
-                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_at(k.x, k.dtype), _value(k), _pred(k),
-                          *([k.cause] if why else []))
+                t.add_row(k.name, k.formula, _label(k.label), *eps_cell, fmt_at(k.x, k.dtype), _value(k),
+                          _pred(k), *([k.cause] if why else []))
             tables += [t, _legend(_cause_legend(BCE_KEYPOINT_LEGEND, why))]
     return tables
 
