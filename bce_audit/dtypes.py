@@ -290,6 +290,22 @@ def exhaustive_bounds(info: DtypeInfo, rng: tuple[float, float]) -> tuple[int, i
     return ordinal(lo, True), ordinal(hi, False)
 
 
+def special(v: float, signed_zero: bool = True) -> str | None:
+    """The text of nan, inf, -inf and zero (``-0`` where ``signed_zero``); None for any other
+    number: one spelling for every formatter.
+
+    >>> special(float("-inf")), special(-0.0), special(-0.0, signed_zero=False), special(2.5)
+    ('-inf', '-0', '0', None)
+    """
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "-0" if signed_zero and math.copysign(1.0, v) < 0 else "0"
+    return None
+
+
 def shortest(v, name: str) -> str:
     """The shortest decimal that reads back as this value of dtype ``name``: numpy's ``unique``
     repr of the dtype's own scalar (float32 ``0.99999994``, not ``1``); for the ml_dtypes types
@@ -300,12 +316,9 @@ def shortest(v, name: str) -> str:
     ('0.99999994', '1', '-0')
     """
     f = float(v)
-    if math.isnan(f):
-        return "nan"
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    if f == 0:
-        return "-0" if math.copysign(1.0, f) < 0 else "0"
+    text = special(f)
+    if text is not None:
+        return text
     typ = get(name).type
     scalar = typ(v)
     positional = 1e-4 <= abs(f) < 1e7

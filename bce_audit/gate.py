@@ -42,8 +42,19 @@ class Measurement:
     found: tuple[records.KeyPoint, ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Runs:
+    """How a check runs its formula, the same for grid and key-point checks (keyword-only: they
+    come after each check's own fields)."""
+
+    timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
+    keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
+    impl_kind: str = impl.KINDS[0]  # what an impl: formula computes
+    pythonpath: tuple[str, ...] = ()  # where its impl: module is looked for (absolute directories)
+
+
 @dataclass(frozen=True)
-class GridCheck:
+class GridCheck(_Runs):
     name: str
     formula: str
     dtypes: tuple[str, ...]
@@ -56,10 +67,6 @@ class GridCheck:
     kind: str = "grid"
     backend: str = "numpy"
     grad: bool = False  # bound the gradient d BCE / dx instead of the loss
-    timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
-    keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
-    impl_kind: str = impl.KINDS[0]  # what an impl: formula computes
-    pythonpath: tuple[str, ...] = ()  # where its impl: module is looked for (absolute directories)
 
     def identity(self) -> dict:
         """What is measured (not the limits): baselines are tied to it."""
@@ -126,7 +133,7 @@ class GridCheck:
 
 
 @dataclass(frozen=True)
-class KeypointCheck:
+class KeypointCheck(_Runs):
     name: str
     keypoint: str
     dtypes: tuple[str, ...]
@@ -139,10 +146,6 @@ class KeypointCheck:
     kind: str = "keypoint"
     backend: str = "numpy"
     side: str = "both"  # key points found on each tail (bce_nonfinite, grad_*): which x sign counts
-    timeout: float | None = None  # seconds each impl: call may take (None: --impl-timeout)
-    keras_backend: str = records.KERAS_BACKENDS[0]  # with backend "keras"
-    impl_kind: str = impl.KINDS[0]  # what an impl: formula computes
-    pythonpath: tuple[str, ...] = ()  # where its impl: module is looked for (absolute directories)
 
     def identity(self) -> dict:
         return {"name": self.name, "kind": self.kind, "keypoint": self.keypoint, "dtypes": list(self.dtypes),

@@ -300,17 +300,26 @@ def _rel_err(info, ev, o) -> np.ndarray:
 _NO_RUNS = object()  # the plateau walk could not run: keep the bisection's answer
 
 
+def _plateau_errors(info, ev, o_lo: int, o_hi: int):
+    """The plateaus of the round trip in [o_lo, o_hi] (starts, ends) with its relative error at
+    both ends of each; None where the plateau walk cannot run."""
+    runs = _plateaus(info, ev, o_lo, o_hi)
+    if runs is None:
+        return None
+    starts, ends = runs
+    return starts, ends, _rel_err(info, ev, starts), _rel_err(info, ev, ends)
+
+
 def _first_bad(info, ev, thr, o_lo: int, o_hi: int):
     """Smallest x in [o_lo, o_hi] with round-trip relative error >= thr, plateau by plateau.
 
     On a plateau the round trip is a constant c, so the error |c - x|/x falls while x < c and
     rises after: it is >= thr at the start, or from one point on, or nowhere.
     """
-    runs = _plateaus(info, ev, o_lo, o_hi)
+    runs = _plateau_errors(info, ev, o_lo, o_hi)
     if runs is None:
         return _NO_RUNS
-    starts, ends = runs
-    e_s, e_e = _rel_err(info, ev, starts), _rel_err(info, ev, ends)
+    starts, ends, e_s, e_e = runs
     cand = [int(o) for o in starts[e_s >= thr]]
     mid = (e_s < thr) & (e_e >= thr)
     if mid.any():
@@ -321,11 +330,10 @@ def _first_bad(info, ev, thr, o_lo: int, o_hi: int):
 
 def _last_bad(info, ev, thr, o_lo: int, o_hi: int):
     """Largest x in [o_lo, o_hi] with round-trip relative error >= thr, plateau by plateau."""
-    runs = _plateaus(info, ev, o_lo, o_hi)
+    runs = _plateau_errors(info, ev, o_lo, o_hi)
     if runs is None:
         return _NO_RUNS
-    starts, ends = runs
-    e_s, e_e = _rel_err(info, ev, starts), _rel_err(info, ev, ends)
+    starts, ends, e_s, e_e = runs
     cand = [int(o) for o in ends[e_e >= thr]]
     mid = (e_e < thr) & (e_s >= thr)
     if mid.any():

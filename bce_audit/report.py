@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bce_audit import __version__, verdict
-from bce_audit.dtypes import DtypeInfo, shortest
+from bce_audit.dtypes import DtypeInfo, shortest, special
 from bce_audit.dtypes import digits as _digits
 from bce_audit.dtypes import get as get_dtype
 from bce_audit.records import (
@@ -58,12 +58,9 @@ def fmt(v: float | None, digits: int = 4) -> str:
     if v is None:
         return "-"
     v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if v == 0:
-        return "0"
+    text = special(v, signed_zero=False)
+    if text is not None:
+        return text
     s = f"{v:.{digits - 1}e}" if abs(v) < 1e-3 else f"{v:.{digits}g}"
     if "e" in s:
         mant, exp = s.split("e")
