@@ -1,10 +1,12 @@
 """Why a key point is where it is: its formula run once more at its x, watching each op.
 
 `Tracer` is an `Evaluator` that notes what its framework-level ops did (a sigmoid that
-rounded to 1, an exp that underflowed or was flushed, a clip that bound, a log of exactly 1),
-and `explain` turns the notes of one key point into a one-line cause: "sigmoid rounds to 1",
-"clip at 1-eps", "exp(-|x|) flushed to 0". Nothing here is keyed on numbers: the cause is what
-the arithmetic did at that x, in that dtype and mode.
+rounded to 1, an exp that underflowed or was flushed, a clip that bound, a log of exactly 1,
+a backward pass's division by 0 or reciprocal that overflowed, a clamp that bound), and
+`explain` turns the notes of one key point into a one-line cause: "sigmoid rounds to 1",
+"clip at 1-eps", "exp(-|x|) flushed to 0", "1/p overflows". Nothing here is keyed on numbers:
+the cause is what the arithmetic did at that x, in that dtype and mode; where it saw nothing
+that explains the key point, the cause says so (`UNTRACED`) rather than guess.
 
 >>> import numpy as np
 >>> explain_roundtrip("roundtrip_overflow", "float32", "per-op", 16.635532, None)
@@ -104,6 +106,26 @@ class Tracer(Evaluator):
             return out
 
         return watched
+
+    def compiled(self, name: str, fn, *args: np.ndarray) -> np.ndarray:
+        out = super().compiled(name, fn, *args)
+        if name == "optax-grad":
+            x, y = args
+            self._optax_grad(np.asarray(x), np.asarray(y), np.asarray(out))
+        return out
+
+    def _optax_grad(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        """optax's gradient under XLA (`xla.optax_bce_grad`): ``(1-y)*exp(d(x)) - y*exp(d(-x))``,
+        ``d(t) = t - softplus(t)``; a 0 where float64's exp(d) is not is its exp underflowing, or
+        flushed where the dtype holds it."""
+        with np.errstate(all="ignore"):
+            x64, y64 = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+            t = np.where(y64 == 1, -x64, x64)
+            plain = np.exp(t - np.logaddexp(t, 0.0))
+            zero = (plain > 0) & (np.asarray(out, dtype=np.float64) == 0)
+            if zero.any():
+                held = plain[zero] > float(self.info.smallest_subnormal) / 2
+                self.note("exp=0 flushed" if self.ftz and np.any(held) else "exp=0")
 
     def _softplus(self, x: np.ndarray, out: np.ndarray) -> None:
         """optax under XLA (`xla.optax_softplus`): softplus(-x) and softplus(x), watched as

@@ -302,6 +302,11 @@ class Evaluator:
         the quotient (``1/name`` if not given)."""
         return out
 
+    def compiled(self, name: str, fn: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
+        """``fn(*args)``: a model of a whole compiled function (``name``), not of its ops, so
+        `causes.Tracer` watches its result instead."""
+        return fn(*args)
+
     def clamped(self, out: np.ndarray, a: np.ndarray, name: str) -> np.ndarray:
         """``out = max(a, bound)`` of a backward pass, returned as it is; `causes.Tracer` notes
         where the bound (``name``) binds."""

@@ -170,7 +170,7 @@ def _optax_grad(x, y, eps, ev):
     if ev.xla:  # jax.grad of the jitted loss, as XLA compiles it (`xla.optax_bce_grad`)
         from bce_audit import xla
 
-        return xla.optax_bce_grad(np.asarray(x), np.asarray(y))
+        return ev.compiled("optax-grad", xla.optax_bce_grad, np.asarray(x), np.asarray(y))
     one = ev.c(1.0)
     g_x1 = -((-y) * ev.kernel(_softplus_jvp, -x) * (-one))   # -y * log_sigmoid(x)
     g_x2 = (one - y) * ev.kernel(_softplus_jvp, x)           # -(1-y) * log_sigmoid(-x)

@@ -104,26 +104,18 @@ def test_cause_and_side_are_in_the_json_records():
     assert records.decode(records.KeyPoint, old).side == k.side
 
 
-# causes a tracer can only guess at: `causes.UNTRACED` says so (the fallbacks that did guess were
-# F1 "division by 0 in the backward pass", F2 "loss underflows", F8 "gradient 1/10.7 of exact")
-_NOT_TRACED = {
-    # optax's gradient under XLA is one model of the compiled jax.grad (`xla.optax_bce_grad`):
-    # its ops are not the Evaluator's, so no tracer watches them (its loss's softplus is watched)
-    ("optax", mode, name) for mode in ("xla", "native") for name in ("grad_dead_zone", "grad_vanishing")
-}
-
-
 @pytest.mark.parametrize("mode", formulas.MODES)
 def test_issue_t5_no_built_in_key_point_falls_back_to_a_guess(mode):
     """Every key point of every built-in formula, in every dtype and mode, has a cause the
-    tracer saw (the words of `causes.WORDS`, a clip, a division, a clamp), never a fallback."""
+    tracer saw (the words of `causes.WORDS`, a clip, a division, a clamp), never a fallback: not
+    the guesses of old (F1 "division by 0 in the backward pass", F2 "loss underflows", F8
+    "gradient 1/10.7 of exact"), nor `causes.UNTRACED`, which says nothing was seen."""
     guesses = ("division by 0 in the backward pass", "loss underflows", "loss flushed to 0",
                "constant from here", "inf or nan", "logit overflows", "gradient rounds to 0")
     for dtype in dtypes.NAMES:
         for k in _points(dtype, mode):
             assert k.cause not in guesses and " of exact" not in k.cause, k
-            if (k.formula, mode, k.name) not in _NOT_TRACED:
-                assert k.cause != causes.UNTRACED, k
+            assert k.cause != causes.UNTRACED, k
 
 
 def test_issue_f1_keras3_float16_gradient_overflows_1_over_p_not_a_division_by_0():
@@ -154,6 +146,9 @@ def test_optax_under_xla_says_its_softplus_was_flushed():
     softplus(-17.34) = 2.96e-8 is under half float16's smallest subnormal: it underflows."""
     assert _cause(_points("float32"), "bce_zero", "optax", 1) == "softplus flushed to 0"
     assert _cause(_points("float16"), "bce_zero", "optax", 1) == "softplus underflows"
+    # its gradient's exp(x - softplus(x)), likewise (`xla.optax_bce_grad`, watched whole)
+    assert _cause(_points("float32"), "grad_dead_zone", "optax", 1) == "exp(-|x|) flushed to 0"
+    assert _cause(_points("float16"), "grad_dead_zone", "optax", 1) == "exp(-|x|) underflows"
 
 
 def test_issue_f8_torch_bce_vanishing_gradient_is_the_1e_12_clamp():
