@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from bce_audit import __version__
 from bce_audit.records import SCHEMA, Advice, Audited, Fix, KeyPoint, Move, SafeEps, tail, to_json
-from bce_audit.report import fmt, printable
+from bce_audit.report import fmt, fmt_at, printable
 
 WIDTH = 80
 MOVES_SHOWN = 4  # key-point moves listed per fix in text and markdown; JSON has them all
@@ -28,7 +28,7 @@ _WHAT = {"bce_nonfinite": "loss is {v}", "bce_floor": "loss floors at {v}", "bce
 
 def where(k: KeyPoint) -> str:
     """Where a key point holds: a run to the end of its tail, or the first x walking out from 0."""
-    x = fmt(k.x, 6)
+    x = fmt_at(k.x, k.dtype)  # the dtype's value, as the verdict writes it
     if k.name in RUNS:
         return f"x >= {x}" if tail(k) == "+" else f"x <= {x}"
     return f"from x = {x}"
