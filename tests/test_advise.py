@@ -388,8 +388,8 @@ def test_review_t2_safe_eps_limits_against_exact_arithmetic(keras3_f16):
         assert abs(got - exact) <= float(np.spacing(np.float16(exact))), (got, exact)
     assert s.floor_where.startswith("x >= ") and s.ceiling_where.startswith("x <= ")
     text = advise_view.text([keras3_f16])
-    assert "floor 4.883e-4 from x >= 7.91016; ceiling 7.625 from" in text  # one helper, both places
-    assert "floor 4.883e-4 from x >= 7.91016; ceiling 7.625 from x <= -7.625" in _fix(keras3_f16, "eps").note
+    assert "floor 4.883e-4 from x >= 7.91; ceiling 7.625 from" in text  # one helper, both places
+    assert "floor 4.883e-4 from x >= 7.91; ceiling 7.625 from x <= -7.625" in _fix(keras3_f16, "eps").note
 
 
 def test_review_f10_limits_only_in_the_range():
