@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import fields
 from typing import IO, Protocol
 
@@ -86,6 +88,8 @@ class JsonLines:
 
     def __init__(self, f: IO[str]):
         self.f = f
+        self._pool: Executor | None = None
+        self._memo: dict = {}  # a chunk's column texts, by the column's bytes
         try:
             import pyarrow as pa
             import pyarrow.compute as pc
@@ -107,49 +111,58 @@ class JsonLines:
             self.f.write("".join(map(template.format, *varying)))
 
     def _write_arrow(self, blocks: Sequence[Block], pa, pc) -> None:
-        memo: dict = {}
+        # Arrow's kernels let go of the GIL: the blocks are formatted on every core, written in order
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        def text(a: np.ndarray, absent: np.ndarray | None = None):
-            key = a.tobytes() if absent is None else None
-            if key is not None and key in memo:
-                return memo[key]
-            out = pc.cast(pa.array(a), pa.string())  # shortest text that reads back the same
-            bad = ~np.isfinite(a)
-            if bad.any():
-                words = np.where(np.isnan(a), '"nan"', np.where(a > 0, '"inf"', '"-inf"'))
-                out = pc.if_else(pa.array(bad), pa.array(words), out)
-            if absent is not None and absent.any():
-                out = pc.if_else(pa.array(absent), pa.scalar("null"), out)
-            if key is not None:
-                memo[key] = out
-            return out
-
-        for b in blocks:
-            if not len(b):
-                continue
-            absent = np.isnan(b.floats["clipped_exact"]) if "clipped_exact" in b.floats else None
-            pieces: list = []
-            literal = "{"
-            for i, k in enumerate(self.KEYS):
-                literal += ("," if i else "") + f'"{k}":'
-                if k in b.floats:
-                    pieces += [literal, text(b.floats[k], absent if k in CLIP_FLOATS else None)]
-                    literal = ""
-                else:
-                    literal += _constant(None if k in CLIP_FLOATS else getattr(b, k), "json")
-            pieces.append(literal + "}\n")
-            lines = pc.binary_join_element_wise(*pieces, "")
-            offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
-            data = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-            raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
-            encoding = str(getattr(self.f, "encoding", None) or "").lower().replace("-", "")
+            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self._memo = {}  # one chunk's: memory stays bounded by the chunk
+        raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
+        encoding = str(getattr(self.f, "encoding", None) or "").lower().replace("-", "")
+        for data in self._pool.map(lambda b: self._lines(b, pa, pc), [b for b in blocks if len(b)]):
             if raw is not None and encoding == "utf8":
                 self.f.flush()
                 raw.write(memoryview(data))
             else:
                 self.f.write(data.to_pybytes().decode())
 
+    def _text(self, a: np.ndarray, pa, pc, absent: np.ndarray | None = None):
+        """One column as JSON texts (shortest round-trip floats, quoted inf/nan, null where absent);
+        columns that repeat across a chunk's series are formatted once."""
+        key = a.tobytes() if absent is None else None
+        if key is not None and key in self._memo:
+            return self._memo[key]
+        out = pc.cast(pa.array(a), pa.string())  # shortest text that reads back the same
+        bad = ~np.isfinite(a)
+        if bad.any():
+            words = np.where(np.isnan(a), '"nan"', np.where(a > 0, '"inf"', '"-inf"'))
+            out = pc.if_else(pa.array(bad), pa.array(words), out)
+        if absent is not None and absent.any():
+            out = pc.if_else(pa.array(absent), pa.scalar("null"), out)
+        if key is not None:
+            self._memo[key] = out
+        return out
+
+    def _lines(self, b: Block, pa, pc):
+        """The block's lines, as one Arrow buffer of UTF-8."""
+        absent = np.isnan(b.floats["clipped_exact"]) if "clipped_exact" in b.floats else None
+        pieces: list = []
+        literal = "{"
+        for i, k in enumerate(self.KEYS):
+            literal += ("," if i else "") + f'"{k}":'
+            if k in b.floats:
+                pieces += [literal, self._text(b.floats[k], pa, pc, absent if k in CLIP_FLOATS else None)]
+                literal = ""
+            else:
+                literal += _constant(None if k in CLIP_FLOATS else getattr(b, k), "json")
+        pieces.append(literal + "}\n")
+        lines = pc.binary_join_element_wise(*pieces, "")
+        offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
+        return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         self.f.flush()
 
 
