@@ -441,10 +441,11 @@ def cli(ctx: click.Context, color: str) -> None:
     \b
     Examples:
       bce-audit sweep --dtype float32
-      bce-audit sweep --dtype float16 --dtype bfloat16 --eps 1e-7 --eps 1e-4 --mode upcast
+      bce-audit sweep --dtype float16 --dtype bfloat16 --eps 1e-7 --eps 1e-4
       bce-audit points --dtype float32 --format json
       bce-audit check 16.5 17 -50
-      bce-audit dtypes
+      bce-audit advise --dtype float16 --formula keras3
+      bce-audit gate configs/gate-example.toml
     """
     ctx.color = COLORS[color]
 
