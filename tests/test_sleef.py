@@ -13,47 +13,13 @@ from hypothesis import strategies as st
 from mpmath import mp
 
 from bce_audit import formulas, sleef
-from tests.ulp_support import round_f32, ulp_distance
+from tests.ulp_support import every_value, float32_sample, round_f32, same_bits, ulp_distance
 
 F32 = np.float32
 UNARY = ("exp", "log", "log1p", "sigmoid", "log_sigmoid")
 
 
-def every_value(dtype) -> np.ndarray:
-    """All 65536 values of a 16-bit dtype as float32 (what torch's opmath computes on)."""
-    return np.arange(2**16, dtype=np.uint16).view(dtype).astype(F32)
-
-
-def float32_sample() -> np.ndarray:
-    """A dense float32 sample: a grid on [-120, 120], 10 <= |x| <= 20 (sigmoid reaches 1),
-    86 <= |x| <= 105 (exp overflows, underflows into subnormals, and SLEEF's -104/100 cut-offs),
-    probabilities, subnormals, the special values and random bit patterns."""
-    rng = np.random.default_rng(20261129)
-    mag = lambda lo, hi, n: rng.uniform(lo, hi, n).astype(F32)  # noqa: E731
-    tiny = np.finfo(F32).tiny
-    parts = [
-        np.linspace(-120, 120, 200_001, dtype=F32),
-        mag(10, 20, 40_000), -mag(10, 20, 40_000),
-        mag(86, 105, 40_000), -mag(86, 105, 40_000),
-        np.exp(rng.uniform(-103, 0, 40_000)).astype(F32),
-        (rng.uniform(0, 1, 40_000) * tiny).astype(F32), -(rng.uniform(0, 1, 10_000) * tiny).astype(F32),
-        rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(F32),
-        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45, tiny, -tiny, 1.0, -1.0,
-                  1e38, 2e38, 3e38, -0.99999994, 88.72283, 88.72284, -87.33655, -103.97, -104.0,
-                  -104.00001, 100.0, 100.00001, 16.635532], F32),
-    ]
-    return np.concatenate(parts)
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Equal bit patterns, or both NaN (the NaN's sign and payload are not modelled)."""
-    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
-    return (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
-
-
 # ---------------------------------------------------------------- without torch
-
-
 
 
 _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-(2.0**60), max_value=2.0**60)
@@ -194,7 +160,7 @@ def _check(torch, name: str, x: np.ndarray) -> None:
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name", UNARY)
 def test_models_match_torch_on_every_narrow_value(torch_one_thread, name, dtype):
-    x = every_value(np.float16 if dtype == "float16" else ml_dtypes.bfloat16)
+    x = every_value(np.float16 if dtype == "float16" else ml_dtypes.bfloat16).astype(F32)  # torch's opmath
     if name == "log":
         with np.errstate(all="ignore"):
             x = np.abs(x) / (np.abs(x) + F32(1))  # probabilities for logit, from every value

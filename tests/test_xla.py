@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bce_audit import xla
-from tests.ulp_support import round_f32, ulp_distance
+from tests.ulp_support import every_value, float32_sample, round_f32, same_bits, ulp_distance
 
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
           "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -23,48 +23,12 @@ BINARY = ("optax_bce", "optax_bce_grad")  # (x, y)
 F32 = np.float32
 
 
-def every_value(dtype: np.dtype) -> np.ndarray:
-    """All 65536 values of a 16-bit dtype, NaNs and infinities included."""
-    return np.arange(2**16, dtype=np.uint16).view(dtype)
-
-
-def float32_sample() -> np.ndarray:
-    """>= 200k float32: a dense grid on [-120, 120], the ranges where the models branch
-    (10 <= |x| <= 20: sigmoid reaches 1; 86 <= |x| <= 105: exp's clamps, FTZ), values near 0,
-    subnormals, the special values and random bit patterns."""
-    rng = np.random.default_rng(20240611)
-    mag = lambda lo, hi, n: rng.uniform(lo, hi, n).astype(F32)  # noqa: E731
-    tiny = np.finfo(F32).tiny
-    parts = [
-        np.linspace(-120, 120, 200_001, dtype=F32),
-        mag(10, 20, 20_000), -mag(10, 20, 20_000),
-        mag(86, 105, 20_000), -mag(86, 105, 20_000),
-        (rng.standard_normal(20_000) * 3).astype(F32),
-        np.exp(rng.uniform(-87, 0, 10_000)).astype(F32),  # probabilities, for logit and log
-        rng.integers(0, 2**32, 20_000, dtype=np.uint64).astype(np.uint32).view(F32),
-        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, -1e-40, tiny, -tiny,
-                  np.nextafter(tiny, F32(0)), 0.41421357, -0.41421357, 0.29289323, 87.8, 88.8, -87.8,
-                  -88.8, 88.72283, -87.33655, 16.635532], F32),
-    ]
-    return np.concatenate(parts)
-
-
 def labels(x: np.ndarray) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [np.zeros_like(x), np.ones_like(x), rng.uniform(0, 1, x.size).astype(x.dtype)]
 
 
-def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Equal bit patterns, or both NaN (XLA and numpy pick different NaN signs)."""
-    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
-    u = f"u{a.dtype.itemsize}"
-    nan = np.isnan(a.astype(F32)) & np.isnan(b.astype(F32))
-    return (a.view(u) == b.view(u)) | nan
-
-
 # ---------------------------------------------------------------- without jax
-
-
 
 
 _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-(2.0**60), max_value=2.0**60)
