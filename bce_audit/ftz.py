@@ -126,7 +126,7 @@ def fma(a, b, c, ftz: bool = False) -> np.ndarray:
         i = np.flatnonzero(risky)
         fixed = _fma_fix(*(np.broadcast_to(v, s.shape).reshape(-1)[i] for v in (a, b, c)))
         if ftz:  # only these can be subnormal
-            fixed = np.where(np.abs(fixed) < _F32(TINY32), np.copysign(_F32(0), fixed), fixed)
+            fixed = flush(fixed)
         out.reshape(-1)[i] = fixed
         return out
 
