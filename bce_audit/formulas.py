@@ -190,10 +190,8 @@ class Evaluator:
 
     def shared(self, fn: Callable[..., np.ndarray], x: np.ndarray) -> np.ndarray:
         """``kernel(fn, x)``, remembered by the bits of x when ``memo`` is on."""
-        if self._memo is None:
-            return self.kernel(fn, x)
         flushed = isinstance(x, Flushed)  # what the kernel's own ops then do to subnormals
-        return self._memo((fn, self.dtype.str, self.mode, flushed), lambda: self.kernel(fn, x), x)
+        return self.remember((fn, flushed), lambda: self.kernel(fn, x), x)
 
     def remember(self, key: tuple, compute: Callable[[], np.ndarray], *inputs) -> np.ndarray:
         """``compute()``, remembered under ``key`` by the bits of ``inputs`` when ``memo`` is on."""
@@ -204,11 +202,9 @@ class Evaluator:
     def remembered(self, name: str, fn: Kernel) -> Kernel:
         """A kernel model ``fn`` (one array in, one out), remembered by the bits of its input
         under ``name`` when ``memo`` is on."""
-        memo = self._memo
-        if memo is None:
+        if self._memo is None:
             return fn
-        key = (name, self.dtype.str, self.mode)
-        return lambda a: memo(key, lambda: fn(a), a)
+        return lambda a: self.remember((name,), lambda: fn(a), a)
 
     # Framework-level ops shared by several formulas.
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
