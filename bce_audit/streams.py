@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import IO, Protocol
 
@@ -88,7 +88,7 @@ class JsonLines:
 
     def __init__(self, f: IO[str]):
         self.f = f
-        self._pool: Executor | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._memo: dict = {}  # a chunk's column texts, by the column's bytes
         try:
             import pyarrow as pa
@@ -113,8 +113,6 @@ class JsonLines:
     def _write_arrow(self, blocks: Sequence[Block], pa, pc) -> None:
         # Arrow's kernels let go of the GIL: the blocks are formatted on every core, written in order
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         self._memo = {}  # one chunk's: memory stays bounded by the chunk
         raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
