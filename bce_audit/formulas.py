@@ -409,10 +409,10 @@ def _torch_bce_kernel(ev: Evaluator, p, y) -> np.ndarray:
     log: Kernel = ev.log
     log1p: Kernel = ev.log1p
     if ev.torch_cpu:  # a scalar cpu_kernel: std::log and std::log1p, the C library's
-        from bce_audit import sleef
+        from bce_audit import glibc
 
-        log = ev.remembered("logf", lambda a: sleef.libm("logf", a))
-        log1p = ev.remembered("log1pf", lambda a: sleef.libm("log1pf", a))
+        log = ev.remembered("logf", lambda a: glibc.libm("logf", a))
+        log1p = ev.remembered("log1pf", lambda a: glibc.libm("log1pf", a))
     return (y - one) * np.maximum(log1p(-p), floor) - y * np.maximum(log(p), floor)
 
 

@@ -14,7 +14,7 @@ Measured against torch 2.13.0+cpu (``tests/test_sleef.py``, ``fidelity --backend
 `exp`, `log`, `log1p`, `sigmoid` and `log_sigmoid` agree bit for bit on every float16 and
 bfloat16 value (as float32 inputs) and a dense float32 sample, subnormals, infinities and NaN
 included (NaN's sign aside), on capability AVX512 and forced to AVX2 (``ATEN_CPU_CAPABILITY``);
-on DEFAULT every ``Vectorized<float>`` function maps the C library's (`libm`, `elementary`).
+on DEFAULT every ``Vectorized<float>`` function maps the C library's (`glibc.libm`, `elementary`).
 What torch runs where:
 
 - ``torch.sigmoid`` (``native/cpu/UnaryOpsKernel.cpp``): ``((0 - x).exp() + 1).reciprocal()``,
@@ -24,7 +24,7 @@ What torch runs where:
   (``vsExp``, ``vsLn``), not modelled: SLEEF's functions are within an ULP of them, equal on 90
   to 99% of inputs (numpy's float32 exp and log miss them 2 to 6 times as often).
 - ``F.binary_cross_entropy``'s forward (``native/Loss.cpp``) is a scalar ``cpu_kernel``:
-  ``std::log``/``std::log1p``, the C library's ``logf``/``log1pf`` (`libm`).
+  ``std::log``/``std::log1p``, the C library's ``logf``/``log1pf`` (`glibc.libm`).
 - SLEEF's ``exp`` is 0 below -104 and inf above 100 and underflows gradually in between; its
   ``log1p`` returns 0 for the smallest subnormal (``x / (2 + x)`` rounds to 0), so
   ``binary_cross_entropy_with_logits`` with label 1 is 0 from x = 102.87, not 103.97.
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bce_audit import ftz
+from bce_audit import ftz, glibc
 
 CAPABILITIES = ("AVX512", "AVX2")  # torch's CPU capabilities whose SLEEF builds these model
 _F32 = np.float32
@@ -231,53 +231,6 @@ def log_sigmoid(x: np.ndarray) -> np.ndarray:
         return _f(np.minimum(x, _F32(0)) - log1p(exp(-np.abs(x))))
 
 
-# ---------------------------------------------------------------- scalar kernels: the C library
-
-
-def _load_libm() -> dict:
-    import ctypes
-    import ctypes.util
-
-    path = ctypes.util.find_library("m")
-    try:
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        lib = None
-    out = {}
-    for name in ("expf", "logf", "log1pf"):
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
-            out[name] = fn
-    return out
-
-
-_LIBM: dict | None = None
-
-
-def libm(name: str, a: np.ndarray) -> np.ndarray:
-    """The C library's float32 ``expf``/``logf``/``log1pf``, which torch's scalar kernels call
-    (``std::log``, ``std::log1p`` in ``binary_cross_entropy``'s ``cpu_kernel``,
-    ``aten/src/ATen/native/Loss.cpp``; every ``Vectorized<float>`` function on capability
-    DEFAULT, ``vec_base.h`` ``map``): the process's libm through ctypes, as torch resolves
-    it (glibc on Linux; glibc 2.36's ``log1pf`` is not correctly rounded, its ``logf`` misses
-    by an ULP on about 1 input in 1000). Without it, the correctly rounded value."""
-    global _LIBM
-    if _LIBM is None:
-        _LIBM = _load_libm()
-    a = _f(a)
-    fn = _LIBM.get(name)
-    if fn is None:
-        with np.errstate(all="ignore"):
-            return _CR[name](a.astype(np.float64)).astype(_F32)
-    # one call per distinct value (ctypes costs a Python call each; losses repeat values a lot)
-    uniq, inverse = np.unique(a.ravel(), return_inverse=True)
-    vals = np.asarray(np.frompyfunc(fn, 1, 1)(uniq), dtype=_F32)
-    return vals[inverse.ravel()].reshape(a.shape)
-
-
-_CR = {"expf": np.exp, "logf": np.log, "log1pf": np.log1p}
-
 # ---------------------------------------------------------------- which CPU code torch runs
 
 
@@ -316,7 +269,7 @@ def torch_capability() -> str | None:
 
 def elementary(name: str):
     """torch's float32 ``Vectorized<float>`` function ``name`` (exp, log, log1p) on this CPU:
-    SLEEF's (`exp`, `log`, `log1p`) on AVX512 and AVX2, the C library's (`libm`) on DEFAULT,
+    SLEEF's (`exp`, `log`, `log1p`) on AVX512 and AVX2, the C library's (`glibc.libm`) on DEFAULT,
     None where the capability is not known."""
     global _CAPABILITY
     if _CAPABILITY is None:
@@ -325,7 +278,7 @@ def elementary(name: str):
         return {"exp": exp, "log": log, "log1p": log1p}[name]
     if _CAPABILITY == "DEFAULT":
         c = name + "f"
-        return lambda a: libm(c, a)
+        return lambda a: glibc.libm(c, a)
     return None
 
 

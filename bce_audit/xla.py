@@ -262,11 +262,10 @@ def _maximum(a: np.ndarray, b) -> np.ndarray:
 
 def _libm(name: str, a: np.ndarray) -> np.ndarray:
     """The C library's float32 ``expf``/``logf``, which XLA calls where it does not vectorise
-    (XLA resolves the symbol in the process's libm: glibc on Linux): `sleef.libm`, the one
-    ctypes binding of it."""
-    from bce_audit import sleef
+    (XLA resolves the symbol in the process's libm: glibc on Linux): `glibc.libm`."""
+    from bce_audit import glibc
 
-    return sleef.libm(name, a)
+    return glibc.libm(name, a)
 
 
 def _alone(o: _Ops, a: np.ndarray, poly, libm: str) -> np.ndarray:

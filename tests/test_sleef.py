@@ -106,7 +106,7 @@ def _torch():
     cap = torch.backends.cpu.get_cpu_capability()
     if cap not in sleef.CAPABILITIES:
         pytest.skip(f"torch runs CPU capability {cap} here; the SLEEF models cover "
-                    f"{', '.join(sleef.CAPABILITIES)} (DEFAULT calls the C library: sleef.libm)")
+                    f"{', '.join(sleef.CAPABILITIES)} (DEFAULT calls the C library: glibc.libm)")
     return torch
 
 
