@@ -40,8 +40,10 @@ class WriteError(OSError):
 def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = True) -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path``, on failure it goes.
 
-    ``durable``: fsync before the rename, so a power cut cannot leave an empty file (a cache,
-    which checks its entries anyway, can skip it and save the disk flush).
+    ``durable``: where ``path`` already holds a file, fsync before the rename, so that a power
+    cut cannot swap that file for an empty one (a cache, which checks its entries anyway, can
+    skip it). A new file has nothing to protect: the OS writes it back as it writes any file,
+    and a gigabyte of rows does not wait for the disk.
     """
     if _special(path):
         try:
@@ -52,6 +54,7 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
             yield f
         return
     directory = os.path.dirname(os.path.abspath(path))
+    durable = durable and os.path.lexists(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", suffix=suffix, dir=directory)
     except OSError as e:

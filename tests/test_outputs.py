@@ -54,6 +54,23 @@ def test_issue_10_output_onto_a_char_device_keeps_the_device(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "null"]
 
 
+def test_a_replaced_file_is_synced_first_a_new_one_is_not(tmp_path, monkeypatch):
+    """fsync protects the file a write replaces (a power cut cannot swap it for an empty one);
+    a new file has nothing to protect and does not wait for the disk."""
+    from bce_audit import files
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    target = tmp_path / "rows.jsonl"
+    files.write_text(str(target), "first\n")
+    assert synced == [] and target.read_text() == "first\n"
+    files.write_text(str(target), "second\n")
+    assert len(synced) == 1 and target.read_text() == "second\n"
+    files.write_text(str(target), "third\n", durable=False)  # a cache entry
+    assert len(synced) == 1 and target.read_text() == "third\n"
+
+
 def test_output_onto_a_symlink_to_a_regular_file_replaces_the_link_not_the_file(tmp_path):
     target = tmp_path / "kept.txt"
     target.write_text("mine\n")
