@@ -176,8 +176,8 @@ def streams(cli: list[str]) -> None:
             line(f"   ... every row as {fmt}: peak RSS", f"{peak:.0f} MB", "", "< 300 MB", peak < 300)
             # the same onto the file just written: replacing a file waits for the disk (fsync)
             wall, _ = run([*exhaustive, "--rows", "all", "-o", out])
-            line(f"   ... replacing that {fmt} file (fsync first)", f"{wall:.2f} s", f"{wall / table:.1f}x table",
-                 "", None)
+            line(f"   ... replacing that {fmt} file (fsync first)", f"{wall:.2f} s",
+                 f"{wall / table:.1f}x table", "", None)
 
 
 GATE_GRID = """[[check]]
