@@ -112,19 +112,22 @@ def fma(a, b, c, ftz: bool = False) -> np.ndarray:
     midpoint (its low 29 bits 1 followed by zeros) or in float32's subnormal range. Those few
     are redone (`_fma_fix`): the sum rounded to odd, its error from TwoSum deciding the last bit.
     """
-    a, b, c = (np.asarray(v, _F64) for v in (a, b, c))
     with np.errstate(all="ignore"):
-        s = np.asarray(a * b + c)
+        s = np.asarray(np.multiply(a, b, dtype=_F64))  # exact: 24 + 24 bits
+        if s.ndim and np.broadcast_shapes(s.shape, np.shape(c)) == s.shape:
+            np.add(s, c, out=s, dtype=_F64)
+        else:
+            s = np.asarray(np.add(s, c, dtype=_F64))
         bits = s.view(np.uint64)
         risky = (bits & _LOW29) == _HALF29
-        mag = bits & _ABS
-        mag -= _ONE  # a zero wraps round: a float64 sum of 0 is exact
-        risky |= mag < _TINY32_AS_64 - _ONE
         out = s.astype(_F32)
+        tiny = np.abs(out) <= _TINY32_F32  # every sum below float32's smallest normal, and a few more
+        if tiny.any():
+            risky |= tiny & (s != 0)  # a float64 sum of 0 is exact
         if not risky.any():
             return out
         i = np.flatnonzero(risky)
-        fixed = _fma_fix(*(np.broadcast_to(v, s.shape).reshape(-1)[i] for v in (a, b, c)))
+        fixed = _fma_fix(*(np.broadcast_to(np.asarray(v, _F64), s.shape).reshape(-1)[i] for v in (a, b, c)))
         if ftz:  # only these can be subnormal
             fixed = flush(fixed)
         out.reshape(-1)[i] = fixed
@@ -146,6 +149,3 @@ def _fma_fix(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 _LOW29 = np.uint64((1 << 29) - 1)
 _HALF29 = np.uint64(1 << 28)
-_ABS = np.uint64((1 << 63) - 1)
-_ONE = np.uint64(1)
-_TINY32_AS_64 = np.uint64(np.float64(TINY32).view(np.uint64))  # TINY32's float64 bits
