@@ -406,8 +406,6 @@ def _what_breaks(f: verdict.Finding, many_eps: bool) -> str:
 
 def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool, by_dtype: bool) -> Table:
     t = _table(title)
-    if by_dtype:
-        t.add_column("dtype", no_wrap=True)
     t.add_column("formula", max_width=20, overflow="fold")
     t.add_column("y", no_wrap=True)
     t.add_column("breaks", no_wrap=True)
@@ -417,9 +415,10 @@ def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool,
     last: tuple = ()
     for f, name in zip(group, names, strict=True):
         where = (f.dtype, f.mode, f.backend)
-        lead = ([_dtype_mode(f) if where != last else ""] if by_dtype else [])
+        if by_dtype and where != last:  # each dtype a heading row: the cause keeps the width
+            t.add_row(Text(_dtype_mode(f), style="bold"), "", "", "", "")
         style = "bold red" if not math.isfinite(f.value) else ""
-        t.add_row(*lead, name, _label(f.label), Text(_breaks(f), style=style), fmt_at(f.x, f.dtype), f.cause)
+        t.add_row(name, _label(f.label), Text(_breaks(f), style=style), fmt_at(f.x, f.dtype), f.cause)
         last = where
     return t
 
