@@ -58,11 +58,20 @@ class Exact64:
 
     def log_bce(self, label: int) -> np.ndarray:
         """log of the BCE where it underflows: softplus(-x) ~ exp(-x) for large x."""
-        return -self.x if label == 1 else self.x
+        return self._negated("x") if label == 1 else self.x
 
     def grad(self, label: int) -> np.ndarray:
         """sigmoid(x) - y."""
-        return -self.q if label == 1 else self.p
+        return self._negated("q") if label == 1 else self.p
+
+    def _negated(self, name: str) -> np.ndarray:
+        """-x or -q, made once (read-only): every series of a chunk asks for them."""
+        memo = self.__dict__.setdefault("_neg", {})
+        out = memo.get(name)
+        if out is None:
+            out = memo[name] = np.asarray(np.negative(getattr(self, name)))
+            out.flags.writeable = False
+        return out
 
     def log_grad_magnitude(self, label: int) -> np.ndarray:
         return self.log_bce(label)
