@@ -428,7 +428,7 @@ def _loss(formula: Formula, eps: float | None, label: int, ev: Evaluator, x, rem
     """A formula at x for label ``label``; with ``remember``, a built-in one's values from the
     evaluator's memo (user code runs every time)."""
     def compute():
-        return formula(x, np.full(np.shape(x), label), eps, ev)
+        return formula(x, np.full(np.shape(x), label, dtype=ev.dtype), eps, ev)
     if not remember or formula.user is not None:
         return compute()
     return ev.remember(("bce", formula.name, eps, label), compute, x)
