@@ -13,7 +13,6 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -672,31 +671,19 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=heap.worker,
                                  initargs=(os.getpid(),)) as pool:
-            yield from _windowed(pool, ks, args, jobs)
-    elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and not users:
-        from concurrent.futures import ThreadPoolExecutor
-
-        # too small a grid for a process pool: threads (numpy's array loops run without the GIL)
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bce-audit-chunk") as threads:
-            yield from _windowed(threads, ks, args, jobs)
+            # a window of chunks in flight: finished results never pile up behind a slow reader
+            work = iter(zip(ks, args, strict=True))
+            pending = collections.deque((k, pool.submit(audit_chunk, *a))
+                                        for k, a in itertools.islice(work, 2 * jobs))
+            while pending:
+                k, future = pending.popleft()
+                r = future.result()
+                for k2, a in itertools.islice(work, 1):
+                    pending.append((k2, pool.submit(audit_chunk, *a)))
+                yield k, r
     else:
         for k, a in zip(ks, args, strict=True):
             yield k, audit_chunk(*a)
-
-
-def _windowed(pool: Executor, ks: list[int], args: list[tuple], jobs: int
-              ) -> Iterator[tuple[int, ChunkResult]]:
-    """(k, `audit_chunk` result) for each chunk's args, in order, with a window of chunks in
-    flight: finished results never pile up behind a slow reader."""
-    work = iter(zip(ks, args, strict=True))
-    pending = collections.deque((k, pool.submit(audit_chunk, *a))
-                                for k, a in itertools.islice(work, 2 * jobs))
-    while pending:
-        k, future = pending.popleft()
-        r = future.result()
-        for k2, a in itertools.islice(work, 1):
-            pending.append((k2, pool.submit(audit_chunk, *a)))
-        yield k, r
 
 
 Sink = Callable[[list[Block]], None]

@@ -523,32 +523,6 @@ def test_jobs_2_equals_jobs_1(pool_spy):
     assert len(one.rows) == 11 * len(one.worst)
 
 
-def test_small_grids_with_jobs_run_in_threads_with_the_same_result(monkeypatch):
-    """Under POOL_MIN_POINTS, ``jobs`` > 1 runs the chunks in threads: no process pool, and the
-    numbers of one thread."""
-    import concurrent.futures
-
-    RecordingPool.made = []
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
-    monkeypatch.setattr(sweep, "CHUNK", 1500)
-    s = replace(MULTI, points=7001, dtypes=("float16", "float32"), formulas=("naive", "keras3", "torch-bce"))
-    names: set[str] = set()
-    chunk = sweep.audit_chunk
-
-    def spy(*args, **kw):
-        import threading
-
-        names.add(threading.current_thread().name)
-        return chunk(*args, **kw)
-
-    one = sweep.run_sweep(s, jobs=1)
-    monkeypatch.setattr(sweep, "audit_chunk", spy)
-    two = sweep.run_sweep(s, jobs=2)
-    assert RecordingPool.made == []
-    assert names and all(n.startswith("bce-audit-chunk") for n in names)
-    assert_same_result(one, two)
-
-
 def test_cli_jobs_1_and_2_give_identical_json(pool_spy):
     args = ("sweep", "--points", str(2 * CHUNK + 5), "--range", "-30:30", "--dtype", "float16",
             "--formula", "keras3", "--formula", "logits-stable", "--format", "json", "--rows", "9",
