@@ -205,10 +205,13 @@ def scale(exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
         k = np.where(mag >= 0.5, 0, k)
     if below is not None:
         k = np.where(below & (mag > 0), k - 1, k)
-    k = np.where(mag == 0, info.minexp + 1, k)
+    zero = np.flatnonzero(~(mag > 0))
+    if zero.size:  # where |exact| is 0 (not NaN): the subnormal spacing
+        k = np.array(k)  # frexp's or where's own array (a copy of a 0-d one): set in place
+        k.reshape(-1)[zero[mag.reshape(-1)[zero] == 0]] = info.minexp + 1
     inv_ulp = np.ldexp(1.0, -info.ulp_exponent(k - 1))
     le = None if log_exact is None else np.asarray(log_exact, dtype=np.float64)
-    return Scale(e, mag, inv_ulp, le, complement, np.flatnonzero(~(mag > 0)), np.flatnonzero(mag < TINY),
+    return Scale(e, mag, inv_ulp, le, complement, zero, np.flatnonzero(mag < TINY),
                  float(info.smallest_subnormal))
 
 
