@@ -144,10 +144,6 @@ def errors(computed: np.ndarray, exact_: np.ndarray, log_exact: np.ndarray | Non
     return diff, rel, ulps, bits
 
 
-# dtypes numpy's float64 arithmetic takes exactly as they are (no copy made to float64 first)
-_WIDENED = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-
 @dataclass(frozen=True)
 class Scale:
     """The part of `errors` that depends only on the exact values, worked out once and reused by
@@ -168,12 +164,10 @@ class Scale:
         """ULPs, relative and absolute errors of ``computed``, equal bit for bit to those of `errors`
         wherever ``computed`` is finite (elsewhere: don't care). ``rel=False`` skips the relative
         errors."""
-        c = np.asarray(computed)
-        if c.dtype not in _WIDENED:
-            c = c.astype(np.float64)
+        c = np.asarray(computed).astype(np.float64)
         e, mag = self.exact, self.mag
         with np.errstate(all="ignore"):
-            diff = np.subtract(c, e, dtype=np.float64)  # c taken to float64 first, exactly
+            diff = np.subtract(c, e)
             np.abs(diff, out=diff)
             if self.complement is not None:
                 near_one = mag >= 0.5
@@ -186,7 +180,7 @@ class Scale:
                     rels[self.zero] = np.where(diff[self.zero] == 0, 0.0, np.inf)
             if self.log_exact is not None and self.under.size:
                 i = self.under[np.isfinite(c[self.under])]
-                ci, le = c[i].astype(np.float64), self.log_exact[i]
+                ci, le = c[i], self.log_exact[i]
                 zero = ci == 0
                 ulps[i] = np.where(zero, np.exp(le - np.log(self.sub)), np.abs(ci) / self.sub)
                 diff[i] = np.where(zero, np.exp(le), np.abs(ci))  # exp(le): what float(mpf) gives
