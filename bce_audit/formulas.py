@@ -91,7 +91,7 @@ class KernelMemo:
         """``compute()``, or what it gave before for the same ``key`` and inputs (compared by
         dtype, shape and bits)."""
         arrays = [np.asarray(a) for a in inputs]
-        full = (*key, *((a.dtype.str, a.shape, _Bits(_bytes(a))) for a in arrays))
+        full = (*key, *(bits_key(a) for a in arrays))
         hit = self._table.get(full)
         if hit is not None:
             self._table.move_to_end(full)
@@ -117,6 +117,11 @@ def _bytes(a: np.ndarray) -> bytes:
     if _X87 and a.dtype == np.longdouble:
         return np.ascontiguousarray(a).view(np.uint8).reshape(*a.shape, a.itemsize)[..., :10].tobytes()
     return a.tobytes()
+
+
+def bits_key(a: np.ndarray) -> tuple:
+    """A memo key that holds an array's dtype, shape and bits: equal for arrays equal bit for bit."""
+    return a.dtype.str, a.shape, _Bits(_bytes(a))
 
 
 class _Bits:

@@ -205,6 +205,8 @@ class _FastRefs:
         self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, fastref.Scale]] = {}
         self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
+        self._measures: dict[tuple, tuple] = {}  # `measure` of the same values, once per chunk
+        self._clip_measures: dict[tuple, tuple] = {}  # and `measure_clipped`
 
     def _of(self, kind: str, label):
         """The exact values, their log where they underflow, and their complement to 1."""
@@ -255,6 +257,10 @@ class _FastRefs:
         """The exact column, and ULPs, relative and absolute errors as `errors` gives them
         wherever values are finite; the bits of error where the mpmath baseline decided
         (elsewhere they are log2(1 + ULPs))."""
+        key = (kind, label, formulas.bits_key(np.asarray(values)))
+        out = self._measures.get(key)
+        if out is not None:  # another formula gave these very values (saturated, or the same ops)
+            return out
         sc, undecided = self._scale(kind, label)
         ulps, rels, diffs = sc.measure(values)
         assert rels is not None  # asked for
@@ -266,7 +272,10 @@ class _FastRefs:
         if self.nan.size:
             ulps[self.nan] = rels[self.nan] = diffs[self.nan] = np.nan
             exact = np.where(self.finite, exact, np.nan)
-        return exact, ulps, rels, diffs, bits
+        for a in (ulps, rels, diffs):
+            a.flags.writeable = False
+        out = self._measures[key] = exact, ulps, rels, diffs, bits
+        return out
 
     def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
         """`fastref.clipped` at x (or at -x: ``mirrored``), once per chunk for the formulas that
@@ -309,8 +318,14 @@ class _FastRefs:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
             self._clips[key] = clip, rel, sc
-        clip, rel, sc = self._clips[key]
-        return clip, rel, sc.measure(values, rel=False)[0]
+        full = (*key, formulas.bits_key(np.asarray(values)))
+        out = self._clip_measures.get(full)
+        if out is None:
+            clip, rel, sc = self._clips[key]
+            ulps = sc.measure(values, rel=False)[0]
+            ulps.flags.writeable = False
+            out = self._clip_measures[full] = clip, rel, ulps
+        return out
 
 
 def _clip_key(f: formulas.Formula, clip_args) -> tuple:
@@ -565,8 +580,16 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     # (every measure is elementwise, so the kept points alone give the same numbers).
     refs = _FastRefs(info, xd)
     kept = _FastRefs(info, xd[index]) if index else None
+    # series measured alike (`_FastRefs` gave them the very same arrays) reduce alike
+    reduced: dict[tuple[int, int], tuple[Measured, Worst]] = {}
     for series in _series(s, dtype, xd, backend=backend):
-        reduce(_measured(refs, *series))
+        m = _measured(refs, *series)
+        alike = reduced.get((id(m.ulp_err), id(m.clip)))
+        if alike is None:
+            reduce(m)
+            reduced[id(m.ulp_err), id(m.clip)] = m, worst[-1]  # m keeps the ids in use
+        else:
+            worst.append(replace(alike[1], formula=m.formula, eps=m.eps))
         quantity, formula, eps, label, values, clip = series
         if kept is None:
             names = ROW_FLOATS + (CLIP_FLOATS if clip is not None else ())
