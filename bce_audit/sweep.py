@@ -582,6 +582,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     kept = _FastRefs(info, xd[index]) if index else None
     # series measured alike (`_FastRefs` gave them the very same arrays) reduce alike
     reduced: dict[tuple[int, int], tuple[Measured, Worst]] = {}
+    columns_at: dict[tuple, Column] = {}  # and their kept rows alike
     for series in _series(s, dtype, xd, backend=backend):
         m = _measured(refs, *series)
         alike = reduced.get((id(m.ulp_err), id(m.clip)))
@@ -596,8 +597,12 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
             blocks.append(Block(dtype, s.mode, where, quantity, formula, eps, label,
                                 {n: np.empty(0) for n in names}))
             continue
-        c = _column(kept, quantity, formula, eps, label, np.asarray(values)[index], clip)
-        blocks.append(block(c, s, dtype, xs[index], xd[index], where))
+        at = np.asarray(values)[index]
+        key = (quantity, label, formulas.bits_key(at), None if clip is None else _clip_key(*clip))
+        c = columns_at.get(key)
+        if c is None:
+            c = columns_at[key] = _column(kept, quantity, formula, eps, label, at, clip)
+        blocks.append(block(replace(c, formula=formula, eps=eps), s, dtype, xs[index], xd[index], where))
     return ChunkResult(worst, blocks)
 
 
