@@ -202,7 +202,9 @@ class _FastRefs:
         self.nan = np.flatnonzero(~self.finite)  # inputs with no exact value: every measure is NaN
         self.e = fastref.exact(np.where(self.finite, x64, 0.0) if self.nan.size else x64)
         self._scales: dict[tuple, tuple[fastref.Scale, np.ndarray]] = {}
-        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, fastref.Scale]] = {}
+        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, tuple]] = {}  # and the bits_key of each
+        self._clip_scales: dict[tuple, fastref.Scale] = {}  # by the bits of the clipped-exact column
+        self._round_ulps: dict[tuple, np.ndarray] = {}  # by those and the values' bits
         self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
         self._measures: dict[tuple, tuple] = {}  # `measure` of the same values, once per chunk
@@ -313,18 +315,22 @@ class _FastRefs:
         key = (label, *_clip_key(f, clip_args))
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
-            sc = fastref.scale(clip, None, self.info)
+            bits = formulas.bits_key(clip)  # clipping alike may give the same column
+            if bits not in self._clip_scales:
+                self._clip_scales[bits] = fastref.scale(clip, None, self.info)
             if self.nan.size:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
-            self._clips[key] = clip, rel, sc
-        full = (*key, formulas.bits_key(np.asarray(values)))
-        out = self._clip_measures.get(full)
+            self._clips[key] = clip, rel, bits
+        vbits = formulas.bits_key(np.asarray(values))
+        out = self._clip_measures.get((*key, vbits))
         if out is None:
-            clip, rel, sc = self._clips[key]
-            ulps = sc.measure(values, rel=False)[0]
-            ulps.flags.writeable = False
-            out = self._clip_measures[full] = clip, rel, ulps
+            clip, rel, bits = self._clips[key]
+            ulps = self._round_ulps.get((bits, vbits))
+            if ulps is None:
+                ulps = self._round_ulps[bits, vbits] = self._clip_scales[bits].measure(values, rel=False)[0]
+                ulps.flags.writeable = False
+            out = self._clip_measures[(*key, vbits)] = clip, rel, ulps
         return out
 
 
