@@ -120,8 +120,9 @@ def _bytes(a: np.ndarray) -> bytes:
 
 
 def bits_key(a: np.ndarray) -> tuple:
-    """A memo key that holds an array's dtype, shape and bits: equal for arrays equal bit for bit."""
-    return a.dtype.str, a.shape, _Bits(_bytes(a))
+    """A memo key that holds an array's dtype, shape and bits: equal for arrays equal bit for bit
+    (the dtype itself, not its ``str``: ml_dtypes' formats share strings such as ``<V1``)."""
+    return a.dtype, a.shape, _Bits(_bytes(a))
 
 
 class _Bits:
