@@ -265,6 +265,8 @@ def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:
                     log_t[where] = _log_shifted(np.array([pair[0]]), np.array([pair[1]]), s)[0]
         if clip.log_floor is not None:
             log_t = np.maximum(log_t, clip.log_floor)
+        if isinstance(log_t, np.ndarray):  # this call's own array
+            return np.negative(log_t, out=log_t)
         return np.negative(log_t)
 
 
