@@ -58,11 +58,20 @@ class Exact64:
 
     def log_bce(self, label: int) -> np.ndarray:
         """log of the BCE where it underflows: softplus(-x) ~ exp(-x) for large x."""
-        return -self.x if label == 1 else self.x
+        return self._negated("x") if label == 1 else self.x
 
     def grad(self, label: int) -> np.ndarray:
         """sigmoid(x) - y."""
-        return -self.q if label == 1 else self.p
+        return self._negated("q") if label == 1 else self.p
+
+    def _negated(self, name: str) -> np.ndarray:
+        """-x or -q, made once (read-only): every series of a chunk asks for them."""
+        memo = self.__dict__.setdefault("_neg", {})
+        out = memo.get(name)
+        if out is None:
+            out = memo[name] = np.asarray(np.negative(getattr(self, name)))
+            out.flags.writeable = False
+        return out
 
     def log_grad_magnitude(self, label: int) -> np.ndarray:
         return self.log_bce(label)
@@ -190,10 +199,13 @@ def scale(exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
         k = np.where(mag >= 0.5, 0, k)
     if below is not None:
         k = np.where(below & (mag > 0), k - 1, k)
-    k = np.where(mag == 0, info.minexp + 1, k)
+    zero = np.flatnonzero(~(mag > 0))
+    if zero.size:  # where |exact| is 0 (not NaN): the subnormal spacing
+        k = np.array(k)  # frexp's or where's own array (a copy of a 0-d one): set in place
+        k.reshape(-1)[zero[mag.reshape(-1)[zero] == 0]] = info.minexp + 1
     inv_ulp = np.ldexp(1.0, -info.ulp_exponent(k - 1))
     le = None if log_exact is None else np.asarray(log_exact, dtype=np.float64)
-    return Scale(e, mag, inv_ulp, le, complement, np.flatnonzero(~(mag > 0)), np.flatnonzero(mag < TINY),
+    return Scale(e, mag, inv_ulp, le, complement, zero, np.flatnonzero(mag < TINY),
                  float(info.smallest_subnormal))
 
 
@@ -253,6 +265,8 @@ def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:
                     log_t[where] = _log_shifted(np.array([pair[0]]), np.array([pair[1]]), s)[0]
         if clip.log_floor is not None:
             log_t = np.maximum(log_t, clip.log_floor)
+        if isinstance(log_t, np.ndarray):  # this call's own array
+            return np.negative(log_t, out=log_t)
         return np.negative(log_t)
 
 

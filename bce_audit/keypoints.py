@@ -68,6 +68,19 @@ def _samples(info: dtypes.DtypeInfo, start: int, step: int, n: int, count: int):
     return start + step * (i * q + (i * r) // (count - 1))
 
 
+@functools.lru_cache(maxsize=32)
+def _coarse(dtype: str, start: int, step: int, n: int, count: int):
+    """`_samples` and their values, made once per walk: the searches of every formula and label
+    walk the same ranges (read-only; a predicate gets a copy of the values)."""
+    info = dtypes.get(dtype)
+    ords = _samples(info, start, step, n, count)
+    values = info.value(ords)
+    if isinstance(ords, np.ndarray):
+        ords.flags.writeable = False
+        values.flags.writeable = False
+    return ords, values
+
+
 Pred = Callable[[np.ndarray], np.ndarray]
 FANOUT = 64  # points per refinement step of a bracket
 
@@ -81,8 +94,8 @@ def first_hit(info: dtypes.DtypeInfo, pred: Pred, start: int, end: int) -> int |
         ords = _ords(info, range(start, end + step, step))
         hits = np.flatnonzero(pred(info.value(ords)))
         return int(ords[hits[0]]) if hits.size else None
-    samples = _samples(info, start, step, n, coarse)
-    hits = np.flatnonzero(pred(info.value(samples)))
+    samples, values = _coarse(info.name, start, step, n, coarse)
+    hits = np.flatnonzero(pred(values.copy()))
     if not hits.size:
         return None
     k = int(hits[0])
@@ -428,7 +441,7 @@ def _loss(formula: Formula, eps: float | None, label: int, ev: Evaluator, x, rem
     """A formula at x for label ``label``; with ``remember``, a built-in one's values from the
     evaluator's memo (user code runs every time)."""
     def compute():
-        return formula(x, np.full(np.shape(x), label), eps, ev)
+        return formula(x, np.full(np.shape(x), label, dtype=ev.dtype), eps, ev)
     if not remember or formula.user is not None:
         return compute()
     return ev.remember(("bce", formula.name, eps, label), compute, x)

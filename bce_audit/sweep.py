@@ -202,9 +202,13 @@ class _FastRefs:
         self.nan = np.flatnonzero(~self.finite)  # inputs with no exact value: every measure is NaN
         self.e = fastref.exact(np.where(self.finite, x64, 0.0) if self.nan.size else x64)
         self._scales: dict[tuple, tuple[fastref.Scale, np.ndarray]] = {}
-        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, fastref.Scale]] = {}
+        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, tuple]] = {}  # and the bits_key of each
+        self._clip_scales: dict[tuple, fastref.Scale] = {}  # by the bits of the clipped-exact column
+        self._round_ulps: dict[tuple, np.ndarray] = {}  # by those and the values' bits
         self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
+        self._measures: dict[tuple, tuple] = {}  # `measure` of the same values, once per chunk
+        self._clip_measures: dict[tuple, tuple] = {}  # and `measure_clipped`
 
     def _of(self, kind: str, label):
         """The exact values, their log where they underflow, and their complement to 1."""
@@ -255,6 +259,10 @@ class _FastRefs:
         """The exact column, and ULPs, relative and absolute errors as `errors` gives them
         wherever values are finite; the bits of error where the mpmath baseline decided
         (elsewhere they are log2(1 + ULPs))."""
+        key = (kind, label, formulas.bits_key(np.asarray(values)))
+        out = self._measures.get(key)
+        if out is not None:  # another formula gave these very values (saturated, or the same ops)
+            return out
         sc, undecided = self._scale(kind, label)
         ulps, rels, diffs = sc.measure(values)
         assert rels is not None  # asked for
@@ -266,7 +274,10 @@ class _FastRefs:
         if self.nan.size:
             ulps[self.nan] = rels[self.nan] = diffs[self.nan] = np.nan
             exact = np.where(self.finite, exact, np.nan)
-        return exact, ulps, rels, diffs, bits
+        for a in (ulps, rels, diffs):
+            a.flags.writeable = False
+        out = self._measures[key] = exact, ulps, rels, diffs, bits
+        return out
 
     def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
         """`fastref.clipped` at x (or at -x: ``mirrored``), once per chunk for the formulas that
@@ -287,7 +298,8 @@ class _FastRefs:
             clip = self._clipped(False, label, f, clip_args)
         exact, log_exact, _ = self._of("bce", label)
         with np.errstate(all="ignore"):
-            rel = np.abs(clip - exact) / exact
+            rel = np.subtract(clip, exact)
+            np.divide(np.abs(rel, out=rel), exact, out=rel)
             under = np.flatnonzero(~(exact >= fastref.TINY))  # there: relative to exp(log_exact)
             rel[under] = np.exp(np.log(np.abs(clip[under])) - log_exact[under])
         return clip, rel
@@ -304,13 +316,23 @@ class _FastRefs:
         key = (label, *_clip_key(f, clip_args))
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
-            sc = fastref.scale(clip, None, self.info)
+            bits = formulas.bits_key(clip)  # clipping alike may give the same column
+            if bits not in self._clip_scales:
+                self._clip_scales[bits] = fastref.scale(clip, None, self.info)
             if self.nan.size:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
-            self._clips[key] = clip, rel, sc
-        clip, rel, sc = self._clips[key]
-        return clip, rel, sc.measure(values, rel=False)[0]
+            self._clips[key] = clip, rel, bits
+        vbits = formulas.bits_key(np.asarray(values))
+        out = self._clip_measures.get((*key, vbits))
+        if out is None:
+            clip, rel, bits = self._clips[key]
+            ulps = self._round_ulps.get((bits, vbits))
+            if ulps is None:
+                ulps = self._round_ulps[bits, vbits] = self._clip_scales[bits].measure(values, rel=False)[0]
+                ulps.flags.writeable = False
+            out = self._clip_measures[(*key, vbits)] = clip, rel, ulps
+        return out
 
 
 def _clip_key(f: formulas.Formula, clip_args) -> tuple:
@@ -565,16 +587,29 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     # (every measure is elementwise, so the kept points alone give the same numbers).
     refs = _FastRefs(info, xd)
     kept = _FastRefs(info, xd[index]) if index else None
+    # series measured alike (`_FastRefs` gave them the very same arrays) reduce alike
+    reduced: dict[tuple[int, int], tuple[Measured, Worst]] = {}
+    columns_at: dict[tuple, Column] = {}  # and their kept rows alike
     for series in _series(s, dtype, xd, backend=backend):
-        reduce(_measured(refs, *series))
+        m = _measured(refs, *series)
+        alike = reduced.get((id(m.ulp_err), id(m.clip)))
+        if alike is None:
+            reduce(m)
+            reduced[id(m.ulp_err), id(m.clip)] = m, worst[-1]  # m keeps the ids in use
+        else:
+            worst.append(replace(alike[1], formula=m.formula, eps=m.eps))
         quantity, formula, eps, label, values, clip = series
         if kept is None:
             names = ROW_FLOATS + (CLIP_FLOATS if clip is not None else ())
             blocks.append(Block(dtype, s.mode, where, quantity, formula, eps, label,
                                 {n: np.empty(0) for n in names}))
             continue
-        c = _column(kept, quantity, formula, eps, label, np.asarray(values)[index], clip)
-        blocks.append(block(c, s, dtype, xs[index], xd[index], where))
+        at = np.asarray(values)[index]
+        key = (quantity, label, formulas.bits_key(at), None if clip is None else _clip_key(*clip))
+        c = columns_at.get(key)
+        if c is None:
+            c = columns_at[key] = _column(kept, quantity, formula, eps, label, at, clip)
+        blocks.append(block(replace(c, formula=formula, eps=eps), s, dtype, xs[index], xd[index], where))
     return ChunkResult(worst, blocks)
 
 

@@ -8,7 +8,7 @@ kept rows in full from the kept points alone; built-in formulas share one sigmoi
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -101,6 +101,7 @@ CASES = [
     (Settings(dtypes=("bfloat16",), exhaustive=True, keep=9, mode="upcast"), "bfloat16"),
     (Settings(points=9001, range=(-800.0, 800.0), keep=13, grad=True, eps=(1e-7, 0.1)), "float32"),
     (Settings(points=5001, range=(-40.0, 40.0), keep=7, spacing="log", label="0"), "float32"),
+    (Settings(points=3001, range=(16.0, 40.0), keep=7), "float32"),  # saturated: many equal columns
     (Settings(dtypes=("float8_e4m3fn",), exhaustive=True, keep=5, grad=True), "float8_e4m3fn"),
 ]
 
@@ -119,6 +120,31 @@ def test_sampled_chunks_equal_the_full_computation(s, dtype, monkeypatch):
     full, lean = _full(s, dtype, n, keep, monkeypatch), _lean(s, dtype, n, keep)
     assert len(full[1]) == len(lean[1]) > 0
     _same(lean, full)
+
+
+def test_equal_columns_are_measured_once_and_reduce_alike(monkeypatch):
+    """Series whose values are equal bit for bit (keras-sigmoid-logits is logits-stable) share one
+    measurement and one reduction: the same worst errors under their own names."""
+    calls = []
+    real = fastref.Scale.measure
+
+    def counted(self, computed, rel=True):
+        calls.append(rel)
+        return real(self, computed, rel)
+
+    monkeypatch.setattr(fastref.Scale, "measure", counted)
+    s = Settings(points=3001, range=(16.0, 40.0), keep=7, formulas=("logits-stable", "keras-sigmoid-logits"))
+    r = sweep.audit_chunk(s, "float32", 0, 3001, [0, 1500])
+    assert len(calls) == 2 + 3  # the sigmoid, the round trip, and one per label (not two)
+    by = {(w.formula, w.label): w for w in r.worst}
+    for label in (1, 0, "pair"):
+        a, b = by["logits-stable", label], by["keras-sigmoid-logits", label]
+        assert repr(asdict(b)) == repr(asdict(replace(a, formula="keras-sigmoid-logits")))
+    blocks = {(b.formula, b.label): b for b in r.blocks}
+    for label in (1, 0, "pair"):
+        a, b = blocks["logits-stable", label], blocks["keras-sigmoid-logits", label]
+        assert a.floats.keys() == b.floats.keys()
+        assert all(np.array_equal(_bits(a.floats[k]), _bits(b.floats[k])) for k in a.floats)
 
 
 def test_ties_for_mpmath_are_decided_alike_on_both_paths(monkeypatch):
