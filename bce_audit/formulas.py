@@ -223,14 +223,21 @@ class Evaluator:
         """``compute()``, remembered under ``key`` by the bits of ``inputs`` when ``memo`` is on."""
         if self._memo is None:
             return compute()
-        return self._memo((*key, self.dtype.str, self.mode), compute, *inputs)
+        return self._memo(self._memo_key(key), compute, *inputs)
+
+    def _memo_key(self, key: tuple) -> tuple:
+        return (*key, self.dtype.str, self.mode)
 
     def remembered(self, name: str, fn: Kernel) -> Kernel:
         """A kernel model ``fn`` (one array in, one out), remembered by the bits of its input
-        under ``name`` when ``memo`` is on."""
-        if self._memo is None:
+        under ``name`` when ``memo`` is on. The kernel holds the memo, not the evaluator: an
+        evaluator keeps its kernels, and a cycle through them would keep every remembered
+        array until the cyclic collector ran (hundreds of MB over a long sweep)."""
+        memo = self._memo
+        if memo is None:
             return fn
-        return lambda a: self.remember((name,), lambda: fn(a), a)
+        key = self._memo_key((name,))
+        return lambda a: memo(key, lambda: fn(a), a)
 
     # Framework-level ops shared by several formulas.
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
