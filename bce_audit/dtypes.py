@@ -339,3 +339,43 @@ def digits(v: float, d: int) -> str:
         return np.format_float_positional(v, precision=d, unique=False, fractional=False, trim="-")
     sci = np.format_float_scientific(v, precision=d - 1, unique=False, trim="-", exp_digits=1)
     return sci.replace("e+", "e")
+
+
+# ---------------------------------------------------------------- arrays as memo keys
+
+
+_X87 = np.finfo(np.longdouble).nmant == 63  # an 80-bit longdouble padded to 12 or 16 bytes
+
+
+def _bytes(a: np.ndarray) -> bytes:
+    """The bits of an array's values: an x87 longdouble's 10 bytes, not its padding (which is
+    not always zero, and would make equal values differ)."""
+    if _X87 and a.dtype == np.longdouble:
+        return np.ascontiguousarray(a).view(np.uint8).reshape(*a.shape, a.itemsize)[..., :10].tobytes()
+    return a.tobytes()
+
+
+def bits_key(a: np.ndarray) -> tuple:
+    """A memo key that holds an array's dtype, shape and bits: equal for arrays equal bit for bit
+    (the dtype itself, not its ``str``: ml_dtypes' formats share strings such as ``<V1``)."""
+    return a.dtype, a.shape, _Bits(_bytes(a))
+
+
+class _Bits:
+    """An array's bits as a memo key: hashed by a sample of them (hashing every byte of a large
+    array costs more than many kernels), equal only when every byte is."""
+
+    __slots__ = ("_hash", "data")
+
+    SAMPLE = 4096  # bytes hashed at most
+
+    def __init__(self, data: bytes):
+        self.data = data
+        step = len(data) // self.SAMPLE | 1  # odd: the sample visits every byte of an item
+        self._hash = hash((len(data), data[::step]))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Bits) and self.data == other.data

@@ -91,7 +91,7 @@ class KernelMemo:
         """``compute()``, or what it gave before for the same ``key`` and inputs (compared by
         dtype, shape and bits)."""
         arrays = [np.asarray(a) for a in inputs]
-        full = (*key, *(bits_key(a) for a in arrays))
+        full = (*key, *(dtypes.bits_key(a) for a in arrays))
         hit = self._table.get(full)
         if hit is not None:
             self._table.move_to_end(full)
@@ -106,43 +106,6 @@ class KernelMemo:
             _, (_, dropped) = self._table.popitem(last=False)
             self.size -= dropped
         return out
-
-
-_X87 = np.finfo(np.longdouble).nmant == 63  # an 80-bit longdouble padded to 12 or 16 bytes
-
-
-def _bytes(a: np.ndarray) -> bytes:
-    """The bits of an array's values: an x87 longdouble's 10 bytes, not its padding (which is
-    not always zero, and would make equal values differ)."""
-    if _X87 and a.dtype == np.longdouble:
-        return np.ascontiguousarray(a).view(np.uint8).reshape(*a.shape, a.itemsize)[..., :10].tobytes()
-    return a.tobytes()
-
-
-def bits_key(a: np.ndarray) -> tuple:
-    """A memo key that holds an array's dtype, shape and bits: equal for arrays equal bit for bit
-    (the dtype itself, not its ``str``: ml_dtypes' formats share strings such as ``<V1``)."""
-    return a.dtype, a.shape, _Bits(_bytes(a))
-
-
-class _Bits:
-    """An array's bits as a memo key: hashed by a sample of them (hashing every byte of a large
-    array costs more than many kernels), equal only when every byte is."""
-
-    __slots__ = ("_hash", "data")
-
-    SAMPLE = 4096  # bytes hashed at most
-
-    def __init__(self, data: bytes):
-        self.data = data
-        step = len(data) // self.SAMPLE | 1  # odd: the sample visits every byte of an item
-        self._hash = hash((len(data), data[::step]))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Bits) and self.data == other.data
 
 
 @dataclass(frozen=True)

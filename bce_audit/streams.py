@@ -18,6 +18,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
+from bce_audit.dtypes import bits_key
 from bce_audit.records import CLIP_FLOATS, ROW_FLOATS, Block, Row, clean
 
 FIELDS = tuple(f.name for f in fields(Row))
@@ -34,7 +35,7 @@ def _floats(a: np.ndarray, style: str, absent: np.ndarray | None = None, memo: d
     inf/nan (quoted in JSON), and null (CSV: empty) where ``absent``. ``memo``: the texts of
     columns already formatted in this chunk (the inputs, and exact values, repeat across series)."""
     if absent is None and memo is not None:
-        key = a.tobytes()
+        key = bits_key(a)
         if key not in memo:
             memo[key] = _floats(a, style)
         return memo[key]
@@ -127,16 +128,18 @@ class JsonLines:
     def _text(self, a: np.ndarray, pa, pc, absent: np.ndarray | None = None):
         """One column as JSON texts (shortest round-trip floats, quoted inf/nan, null where absent);
         columns that repeat across a chunk's series are formatted once."""
-        key = a.tobytes() if absent is None else None
+        key = bits_key(a) if absent is None else None
         if key is not None and key in self._memo:
             return self._memo[key]
         out = pc.cast(pa.array(a), pa.string())  # shortest text that reads back the same
+        # the few texts that differ go in by mask (if_else would rebuild every text)
         bad = ~np.isfinite(a)
         if bad.any():
-            words = np.where(np.isnan(a), '"nan"', np.where(a > 0, '"inf"', '"-inf"'))
-            out = pc.if_else(pa.array(bad), pa.array(words), out)
+            v = a[bad]
+            words = np.where(np.isnan(v), '"nan"', np.where(v > 0, '"inf"', '"-inf"'))
+            out = pc.replace_with_mask(out, pa.array(bad), pa.array(words.tolist(), pa.string()))
         if absent is not None and absent.any():
-            out = pc.if_else(pa.array(absent), pa.scalar("null"), out)
+            out = pc.replace_with_mask(out, pa.array(absent), pa.repeat(pa.scalar("null"), int(absent.sum())))
         if key is not None:
             self._memo[key] = out
         return out

@@ -259,7 +259,7 @@ class _FastRefs:
         """The exact column, and ULPs, relative and absolute errors as `errors` gives them
         wherever values are finite; the bits of error where the mpmath baseline decided
         (elsewhere they are log2(1 + ULPs))."""
-        key = (kind, label, formulas.bits_key(np.asarray(values)))
+        key = (kind, label, dtypes.bits_key(np.asarray(values)))
         out = self._measures.get(key)
         if out is not None:  # another formula gave these very values (saturated, or the same ops)
             return out
@@ -316,14 +316,14 @@ class _FastRefs:
         key = (label, *_clip_key(f, clip_args))
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
-            bits = formulas.bits_key(clip)  # clipping alike may give the same column
+            bits = dtypes.bits_key(clip)  # clipping alike may give the same column
             if bits not in self._clip_scales:
                 self._clip_scales[bits] = fastref.scale(clip, None, self.info)
             if self.nan.size:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
             self._clips[key] = clip, rel, bits
-        vbits = formulas.bits_key(np.asarray(values))
+        vbits = dtypes.bits_key(np.asarray(values))
         out = self._clip_measures.get((*key, vbits))
         if out is None:
             clip, rel, bits = self._clips[key]
@@ -605,7 +605,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
                                 {n: np.empty(0) for n in names}))
             continue
         at = np.asarray(values)[index]
-        key = (quantity, label, formulas.bits_key(at), None if clip is None else _clip_key(*clip))
+        key = (quantity, label, dtypes.bits_key(at), None if clip is None else _clip_key(*clip))
         c = columns_at.get(key)
         if c is None:
             c = columns_at[key] = _column(kept, quantity, formula, eps, label, at, clip)
