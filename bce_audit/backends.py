@@ -308,8 +308,9 @@ def _tensorflow(device: str) -> Backend:
         def run(*args):
             dtype = args[0].dtype
             try:
-                tensors = [tf.constant(a) if isinstance(a, np.ndarray) else a for a in args]
-                out = fn(*tensors).numpy()
+                with tf.device("/CPU:0"):  # the CPU kernels the models are of, with a GPU present too
+                    tensors = [tf.constant(a) if isinstance(a, np.ndarray) else a for a in args]
+                    out = fn(*tensors).numpy()
             except (tf.errors.OpError, TypeError, ValueError, NotImplementedError) as e:
                 first = (str(e).splitlines() or [type(e).__name__])[0]
                 raise Unsupported(f"tensorflow {what} does not support {dtype}: {first}") from None

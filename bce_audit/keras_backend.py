@@ -69,8 +69,11 @@ class Worker(keras_runner.Worker):
 
     def __init__(self, keras_backend: str):
         self.keras_backend = keras_backend
-        try:  # float64 stays float64 under JAX, as with --backend jax
-            super().__init__("keras", keras_backend, env={"JAX_ENABLE_X64": "1"}, start_timeout=START_TIMEOUT)
+        # float64 stays float64 under JAX, as with --backend jax; every backend on the CPU (no GPU
+        # visible to TensorFlow or torch), as the kernel models and --device say
+        env = {"JAX_ENABLE_X64": "1", "CUDA_VISIBLE_DEVICES": ""}
+        try:
+            super().__init__("keras", keras_backend, env=env, start_timeout=START_TIMEOUT)
         except keras_runner.TimedOut:
             raise Missing(f"--keras-backend {keras_backend}: Keras did not start within "
                           f"{START_TIMEOUT:g} s") from None

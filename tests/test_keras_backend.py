@@ -376,3 +376,23 @@ def test_eps_reaches_keras_epsilon(kb):
         assert np.array_equal(real, formulas.get(name)(x, y, eps, ev)), eps
         hi = np.float16(1.0 - eps)
         assert real[-1] == -np.log(np.float16(1) - hi)  # the upper clip, at 1 - eps
+
+
+def test_keras_worker_sees_no_gpu(monkeypatch):
+    """Keras's backends run on the CPU (the models are of CPU kernels; --device applies to torch
+    only): the worker starts with no CUDA device visible, whatever this process sees."""
+    import subprocess
+
+    from bce_audit import keras_backend
+
+    seen: dict = {}
+
+    def fake_popen(args, env=None, **kwargs):
+        seen.update(env or {})
+        raise OSError("not started in this test")
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    with pytest.raises(keras_backend.Missing):
+        keras_backend.Worker("torch")
+    assert seen["CUDA_VISIBLE_DEVICES"] == "" and seen["JAX_PLATFORMS"] == "cpu"

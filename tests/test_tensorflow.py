@@ -251,3 +251,15 @@ def test_flushing_modes_keep_the_grid_values(mode):
     assert float(ev.arr(x)[0]) > 0
     assert float(ev.inputs(x)[0]) == 0
     assert keypoints.loss_fn(formulas.get("logits-stable"), None, 1, ev)(x).dtype == np.float32
+
+
+def test_tensorflow_backend_runs_its_ops_on_the_cpu(monkeypatch):
+    """The models are of TensorFlow's CPU kernels: every op of the backend is placed on the CPU,
+    so a machine with a GPU (and TensorFlow's GPU build) still compares like with like."""
+    tf = _tf()
+    placed: list[str] = []
+    real = tf.device
+    monkeypatch.setattr(tf, "device", lambda name: placed.append(name) or real(name))
+    b = backends._tensorflow("cpu")
+    out = b.sigmoid(np.float32([0.0, 1.0]))
+    assert out.dtype == np.float32 and placed and set(placed) == {"/CPU:0"}
