@@ -204,11 +204,8 @@ class _FastRefs:
         self._scales: dict[tuple, tuple[fastref.Scale, np.ndarray]] = {}
         self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, tuple]] = {}  # and the bits_key of each
         self._clip_scales: dict[tuple, fastref.Scale] = {}  # by the bits of the clipped-exact column
-        self._round_ulps: dict[tuple, np.ndarray] = {}  # by those and the values' bits
         self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
-        self._measures: dict[tuple, tuple] = {}  # `measure` of the same values, once per chunk
-        self._clip_measures: dict[tuple, tuple] = {}  # and `measure_clipped`
 
     def _of(self, kind: str, label):
         """The exact values, their log where they underflow, and their complement to 1."""
@@ -259,10 +256,6 @@ class _FastRefs:
         """The exact column, and ULPs, relative and absolute errors as `errors` gives them
         wherever values are finite; the bits of error where the mpmath baseline decided
         (elsewhere they are log2(1 + ULPs))."""
-        key = (kind, label, dtypes.bits_key(np.asarray(values)))
-        out = self._measures.get(key)
-        if out is not None:  # another formula gave these very values (saturated, or the same ops)
-            return out
         sc, undecided = self._scale(kind, label)
         ulps, rels, diffs = sc.measure(values)
         assert rels is not None  # asked for
@@ -274,10 +267,7 @@ class _FastRefs:
         if self.nan.size:
             ulps[self.nan] = rels[self.nan] = diffs[self.nan] = np.nan
             exact = np.where(self.finite, exact, np.nan)
-        for a in (ulps, rels, diffs):
-            a.flags.writeable = False
-        out = self._measures[key] = exact, ulps, rels, diffs, bits
-        return out
+        return exact, ulps, rels, diffs, bits
 
     def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
         """`fastref.clipped` at x (or at -x: ``mirrored``), once per chunk for the formulas that
@@ -323,16 +313,8 @@ class _FastRefs:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
             self._clips[key] = clip, rel, bits
-        vbits = dtypes.bits_key(np.asarray(values))
-        out = self._clip_measures.get((*key, vbits))
-        if out is None:
-            clip, rel, bits = self._clips[key]
-            ulps = self._round_ulps.get((bits, vbits))
-            if ulps is None:
-                ulps = self._round_ulps[bits, vbits] = self._clip_scales[bits].measure(values, rel=False)[0]
-                ulps.flags.writeable = False
-            out = self._clip_measures[(*key, vbits)] = clip, rel, ulps
-        return out
+        clip, rel, bits = self._clips[key]
+        return clip, rel, self._clip_scales[bits].measure(values, rel=False)[0]
 
 
 def _clip_key(f: formulas.Formula, clip_args) -> tuple:
@@ -587,25 +569,28 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     # (every measure is elementwise, so the kept points alone give the same numbers).
     refs = _FastRefs(info, xd)
     kept = _FastRefs(info, xd[index]) if index else None
-    # series measured alike (`_FastRefs` gave them the very same arrays) reduce alike
-    reduced: dict[tuple[int, int], tuple[Measured, Worst]] = {}
+    # Series with the very same values (formulas that saturate, or share their ops) and the same
+    # clipping reduce alike: measured once, their worst copied under each name. Only the worst
+    # is kept: a chunk holds one series' error columns at a time.
+    reduced: dict[tuple, Worst] = {}
     columns_at: dict[tuple, Column] = {}  # and their kept rows alike
     for series in _series(s, dtype, xd, backend=backend):
-        m = _measured(refs, *series)
-        alike = reduced.get((id(m.ulp_err), id(m.clip)))
-        if alike is None:
-            reduce(m)
-            reduced[id(m.ulp_err), id(m.clip)] = m, worst[-1]  # m keeps the ids in use
-        else:
-            worst.append(replace(alike[1], formula=m.formula, eps=m.eps))
         quantity, formula, eps, label, values, clip = series
+        clip_key = None if clip is None else _clip_key(*clip)
+        alike_key = (quantity, label, dtypes.bits_key(np.asarray(values)), clip_key)
+        alike = reduced.get(alike_key)
+        if alike is None:
+            reduce(_measured(refs, *series))
+            reduced[alike_key] = worst[-1]
+        else:
+            worst.append(replace(alike, formula=formula, eps=eps))
         if kept is None:
             names = ROW_FLOATS + (CLIP_FLOATS if clip is not None else ())
             blocks.append(Block(dtype, s.mode, where, quantity, formula, eps, label,
                                 {n: np.empty(0) for n in names}))
             continue
         at = np.asarray(values)[index]
-        key = (quantity, label, dtypes.bits_key(at), None if clip is None else _clip_key(*clip))
+        key = (quantity, label, dtypes.bits_key(at), clip_key)
         c = columns_at.get(key)
         if c is None:
             c = columns_at[key] = _column(kept, quantity, formula, eps, label, at, clip)
