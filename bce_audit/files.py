@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file beside the target, renamed over it when complete.
 
-An interrupted run never leaves a half-written file, and the finished file gets the ordinary
-permissions (the umask), not mkstemp's private 0600. A target that exists and is not a regular
+An interrupted run never leaves a half-written file (a power cut may leave a new file empty,
+never a replaced one), and the finished file gets the ordinary permissions (the umask), not
+mkstemp's private 0600. A target that exists and is not a regular
 file (``/dev/null``, a FIFO, a terminal, or a symlink to one) is written to directly: renaming
 over it would replace the device with a plain file.
 """
@@ -54,7 +55,6 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
             yield f
         return
     directory = os.path.dirname(os.path.abspath(path))
-    durable = durable and os.path.lexists(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".bce-audit-", suffix=suffix, dir=directory)
     except OSError as e:
@@ -63,7 +63,7 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", durable: bool = Tr
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
-            if durable:
+            if durable and os.path.lexists(path):  # asked now: a file may have appeared meanwhile
                 os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)

@@ -7,13 +7,13 @@ for millions. `libm` computes large arrays with numpy models of glibc's code ins
 
 - ``logf`` (``sysdeps/ieee754/flt-32/e_logf.c``, ``e_logf_data.c``; glibc 2.28 and later). x86-64
   runs ``__logf_fma``, the same C compiled with fused multiply-adds, whose float64 result differs
-  from the unfused one `_logf` computes by less than `_logf_slack` (an error bound, derived
-  below, with a margin of 16). Where the unfused result lies closer than that to a float32
+  from the unfused one `_logf` computes by less than `_logf_slack` (at least 16 times
+  what the two evaluations can differ by, derived there). Where the unfused result lies closer than that to a float32
   rounding boundary, both could round apart: those values (about 1 in 10^5) ask the libm.
 - ``log1pf`` (``sysdeps/ieee754/flt-32/s_log1pf.c``, fdlibm's float code, built without FMA):
   every operation is a float32 one, which numpy rounds as the CPU does, so `_log1pf` is exact.
 - Zeros, negatives, infinities and NaN (the error paths, with their errno and NaN signs) ask the
-  libm, as do arrays of fewer than `SMALL` distinct values.
+  libm, as do arrays of fewer than `SMALL` values.
 
 A model stands in for the libm only after `_agrees` has compared the two on `_probe`, values
 spread over every binade and around every branch of the code: another C library or version
@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-SMALL = 2048  # below this many distinct values the libm itself is called
+SMALL = 2048  # below this many values the libm itself is called
 _F32, _F64 = np.float32, np.float64
 _U32, _I32 = np.uint32, np.int32
 
@@ -78,7 +78,8 @@ def _logf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _logf_slack(y: np.ndarray, k: np.ndarray, i: np.ndarray) -> np.ndarray:
-    """How far glibc's fused float64 result can lie from `_logf`'s: 16 times the bound on each.
+    """How far glibc's fused float64 result can lie from `_logf`'s: at least 16 times the sum of
+    the two evaluations' bounds (16 times on the |y| term, 32 on the rest).
 
     Each evaluation's distance from the exact value of the same expression: ``r = z*invc - 1``
     within 2^-53 (``z*invc`` is in [0.97, 1.03], and subtracting 1 is then exact), ``logc +
@@ -161,8 +162,8 @@ _AGREES: dict[str, bool] = {}
 
 def libm(name: str, a) -> np.ndarray:
     """The process's C library ``expf``/``logf``/``log1pf`` on float32 ``a``: glibc's code modelled
-    in numpy for arrays of `SMALL` distinct values or more (`_agrees` first), the libm through
-    ctypes for the rest; the correctly rounded value where there is no libm."""
+    in numpy for arrays of `SMALL` values or more (`_agrees` first), the libm through ctypes for
+    the rest; the correctly rounded value where there is no libm."""
     a = np.asarray(a, _F32)
     fn = _functions().get(name)
     if fn is None:

@@ -406,7 +406,11 @@ def _what_breaks(f: verdict.Finding, many_eps: bool) -> str:
 
 def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool, by_dtype: bool) -> Table:
     t = _table(title)
-    t.add_column("formula", max_width=20, overflow="fold")
+    many_modes = len({f.mode for f in group}) > 1
+    heads = {(f.dtype, f.mode, f.backend): _dtype_mode(f) + (f", {f.mode}" if many_modes else "")
+             for f in group} if by_dtype else {}
+    # a heading row is read whole: the column is as wide as the longest one
+    t.add_column("formula", max_width=max([20, *map(len, heads.values())]), overflow="fold")
     t.add_column("y", no_wrap=True)
     t.add_column("breaks", no_wrap=True)
     t.add_column("from x", justify="right", no_wrap=True)
@@ -416,7 +420,7 @@ def _verdict_table(title: str, group: Sequence[verdict.Finding], many_eps: bool,
     for f, name in zip(group, names, strict=True):
         where = (f.dtype, f.mode, f.backend)
         if by_dtype and where != last:  # each dtype a heading row: the cause keeps the width
-            t.add_row(Text(_dtype_mode(f), style="bold"), "", "", "", "")
+            t.add_row(Text(heads[where], style="bold"), "", "", "", "")
         style = "bold red" if not math.isfinite(f.value) else ""
         t.add_row(name, _label(f.label), Text(_breaks(f), style=style), fmt_at(f.x, f.dtype), f.cause)
         last = where

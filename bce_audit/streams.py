@@ -149,6 +149,8 @@ class JsonLines:
         key = (text, n)
         if key not in self._memo:
             unit = np.frombuffer(text.encode(), np.uint8)
+            if n * unit.size >= 2**31:  # past a string array's int32 offsets (a block is a chunk's)
+                raise OverflowError(f"{n} lines of {unit.size} bytes overflow an Arrow string array")
             offsets = np.arange(0, (n + 1) * unit.size, unit.size, dtype=np.int32)
             data = np.tile(unit, n)
             self._memo[key] = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),

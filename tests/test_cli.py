@@ -571,3 +571,25 @@ def test_failed_validation_writes_nothing(tmp_path):
     target = tmp_path / "out.json"
     assert_usage_error(run("sweep", "--range", "5:1", "--format", "json", "--output", str(target)), "--range")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verdict_of_several_dtypes_heads_each_dtype_whole():
+    """Each dtype (and backend, and mode where the findings hold several) heads its rows on one
+    line: the heading is never folded, the table fits 80 columns."""
+    from rich.console import Console
+
+    from bce_audit import report, verdict
+
+    def finding(dtype, mode, backend):
+        return verdict.Finding(dtype, mode, backend, (), "roundtrip_overflow", None, None, None, 16.635532,
+                               float("inf"), "sigmoid rounds to 1")
+
+    found = [finding("float32", "per-op", "numpy"), finding("float32", "native", "numpy"),
+             finding("bfloat16", "native", "keras-tensorflow")]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(report.verdict_overview(found))
+    text = console.export_text()
+    assert_fits(text, 80)
+    lines = strip_lines(text)
+    for head in ("float32, per-op", "float32, native", "bfloat16 (keras-tensorflow), native"):
+        assert f" {head}" in lines, (head, lines)

@@ -69,6 +69,11 @@ def test_a_replaced_file_is_synced_first_a_new_one_is_not(tmp_path, monkeypatch)
     assert len(synced) == 1 and target.read_text() == "second\n"
     files.write_text(str(target), "third\n", durable=False)  # a cache entry
     assert len(synced) == 1 and target.read_text() == "third\n"
+    late = tmp_path / "late.jsonl"  # a file that appears while the rows are written is protected too
+    with files.atomic_open(str(late)) as f:
+        late.write_text("someone else's\n")
+        f.write("rows\n")
+    assert len(synced) == 2 and late.read_text() == "rows\n"
 
 
 def test_output_onto_a_symlink_to_a_regular_file_replaces_the_link_not_the_file(tmp_path):
