@@ -7,9 +7,10 @@ for millions. `libm` computes large arrays with numpy models of glibc's code ins
 
 - ``logf`` (``sysdeps/ieee754/flt-32/e_logf.c``, ``e_logf_data.c``; glibc 2.28 and later). x86-64
   runs ``__logf_fma``, the same C compiled with fused multiply-adds, whose float64 result differs
-  from the unfused one `_logf` computes by less than `_logf_slack` (at least 16 times
-  what the two evaluations can differ by, derived there). Where the unfused result lies closer than that to a float32
-  rounding boundary, both could round apart: those values (about 1 in 10^5) ask the libm.
+  from the unfused one `_logf` computes by less than `_logf_slack` (at least 16 times what the
+  two evaluations can differ by, derived there). Where the unfused result lies closer than that
+  to a float32 rounding boundary, both could round apart: those values (about 1 in 10^5) ask
+  the libm.
 - ``log1pf`` (``sysdeps/ieee754/flt-32/s_log1pf.c``, fdlibm's float code, built without FMA):
   every operation is a float32 one, which numpy rounds as the CPU does, so `_log1pf` is exact.
 - Zeros, negatives, infinities and NaN (the error paths, with their errno and NaN signs) ask the
