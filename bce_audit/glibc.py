@@ -11,8 +11,9 @@ for millions. `libm` computes large arrays with numpy models of glibc's code ins
   two evaluations can differ by, derived there). Where the unfused result lies closer than that
   to a float32 rounding boundary, both could round apart: those values (about 1 in 10^5) ask
   the libm.
-- ``log1pf`` (``sysdeps/ieee754/flt-32/s_log1pf.c``, fdlibm's float code, built without FMA):
-  every operation is a float32 one, which numpy rounds as the CPU does, so `_log1pf` is exact.
+- ``log1pf`` (``sysdeps/ieee754/flt-32/s_log1pf.c``, fdlibm's float code, built without FMA on
+  x86-64): every operation is a float32 one, which numpy rounds as the CPU does, so `_log1pf` is
+  exact there (other CPUs, whose compilers may fuse its operations, call the libm).
 - Zeros, negatives, infinities and NaN (the error paths, with their errno and NaN signs) ask the
   libm, as do arrays of fewer than `SMALL` values.
 
@@ -28,6 +29,7 @@ correctly rounded value stands in.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
 import numpy as np
@@ -155,7 +157,9 @@ def _log1pf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- the libm, and when a model stands in
 
-_MODELS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {"logf": _logf, "log1pf": _log1pf}
+_MODELS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {"logf": _logf}
+if platform.machine().lower() in ("x86_64", "amd64"):  # where glibc's C is built without contraction:
+    _MODELS["log1pf"] = _log1pf  # elsewhere (aarch64, ppc64) its float ops may be fused
 _CR = {"expf": np.exp, "logf": np.log, "log1pf": np.log1p}
 _FUNCS: dict | None = None
 _AGREES: dict[str, bool] = {}
