@@ -32,6 +32,8 @@ def _inputs(name: str, step: int) -> np.ndarray:
 
 def _compare(name: str, x: np.ndarray) -> tuple[int, int]:
     """How many values the model answers with bits other than the libm's, and how many it asks."""
+    if name not in glibc._MODELS:
+        pytest.skip(f"no {name} model on this CPU: the libm answers every value")
     out, ask = glibc._modelled(name, glibc._MODELS[name], x)
     want = glibc._ctypes(glibc._functions()[name], x)
     differ = ~ask & (out.view(U32) != want.view(U32))
@@ -62,6 +64,8 @@ def test_model_gives_the_libms_bits_densely(name):
 @pytest.mark.parametrize("name", ["logf", "log1pf"])
 def test_agrees_on_this_machine(name):
     """The probe finds the model right here, so the model is the one in use."""
+    if name not in glibc._MODELS:
+        pytest.skip(f"no {name} model on this CPU: the libm answers every value")
     glibc._AGREES.pop(name, None)
     assert glibc._agrees(name)
 
