@@ -230,6 +230,7 @@ def test_jax_keypoints_bfloat16_differ_where_xla_flushes_subnormals():
 # ---------------------------------------------------------------- values: model vs torch
 
 
+@pytest.mark.slow  # torch on every 16-bit value
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_upcast_model_matches_torch_cpu_on_every_value(dtype):
     """Bit for bit on every finite value where `sleef.py` models torch's float32 kernels; elsewhere
@@ -408,6 +409,7 @@ def test_jax_backend_fidelity_is_exact_in_the_xla_mode():
         assert d.differ == 0, d
 
 
+@pytest.mark.slow  # imports JAX and optax
 def test_xla_mode_optax_matches_jax_on_a_sample():
     jax = pytest.importorskip("jax", reason=NO_JAX)
     optax = pytest.importorskip("optax", reason=NO_JAX)

@@ -173,6 +173,7 @@ def test_numpy_from_logits_runs_the_clipped_path():
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
 
 
+@pytest.mark.slow  # starts a Keras worker
 def test_numpy_bfloat16_comes_back_float32_and_is_rounded():
     """np.clip promotes bfloat16: Keras's numpy backend returns float32, which the adapter rounds."""
     import ml_dtypes

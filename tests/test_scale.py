@@ -913,6 +913,7 @@ def test_worst_records_the_worst_point_and_the_first_nonfinite_one():
             assert w.nonfinite_x is None
 
 
+@pytest.mark.slow  # two sweeps of 196,625 points
 def test_chunks_leave_no_reference_cycles():
     """A chunk's evaluators and their memos go with the chunk, freed by reference counts: a cycle
     (an evaluator holding kernels that held it) kept every remembered array until the cyclic

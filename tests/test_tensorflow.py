@@ -253,6 +253,7 @@ def test_flushing_modes_keep_the_grid_values(mode):
     assert keypoints.loss_fn(formulas.get("logits-stable"), None, 1, ev)(x).dtype == np.float32
 
 
+@pytest.mark.slow  # imports TensorFlow
 def test_tensorflow_backend_runs_its_ops_on_the_cpu(monkeypatch):
     """The models are of TensorFlow's CPU kernels: every op of the backend is placed on the CPU,
     so a machine with a GPU (and TensorFlow's GPU build) still compares like with like."""
