@@ -244,6 +244,12 @@ def exhaustive_float32(cli: list[str]) -> None:
     t_per_op = best([*args, "--range", "16:18", "--mode", "per-op"])
     line("   ... --mode per-op (numpy's kernels only)", f"{t_per_op:.2f} s",
          f"{t_per_op / t_np:.1f}x numpy", "<= 5x numpy", t_per_op <= 5 * t_np)
+    t_small = best([*args, "--range", "16:16.0001", "--mode", "per-op"])
+    per_input = (t_per_op - t_small) / (n - n_small)
+    line("      ... each further input, per-op", f"{per_input * 1e9:.0f} ns",
+         f"{per_input * n / t_np:.1f}x numpy", "", None)
+    line("      ... every float32, per-op, this machine", _duration(per_input * 2 ** 32),
+         "at that rate, serial", "< 1 h", per_input * 2 ** 32 < 3600)
 
 
 def _duration(seconds: float) -> str:
