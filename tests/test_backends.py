@@ -267,6 +267,7 @@ def test_upcast_model_matches_torch_cpu_on_every_value(dtype):
         assert len(bad) == 0
 
 
+@pytest.mark.slow  # torch on a dense float32 sample
 def test_float32_bce_with_logits_model_within_4_ulp_of_torch():
     """Dense float32 grid: within 4 ULP wherever both are normal numbers.
 

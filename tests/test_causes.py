@@ -104,9 +104,9 @@ def test_cause_and_side_are_in_the_json_records():
     assert records.decode(records.KeyPoint, old).side == k.side
 
 
-# native runs the tf, xla and upcast kernels too: those two alone are left to `make test`
-@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.slow) if m in ("tf", "xla") else m
-                                  for m in formulas.MODES])
+# native runs the tf, xla and upcast kernels too: those alone are left to `make test`
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.slow) if m in ("tf", "xla", "upcast")
+                                  else m for m in formulas.MODES])
 def test_issue_t5_no_built_in_key_point_falls_back_to_a_guess(mode):
     """Every key point of every built-in formula, in every dtype and mode, has a cause the
     tracer saw (the words of `causes.WORDS`, a clip, a division, a clamp), never a fallback: not

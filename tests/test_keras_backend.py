@@ -184,6 +184,7 @@ def test_numpy_bfloat16_comes_back_float32_and_is_rounded():
     assert got.dtype == ml_dtypes.bfloat16 and np.isfinite(got.astype(np.float32)).all()
 
 
+@pytest.mark.slow  # starts a Keras worker
 def test_keras_float64_on_numpy_is_unsupported():
     """Keras's numpy backend converts float64 arrays to floatx (float32): not audited as float64."""
     be = _keras("numpy")
