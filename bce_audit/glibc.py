@@ -9,7 +9,7 @@ for millions. `libm` computes large arrays with numpy models of glibc's code ins
   runs ``__logf_fma``, the same C compiled with fused multiply-adds, whose float64 result differs
   from the unfused one `_logf` computes by less than `_logf_slack` (at least 16 times what the
   two evaluations can differ by, derived there). Where the unfused result lies closer than that
-  to a float32 rounding boundary, both could round apart: those values (about 1 in 10^5) ask
+  to a float32 rounding boundary, both could round apart: those values (a few in a million) ask
   the libm.
 - ``log1pf`` (``sysdeps/ieee754/flt-32/s_log1pf.c``, fdlibm's float code, built without FMA on
   x86-64): every operation is a float32 one, which numpy rounds as the CPU does, so `_log1pf` is
@@ -66,7 +66,8 @@ def _logf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ix = x.view(_U32)
     sub = ix < _U32(0x00800000)  # subnormal: normalised by 2^23, the exponent taken back
     if sub.any():
-        ix = np.where(sub, (x * _F32(2.0**23)).view(_U32) - _U32(23 << 23), ix)
+        with np.errstate(over="ignore"):  # the normal values' products are discarded
+            ix = np.where(sub, (x * _F32(2.0**23)).view(_U32) - _U32(23 << 23), ix)
     tmp = ix - _OFF
     i = (tmp >> _U32(19)) & _U32(15)
     k = (tmp.view(_I32) >> 23).astype(_F64)
