@@ -198,7 +198,16 @@ _EXP2F_SHIFT = float.fromhex("0x1.8p+52")
 
 
 def _expf_libm(x: np.ndarray) -> np.ndarray:
-    """glibc ``expf`` on float32 (DAZ applied to ``x`` already), its result rounded under FTZ."""
+    """glibc ``expf`` on float32 (DAZ applied to ``x`` already), its result rounded under FTZ.
+
+    Evaluated unfused in float64; x86-64 runs ``__expf_fma``, the same C with fused
+    multiply-adds. The two differ only slightly (a relative 2^-47 at most, and 2^-44 is
+    allowed), unless ``z = x * 32/ln 2`` lies next to a half-integer, where the two may round
+    it to different integers and use the polynomial at r and r -+ 1. Normal results that
+    close to a float32 rounding boundary, or with ``z`` that close, ask the libm (found on 2
+    of 610 million inputs: 32.564632 and -63.09946)."""
+    from bce_audit import glibc
+
     xd = np.where(np.isfinite(x), x, _F32(0)).astype(_F64)
     z = _EXP2F_INVLN2N * xd
     kd = z + _EXP2F_SHIFT
@@ -212,7 +221,13 @@ def _expf_libm(x: np.ndarray) -> np.ndarray:
     r2 = r * r
     y = c2 * r + 1.0
     y = zp * r2 + y
-    out = _round(y * s)
+    v = y * s
+    out = _round(v)
+    unsure = glibc.near_boundary(v, 2.0**-44 * np.abs(v)) | (np.abs(np.abs(r) - 0.5) < 2.0**-36)
+    unsure &= np.isfinite(x) & (np.abs(out) >= _F32(_TINY)) & np.isfinite(out)
+    if unsure.any():
+        out = np.array(out, _F32)
+        out[unsure] = glibc.libm("expf", x[unsure])
     out = np.where(x > _F32(float.fromhex("0x1.62e42ep6")), _F32(np.inf), out)
     out = np.where(x < _F32(float.fromhex("-0x1.9fe368p6")), _F32(0), out)
     return np.where(np.isnan(x), _quiet(x), out)

@@ -78,7 +78,7 @@ def _logf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = _A1 * r + _A2
     y = _A0 * r2 + y
     y = y * r2 + (y0 + r)
-    return y.astype(_F32), _near_boundary(y, _logf_slack(y, k, i))
+    return y.astype(_F32), near_boundary(y, _logf_slack(y, k, i))
 
 
 def _logf_slack(y: np.ndarray, k: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ def _logf_slack(y: np.ndarray, k: np.ndarray, i: np.ndarray) -> np.ndarray:
     return np.where((k == 0) & (i == _ONE_I), 2.0**-48 * np.abs(y), general)
 
 
-def _near_boundary(y: np.ndarray, slack: np.ndarray) -> np.ndarray:
+def near_boundary(y: np.ndarray, slack: np.ndarray) -> np.ndarray:
     """Where float64 ``y`` lies within ``slack`` of a float32 rounding boundary (a midpoint
     between two neighbours, all exact in float64), so that a ``y`` that close may round to
     the other neighbour."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import ml_dtypes
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from mpmath import mp
 from ulp_support import ulp_distance
 
-from bce_audit import eigen
+from bce_audit import eigen, glibc
 
 F32, F16, BF16 = np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 TINY32 = float.fromhex("0x1p-126")  # 1.18e-38, smallest normal float32
@@ -227,3 +228,28 @@ def test_tensorflow_flushes_subnormals(tf):
     assert np.all(tf.math.log(sub).numpy() == -np.inf)
     assert np.all(tf.math.negative(sub).numpy() == -sub)
     assert np.all(tf.math.exp(np.full(8, -16, np.float16)).numpy() > 0)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or "expf" not in glibc._functions(),
+                    reason="the model is of glibc's expf")
+def test_scalar_expf_asks_glibc_where_the_fused_code_rounds_otherwise():
+    """The scalar path's expf is glibc's code evaluated unfused; x86-64 runs it fused. On these two
+    inputs (found by checking every float32 with a normal result against the libm) the two round
+    apart, and the model hands them to the libm: its bits, not the unfused evaluation's."""
+    import ctypes
+
+    expf = glibc._functions()["expf"]
+    x = np.array([32.564632, -63.09946], np.float32)
+    got = eigen._expf_libm(x)
+    want = np.array([expf(ctypes.c_float(v)) for v in x.tolist()], np.float32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # the unfused evaluation alone rounds the other way on both: the fallback is what makes them equal
+    xd = x.astype(np.float64)
+    z = eigen._EXP2F_INVLN2N * xd
+    kd = z + eigen._EXP2F_SHIFT
+    ki = kd.view(np.uint64)
+    r = z - (kd - eigen._EXP2F_SHIFT)
+    s = (eigen._EXP2F_TAB[ki % np.uint64(32)] + (ki << np.uint64(47))).view(np.float64)
+    c0, c1, c2 = eigen._EXP2F_POLY
+    unfused = (((c0 * r + c1) * (r * r) + (c2 * r + 1.0)) * s).astype(np.float32)
+    assert not np.any(unfused.view(np.uint32) == want.view(np.uint32))
