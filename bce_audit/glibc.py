@@ -63,6 +63,13 @@ _ONE_I = 9  # the subinterval around 1: invc = 1, logc = 0
 def _logf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``__logf`` on positive finite float32, evaluated unfused in float64: the result and where
     it may round otherwise than glibc's fused evaluation (`_logf_slack`)."""
+    y, k, i = _logf_unfused(x)
+    return y.astype(_F32), near_boundary(y, _logf_slack(y, k, i))
+
+
+def _logf_unfused(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``__logf``'s float64 result before its rounding to float32, unfused, with the exponent k
+    and the subinterval i it used."""
     ix = x.view(_U32)
     sub = ix < _U32(0x00800000)  # subnormal: normalised by 2^23, the exponent taken back
     if sub.any():
@@ -78,7 +85,7 @@ def _logf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = _A1 * r + _A2
     y = _A0 * r2 + y
     y = y * r2 + (y0 + r)
-    return y.astype(_F32), near_boundary(y, _logf_slack(y, k, i))
+    return y, k, i
 
 
 def _logf_slack(y: np.ndarray, k: np.ndarray, i: np.ndarray) -> np.ndarray:
