@@ -202,7 +202,7 @@ class _FastRefs:
         self.nan = np.flatnonzero(~self.finite)  # inputs with no exact value: every measure is NaN
         self.e = fastref.exact(np.where(self.finite, x64, 0.0) if self.nan.size else x64)
         self._scales: dict[tuple, tuple[fastref.Scale, np.ndarray]] = {}
-        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, tuple]] = {}  # and the bits_key of each
+        self._clips: dict[tuple, tuple[np.ndarray, np.ndarray, fastref.Scale]] = {}
         self._clip_scales: dict[tuple, fastref.Scale] = {}  # by the bits of the clipped-exact column
         self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
@@ -307,14 +307,15 @@ class _FastRefs:
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
             bits = dtypes.bits_key(clip)  # clipping alike may give the same column
-            if bits not in self._clip_scales:
-                self._clip_scales[bits] = fastref.scale(clip, None, self.info)
+            sc = self._clip_scales.get(bits)
+            if sc is None:
+                sc = self._clip_scales[bits] = fastref.scale(clip, None, self.info)
             if self.nan.size:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
-            self._clips[key] = clip, rel, bits
-        clip, rel, bits = self._clips[key]
-        return clip, rel, self._clip_scales[bits].measure(values, rel=False)[0]
+            self._clips[key] = clip, rel, sc
+        clip, rel, sc = self._clips[key]
+        return clip, rel, sc.measure(values, rel=False)[0]
 
 
 def _clip_key(f: formulas.Formula, clip_args) -> tuple:
