@@ -208,6 +208,20 @@ def _expf_libm(x: np.ndarray) -> np.ndarray:
     of 610 million inputs: 32.564632 and -63.09946)."""
     from bce_audit import glibc
 
+    v, r = _expf_unfused(x)
+    out = _round(v)
+    unsure = glibc.near_boundary(v, 2.0**-44 * np.abs(v)) | (np.abs(np.abs(r) - 0.5) < 2.0**-36)
+    unsure &= np.isfinite(x) & (np.abs(out) >= _F32(_TINY)) & np.isfinite(out)
+    if unsure.any():
+        out[unsure] = glibc.libm("expf", x[unsure])
+    out = np.where(x > _F32(float.fromhex("0x1.62e42ep6")), _F32(np.inf), out)
+    out = np.where(x < _F32(float.fromhex("-0x1.9fe368p6")), _F32(0), out)
+    return np.where(np.isnan(x), _quiet(x), out)
+
+
+def _expf_unfused(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """glibc ``expf``'s float64 result before its rounding to float32, unfused (non-finite x as
+    0), and the reduced argument r in [-1/2, 1/2] it took its polynomial at."""
     xd = np.where(np.isfinite(x), x, _F32(0)).astype(_F64)
     z = _EXP2F_INVLN2N * xd
     kd = z + _EXP2F_SHIFT
@@ -221,16 +235,7 @@ def _expf_libm(x: np.ndarray) -> np.ndarray:
     r2 = r * r
     y = c2 * r + 1.0
     y = zp * r2 + y
-    v = y * s
-    out = _round(v)
-    unsure = glibc.near_boundary(v, 2.0**-44 * np.abs(v)) | (np.abs(np.abs(r) - 0.5) < 2.0**-36)
-    unsure &= np.isfinite(x) & (np.abs(out) >= _F32(_TINY)) & np.isfinite(out)
-    if unsure.any():
-        out = np.array(out, _F32)
-        out[unsure] = glibc.libm("expf", x[unsure])
-    out = np.where(x > _F32(float.fromhex("0x1.62e42ep6")), _F32(np.inf), out)
-    out = np.where(x < _F32(float.fromhex("-0x1.9fe368p6")), _F32(0), out)
-    return np.where(np.isnan(x), _quiet(x), out)
+    return y * s, r
 
 
 def _logistic_scalar_f32(x0: np.ndarray) -> np.ndarray:
