@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -722,20 +720,13 @@ def _part_task(task: tuple[str, tuple[str | None, ...]], sel: Selection) -> dict
     return _dtype_part(d, sel, items)
 
 
-FORK_UNSAFE = ("torch", "jax", "tensorflow")  # frameworks whose own thread pools make fork unsafe
-
-
 def _forkable(sel: Selection, backend) -> bool:
     """Whether this process may fork workers for the key-point searches.
 
     A fork is what makes parallel key points pay (a fresh interpreter costs more than the whole
-    search), so it is used only where it is safe: on Linux, for the built-in numpy models, in a
-    process with no other Python thread and no framework with a thread pool of its own loaded.
-    numpy's OpenBLAS threads stay idle here (no linear algebra), and OpenBLAS quiesces them
-    around a fork.
+    search), so it is used only where it is safe (`heap.can_fork`), for the built-in numpy models.
     """
-    return (sys.platform == "linux" and backend is None and not sel.has_user_code
-            and threading.active_count() == 1 and not any(m in sys.modules for m in FORK_UNSAFE))
+    return backend is None and not sel.has_user_code and heap.can_fork()
 
 
 def _grad_points(d, mode, name, eps, labels, backend, notes) -> list[KeyPoint]:

@@ -1058,16 +1058,25 @@ def fidelity_json(diffs, pairs, backend_label: str, notes: Sequence[str] = ()) -
 @contextlib.contextmanager
 def progress_bar(total: int, enabled: bool, color: bool | None = None):
     """A rich progress bar on stderr (only on a terminal); yields ``advance(n)``; ``color``: see
-    `color_on`."""
+    `color_on`.
+
+    Drawn again at each advance, never by a thread of its own: none of its columns moves between
+    advances, and a process with no other thread may fork its workers (`heap.can_fork`)."""
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("auditing"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} points"),
-                  TimeRemainingColumn(), console=console(stderr=True, color=color), transient=True) as bar:
+                  TimeRemainingColumn(), console=console(stderr=True, color=color), transient=True,
+                  auto_refresh=False) as bar:
         task = bar.add_task("audit", total=total)
-        yield lambda n: bar.advance(task, n)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            bar.refresh()
+
+        yield advance
 
 
 # ---------------------------------------------------------------- reproduce

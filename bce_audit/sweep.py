@@ -664,13 +664,14 @@ def run_chunks(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1,
         yield r
 
 
-POOL_MIN_POINTS = 1 << 22  # fast-baseline grid points below which a process pool costs more than it saves
+POOL_MIN_POINTS = 1 << 22  # fast-baseline grid points below which fresh interpreters cost more than they save
 
 
 def _pool_pays(s: Settings, dtype: str, specs: list) -> bool:
-    """Whether a process pool is worth its start-up: a fresh interpreter that imports the package,
-    then a worker each (about 0.5 s on 2 cores, against about 25 ms a chunk of 65,536 points
-    on the fast baseline). Every grid on the mpmath baseline (milliseconds a point) pays."""
+    """Whether a pool of fresh interpreters is worth its start-up: a forkserver that imports the
+    package, then a worker each (about 0.5 s on 2 cores, against about 25 ms a chunk of 65,536
+    points on the fast baseline). Every grid on the mpmath baseline (milliseconds a point) pays.
+    A forked pool (`heap.can_fork`) starts in milliseconds: any grid of two chunks pays for it."""
     if not _fast(s, dtypes.get(dtype)):
         return True
     return sum(stop - start for start, stop, _ in specs) >= POOL_MIN_POINTS
@@ -681,30 +682,43 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
     users = formulas.sources(s.formulas)
     timeout = impl.TIMEOUT if users else None  # what the workers' impl: calls may take
     args = [(s, dtype, start, stop, index, users, timeout) for start, stop, index in specs]
+    pooled = jobs > 1 and len(args) > 1 and s.backend == "numpy"
+    fork = pooled and not users and heap.can_fork()
     if scheduler:
         from bce_audit import distributed
-        yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
-    elif jobs > 1 and len(args) > 1 and s.backend == "numpy" and _pool_pays(s, dtype, specs):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        # forkserver: never fork a process that may hold threads (JAX, BLAS) mid-lock
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=heap.worker,
-                                 initargs=(os.getpid(),)) as pool:
-            # a window of chunks in flight: finished results never pile up behind a slow reader
-            work = iter(zip(ks, args, strict=True))
-            pending = collections.deque((k, pool.submit(audit_chunk, *a))
-                                        for k, a in itertools.islice(work, 2 * jobs))
-            while pending:
-                k, future = pending.popleft()
-                r = future.result()
-                for k2, a in itertools.islice(work, 1):
-                    pending.append((k2, pool.submit(audit_chunk, *a)))
-                yield k, r
+        yield from zip(ks, distributed.run(scheduler, audit_chunk, args), strict=True)
+    elif fork or (pooled and _pool_pays(s, dtype, specs)):
+        yield from _pool(args, ks, jobs, fork)
     else:
         for k, a in zip(ks, args, strict=True):
             yield k, audit_chunk(*a)
+
+
+def _pool(args: list, ks: list[int], jobs: int, fork: bool):
+    """`_execute` in a process pool: forked from this process where that is safe (user code and
+    frameworks' threads aside: `heap.can_fork`), else fresh interpreters from a forkserver."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if fork:
+        setup: dict = {"mp_context": multiprocessing.get_context("fork"), "initializer": heap.die_with_parent}
+    else:  # never fork a process that may hold threads (JAX, BLAS) mid-lock
+        setup = {"mp_context": multiprocessing.get_context("forkserver"), "initializer": heap.worker,
+                 "initargs": (os.getpid(),)}
+    with ProcessPoolExecutor(max_workers=jobs, **setup) as pool:
+        # a window of chunks in flight: finished results never pile up behind a slow reader
+        work = iter(zip(ks, args, strict=True))
+        # (where every row is kept, results are large and the writer is slower than the workers: fewer held)
+        window = jobs if args[0][0].keep is None else 2 * jobs
+        pending = collections.deque((k, pool.submit(audit_chunk, *a))
+                                    for k, a in itertools.islice(work, window))
+        while pending:
+            k, future = pending.popleft()
+            r = future.result()
+            for k2, a in itertools.islice(work, 1):
+                pending.append((k2, pool.submit(audit_chunk, *a)))
+            yield k, r
 
 
 Sink = Callable[[list[Block]], None]

@@ -237,9 +237,10 @@ def exhaustive_float32(cli: list[str]) -> None:
     line("   ... each further input", f"{per_input * 1e9:.0f} ns", f"{per_input * n / t_np:.1f}x numpy",
          "", None)
     every = per_input * 2 ** 32
-    line("   ... every float32 (2^32 inputs), this machine", _duration(every), "at that rate, serial",
-         "", None)
-    line("   ... on a 64-worker Dask cluster", _duration(every / 64), "linear scaling",
+    jobs = os.cpu_count() or 1
+    line("   ... every float32 (2^32 inputs), this machine", _duration(every),
+         f"at that rate, {jobs} jobs", "< 1 h", every < 3600)
+    line("   ... on a 64-worker Dask cluster", _duration(every * jobs / 64), "linear scaling",
          "(assumed)", None)
     t_per_op = best([*args, "--range", "16:18", "--mode", "per-op"])
     line("   ... --mode per-op (numpy's kernels only)", f"{t_per_op:.2f} s",
@@ -249,7 +250,7 @@ def exhaustive_float32(cli: list[str]) -> None:
     line("      ... each further input, per-op", f"{per_input * 1e9:.0f} ns",
          f"{per_input * n / t_np:.1f}x numpy", "", None)
     line("      ... every float32, per-op, this machine", _duration(per_input * 2 ** 32),
-         "at that rate, serial", "< 1 h", per_input * 2 ** 32 < 3600)
+         f"at that rate, {jobs} jobs", "< 1 h", per_input * 2 ** 32 < 3600)
 
 
 def _duration(seconds: float) -> str:

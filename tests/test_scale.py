@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
@@ -28,7 +29,7 @@ import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 from mpmath import mp
 
-from bce_audit import cache, cli, keypoints, records, report, sweep
+from bce_audit import cache, cli, heap, keypoints, records, report, sweep
 from bce_audit.records import Settings
 from bce_audit.sweep import CHUNK
 
@@ -473,9 +474,9 @@ def test_cli_unwritable_cache_warns_once(uncreatable_cache):
 
 class RecordingPool:
     """Records that the process pool was used (wraps the real one), and that its workers start
-    from a fresh interpreter ("forkserver"), not a fork of this one: other test modules load JAX,
-    whose threads make fork unsafe. Fresh workers are also the stricter test that a chunk needs
-    nothing but its arguments."""
+    from a fresh interpreter ("forkserver"), not a fork of this one: the fixtures say fork is
+    unsafe here (other test modules load JAX, whose threads make it so). Fresh workers are also
+    the stricter test that a chunk needs nothing but its arguments."""
 
     made: ClassVar[list[int]] = []
 
@@ -491,11 +492,49 @@ def pool_spy(monkeypatch):
 
     RecordingPool.made = []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(heap, "can_fork", lambda: False)
     monkeypatch.setattr(sweep, "POOL_MIN_POINTS", 0)  # these grids are small: make the pool run anyway
     return RecordingPool.made
 
 
 MULTI = Settings(points=3 * CHUNK + 17, range=(-60.0, 60.0), keep=11)
+
+
+FORKED_GRID = r"""
+import concurrent.futures, json, multiprocessing, threading
+from dataclasses import asdict
+from bce_audit import records, sweep
+
+real, made = concurrent.futures.ProcessPoolExecutor, []
+def recording(*args, **kw):
+    made.append(kw["mp_context"].get_start_method())
+    return real(*args, **kw)
+concurrent.futures.ProcessPoolExecutor = recording
+
+s = records.Settings(points=2 * sweep.CHUNK + 17, range=(-60.0, 60.0), keep=11, dtypes=("float32",))
+serial = sweep.run_sweep(s, jobs=1)
+assert made == []
+forked = sweep.run_sweep(s, jobs=2)
+same = [repr(asdict(r)) for r in serial.worst + serial.rows] == [
+    repr(asdict(r)) for r in forked.worst + forked.rows]
+t = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+t.start()  # a thread running (or a framework loaded): no fork
+sweep.run_sweep(s, jobs=2)
+print(json.dumps({"made": made, "same": same, "worst": len(forked.worst)}))
+"""
+
+
+@pytest.mark.slow  # three sweeps of 131,089 points
+def test_grid_chunks_forked_equal_serial():
+    """A process with no other thread forks its grid workers (milliseconds: any grid of two
+    chunks pays), and their results are the serial ones; with a thread running, a forkserver's
+    fresh interpreters do the work only where they pay (not this grid: serial). (A fresh
+    interpreter: this test process may hold JAX, where no fork is made.)"""
+    r = subprocess.run([sys.executable, "-c", FORKED_GRID], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["made"] == ["fork"]
+    assert doc["same"] and doc["worst"] > 30
 
 
 @pytest.mark.slow  # two sweeps of 200,000 points
@@ -504,6 +543,7 @@ def test_small_fast_grids_run_without_a_pool(monkeypatch):
 
     RecordingPool.made = []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(heap, "can_fork", lambda: False)  # (a forked pool pays for any grid of two chunks)
     sweep.run_sweep(MULTI, jobs=2)
     assert RecordingPool.made == []  # under POOL_MIN_POINTS on the fast baseline: serial
     monkeypatch.setattr(sweep, "CHUNK", 100)
@@ -620,7 +660,7 @@ def test_forkable_only_without_frameworks_threads_or_user_code(monkeypatch):
     import types
 
     monkeypatch.setattr(sys, "platform", "linux")
-    for m in keypoints.FORK_UNSAFE:
+    for m in heap.FORK_UNSAFE:
         monkeypatch.delitem(sys.modules, m, raising=False)
     monkeypatch.setattr(threading, "active_count", lambda: 1)
     assert keypoints._forkable(SEL, None)
@@ -855,9 +895,10 @@ class FakeTerminal(io.StringIO):
         raise io.UnsupportedOperation("fileno")
 
 
-def _sweep_on_a_terminal(monkeypatch, *extra: str, points: int = cli.PROGRESS_POINTS) -> tuple[int, str, str]:
+def _sweep_on_a_terminal(monkeypatch, *extra: str, points: int = cli.PROGRESS_POINTS,
+                         fake=_no_sweep) -> tuple[int, str, str]:
     """Run the sweep command with stderr on a (fake) terminal and a run that costs nothing."""
-    monkeypatch.setattr(sweep, "run_sweep", _no_sweep)
+    monkeypatch.setattr(sweep, "run_sweep", fake)
     monkeypatch.setenv("TERM", "xterm")
     err, out = FakeTerminal(), io.StringIO()
     with pytest.MonkeyPatch.context() as streams:
@@ -874,6 +915,20 @@ def test_progress_bar_shows_on_a_terminal(monkeypatch):
     strict_json(out)
     assert "auditing" in err and f"{cli.PROGRESS_POINTS:,}" in err, repr(err)
     assert "\r" in err or "\x1b" in err, repr(err)
+
+
+def test_progress_bar_starts_no_thread(monkeypatch):
+    """The bar is drawn at each advance, by no thread of its own: the run may fork its workers."""
+    seen = []
+
+    def counting(s, progress=None, **kw):
+        seen.append(threading.active_count())
+        return _no_sweep(s, progress=progress, **kw)
+
+    before = threading.active_count()
+    code, _, err = _sweep_on_a_terminal(monkeypatch, fake=counting)
+    assert code == 0 and "auditing" in err
+    assert seen == [before]
 
 
 def test_no_bar_for_a_short_run(monkeypatch):
