@@ -16,12 +16,18 @@ and how they end with it (`die_with_parent` for a forked one, `worker` for a for
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import pickle
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # mallopt parameters (glibc malloc.h)
 MMAP = 16 << 20    # blocks of 16 MiB or more still get an mmap of their own
@@ -73,6 +79,54 @@ def can_fork() -> bool:
     them around a fork. A forked worker calls `die_with_parent`."""
     return (sys.platform.startswith("linux") and threading.active_count() == 1
             and not any(m in sys.modules for m in FORK_UNSAFE))
+
+
+@contextlib.contextmanager
+def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
+    """``fn()`` run in a forked child (only where `can_fork`) while this process goes on; yields
+    a function that waits for its result (or raises its exception). A child whose result is not
+    collected is killed on leaving the block. The child ends with `os._exit`: it never flushes
+    the output buffers it inherited, nor runs this process's exit handlers."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(r)
+            die_with_parent()
+            try:
+                payload = pickle.dumps((True, fn()))
+            except BaseException as e:  # all of it goes to the parent
+                try:
+                    payload = pickle.dumps((False, e))
+                except Exception:  # an exception that does not pickle: its words
+                    payload = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+        finally:
+            os._exit(0)
+    os.close(w)
+    reader = os.fdopen(r, "rb")
+    done = False
+
+    def result() -> T:
+        nonlocal done
+        data = reader.read()
+        os.waitpid(pid, 0)
+        done = True
+        if not data:
+            raise RuntimeError("a forked worker died before it gave its result")
+        ok, value = pickle.loads(data)
+        if not ok:
+            raise value
+        return value
+
+    try:
+        yield result
+    finally:
+        reader.close()
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def die_with_parent() -> bool:

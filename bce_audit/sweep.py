@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import functools
 import itertools
 import math
@@ -37,6 +38,7 @@ from bce_audit.records import (
     CLIP_FLOATS,
     ROW_FLOATS,
     Block,
+    KeyPoint,
     Row,
     Settings,
     SweepResult,
@@ -786,19 +788,38 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
             on = f" on {backend.keras_backend}" if backend.keras_backend else ""
             notes.append(f"{backend.name}{on} has no real counterpart of {', '.join(missing)}: not audited "
                          f"with --backend {backend.name}")
-    kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, notes,
-                              s.grad, jobs=1 if scheduler else jobs)
-    result = SweepResult(s, kps)
-    if with_rows:
-        for d in s.dtypes:
+
+    def search() -> tuple[list[KeyPoint], list[str], list[str]]:
+        found: list[str] = []
+        kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, found,
+                                  s.grad, jobs=1 if scheduler else jobs)
+        store = cache.active()
+        return kps, found, list(store.warnings) if store else []
+
+    # Where it may, a forked child searches the key points while the grid is audited here.
+    overlap = with_rows and jobs > 1 and not scheduler and backend is None and heap.can_fork() and not any(
+        impl.is_impl(n) for n in s.formulas)
+    result = SweepResult(s, [])
+    grid_notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        later = stack.enter_context(heap.forked(search)) if overlap else None
+        kps, kp_notes, warned = search() if later is None else ([], [], [])
+        for d in s.dtypes if with_rows else ():
             keep = None if s.keep is None else set(sample_indices(grid_size(s, d), s.keep))
             try:
                 worst, rows = audit_grid(s, d, keep, jobs, scheduler, progress, sink)
                 result.worst += worst
                 result.rows += rows
             except backends.Unsupported as e:
-                notes.append(f"{d}: grid not audited: {e}")
-    result.notes = list(dict.fromkeys(notes))
+                grid_notes.append(f"{d}: grid not audited: {e}")
+        if later is not None:
+            kps, kp_notes, warned = later()
+    store = cache.active()
+    if store is not None:
+        for w in warned:  # (a forked child's, told here)
+            store.warn(w)
+    result.keypoints = kps
+    result.notes = list(dict.fromkeys(notes + kp_notes + grid_notes))
     return result
 
 

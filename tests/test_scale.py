@@ -515,26 +515,69 @@ s = records.Settings(points=2 * sweep.CHUNK + 17, range=(-60.0, 60.0), keep=11, 
 serial = sweep.run_sweep(s, jobs=1)
 assert made == []
 forked = sweep.run_sweep(s, jobs=2)
-same = [repr(asdict(r)) for r in serial.worst + serial.rows] == [
-    repr(asdict(r)) for r in forked.worst + forked.rows]
+same = [repr(asdict(r)) for r in serial.keypoints + serial.worst + serial.rows] == [
+    repr(asdict(r)) for r in forked.keypoints + forked.worst + forked.rows] and serial.notes == forked.notes
 t = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
 t.start()  # a thread running (or a framework loaded): no fork
 sweep.run_sweep(s, jobs=2)
-print(json.dumps({"made": made, "same": same, "worst": len(forked.worst)}))
+print(json.dumps({"made": made, "same": same, "worst": len(forked.worst),
+                  "keypoints": len(forked.keypoints)}))
 """
 
 
 @pytest.mark.slow  # three sweeps of 131,089 points
 def test_grid_chunks_forked_equal_serial():
     """A process with no other thread forks its grid workers (milliseconds: any grid of two
-    chunks pays), and their results are the serial ones; with a thread running, a forkserver's
-    fresh interpreters do the work only where they pay (not this grid: serial). (A fresh
-    interpreter: this test process may hold JAX, where no fork is made.)"""
+    chunks pays) and a child that searches the key points meanwhile; the results are the serial
+    ones. With a thread running, a forkserver's fresh interpreters do the work only where they
+    pay (not this grid: serial). (A fresh interpreter: this test process may hold JAX, where no
+    fork is made.)"""
     r = subprocess.run([sys.executable, "-c", FORKED_GRID], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["made"] == ["fork"]
-    assert doc["same"] and doc["worst"] > 30
+    assert doc["same"] and doc["worst"] > 30 and doc["keypoints"] > 30
+
+
+FORKED_CALL = r"""
+import json, os, signal, time
+from bce_audit import heap
+
+with heap.forked(lambda: (os.getpid(), [1.5, "x"])) as later:
+    pid, value = later()
+ours = pid != os.getpid() and value == [1.5, "x"]
+
+def fails():
+    raise ValueError("no such dtype")
+try:
+    with heap.forked(fails) as later:
+        later()
+    raised = None
+except ValueError as e:
+    raised = str(e)
+
+def dies():
+    os.kill(os.getpid(), signal.SIGKILL)
+try:
+    with heap.forked(dies) as later:
+        later()
+    died = None
+except RuntimeError as e:
+    died = str(e)
+
+with heap.forked(lambda: time.sleep(60)) as later:  # never collected: killed on leaving
+    pass
+print(json.dumps({"ours": ours, "raised": raised, "died": died}))
+"""
+
+
+def test_forked_gives_the_childs_result_or_its_exception():
+    """`heap.forked`: the value, the exception, a child killed mid-way (one line), and a child
+    left behind killed on leaving the block (the script would wait a minute otherwise)."""
+    r = subprocess.run([sys.executable, "-c", FORKED_CALL], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"ours": True, "raised": "no such dtype",
+                                    "died": "a forked worker died before it gave its result"}
 
 
 @pytest.mark.slow  # two sweeps of 200,000 points
