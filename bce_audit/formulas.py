@@ -154,8 +154,11 @@ class Evaluator:
 
     def arr(self, values) -> np.ndarray:
         """Values rounded to the dtype; out-of-range values become inf (or nan in fn formats)."""
+        a = np.asarray(values)
+        if a.dtype == self.dtype:  # a copy: nothing to round
+            return a.copy()
         with np.errstate(over="ignore", invalid="ignore"):
-            return np.asarray(values).astype(self.dtype)
+            return a.astype(self.dtype)
 
     def inputs(self, values) -> np.ndarray:
         """Values rounded to the dtype as an op reads them: flushed to zero where the mode flushes

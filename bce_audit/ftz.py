@@ -31,6 +31,7 @@ TINY64 = float.fromhex("0x1p-1022")  # 2.23e-308, float64's
 
 _F32 = np.float32
 _F64 = np.float64
+_count = np.count_nonzero  # `any` of a bool array, without ndarray.any's Python-level wrapper
 
 
 def flush_floor(dtype) -> float:
@@ -49,7 +50,7 @@ def flush(a: np.ndarray) -> np.ndarray:
     if tiny is None:
         return a
     small = np.abs(a) < tiny
-    if not small.any():
+    if not _count(small):
         return a
     with np.errstate(all="ignore"):
         return np.where(small, a * np.zeros((), a.dtype), a)
@@ -76,7 +77,7 @@ def round_f32(v: np.ndarray) -> np.ndarray:
     decided with an unbounded exponent, as x86 does)."""
     r = v.astype(_F32)
     mag = np.abs(r)
-    if not (mag <= _F32(TINY32)).any():  # the common case: nothing near the flush threshold
+    if not _count(mag <= _F32(TINY32)):  # the common case: nothing near the flush threshold
         return r
     # Unbounded-exponent rounding decides tininess: scale into the normal range and look again.
     tiny = (mag < _F32(TINY32)) | (
@@ -95,7 +96,7 @@ def op(ufunc: np.ufunc, a: Any, b: Any) -> np.ndarray:
     r = ufunc(np.asarray(a, _F32), np.asarray(b, _F32))
     mag = np.abs(r)
     near = mag <= _TINY32_F32
-    if not near.any() or not (near & (mag != 0)).any():  # zeros keep their sign, as FTZ leaves them
+    if not _count(near) or not _count(near & (mag != 0)):  # zeros keep their sign, as FTZ leaves them
         return r
     return round_f32(ufunc(np.asarray(a, _F64), np.asarray(b, _F64)))
 
@@ -122,9 +123,9 @@ def fma(a, b, c, ftz: bool = False) -> np.ndarray:
         risky = (bits & _LOW29) == _HALF29
         out = s.astype(_F32)
         tiny = np.abs(out) <= _TINY32_F32  # every sum below float32's smallest normal, and a few more
-        if tiny.any():
+        if _count(tiny):
             risky |= tiny & (s != 0)  # a float64 sum of 0 is exact
-        if not risky.any():
+        if not _count(risky):
             return out
         i = np.flatnonzero(risky)
         fixed = _fma_fix(*(np.broadcast_to(np.asarray(v, _F64), s.shape).reshape(-1)[i] for v in (a, b, c)))
