@@ -420,7 +420,7 @@ def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
                 contextlib.nullcontext(sys.stdout)
             with target as f:
                 w = streams.writer(fmt, f)
-                run(w.write)
+                run(w)
                 w.close()
     except streams.ParquetMissing as e:
         _fail(str(e))

@@ -25,6 +25,8 @@ FIELDS = tuple(f.name for f in fields(Row))
 
 
 class Writer(Protocol):
+    every_core: bool  # formats on every core itself: the grid's chunks are then best computed here
+
     def write(self, blocks: Sequence[Block]) -> None: ...
     def close(self) -> None: ...
 
@@ -97,6 +99,7 @@ class JsonLines:
             self.arrow: tuple | None = (pa, pc)
         except ImportError:
             self.arrow = None
+        self.every_core = self.arrow is not None  # (`_write_arrow`)
 
     def write(self, blocks: Sequence[Block]) -> None:
         if self.arrow is not None:
@@ -185,6 +188,8 @@ class JsonLines:
 class Csv:
     """A header of the row fields, then one row a line: inf/nan as words, absent values empty."""
 
+    every_core = False
+
     def __init__(self, f: IO[str]):
         self.f = f
         self.w = csv.writer(f, lineterminator="\n")
@@ -204,6 +209,8 @@ class Csv:
 
 class Parquet:
     """Row groups of a chunk each; floats stay floats (inf/nan included), absent values null."""
+
+    every_core = False
 
     def __init__(self, f: IO[bytes]):
         try:

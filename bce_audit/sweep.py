@@ -13,8 +13,9 @@ import functools
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -723,7 +724,12 @@ def _pool(args: list, ks: list[int], jobs: int, fork: bool):
             yield k, r
 
 
-Sink = Callable[[list[Block]], None]
+class Sink(Protocol):
+    """Where every kept row of a run goes, chunk by chunk, in grid order (a `streams.Writer`)."""
+
+    every_core: bool  # it formats on every core itself: the chunks are computed here, not in a pool
+
+    def write(self, blocks: Sequence[Block]) -> None: ...
 
 
 def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, scheduler: str | None = None,
@@ -732,6 +738,8 @@ def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, sc
     the kept rows (or, with ``sink``, each chunk's kept rows handed to it in grid order)."""
     accs: list[_WorstAcc] = []
     kept: list[list[Row]] = []
+    if sink is not None and sink.every_core:  # a pool's workers would only add the pickling of every row
+        jobs = 1
     for r in run_chunks(s, dtype, keep, jobs, scheduler, progress):
         if not accs:
             accs = [_WorstAcc((w.dtype, w.mode, w.quantity, w.formula, w.eps, w.label)) for w in r.worst]
@@ -739,7 +747,7 @@ def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, sc
         for acc, w in zip(accs, r.worst, strict=True):
             acc.merge(w)
         if sink is not None:
-            sink(r.blocks)
+            sink.write(r.blocks)
             continue
         for rows, b in zip(kept, r.blocks, strict=True):
             rows.extend(b.rows())

@@ -144,6 +144,27 @@ def test_issue_10_parquet_rows_equal_the_in_memory_rows(tmp_path):
                 assert g[k] == v, (k, g[k], v)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_writer_on_every_core_gets_its_chunks_computed_here(monkeypatch, fmt):
+    """JSON Lines (through Arrow) formats on every core itself: a pool's workers would only add
+    the pickling of every row, so its grid is computed in this process; CSV's writer is one
+    thread, and the grid's chunks may go to the pool."""
+    pytest.importorskip("pyarrow")
+    jobs_seen = []
+    real = sweep.run_chunks
+
+    def spy(s, dtype, keep, jobs=1, *args, **kw):
+        jobs_seen.append(jobs)
+        return real(s, dtype, keep, jobs, *args, **kw)
+
+    monkeypatch.setattr(sweep, "run_chunks", spy)
+    monkeypatch.setattr(sweep, "_execute", lambda s, dtype, specs, ks, jobs, scheduler: (
+        (k, sweep.audit_chunk(s, dtype, *spec)) for k, spec in zip(ks, specs, strict=True)))  # no pool here
+    ok("sweep", "--points", "101", "--formula", "naive", "--rows", "all", "--format", fmt, "--jobs", "2",
+       "--no-cache")
+    assert jobs_seen == [1 if fmt == "jsonl" else 2]
+
+
 def test_json_document_keeps_the_rows_asked_for():
     doc = strict_json(ok("sweep", "--points", "301", "--format", "json", "--rows", "5", "--formula", "naive"))
     assert sorted({r["x"] for r in doc["rows"]}) == [-40.0, -20.0, 0.0, 20.0, 40.0]
