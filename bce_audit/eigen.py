@@ -13,7 +13,8 @@ headers shipped in the tensorflow 2.21.0 wheel (``tensorflow/include/Eigen``, ve
 - ``Eigen/src/Core/arch/AVX/PacketMath.h`` and ``MathFunctions.h``: ``Packet8f``, ``Packet8h`` and
   ``Packet8bf``. float16 and bfloat16 packets are widened to float32, computed there and rounded back
   after every single operation (``F16_PACKET_FUNCTION``, ``BF16_PACKET_FUNCTION``, ``padd``, ``pdiv``);
-- the scalar path's exp is glibc's ``expf`` (``sysdeps/ieee754/flt-32/e_expf.c``, glibc >= 2.28);
+- the scalar path's exp, log and log1p are glibc's ``expf`` (``sysdeps/ieee754/flt-32/e_expf.c``,
+  glibc >= 2.28), ``logf`` (``e_logf.c``) and ``log1pf`` (``s_log1pf.c``), under FTZ|DAZ;
 - the gradient kernels: ``scalar_inverse_op`` (``tf.math.reciprocal``, which ``LogGrad`` and ``Log1pGrad``
   call), whose packet code with ``EIGEN_FAST_MATH`` is ``preciprocal<Packet8f>``: the ``vrcpps``
   estimate and one Newton step (``MathFunctionsImpl.h`` ``generic_reciprocal_newton_step``), and
@@ -48,6 +49,7 @@ Facts measured on the x86-64 wheel, which is built for AVX without FMA:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_dtypes
@@ -365,18 +367,46 @@ def exp(x: np.ndarray, *, scalar: bool = False) -> np.ndarray:
         return _narrow((_expf_libm if scalar else _pexp_f32)(_widen(x)), dtype, not scalar)
 
 
-def log(x: np.ndarray) -> np.ndarray:
-    """TensorFlow's CPU ``tf.math.log`` (packet path: ``plog_impl_float``), in ``x``'s dtype."""
+def log(x: np.ndarray, *, scalar: bool = False) -> np.ndarray:
+    """TensorFlow's CPU ``tf.math.log``, in ``x``'s dtype: ``plog_impl_float`` on the packet path,
+    glibc ``logf`` on the scalar path (``scalar=True``: `_logf_libm`)."""
     dtype = _check(x)
     with np.errstate(all="ignore"):
+        if scalar:
+            return _narrow(_logf_libm(np.asarray(x).astype(_F32)), dtype, packet=False)
         return _narrow(_plog_f32(_widen(x)), dtype)
 
 
-def log1p(x: np.ndarray) -> np.ndarray:
-    """TensorFlow's CPU ``tf.math.log1p`` (packet path: ``generic_log1p``), in ``x``'s dtype."""
+def log1p(x: np.ndarray, *, scalar: bool = False) -> np.ndarray:
+    """TensorFlow's CPU ``tf.math.log1p``, in ``x``'s dtype: ``generic_log1p`` on the packet path,
+    glibc ``log1pf`` on the scalar path (``scalar=True``). Under DAZ the scalar ``log1pf`` gives
+    the libm's bits: an input below 2^-24 comes back as it went in (subnormals too), and no other
+    input makes a subnormal on the way."""
     dtype = _check(x)
     with np.errstate(all="ignore"):
+        if scalar:
+            from bce_audit import glibc
+
+            return _narrow(glibc.libm("log1pf", np.asarray(x).astype(_F32)), dtype, packet=False)
         return _narrow(_plog1p_f32(_widen(x), nan_input_wins=dtype != np.dtype(np.float16)), dtype)
+
+
+_LOG_2M150 = _F32(-150 * math.log(2))  # log(2^-150), nearest float32 (-103.97208)
+
+
+def _logf_libm(x: np.ndarray) -> np.ndarray:
+    """glibc ``logf`` under FTZ|DAZ on float32: the libm's bits, but for subnormal inputs. Its
+    special cases test the input's bits, so a negative subnormal is invalid (NaN) as any negative
+    is, and a positive one is normalised by ``x * 2^23``, which DAZ reads as ``0 * 2^23``: the
+    exponent then comes out as -150 and the significand as 1, giving ``log(2^-150)``."""
+    from bce_audit import glibc
+
+    sub = (x != 0) & (np.abs(x) < _TINY)
+    if not np.count_nonzero(sub):
+        return glibc.libm("logf", x)
+    # a negative subnormal's NaN is any negative's: (x - x) / (x - x), the CPU's default NaN
+    out = glibc.libm("logf", np.where(sub, np.where(x > 0, _F32(1), _F32(-1)), x))
+    return np.where(sub & (x > 0), _LOG_2M150, out)
 
 
 def sigmoid_cross_entropy_with_logits(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:

@@ -192,15 +192,37 @@ def test_sigmoid_cross_entropy_with_logits_matches_tensorflow(tf, dtype):
 @pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
 @pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=str)
 def test_scalar_path_matches_tensorflow(tf, dtype):
-    """Arrays shorter than a packet run the scalar code (glibc expf) for every element. (The scalar
-    log and log1p, glibc logf and log1pf, are not modelled.)"""
+    """Arrays shorter than a packet run the scalar code (glibc expf, logf, log1pf) for every element;
+    the last n % 8 elements of a long array run the same code."""
     x = inputs(dtype)
     if dtype == F32:
         x = np.concatenate([x[::12], np.array(EDGES, np.float32)])
     n = x.size - x.size % 7
-    for name, op in (("logistic", tf.math.sigmoid), ("exp", tf.math.exp)):
+    head = np.full(256, 0.5, dtype)  # whole packets before a tail of 7
+    ops = (("logistic", tf.math.sigmoid), ("exp", tf.math.exp), ("log", tf.math.log),
+           ("log1p", tf.math.log1p))
+    for name, op in ops:
+        model = getattr(eigen, name)(x[:n], scalar=True)
         got = np.concatenate([op(x[i : i + 7]).numpy() for i in range(0, n, 7)])
-        assert bit_differences(got, getattr(eigen, name)(x[:n], scalar=True)) == 0, name
+        assert bit_differences(got, model) == 0, name
+        starts = range(0, n, 7 * 23)  # every 23rd group of 7
+        tails = np.concatenate([op(np.concatenate([head, x[i : i + 7]])).numpy()[head.size :]
+                                for i in starts])
+        assert bit_differences(tails, np.concatenate([model[i : i + 7] for i in starts])) == 0, name
+
+
+def test_scalar_log_reads_subnormals_as_glibc_does_under_daz():
+    """glibc logf tests the input's bits before any arithmetic: a negative subnormal is invalid, as
+    any negative; a positive one is normalised by x * 2^23, which DAZ reads as 0, and comes out
+    as log(2^-150). log1pf returns an input below 2^-24 as it went in. (TensorFlow agrees, bit for
+    bit: `test_scalar_path_matches_tensorflow`.) The packet path reads them as zero."""
+    x = np.float32([1e-40, -1e-40, TINY32, 0.0])
+    log = eigen.log(x, scalar=True)
+    assert log[0] == np.float32(-150 * np.log(2)) and np.isnan(log[1])
+    assert log[2] == glibc.libm("logf", np.float32([TINY32]))[0] and log[3] == -np.inf
+    assert bit_differences(eigen.log1p(x, scalar=True)[:2], x[:2]) == 0
+    packet = eigen.log(x)
+    assert packet[0] == packet[1] == -np.inf
 
 
 @pytest.mark.slow  # runs TensorFlow (its import alone takes seconds)
