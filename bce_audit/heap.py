@@ -84,22 +84,25 @@ def can_fork() -> bool:
 @contextlib.contextmanager
 def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
     """``fn()`` run in a forked child (only where `can_fork`) while this process goes on; yields
-    a function that waits for its result (or raises its exception). A child whose result is not
-    collected is killed on leaving the block. The child ends with `os._exit`: it never flushes
-    the output buffers it inherited, nor runs this process's exit handlers."""
+    a function that waits for its result (or raises its exception, with the child's traceback
+    as its cause). A child whose result is not collected is killed on leaving the block.
+
+    The output buffers are flushed before the fork, and the child ends with `os._exit`: nothing
+    this process has written or will write is written twice (a child that forks workers of its
+    own would otherwise flush the copies it inherited), and no exit handler runs in the child."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
         try:
             os.close(r)
-            die_with_parent()
+            die_with_parent(parent)
             try:
-                payload = pickle.dumps((True, fn()))
+                payload = pickle.dumps((True, fn(), None))
             except BaseException as e:  # all of it goes to the parent
-                try:
-                    payload = pickle.dumps((False, e))
-                except Exception:  # an exception that does not pickle: its words
-                    payload = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+                payload = _pickled_error(e)
             with os.fdopen(w, "wb") as f:
                 f.write(payload)
         finally:
@@ -115,9 +118,12 @@ def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
         done = True
         if not data:
             raise RuntimeError("a forked worker died before it gave its result")
-        ok, value = pickle.loads(data)
+        try:
+            ok, value, trace = pickle.loads(data)
+        except Exception as e:  # an exception that pickles but will not unpickle
+            raise RuntimeError(f"a forked worker's result could not be read: {e}") from None
         if not ok:
-            raise value
+            raise value from ChildTraceback(trace)
         return value
 
     try:
@@ -129,15 +135,33 @@ def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
             os.waitpid(pid, 0)
 
 
-def die_with_parent() -> bool:
-    """Ask Linux for SIGKILL when the parent process dies; True if it was set."""
+class ChildTraceback(Exception):
+    """Where a forked child's exception was raised (its traceback, as text)."""
+
+
+def _pickled_error(e: BaseException) -> bytes:
+    import traceback
+
+    trace = traceback.format_exc()
+    try:
+        return pickle.dumps((False, e, trace))
+    except Exception:  # an exception that does not pickle: its words
+        return pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}"), trace))
+
+
+def die_with_parent(parent: int | None = None) -> bool:
+    """Ask Linux for SIGKILL when the parent process dies; True if it was set. With ``parent``
+    (its pid, taken before the fork): end now if it died before the request was made."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         prctl = ctypes.CDLL(None).prctl
     except (OSError, AttributeError):
         return False
-    return prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    done = prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    if parent is not None and os.getppid() != parent:  # gone already: no signal would come
+        os._exit(1)
+    return done
 
 
 def tune() -> bool:

@@ -705,7 +705,8 @@ def _pool(args: list, ks: list[int], jobs: int, fork: bool):
     from concurrent.futures import ProcessPoolExecutor
 
     if fork:
-        setup: dict = {"mp_context": multiprocessing.get_context("fork"), "initializer": heap.die_with_parent}
+        setup: dict = {"mp_context": multiprocessing.get_context("fork"), "initializer": heap.die_with_parent,
+                       "initargs": (os.getpid(),)}
     else:  # never fork a process that may hold threads (JAX, BLAS) mid-lock
         setup = {"mp_context": multiprocessing.get_context("forkserver"), "initializer": heap.worker,
                  "initargs": (os.getpid(),)}
@@ -738,7 +739,9 @@ def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, sc
     the kept rows (or, with ``sink``, each chunk's kept rows handed to it in grid order)."""
     accs: list[_WorstAcc] = []
     kept: list[list[Row]] = []
-    if sink is not None and sink.every_core:  # a pool's workers would only add the pickling of every row
+    if keep is None and (sink is None or sink.every_core) and _fast(s, dtypes.get(dtype)):
+        # every row comes back from a worker: on the fast baseline pickling it costs about what
+        # computing it does, and this process holds it, or formats it on every core itself
         jobs = 1
     for r in run_chunks(s, dtype, keep, jobs, scheduler, progress):
         if not accs:

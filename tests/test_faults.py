@@ -322,18 +322,25 @@ def _group(pgid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_issue_14_kill_9_of_the_main_process_leaves_no_worker():
-    """The pool's workers, the forkserver and the resource tracker all end with the main process."""
+@pytest.mark.parametrize("pool", ["forked", "forkserver"])
+def test_issue_14_kill_9_of_the_main_process_leaves_no_worker(module, pool):
+    """The pool's workers (forked ones, or a forkserver's with its resource tracker) and a forked
+    key-point search all end with the main process. An ``impl:`` formula is never forked: its
+    run gets the forkserver."""
     if not sys.platform.startswith("linux"):
         pytest.skip("process groups and ps as on Linux")
+    formulas = ["--formula", "naive"]
+    if pool == "forkserver":
+        formulas += ["--formula", module("def bce(x, y):\n    return x * 0\n")]
     args = ["sweep", "--reference", "mpmath", "--points", "200000", "--dtype", "float32", "--no-cache", "-q",
-            "--jobs", "2", "--rows", "11"]
+            "--jobs", "2", "--rows", "11", *formulas]
     proc = subprocess.Popen([sys.executable, "-m", "bce_audit", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    at_least = 3 if pool == "forked" else 4  # main and 2 workers (and the forkserver)
     deadline = time.monotonic() + 60
-    while len(_group(proc.pid)) < 3 and time.monotonic() < deadline:  # main, 2 workers (forked or not)
+    while len(_group(proc.pid)) < at_least and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(_group(proc.pid)) >= 3, "the pool never started"
+    assert len(_group(proc.pid)) >= at_least, "the pool never started"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 20

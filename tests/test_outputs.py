@@ -144,25 +144,45 @@ def test_issue_10_parquet_rows_equal_the_in_memory_rows(tmp_path):
                 assert g[k] == v, (k, g[k], v)
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_a_writer_on_every_core_gets_its_chunks_computed_here(monkeypatch, fmt):
-    """JSON Lines (through Arrow) formats on every core itself: a pool's workers would only add
-    the pickling of every row, so its grid is computed in this process; CSV's writer is one
-    thread, and the grid's chunks may go to the pool."""
+@pytest.mark.parametrize(("fmt", "reference", "jobs"), [("jsonl", "fast", 1), ("csv", "fast", 2),
+                                                       ("jsonl", "mpmath", 2)])
+def test_a_writer_on_every_core_gets_its_chunks_computed_here(monkeypatch, fmt, reference, jobs):
+    """JSON Lines (through Arrow) formats on every core itself: on the fast baseline a pool's
+    workers would only add the pickling of every row, so its grid is computed in this process.
+    CSV's writer is one thread, and on the mpmath baseline computing is what costs: the grid's
+    chunks may go to the pool there."""
     pytest.importorskip("pyarrow")
-    jobs_seen = []
-    real = sweep.run_chunks
-
-    def spy(s, dtype, keep, jobs=1, *args, **kw):
-        jobs_seen.append(jobs)
-        return real(s, dtype, keep, jobs, *args, **kw)
-
-    monkeypatch.setattr(sweep, "run_chunks", spy)
-    monkeypatch.setattr(sweep, "_execute", lambda s, dtype, specs, ks, jobs, scheduler: (
-        (k, sweep.audit_chunk(s, dtype, *spec)) for k, spec in zip(ks, specs, strict=True)))  # no pool here
+    monkeypatch.setattr(sweep, "run_chunks", spy := _RunChunksSpy(sweep.run_chunks))
+    monkeypatch.setattr(sweep, "_execute", _in_process)
     ok("sweep", "--points", "101", "--formula", "naive", "--rows", "all", "--format", fmt, "--jobs", "2",
-       "--no-cache")
-    assert jobs_seen == [1 if fmt == "jsonl" else 2]
+       "--reference", reference, "--no-cache")
+    assert spy.jobs == [jobs]
+
+
+def test_every_row_in_memory_is_computed_here_on_the_fast_baseline(monkeypatch):
+    """Rows kept in memory come back from a worker pickled: on the fast baseline that costs about
+    what computing them does (measured: 10% slower with two workers than without)."""
+    monkeypatch.setattr(sweep, "run_chunks", spy := _RunChunksSpy(sweep.run_chunks))
+    monkeypatch.setattr(sweep, "_execute", _in_process)
+    sweep.run_sweep(Settings(dtypes=("float16",), points=101, formulas=("naive",), keep=None), jobs=2)
+    sweep.run_sweep(Settings(dtypes=("float16",), points=101, formulas=("naive",), keep=11), jobs=2)
+    assert spy.jobs == [1, 2]
+
+
+class _RunChunksSpy:
+    """`sweep.run_chunks`, noting the jobs it is given."""
+
+    def __init__(self, real):
+        self.real, self.jobs = real, []
+
+    def __call__(self, s, dtype, keep, jobs=1, *args, **kw):
+        self.jobs.append(jobs)
+        return self.real(s, dtype, keep, jobs, *args, **kw)
+
+
+def _in_process(s, dtype, specs, ks, jobs, scheduler):
+    """`sweep._execute` without a pool, whatever the jobs."""
+    return ((k, sweep.audit_chunk(s, dtype, *spec)) for k, spec in zip(ks, specs, strict=True))
 
 
 def test_json_document_keeps_the_rows_asked_for():

@@ -503,13 +503,18 @@ MULTI = Settings(points=3 * CHUNK + 17, range=(-60.0, 60.0), keep=11)
 FORKED_GRID = r"""
 import concurrent.futures, json, multiprocessing, threading
 from dataclasses import asdict
-from bce_audit import records, sweep
+from bce_audit import heap, records, sweep
 
 real, made = concurrent.futures.ProcessPoolExecutor, []
 def recording(*args, **kw):
     made.append(kw["mp_context"].get_start_method())
     return real(*args, **kw)
 concurrent.futures.ProcessPoolExecutor = recording
+real_forked, searched = heap.forked, []
+def forked(fn):
+    searched.append(1)
+    return real_forked(fn)
+heap.forked = forked
 
 s = records.Settings(points=2 * sweep.CHUNK + 17, range=(-60.0, 60.0), keep=11, dtypes=("float32",))
 serial = sweep.run_sweep(s, jobs=1)
@@ -520,7 +525,7 @@ same = [repr(asdict(r)) for r in serial.keypoints + serial.worst + serial.rows] 
 t = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
 t.start()  # a thread running (or a framework loaded): no fork
 sweep.run_sweep(s, jobs=2)
-print(json.dumps({"made": made, "same": same, "worst": len(forked.worst),
+print(json.dumps({"made": made, "same": same, "worst": len(forked.worst), "searched": len(searched),
                   "keypoints": len(forked.keypoints)}))
 """
 
@@ -536,7 +541,27 @@ def test_grid_chunks_forked_equal_serial():
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["made"] == ["fork"]
+    assert doc["searched"] == 1  # the key points, beside the grid, once: not with a thread running
     assert doc["same"] and doc["worst"] > 30 and doc["keypoints"] > 30
+
+
+@pytest.mark.slow  # a CLI run in a fresh interpreter
+def test_nothing_buffered_is_written_twice_by_forked_children():
+    """The CSV header sits in stdout's buffer when the key points are searched in a forked child,
+    whose own workers (several dtypes) flush what they inherited: the buffers are flushed
+    before any fork. (PYTHONUNBUFFERED would hide it: unset here.)"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    outs = []
+    for jobs in ("2", "1"):
+        r = subprocess.run([sys.executable, "-m", "bce_audit", "sweep", "--dtype", "float16", "--dtype",
+                            "bfloat16", "--formula", "naive", "--points", str(2 * CHUNK + 1), "--rows", "all",
+                            "--format", "csv", "--jobs", jobs, "--no-cache"],
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout)
+    lines = outs[0].splitlines()
+    assert lines[0].startswith("dtype,") and lines.count(lines[0]) == 1
+    assert outs[0] == outs[1]
 
 
 FORKED_CALL = r"""
@@ -565,9 +590,30 @@ try:
 except RuntimeError as e:
     died = str(e)
 
+class Odd(Exception):  # pickles, but will not unpickle (its __init__ wants two arguments)
+    def __init__(self, a, b):
+        super().__init__(f"{a} {b}")
+def odd():
+    raise Odd(1, 2)
+try:
+    with heap.forked(odd) as later:
+        later()
+    unread = None
+except RuntimeError as e:
+    unread = str(e).split(":")[0]
+
+def deep():
+    raise KeyError("in the child")
+try:
+    with heap.forked(deep) as later:
+        later()
+    cause = None
+except KeyError as e:
+    cause = "in deep" in str(e.__cause__) and "KeyError" in str(e.__cause__)
+
 with heap.forked(lambda: time.sleep(60)) as later:  # never collected: killed on leaving
     pass
-print(json.dumps({"ours": ours, "raised": raised, "died": died}))
+print(json.dumps({"ours": ours, "raised": raised, "died": died, "unread": unread, "cause": cause}))
 """
 
 
@@ -577,7 +623,8 @@ def test_forked_gives_the_childs_result_or_its_exception():
     r = subprocess.run([sys.executable, "-c", FORKED_CALL], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"ours": True, "raised": "no such dtype",
-                                    "died": "a forked worker died before it gave its result"}
+                                    "died": "a forked worker died before it gave its result",
+                                    "unread": "a forked worker's result could not be read", "cause": True}
 
 
 @pytest.mark.slow  # two sweeps of 200,000 points
