@@ -90,8 +90,12 @@ def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
     The output buffers are flushed before the fork, and the child ends with `os._exit`: nothing
     this process has written or will write is written twice (a child that forks workers of its
     own would otherwise flush the copies it inherited), and no exit handler runs in the child."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or a reader gone: nothing of it to write twice
+            pass
     parent = os.getpid()
     r, w = os.pipe()
     pid = os.fork()

@@ -614,7 +614,13 @@ except KeyError as e:
 
 with heap.forked(lambda: time.sleep(60)) as later:  # never collected: killed on leaving
     pass
-print(json.dumps({"ours": ours, "raised": raised, "died": died, "unread": unread, "cause": cause}))
+import sys
+sys.stdout, saved = None, sys.stdout  # no stdout at all (a daemon): the flush before the fork skips it
+with heap.forked(lambda: 7) as later:
+    seven = later()
+sys.stdout = saved
+print(json.dumps({"ours": ours, "raised": raised, "died": died, "unread": unread, "cause": cause,
+                  "seven": seven}))
 """
 
 
@@ -625,7 +631,8 @@ def test_forked_gives_the_childs_result_or_its_exception():
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"ours": True, "raised": "no such dtype",
                                     "died": "a forked worker died before it gave its result",
-                                    "unread": "a forked worker's result could not be read", "cause": True}
+                                    "unread": "a forked worker's result could not be read", "cause": True,
+                                    "seven": 7}
 
 
 @pytest.mark.slow  # two sweeps of 200,000 points
