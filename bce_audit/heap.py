@@ -85,7 +85,8 @@ def can_fork() -> bool:
 def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
     """``fn()`` run in a forked child (only where `can_fork`) while this process goes on; yields
     a function that waits for its result (or raises its exception, with the child's traceback
-    as its cause). A child whose result is not collected is killed on leaving the block.
+    as its cause). A child whose result is not collected is killed on leaving the block. Where
+    no child can be made, ``fn`` itself is yielded: it runs here when its result is asked for.
 
     The output buffers are flushed before the fork, and the child ends with `os._exit`: nothing
     this process has written or will write is written twice (a child that forks workers of its
@@ -98,7 +99,13 @@ def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
             pass
     parent = os.getpid()
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to be had (a limit on processes): done here, when asked for
+        os.close(r)
+        os.close(w)
+        yield fn
+        return
     if pid == 0:  # the child
         try:
             os.close(r)

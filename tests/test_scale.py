@@ -619,8 +619,15 @@ sys.stdout, saved = None, sys.stdout  # no stdout at all (a daemon): the flush b
 with heap.forked(lambda: 7) as later:
     seven = later()
 sys.stdout = saved
+
+def no_fork():
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+real_fork, os.fork = os.fork, no_fork  # a limit on processes: the work is done here instead
+with heap.forked(lambda: os.getpid()) as later:
+    here = later() == os.getpid()
+os.fork = real_fork
 print(json.dumps({"ours": ours, "raised": raised, "died": died, "unread": unread, "cause": cause,
-                  "seven": seven}))
+                  "seven": seven, "here": here}))
 """
 
 
@@ -632,7 +639,7 @@ def test_forked_gives_the_childs_result_or_its_exception():
     assert json.loads(r.stdout) == {"ours": True, "raised": "no such dtype",
                                     "died": "a forked worker died before it gave its result",
                                     "unread": "a forked worker's result could not be read", "cause": True,
-                                    "seven": 7}
+                                    "seven": 7, "here": True}
 
 
 @pytest.mark.slow  # two sweeps of 200,000 points
