@@ -619,8 +619,19 @@ def _chunk_key(s: Settings, dtype: str, start: int, stop: int, index) -> dict:
             "backend_version": backends.version(s.backend, s.keras_backend)}
 
 
+def _user_code(s: Settings) -> bool:
+    return any(impl.is_impl(n) for n in s.formulas)
+
+
 def _cacheable(s: Settings) -> bool:
-    return not any(impl.is_impl(n) for n in s.formulas)
+    return not _user_code(s)
+
+
+def _forks(s: Settings, jobs: int, scheduler: str | None) -> bool:
+    """Whether this run's workers (the grid's, and the key-point search beside it) are forked
+    from this process: several jobs here, the built-in numpy models only (user code is imported
+    afresh by a forkserver's workers), and where a fork is safe (`heap.can_fork`)."""
+    return jobs > 1 and not scheduler and s.backend == "numpy" and not _user_code(s) and heap.can_fork()
 
 
 def chunk_size(s: Settings) -> int:
@@ -686,7 +697,7 @@ def _execute(s: Settings, dtype: str, specs: list, ks: list[int], jobs: int, sch
     timeout = impl.TIMEOUT if users else None  # what the workers' impl: calls may take
     args = [(s, dtype, start, stop, index, users, timeout) for start, stop, index in specs]
     pooled = jobs > 1 and len(args) > 1 and s.backend == "numpy"
-    fork = pooled and not users and heap.can_fork()
+    fork = len(args) > 1 and _forks(s, jobs, scheduler)
     if scheduler:
         from bce_audit import distributed
 
@@ -704,13 +715,11 @@ def _pool(args: list, ks: list[int], jobs: int, fork: bool):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if fork:
-        setup: dict = {"mp_context": multiprocessing.get_context("fork"), "initializer": heap.die_with_parent,
-                       "initargs": (os.getpid(),)}
-    else:  # never fork a process that may hold threads (JAX, BLAS) mid-lock
-        setup = {"mp_context": multiprocessing.get_context("forkserver"), "initializer": heap.worker,
-                 "initargs": (os.getpid(),)}
-    with ProcessPoolExecutor(max_workers=jobs, **setup) as pool:
+    # a forkserver's fresh interpreters where a fork is unsafe (threads of JAX, BLAS mid-lock);
+    # either way each worker ends with this process
+    start, end = ("fork", heap.die_with_parent) if fork else ("forkserver", heap.worker)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(start), initializer=end,
+                             initargs=(os.getpid(),)) as pool:
         # a window of chunks in flight: finished results never pile up behind a slow reader
         work = iter(zip(ks, args, strict=True))
         # (where every row is kept, results are large and the writer is slower than the workers: fewer held)
@@ -808,8 +817,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
         return kps, found, list(store.warnings) if store else []
 
     # Where it may, a forked child searches the key points while the grid is audited here.
-    overlap = with_rows and jobs > 1 and not scheduler and backend is None and heap.can_fork() and not any(
-        impl.is_impl(n) for n in s.formulas)
+    overlap = with_rows and _forks(s, jobs, scheduler)
     result = SweepResult(s, [])
     grid_notes: list[str] = []
     with contextlib.ExitStack() as stack:
