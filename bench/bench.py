@@ -228,10 +228,15 @@ def exhaustive_float32(cli: list[str]) -> None:
     t_np = numpy_26(*bits, tuned=False)
     t_np_tuned = numpy_26(*bits, tuned=True)
     args = [*cli, "sweep", "--exhaustive", "--dtype", "float32", "--rows", "11", "--no-cache"]
-    t_sweep = best([*args, "--range", "16:18"])
-    t_small = best([*args, "--range", "16:16.0001"])  # the same run on 53 inputs: its fixed costs
     n_small = sweep.grid_size(records.Settings(exhaustive=True, range=(16.0, 16.0001)), "float32")
-    per_input = (t_sweep - t_small) / (n - n_small)
+
+    def timed(*mode: str) -> tuple[float, float, float]:
+        """The run's time, that of the same run on 53 inputs (its fixed costs), and each further input's."""
+        t_run = best([*args, "--range", "16:18", *mode])
+        t_small = best([*args, "--range", "16:16.0001", *mode])
+        return t_run, t_small, (t_run - t_small) / (n - n_small)
+
+    t_sweep, t_small, per_input = timed()
     line("numpy: 26 float64 log1p(exp(-x)) columns, 2^20 inputs", f"{t_np:.3f} s", "1.0x numpy",
          "(reference)", None)
     line("   ... after heap.tune (as the CLI runs)", f"{t_np_tuned:.3f} s",
@@ -249,11 +254,9 @@ def exhaustive_float32(cli: list[str]) -> None:
          f"at that rate, {jobs} jobs", "< 1 h", every < 3600)
     line("   ... on a 64-worker Dask cluster", _duration(every * jobs / 64), "linear scaling",
          "(assumed)", None)
-    t_per_op = best([*args, "--range", "16:18", "--mode", "per-op"])
+    t_per_op, _, per_input = timed("--mode", "per-op")
     line("   ... --mode per-op (numpy's kernels only)", f"{t_per_op:.2f} s",
          f"{t_per_op / t_np:.1f}x numpy", "<= 5x numpy", t_per_op <= 5 * t_np)
-    t_small = best([*args, "--range", "16:16.0001", "--mode", "per-op"])
-    per_input = (t_per_op - t_small) / (n - n_small)
     line("      ... each further input, per-op", f"{per_input * 1e9:.0f} ns",
          f"{per_input * n / t_np:.1f}x numpy", "", None)
     line("      ... every float32, per-op, this machine", _duration(per_input * 2 ** 32),

@@ -573,44 +573,35 @@ with heap.forked(lambda: (os.getpid(), [1.5, "x"])) as later:
     pid, value = later()
 ours = pid != os.getpid() and value == [1.5, "x"]
 
+def caught(fn, kind):  # the exception of kind that fn's forked result raises (None: none)
+    try:
+        with heap.forked(fn) as later:
+            later()
+    except kind as e:
+        return e
+    return None
+
 def fails():
     raise ValueError("no such dtype")
-try:
-    with heap.forked(fails) as later:
-        later()
-    raised = None
-except ValueError as e:
-    raised = str(e)
 
 def dies():
     os.kill(os.getpid(), signal.SIGKILL)
-try:
-    with heap.forked(dies) as later:
-        later()
-    died = None
-except RuntimeError as e:
-    died = str(e)
 
 class Odd(Exception):  # pickles, but will not unpickle (its __init__ wants two arguments)
     def __init__(self, a, b):
         super().__init__(f"{a} {b}")
 def odd():
     raise Odd(1, 2)
-try:
-    with heap.forked(odd) as later:
-        later()
-    unread = None
-except RuntimeError as e:
-    unread = str(e).split(":")[0]
 
 def deep():
     raise KeyError("in the child")
-try:
-    with heap.forked(deep) as later:
-        later()
-    cause = None
-except KeyError as e:
-    cause = "in deep" in str(e.__cause__) and "KeyError" in str(e.__cause__)
+
+failed, killed, odd_one, deeper = (caught(fails, ValueError), caught(dies, RuntimeError),
+                                   caught(odd, RuntimeError), caught(deep, KeyError))
+raised = failed and str(failed)
+died = killed and str(killed)
+unread = odd_one and str(odd_one).split(":")[0]
+cause = deeper is not None and "in deep" in str(deeper.__cause__) and "KeyError" in str(deeper.__cause__)
 
 with heap.forked(lambda: time.sleep(60)) as later:  # never collected: killed on leaving
     pass
