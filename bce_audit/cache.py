@@ -39,10 +39,11 @@ DEPENDENCIES = ("numpy", "ml_dtypes", "mpmath", "gmpy2")  # what every result is
 
 @functools.cache
 def code_digest() -> str:
-    """SHA-256 of the package's own source files: any edit to the code changes it (once per process)."""
+    """SHA-256 of the package's own source files and its compiled kernels (`compiled`): any edit
+    to the code, or a build of it, changes it (once per process)."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
+    for p in sorted([*root.rglob("*.py"), *root.glob("_kernels.*")]):
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 

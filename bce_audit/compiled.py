@@ -1,0 +1,95 @@
+"""The kernel models' float32 cores compiled (``csrc/``): the same bits as their numpy code, faster.
+
+`eigen`, `xla` and `sleef` model framework kernels op for op in numpy, and `glibc` the C
+library's functions; each numpy core marked `twin` has a C twin in the optional extension
+``bce_audit._kernels``, built at install time where a C compiler is found. The twin gives the
+numpy code's bits, NaN payloads included: ``tests/test_compiled.py`` compares the two on every
+float16 and bfloat16 value, a dense sample of float32 and the edge cases. Where the extension did
+not build, or with ``BCE_AUDIT_KERNELS=numpy`` set, the numpy code runs (the same numbers, slower);
+`pure` does that for a block of code.
+
+>>> import numpy as np
+>>> @twin("expf")
+... def expf(x):
+...     return np.exp(x)
+>>> float(expf(np.float32([0.0]))[0])
+1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+try:
+    from bce_audit import _kernels
+except ImportError:  # not built: the numpy code serves
+    _kernels = None
+
+ENV = "BCE_AUDIT_KERNELS"  # "numpy": the numpy code even where the extension is built
+_F32 = np.dtype(np.float32)
+_SHAPES: dict[str, tuple[int, int]] = {} if _kernels is None else {
+    name: (nin, nout) for name, nin, nout in _kernels.names()}
+_on = _kernels is not None and os.environ.get(ENV, "").strip().lower() != "numpy"
+
+
+def active() -> bool:
+    """Whether the compiled twins run (built, and not turned off)."""
+    return _on
+
+
+def names() -> tuple[str, ...]:
+    """The kernels the extension holds (none where it did not build)."""
+    return tuple(_SHAPES)
+
+
+def run(name: str, *inputs: Any) -> Any:
+    """The compiled kernel ``name`` on float32 arrays (broadcast to one shape): its output, or a
+    tuple of its outputs; None where it does not run here (not built, turned off, or an input
+    that is not float32: the numpy code decides what that means)."""
+    shape = _SHAPES.get(name) if _on else None
+    if shape is None or len(inputs) != shape[0]:
+        return None
+    arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in inputs]
+    if any(a.dtype != _F32 or not isinstance(inp, np.ndarray | np.float32)
+           for a, inp in zip(arrays, inputs, strict=True)):
+        return None
+    if len({a.shape for a in arrays}) > 1:
+        arrays = list(np.broadcast_arrays(*arrays))
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    outs = [np.empty(arrays[0].shape, _F32) for _ in range(shape[1])]
+    assert _kernels is not None  # _on
+    _kernels.apply(name, *outs, *arrays)
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def twin(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Marks a numpy function of float32 arrays as having the compiled twin ``name``: called with
+    float32 arrays (and no keywords), the twin runs where it can. The numpy code stays reachable
+    as ``.model``."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = None if kwargs else run(name, *args)
+            return fn(*args, **kwargs) if out is None else out
+
+        call.model = fn  # type: ignore[attr-defined]
+        call.kernel = name  # type: ignore[attr-defined]
+        return call
+    return wrap
+
+
+@contextlib.contextmanager
+def pure() -> Iterator[None]:
+    """The numpy code everywhere inside the block (the tests' oracle for the twins)."""
+    global _on
+    saved, _on = _on, False
+    try:
+        yield
+    finally:
+        _on = saved

@@ -1,0 +1,65 @@
+/* The compiled kernels' shared parts: the table entry every kernel file exports, and float32
+ * arithmetic as `bce_audit/ftz.py` defines it (one definition, mirrored op for op).
+ *
+ * Every kernel is the C twin of a numpy model's float32 core: the same inputs give the same
+ * bits, NaN payloads included (tests/test_compiled.py compares the two). Built with
+ * -ffp-contract=off: no multiply is fused into an add unless the code says fmaf. */
+#ifndef BCE_AUDIT_KERNELS_H
+#define BCE_AUDIT_KERNELS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* One kernel: `n` elements of `nin` float32 inputs in, `nout` float32 outputs out. */
+typedef void (*kernel_fn)(const float *const *in, float *const *out, ptrdiff_t n);
+
+struct kernel {
+    const char *name;
+    int nin, nout;
+    kernel_fn fn;
+};
+
+#define TINY32 0x1p-126f /* float32's smallest normal */
+
+static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint64_t d2u(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+static inline double u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+
+/* ftz.flush for float32: a subnormal as a zero of its sign (a * 0, as numpy's model does). */
+static inline float flush32(float a) { return fabsf(a) < TINY32 ? a * 0.0f : a; }
+
+/* ftz.round_f32: float64 -> float32 under FTZ, tininess detected after rounding with an
+ * unbounded exponent (x86). */
+static inline float round_f32(double v) {
+    float r = (float)v;
+    float mag = fabsf(r);
+    if (!(mag <= TINY32)) return r; /* NaN too */
+    int tiny = mag < TINY32 || fabsf((float)(v * 0x1p100)) < 0x1p-26f;
+    return tiny ? copysignf(0.0f, r) : r;
+}
+
+/* ftz.op: one float32 operation under FTZ. The float32 result, or where it is a nonzero value
+ * at or below the smallest normal, the exact (or innocuously rounded) float64 one, `round_f32`'d. */
+#define FTZ_OP(name, op)                                                  \
+    static inline float name(float a, float b) {                          \
+        float r = a op b;                                                 \
+        if (r != 0.0f && fabsf(r) <= TINY32) r = round_f32((double)a op (double)b); \
+        return r;                                                         \
+    }
+FTZ_OP(ftz_add, +)
+FTZ_OP(ftz_sub, -)
+FTZ_OP(ftz_mul, *)
+FTZ_OP(ftz_div, /)
+#undef FTZ_OP
+
+/* ftz.fma: a*b + c rounded once to float32 (fmaf is correctly rounded); `ftz`: a subnormal
+ * result flushed to a zero of its sign. */
+static inline float fma32(float a, float b, float c, int ftz) {
+    float r = fmaf(a, b, c);
+    return ftz ? flush32(r) : r;
+}
+
+#endif

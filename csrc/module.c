@@ -1,0 +1,104 @@
+/* bce_audit._kernels: the numpy models' float32 cores, compiled (`bce_audit/compiled.py`).
+ *
+ * One function, apply(name, *buffers): the kernel's outputs first, then its inputs, every one a
+ * C-contiguous buffer of float32 ("f") of one length. The GIL is released while it runs. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "kernels.h"
+
+extern const struct kernel glibc_kernels[], eigen_kernels[], xla_kernels[], sleef_kernels[];
+static const struct kernel *const TABLES[] = {glibc_kernels, eigen_kernels, xla_kernels, sleef_kernels};
+
+static const struct kernel *find(const char *name) {
+    for (size_t t = 0; t < sizeof TABLES / sizeof TABLES[0]; t++)
+        for (const struct kernel *k = TABLES[t]; k->name; k++)
+            if (strcmp(k->name, name) == 0) return k;
+    return NULL;
+}
+
+#define MAXARGS 8
+
+static PyObject *apply(PyObject *self, PyObject *args) {
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
+        PyErr_SetString(PyExc_TypeError, "apply(name, *buffers): name must be a str");
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(args, 0));
+    if (!name) return NULL;
+    const struct kernel *k = find(name);
+    if (!k) {
+        PyErr_Format(PyExc_KeyError, "no compiled kernel %s", name);
+        return NULL;
+    }
+    int total = k->nin + k->nout;
+    if (nargs - 1 != total) {
+        PyErr_Format(PyExc_TypeError, "kernel %s takes %d buffers (outputs, then inputs), not %zd",
+                     name, total, nargs - 1);
+        return NULL;
+    }
+    Py_buffer views[MAXARGS];
+    int got = 0;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    for (; got < total; got++) {
+        int out = got < k->nout;
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (out ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, got + 1), &views[got], flags) < 0) goto done;
+        Py_buffer *v = &views[got];
+        if (v->itemsize != 4 || !v->format || strcmp(v->format, "f") != 0) {
+            got++;
+            PyErr_Format(PyExc_TypeError, "kernel %s: buffers must hold float32", name);
+            goto done;
+        }
+        Py_ssize_t len = v->len / 4;
+        if (n >= 0 && len != n) {
+            got++;
+            PyErr_Format(PyExc_ValueError, "kernel %s: buffers of %zd and %zd elements", name, n, len);
+            goto done;
+        }
+        n = len;
+    }
+    {
+        const float *in[MAXARGS];
+        float *outs[MAXARGS];
+        for (int i = 0; i < k->nout; i++) outs[i] = (float *)views[i].buf;
+        for (int i = 0; i < k->nin; i++) in[i] = (const float *)views[k->nout + i].buf;
+        Py_BEGIN_ALLOW_THREADS
+        k->fn(in, outs, n);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    return result;
+}
+
+static PyObject *names(PyObject *self, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (size_t t = 0; t < sizeof TABLES / sizeof TABLES[0]; t++)
+        for (const struct kernel *k = TABLES[t]; k->name; k++) {
+            PyObject *s = Py_BuildValue("(sii)", k->name, k->nin, k->nout);
+            if (!s || PyList_Append(out, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+    return out;
+}
+
+static PyMethodDef METHODS[] = {
+    {"apply", apply, METH_VARARGS, "apply(name, *buffers): outputs first, then inputs (float32)."},
+    {"names", names, METH_NOARGS, "names() -> [(name, inputs, outputs)]: every compiled kernel."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_kernels",
+                                    "The numpy models' float32 cores, compiled.", -1, METHODS};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&MODULE); }

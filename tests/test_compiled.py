@@ -1,0 +1,139 @@
+"""The compiled kernels (`bce_audit.compiled`, csrc/) give their numpy code's bits on every input.
+
+Every function marked `compiled.twin` in the kernel models is found here and run twice, compiled
+and as numpy code, on every float16 and bfloat16 value (as float32), a dense float32 sample (a
+stride through every bit pattern, and random ones) and the edge cases (signed zeros, infinities,
+NaN payloads, subnormals, the smallest normals): the outputs must agree bit for bit. Kernels of
+several inputs get the sample paired with a shuffled copy of it, and with the edge cases.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from bce_audit import compiled, glibc
+
+pytestmark = pytest.mark.skipif(not compiled.active(), reason="the extension bce_audit._kernels is not built")
+
+MODULES = ("eigen", "xla", "sleef", "glibc")
+EDGES = np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF812345,
+                  0x7FC12345, 0x00000001, 0x80000001, 0x007FFFFF, 0x807FFFFF, 0x00800000, 0x80800000,
+                  0x00800001, 0x80800001, 0x7F7FFFFF, 0xFF7FFFFF, 0x3F800000, 0xBF800000, 0x3F7FFFFF,
+                  0x3F800001, 0x33800000, 0xB3800000], dtype=np.uint32)
+
+
+def _sample() -> np.ndarray:
+    """float32 values: every float16 and bfloat16 value, a stride through all 2^32 bit patterns,
+    random patterns, neighbours of the edge cases."""
+    half = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+    bf16 = np.arange(1 << 16, dtype=np.uint32) << 16
+    stride = np.arange(0, 1 << 32, 4093, dtype=np.uint64).astype(np.uint32)
+    rng = np.random.default_rng(20261130)
+    random = rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32)
+    near = (EDGES.astype(np.int64)[:, None] + np.arange(-64, 65)).ravel()
+    near = near[(near >= 0) & (near < 1 << 32)].astype(np.uint32)
+    return np.concatenate([EDGES, half, bf16, stride, random, near]).view(np.float32)
+
+
+SAMPLE = _sample()
+
+
+def _twins() -> list:
+    out = []
+    for m in MODULES:
+        module = importlib.import_module(f"bce_audit.{m}")
+        for name in sorted(vars(module)):
+            fn = getattr(module, name)
+            if callable(fn) and hasattr(fn, "kernel"):
+                out.append(pytest.param(fn, id=f"{m}.{name}"))
+    return out
+
+
+def _inputs(nin: int) -> list[np.ndarray]:
+    """``nin`` float32 arrays of one length: the sample, then shuffled copies of it (each ending
+    with every pair of edge cases)."""
+    rng = np.random.default_rng(nin)
+    pairs = np.array(np.meshgrid(EDGES, EDGES)).reshape(2, -1).view(np.float32)
+    arrays = [np.concatenate([SAMPLE, pairs[0]])]
+    for i in range(1, nin):
+        arrays.append(np.concatenate([rng.permutation(SAMPLE), pairs[i % 2]]))
+    return arrays
+
+
+def _bits(out) -> list[np.ndarray]:
+    return [np.asarray(o).view(np.uint32) for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def test_every_twin_is_compiled():
+    twins = [p.values[0].kernel for p in _twins()]
+    assert twins, "no function is marked compiled.twin"
+    assert set(twins) <= set(compiled.names())
+
+
+@pytest.mark.parametrize("fn", _twins())
+def test_twin_equals_numpy_code(fn):
+    nin = dict((n, i) for n, i, _ in _kernel_shapes())[fn.kernel]
+    inputs = _inputs(nin)
+    with np.errstate(all="ignore"):
+        got = fn(*inputs)
+        with compiled.pure():
+            want = fn(*inputs)
+    for g, w in zip(_bits(got), _bits(want), strict=True):
+        bad = np.flatnonzero(g != w)
+        assert not bad.size, (f"{fn.kernel}: {bad.size} differences, first at inputs "
+                              f"{[hex(int(a.view(np.uint32)[bad[0]])) for a in inputs]}: "
+                              f"{hex(int(g[bad[0]]))} compiled, {hex(int(w[bad[0]]))} numpy")
+
+
+def _kernel_shapes():
+    from bce_audit import _kernels
+
+    return _kernels.names()
+
+
+@pytest.mark.parametrize("name", ["logf", "log1pf", "expf"])
+def test_libm_is_the_c_library(name):
+    """`glibc.libm` runs the process's own C library function, as ctypes calls it."""
+    fn = getattr(ctypes.CDLL(ctypes.util.find_library("m")), name)
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    x = np.concatenate([EDGES.view(np.float32), SAMPLE[::37]])
+    with np.errstate(all="ignore"):
+        want = np.array([fn(float(v)) for v in x], dtype=np.float32)
+        got = glibc.libm(name, x)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_twin_runs_only_on_float32():
+    """Other dtypes, Python scalars and keywords take the numpy code."""
+    calls = []
+
+    @compiled.twin("expf")
+    def model(x):
+        calls.append(x)
+        return x
+
+    model(np.float16([1.0]))
+    model(np.ones(2, ml_dtypes.bfloat16))
+    model(1.0)
+    assert len(calls) == 3
+    out = model(np.float32([0.0, 1.0]))
+    assert len(calls) == 3 and out.dtype == np.float32 and out[0] == 1.0
+    with compiled.pure():
+        model(np.float32([1.0]))
+    assert len(calls) == 4
+
+
+def test_turned_off_by_the_environment(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from bce_audit import compiled; print(compiled.active())"
+    env = {"BCE_AUDIT_KERNELS": "numpy", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
