@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 try:
-    from bce_audit import _kernels
+    from bce_audit import _kernels  # type: ignore[attr-defined]
 except ImportError:  # not built: the numpy code serves
     _kernels = None
 
