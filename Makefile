@@ -14,7 +14,7 @@ FRAMEWORKS := tensorflow-cpu==2.21.0 tf-keras==2.21.0 keras==3.15.1 scikit-learn
 CORE   := $(VENV)/.core
 
 # `make run` needs only the core dependencies (numpy, mpmath, click, rich, ml_dtypes): seconds.
-$(CORE): pyproject.toml
+$(CORE): pyproject.toml $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .

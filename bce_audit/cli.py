@@ -22,6 +22,7 @@ from bce_audit import (
     backends,
     baseline,
     cache,
+    compiled,
     config,
     dtypes,
     files,
@@ -430,7 +431,8 @@ def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="bce-audit", message="%(prog)s %(version)s")
+@click.version_option(__version__, "--version", prog_name="bce-audit",
+                      message=f"%(prog)s %(version)s (compiled: {'yes' if compiled.active() else 'no'})")
 @click.option("--color", type=_Choice(tuple(COLORS)), default="auto", show_default=True,
               help="Colour in tables and charts: auto (on a terminal, unless NO_COLOR is set), always "
                    "or never.")

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 
-from bce_audit import __version__, dtypes, formulas
+from bce_audit import __version__, compiled, dtypes, formulas
 from bce_audit.records import MAX_POINTS, KeyPoint, Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def csv_rows(text: str) -> list[list[str]]:
 
 
 def test_version():
-    assert ok("--version") == f"bce-audit {__version__}\n"
+    assert ok("--version") == f"bce-audit {__version__} (compiled: {'yes' if compiled.active() else 'no'})\n"
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -16,7 +16,7 @@ import pytest
 from cli_support import assert_usage_error, ok, run, strict_json
 from rich.text import Text
 
-from bce_audit import __version__, config, dtypes, gate, report
+from bce_audit import __version__, compiled, config, dtypes, gate, report
 from bce_audit.cli import _Choice, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +75,14 @@ def test_bare_groups_through_the_real_entry_point():
 
 
 def test_version():
-    assert ok("--version") == f"bce-audit {__version__}\n"
+    """The version, and whether the compiled kernels run, as black prints it."""
+    line = f"bce-audit {__version__} (compiled: {'yes' if compiled.active() else 'no'})\n"
+    assert ok("--version") == line
     p = _python_m("--version")
-    assert (p.returncode, p.stdout, p.stderr) == (0, f"bce-audit {__version__}\n", "")
+    assert (p.returncode, p.stdout, p.stderr) == (0, line, "")
+    p = subprocess.run([sys.executable, "-m", "bce_audit", "--version"], capture_output=True, text=True,
+                       env={**os.environ, compiled.ENV: "numpy"})
+    assert p.stdout == f"bce-audit {__version__} (compiled: no)\n"
 
 
 # ---------------------------------------------------------------- dtype aliases
