@@ -22,6 +22,7 @@ import numpy as np
 from bce_audit import (
     backends,
     cache,
+    compiled,
     dtypes,
     fastref,
     formulas,
@@ -461,6 +462,34 @@ def block(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, wh
     return Block(dtype, s.mode, where, c.quantity, c.formula, c.eps, c.label, floats)
 
 
+def _worst_of(c: Measured) -> tuple[int, int, int, float, float]:
+    """`compiled.worst` in numpy: the finite values' count, the first non-finite one's index, the
+    argmax of the finite ULP errors, the largest finite relative and absolute errors."""
+    finite = np.isfinite(c.values)
+    n_finite = int(np.count_nonzero(finite))
+    every = n_finite == len(finite)  # then the masks below would change nothing
+    j = -1 if every else int(np.argmin(finite))
+    if not n_finite:
+        return n_finite, j, 0, -math.inf, -math.inf
+    ulp = c.ulp_err if every else np.where(finite, c.ulp_err, -np.inf)
+    rel = c.rel_err if every else np.where(finite, c.rel_err, -np.inf)
+    ab = c.abs_err if every else np.where(finite, c.abs_err, -np.inf)
+    return n_finite, j, int(np.argmax(ulp)), float(np.max(rel)), float(np.max(ab))
+
+
+def _clip_of(c: Measured) -> tuple[int, float, float]:
+    """`compiled.clipmax` in numpy: where values are finite with a clipped-exact value, how many,
+    the largest clipped-exact relative distance and rounding ULPs."""
+    assert c.clip is not None
+    has = np.isfinite(c.values) & ~np.isnan(c.clip[0])
+    count = int(np.count_nonzero(has))
+    if not count:
+        return 0, -math.inf, -math.inf
+    if count == len(has):
+        return count, float(np.max(c.clip[1])), float(np.max(c.clip[2]))
+    return count, float(np.max(c.clip[1][has])), float(np.max(c.clip[2][has]))
+
+
 class _WorstAcc:
     """A running `Worst` for one series, fed chunk by chunk (memory stays per chunk)."""
 
@@ -477,30 +506,28 @@ class _WorstAcc:
         self.clip_rel = self.round_ulp = None
 
     def update(self, c: Column | Measured, xs: np.ndarray, xd: np.ndarray) -> None:
-        finite = np.isfinite(c.values)
-        n_finite = int(np.count_nonzero(finite))
-        self.points += len(finite)
-        if n_finite < len(finite) and not self.nonfinite:
-            j = int(np.argmin(finite))  # the first non-finite result
+        n = len(c.values)
+        fused = compiled.worst(c.values, c.ulp_err, c.rel_err, c.abs_err)
+        if fused is not None:
+            n_finite, j, i, rel, ab = fused
+        else:
+            n_finite, j, i, rel, ab = _worst_of(c)
+        self.points += n
+        if n_finite < n and not self.nonfinite:  # j: the first non-finite result
             self.first_nonfinite = (float(xd[j]), float(c.values[j]), float(c.exact[j]))
-        self.nonfinite += len(finite) - n_finite
+        self.nonfinite += n - n_finite
         if n_finite:
-            every = n_finite == len(finite)  # then the masks below would change nothing
-            ulp = c.ulp_err if every else np.where(finite, c.ulp_err, -np.inf)
-            i = int(np.argmax(ulp))
-            if ulp[i] > self.ulp:
-                self.ulp, self.bits, self.x = float(ulp[i]), c.bits_at(i), float(xs[i])
+            ulp = c.ulp_err[i] if np.isfinite(c.values[i]) else -np.inf  # (a masked argmax: every one -inf)
+            if ulp > self.ulp:
+                self.ulp, self.bits, self.x = float(ulp), c.bits_at(i), float(xs[i])
                 self.at = (float(xd[i]), float(c.values[i]), float(c.exact[i]))
-            rel = c.rel_err if every else np.where(finite, c.rel_err, -np.inf)
-            self.rel = max(self.rel, float(np.max(rel)))
-            ab = c.abs_err if every else np.where(finite, c.abs_err, -np.inf)
-            self.abs = max(self.abs, float(np.max(ab)))
+            self.rel = max(self.rel, rel)
+            self.abs = max(self.abs, ab)
             if c.clip is not None:
-                has = finite & ~np.isnan(c.clip[0])
-                if has.all():
-                    self._clip(float(np.max(c.clip[1])), float(np.max(c.clip[2])))
-                elif has.any():
-                    self._clip(float(np.max(c.clip[1][has])), float(np.max(c.clip[2][has])))
+                fused_clip = compiled.clipmax(c.values, *c.clip)
+                count, cr, ru = _clip_of(c) if fused_clip is None else fused_clip
+                if count:
+                    self._clip(cr, ru)
 
     def _clip(self, cr: float | None, ru: float | None) -> None:
         if cr is not None:

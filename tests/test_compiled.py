@@ -137,3 +137,88 @@ def test_turned_off_by_the_environment(tmp_path):
     env = {"BCE_AUDIT_KERNELS": "numpy", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- the fast baseline's measuring
+
+
+def _columns(dtype, n: int = 50_000):
+    """A chunk's exact columns (sigmoid with its complement, BCE with its log) and computed values
+    near them in ``dtype``: rounded, nudged by a few ULPs, some infinite or NaN, some zero."""
+    from bce_audit import dtypes, fastref
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-120, 120, n), [0.0, -0.0, 1e-30, 16.6, -800.0]]).astype(np.float32)
+    e = fastref.exact(x.astype(np.float64))
+    info = dtypes.get(np.dtype(dtype).name)
+    cases = []
+    for exact, log_exact, comp in ((e.p, None, e.q), (e.bce(0), e.log_bce(0), None), (e.x, None, None)):
+        c = exact.astype(dtype)
+        nudge = rng.integers(-3, 4, c.size)
+        c = np.where(nudge > 1, np.nextafter(c, np.inf) if dtype != ml_dtypes.bfloat16 else c, c).astype(dtype)
+        c[rng.integers(0, c.size, 50)] = np.inf
+        c[rng.integers(0, c.size, 50)] = np.nan
+        c[rng.integers(0, c.size, 50)] = 0
+        cases.append((fastref.scale(exact, log_exact, info, comp), c))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("rel", [True, False])
+def test_measure_equals_numpy(dtype, rel):
+    for sc, c in _columns(dtype):
+        with np.errstate(all="ignore"):
+            got = sc.measure(c, rel)
+            with compiled.pure():
+                want = sc.measure(c, rel)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None) == (not rel and g is got[1])
+            if g is not None:
+                assert np.array_equal(g.view(np.uint64), w.view(np.uint64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float64])
+def test_worst_and_clip_equal_numpy(dtype):
+    """The running worst's reductions: first non-finite, argmax (ties: the first; NaN: the first
+    NaN), maxima (NaN wins), and where none is finite."""
+    from bce_audit import sweep
+
+    rng = np.random.default_rng(3)
+    n = 10_000
+    for case in range(6):
+        values = rng.normal(size=n).astype(dtype)
+        ulp, rel, ab, clip = (rng.integers(0, 5, n).astype(np.float64) for _ in range(4))
+        if case == 1:
+            values[[5, 9000]] = np.inf
+            ulp[[7, 20]] = np.nan
+            rel[100] = np.nan
+        if case == 2:
+            values[:] = np.nan
+        if case == 3:
+            clip[::3] = np.nan
+            values[4] = np.nan
+        if case == 4:
+            ulp[:] = -np.inf
+        if case == 5:
+            values[0] = -np.inf
+            clip[:] = np.nan
+        m = sweep.Measured("bce", "f", None, 0, values, ulp, ab, rel, ulp, (clip, rel, ab), {})
+        assert compiled.worst(values, ulp, rel, ab) == _same_nan(sweep._worst_of(m))
+        assert compiled.clipmax(values, clip, rel, ab) == _same_nan(sweep._clip_of(m))
+
+
+def _same_nan(t: tuple) -> tuple:
+    """A tuple whose NaNs compare equal to the compiled one's (read back as the same object)."""
+    import math
+
+    return tuple(_NAN if isinstance(v, float) and math.isnan(v) else v for v in t)
+
+
+class _Nan(float):
+    def __eq__(self, other):
+        return isinstance(other, float) and other != other
+
+    __hash__ = float.__hash__
+
+
+_NAN = _Nan("nan")
