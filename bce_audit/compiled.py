@@ -62,8 +62,8 @@ def run(name: str, *inputs: Any) -> Any:
         return None
     if len({a.shape for a in arrays}) > 1:
         arrays = list(np.broadcast_arrays(*arrays))
-    arrays = [np.ascontiguousarray(a) for a in arrays]
     outs = [np.empty(arrays[0].shape, _F32) for _ in range(shape[1])]
+    arrays = [np.ascontiguousarray(a) for a in arrays]  # (a 0-d array comes out 1-d: shape first)
     assert _kernels is not None  # _on
     _kernels.apply(name, *outs, *arrays)
     return outs[0] if len(outs) == 1 else tuple(outs)

@@ -41,6 +41,8 @@ The jitted functions modelled: `exp`, `log`, `log1p`, `logistic` (``jax.nn.sigmo
 `softplus`, `log_sigmoid`, `optax_bce` and its gradient `optax_bce_grad`, `roundtrip` and
 `roundtrip_fused`. Each takes and returns arrays of one of `DTYPES`; `flush` and `fma` are the
 building blocks.
+The float32 cores (exp, log, log1p, and the float32 work of logistic, softplus and optax's BCE
+and gradient) are marked `compiled.twin`: their C twins (``csrc/xla.c``) give the same bits.
 
 >>> import numpy as np
 >>> float(sigmoid(np.array([-87.5], np.float32))[0])  # about 1e-38, subnormal: flushed
@@ -54,7 +56,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from bce_audit import ftz
+from bce_audit import compiled, ftz
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -120,6 +122,7 @@ def fma(a, b, c) -> np.ndarray:
     return ftz.fma(a, b, c, ftz=True)
 
 
+@compiled.twin("xla_exp_parts")
 def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """XLA's float32 exp up to its last step: ``exp(x) = p * 2**n``; returns (p, 2**n)."""
     with np.errstate(invalid="ignore"):
@@ -140,6 +143,7 @@ def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, scale
 
 
+@compiled.twin("xla_exp32")
 def _exp32(x: np.ndarray) -> np.ndarray:
     y, scale = _exp_parts(x)
     with np.errstate(over="ignore"):
@@ -169,6 +173,7 @@ def _log_core(x: np.ndarray) -> np.ndarray:
     return fma(e, _LOG_Q2, _z(u + y))
 
 
+@compiled.twin("xla_log32")
 def _log32(x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         out = _log_core(x)
@@ -177,6 +182,7 @@ def _log32(x: np.ndarray) -> np.ndarray:
         return np.where(x == np.inf, _F32(np.inf), out).astype(_F32)
 
 
+@compiled.twin("xla_log1p32")
 def _log1p32(x: np.ndarray) -> np.ndarray:
     """XLA's log1p: `_log1p_small` for ``|x| < sqrt(2) - 1``, ``log(1 + x)`` elsewhere; each
     element computed on its own path only (the ops are elementwise: the same values)."""
@@ -193,6 +199,7 @@ def _log1p32(x: np.ndarray) -> np.ndarray:
         return out
 
 
+@compiled.twin("xla_log1p_small")
 def _log1p_small(x: np.ndarray) -> np.ndarray:
     """``x - x**2/2 + x**3 * P(x) / Q(x)``, XLA's log1p near 0."""
     with np.errstate(all="ignore"):
@@ -314,8 +321,18 @@ def _sigmoid_denominator(o: _Ops, a: np.ndarray) -> np.ndarray:
 def logistic(x: np.ndarray) -> np.ndarray:
     """``jax.jit(jax.nn.sigmoid)``: jax lowers logistic to ``1 / (1 + exp(-x))`` (``lax.py``)."""
     o = _Ops(_dtype(x))
+    if o.f32:
+        return o.out(_logistic32(np.asarray(x)))
     a = o.inp(x)
     return o.out(o.r(_F32(1) / _sigmoid_denominator(o, a)))
+
+
+@compiled.twin("xla_logistic32")
+def _logistic32(x: np.ndarray) -> np.ndarray:
+    """`logistic` of a float32 array, before the copy out."""
+    o = _Ops(np.dtype(_F32))
+    with np.errstate(all="ignore"):
+        return o.r(_F32(1) / _sigmoid_denominator(o, o.inp(x)))
 
 
 sigmoid = logistic
@@ -332,6 +349,18 @@ def logit(p: np.ndarray) -> np.ndarray:
 def _softplus(o: _Ops, a: np.ndarray) -> np.ndarray:
     """``jnp.logaddexp(a, 0)`` (jax ``_src/lax/other.py``): ``max(a, 0) + log1p(exp(-|a|))``,
     and ``a`` itself where ``a`` is NaN."""
+    if o.f32:
+        return _softplus32(a)
+    return _softplus_of(o, a)
+
+
+@compiled.twin("xla_softplus32")
+def _softplus32(a: np.ndarray) -> np.ndarray:
+    """`_softplus` of float32."""
+    return _softplus_of(_Ops(np.dtype(_F32)), a)
+
+
+def _softplus_of(o: _Ops, a: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         t = o.log1p(o.exp(-np.abs(a)))
         return np.where(np.isnan(a), a, o.r(_maximum(a, _F32(0)) + t)).astype(_F32)
@@ -364,20 +393,39 @@ def optax_softplus(x: np.ndarray) -> np.ndarray:
     """``softplus(-x)`` and ``softplus(x)`` (rows 0 and 1, float32) as `optax_bce` computes
     them: what its value at one x shares between labels."""
     o = _Ops(_dtype(x))
+    if o.f32:
+        return np.stack(_optax_softplus32(np.asarray(x)))
     a = o.inp(x)
     return np.stack([_softplus(o, -a), _softplus(o, a)])
+
+
+@compiled.twin("xla_optax_softplus32")
+def _optax_softplus32(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`optax_softplus` of a float32 array: its two rows."""
+    a = _z(x)
+    return _softplus32(-a), _softplus32(a)
 
 
 def optax_bce_of(softplus: np.ndarray, y: np.ndarray, dtype) -> np.ndarray:
     """`optax_bce` at labels ``y`` from `optax_softplus` of the logits (of ``dtype``)."""
     o = _Ops(_dtype(np.empty(0, dtype)))
-    b = o.inp(np.asarray(y).astype(dtype))
     sp_neg, sp_pos = softplus[0], softplus[1]
+    if o.f32 and np.shape(y) == np.shape(sp_neg):  # broadcast, numpy keeps another of two NaNs
+        return o.out(_optax_bce32(np.asarray(y).astype(_F32), sp_neg, sp_pos))
+    b = o.inp(np.asarray(y).astype(dtype))
     with np.errstate(all="ignore"):
         one_minus_y = o.r(_F32(1) - b)
         if o.f32:
             return o.out(fma(b, sp_neg, _z(sp_pos * one_minus_y)))
         return o.out(o.r(o.r(b * sp_neg) + o.r(one_minus_y * sp_pos)))
+
+
+@compiled.twin("xla_optax_bce32")
+def _optax_bce32(y: np.ndarray, sp_neg: np.ndarray, sp_pos: np.ndarray) -> np.ndarray:
+    """`optax_bce_of` in float32 (labels ``y`` and the softplus rows of one shape)."""
+    b = _z(y)
+    with np.errstate(all="ignore"):
+        return fma(b, sp_neg, _z(sp_pos * _z(_F32(1) - b)))
 
 
 def optax_bce_grad(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -389,7 +437,21 @@ def optax_bce_grad(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     first product into the difference.
     """
     o = _Ops(_dtype(x))
-    a, b = o.inp(x), o.inp(np.asarray(y).astype(np.asarray(x).dtype))
+    y = np.asarray(y).astype(np.asarray(x).dtype)
+    if o.f32 and np.shape(x) == y.shape:  # broadcast, numpy keeps another of two NaNs
+        return o.out(_optax_bce_grad32(np.asarray(x), y))
+    return o.out(_optax_bce_grad_of(o, o.inp(x), o.inp(y)))
+
+
+@compiled.twin("xla_optax_bce_grad32")
+def _optax_bce_grad32(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`optax_bce_grad` in float32 (``x`` and ``y`` of one shape)."""
+    o = _Ops(np.dtype(_F32))
+    return _optax_bce_grad_of(o, o.inp(x), o.inp(y))
+
+
+def _optax_bce_grad_of(o: _Ops, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`optax_bce_grad` of inputs after DAZ, in float32 (before `_Ops.out`)."""
     with np.errstate(all="ignore"):
 
         def slope(t: np.ndarray) -> np.ndarray:
@@ -399,8 +461,8 @@ def optax_bce_grad(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
         one_minus_y = o.r(_F32(1) - b)
         if o.f32:
-            return o.out(fma(one_minus_y, slope(a), -_z(b * slope(-a))))
-        return o.out(o.r(o.r(one_minus_y * slope(a)) - o.r(b * slope(-a))))
+            return fma(one_minus_y, slope(a), -_z(b * slope(-a)))
+        return o.r(o.r(one_minus_y * slope(a)) - o.r(b * slope(-a)))
 
 
 def roundtrip(x: np.ndarray) -> np.ndarray:
