@@ -103,8 +103,10 @@ def main() -> int:
 
     py = sys.executable
     cli = [py, "-m", "bce_audit"]
+    from bce_audit import compiled
+
     print(f"bce-audit benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"mpmath backend {mpmath.libmp.BACKEND}")
+          f"mpmath backend {mpmath.libmp.BACKEND}, compiled kernels: {'yes' if compiled.active() else 'no'}")
     t_import = best([py, "-c", "import bce_audit.cli"])
     line("import bce_audit.cli (reference)", f"{t_import:.3f} s", "1.0x import", "", None)
 
