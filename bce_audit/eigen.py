@@ -470,6 +470,7 @@ RCP_TABLE = _rcp_table()
 """The 4096 12-bit fractions of ``vrcpps``'s estimates, indexed by the input's top 12 mantissa bits."""
 
 
+@compiled.twin("eigen_rcpps")
 def rcpps(a: np.ndarray) -> np.ndarray:
     """``_mm256_rcp_ps`` on float32: the table's estimate; zero and subnormal inputs give a signed inf,
     infinities a signed zero, estimates below float32's smallest normal a signed zero (|a| >= 2**126);
@@ -491,6 +492,7 @@ def rcpps(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(a), _quiet(a), out)
 
 
+@compiled.twin("eigen_preciprocal")
 def _preciprocal_f32(a: np.ndarray) -> np.ndarray:
     """``preciprocal<Packet8f>``: ``x = rcpps(a)``, then ``x*(1 - a*x) + x`` without FMA, unless
     ``1 - a*x`` is NaN (a zero, an infinity or a NaN): then the estimate as it is."""
