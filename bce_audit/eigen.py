@@ -55,7 +55,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from bce_audit import ftz
+from bce_audit import compiled, ftz
 
 __all__ = [
     "BLOCK", "DTYPES", "RCP_TABLE", "exp", "log", "log1p", "logistic", "logistic_unpadded", "pad",
@@ -142,6 +142,7 @@ def _ldexp_generic(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     return _mul(out, c2)
 
 
+@compiled.twin("eigen_pexp")
 def _pexp_f32(x0: np.ndarray) -> np.ndarray:
     """``pexp_float`` on float32 (DAZ applied to ``x0`` already)."""
     zero_mask = x0 < _F32(-104.0)
@@ -161,6 +162,7 @@ def _pexp_f32(x0: np.ndarray) -> np.ndarray:
     return np.where(zero_mask, _F32(0), _pmax(_ldexp_generic(y, m), x0))
 
 
+@compiled.twin("eigen_logistic")
 def _logistic_f32(x0: np.ndarray) -> np.ndarray:
     """``scalar_logistic_op<float>::packetOp``."""
     zero_mask = x0 < _F32(-104.0)
@@ -259,6 +261,7 @@ def _frexp(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mant, expo
 
 
+@compiled.twin("eigen_plog")
 def _plog_f32(x0: np.ndarray) -> np.ndarray:
     """``plog_impl_float`` (natural log)."""
     x, e = _frexp(x0)
@@ -296,6 +299,23 @@ def _plog1p_f32(x: np.ndarray, nan_input_wins: bool = True) -> np.ndarray:
     Where both factors of the last product are NaN, the float32 kernel returns ``x``'s NaN and the
     float16 kernel the quotient's (log's 0xffffffff): ``nan_input_wins`` picks which.
     """
+    return _plog1p_x_nan(x) if nan_input_wins else _plog1p_log_nan(x)
+
+
+@compiled.twin("eigen_plog1p")
+def _plog1p_x_nan(x: np.ndarray) -> np.ndarray:
+    """`_plog1p_f32` as the float32 kernel runs it: a NaN ``x`` gives its own NaN."""
+    return _generic_log1p(x, True)
+
+
+@compiled.twin("eigen_plog1p_f16")
+def _plog1p_log_nan(x: np.ndarray) -> np.ndarray:
+    """`_plog1p_f32` as the float16 kernel runs it: a NaN ``x`` gives log's 0xffffffff."""
+    return _generic_log1p(x, False)
+
+
+def _generic_log1p(x: np.ndarray, nan_input_wins: bool) -> np.ndarray:
+    """`_plog1p_f32`'s numpy code."""
     xp1 = _add(x, _F32(1.0))
     log1 = _plog_f32(xp1)
     keep_x = (xp1 == _F32(1.0)) | (xp1 == log1)
@@ -450,6 +470,7 @@ RCP_TABLE = _rcp_table()
 """The 4096 12-bit fractions of ``vrcpps``'s estimates, indexed by the input's top 12 mantissa bits."""
 
 
+@compiled.twin("eigen_rcpps")
 def rcpps(a: np.ndarray) -> np.ndarray:
     """``_mm256_rcp_ps`` on float32: the table's estimate; zero and subnormal inputs give a signed inf,
     infinities a signed zero, estimates below float32's smallest normal a signed zero (|a| >= 2**126);
@@ -471,6 +492,7 @@ def rcpps(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(a), _quiet(a), out)
 
 
+@compiled.twin("eigen_preciprocal")
 def _preciprocal_f32(a: np.ndarray) -> np.ndarray:
     """``preciprocal<Packet8f>``: ``x = rcpps(a)``, then ``x*(1 - a*x) + x`` without FMA, unless
     ``1 - a*x`` is NaN (a zero, an infinity or a NaN): then the estimate as it is."""
