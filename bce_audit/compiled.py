@@ -120,6 +120,15 @@ def clipmax(values: np.ndarray, clip: np.ndarray, a: np.ndarray, b: np.ndarray
     return _kernels.clipmax(v, *(np.ascontiguousarray(x, _F64) for x in (clip, a, b)))
 
 
+def subnormals(a: np.ndarray) -> bool | None:
+    """Whether a float32 or float64 array holds a subnormal value (one compiled pass); None where
+    that is not asked here (not built or turned off, another dtype, not contiguous)."""
+    if not _on or (a.dtype != _F32 and a.dtype != _F64) or not a.flags.c_contiguous:
+        return None
+    assert _kernels is not None  # _on
+    return bool(_kernels.subnormals(a))
+
+
 def twin(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Marks a numpy function of float32 arrays as having the compiled twin ``name``: called with
     float32 arrays (and no keywords), the twin runs where it can. The numpy code stays reachable

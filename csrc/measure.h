@@ -3,6 +3,7 @@
 #define BCE_AUDIT_MEASURE_H
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct worst {
     ptrdiff_t finite, first_nonfinite, argmax; /* first_nonfinite: -1 where every value is finite */
@@ -19,4 +20,6 @@ struct worst worst64(const void *v, int f32, const double *ulp, const double *re
                      ptrdiff_t n);
 struct clipmax clipmax64(const void *v, int f32, const double *clip, const double *a, const double *b,
                          ptrdiff_t n);
+int subnormal32(const uint32_t *u, ptrdiff_t n);
+int subnormal64(const uint64_t *u, ptrdiff_t n);
 #endif

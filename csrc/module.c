@@ -171,6 +171,20 @@ static PyObject *clipmax(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ndd)", m.count, m.a, m.b);
 }
 
+/* subnormals(buffer) -> whether a float32 or float64 buffer holds a subnormal value */
+static PyObject *subnormals(PyObject *self, PyObject *arg) {
+    Py_buffer v;
+    int f32 = 0;
+    Py_ssize_t n = -1;
+    if (get(arg, &v, 0, 1, &f32, &n) < 0) return NULL;
+    int found;
+    Py_BEGIN_ALLOW_THREADS
+    found = f32 ? subnormal32((const uint32_t *)v.buf, n) : subnormal64((const uint64_t *)v.buf, n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(found);
+}
+
 static PyObject *names(PyObject *self, PyObject *unused) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
@@ -192,6 +206,7 @@ static PyMethodDef METHODS[] = {
     {"measure", measure, METH_VARARGS, "measure(c, exact, inv_ulp, mag, complement, ulps, rels, diff)."},
     {"worst", worst, METH_VARARGS, "worst(values, ulp, rel, abs) -> (finite, first_nonfinite, argmax, rel, abs)."},
     {"clipmax", clipmax, METH_VARARGS, "clipmax(values, clip, a, b) -> (count, max a, max b)."},
+    {"subnormals", subnormals, METH_O, "subnormals(buffer) -> whether a float32/float64 buffer holds one."},
     {"names", names, METH_NOARGS, "names() -> [(name, inputs, outputs)]: every compiled kernel."},
     {NULL, NULL, 0, NULL},
 };

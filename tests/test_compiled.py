@@ -220,3 +220,21 @@ class _Nan(float):
 
 
 _NAN = _Nan("nan")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormals_is_flushs_test(dtype):
+    """`compiled.subnormals` says what ``0 < |x| < smallest normal`` says, on every edge case alone
+    and on blocks of the sample (as float64 too: its own subnormals, and float32's as normals)."""
+    tiny = np.finfo(dtype).tiny
+    values = SAMPLE.astype(dtype)
+    if dtype == np.float64:
+        values = np.concatenate([values, np.array([5e-324, -5e-324, tiny, -tiny, np.nextafter(tiny, 0)])])
+    blocks = [values[i:i + 1] for i in range(len(EDGES))] + np.array_split(values, 997)
+    blocks += [values[i:i + 1] for i in range(len(values) - 5, len(values))]
+    for b in blocks:
+        with np.errstate(invalid="ignore"):
+            want = bool(np.count_nonzero((np.abs(b) < tiny) & (b != 0)))
+        assert compiled.subnormals(b) is want, b[:4]
+    assert compiled.subnormals(values[::2]) is None  # not contiguous: numpy decides
+    assert compiled.subnormals(np.zeros(4, np.float16)) is None
