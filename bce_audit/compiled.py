@@ -69,57 +69,6 @@ def run(name: str, *inputs: Any) -> Any:
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def _values(a: np.ndarray) -> np.ndarray | None:
-    """Computed values as the measuring functions read them: float32 or float64 as they are, the
-    narrower floats (float16, bfloat16, float8) as float32 (exactly); None for the rest."""
-    if a.dtype == _F32 or a.dtype == _F64:
-        return np.ascontiguousarray(a)
-    if a.dtype.kind == "V" or (a.dtype.kind == "f" and a.dtype.itemsize <= 2):  # ml_dtypes: kind V
-        return np.ascontiguousarray(a.astype(_F32))
-    return None
-
-
-def measure(computed: np.ndarray, exact: np.ndarray, inv_ulp: np.ndarray, mag: np.ndarray,
-            complement: np.ndarray | None, rel: bool
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
-    """`fastref.Scale.measure`'s arithmetic in one compiled pass: (ULPs, relative errors or None,
-    absolute errors); None where it does not run here."""
-    c = _values(np.asarray(computed)) if _on else None
-    if c is None or c.ndim != 1:
-        return None
-    ulps, diff = np.empty(c.shape), np.empty(c.shape)
-    rels = np.empty(c.shape) if rel else None
-    f64 = [np.ascontiguousarray(a, _F64) for a in (exact, inv_ulp, mag)]
-    comp = None if complement is None else np.ascontiguousarray(complement, _F64)
-    assert _kernels is not None  # _on
-    _kernels.measure(c, *f64, comp, ulps, rels, diff)
-    return ulps, rels, diff
-
-
-def worst(values: np.ndarray, ulp: np.ndarray, rel: np.ndarray, ab: np.ndarray
-          ) -> tuple[int, int, int, float, float] | None:
-    """What `sweep`'s running worst takes from a column, in one compiled pass: the finite values'
-    count, the first non-finite one's index (-1: none), the index of the largest ULP error among
-    the finite ones (numpy's argmax), and their largest relative and absolute errors (numpy's
-    max: NaN wins); None where it does not run here."""
-    v = _values(np.asarray(values)) if _on else None
-    if v is None or v.ndim != 1:
-        return None
-    assert _kernels is not None  # _on
-    return _kernels.worst(v, *(np.ascontiguousarray(a, _F64) for a in (ulp, rel, ab)))
-
-
-def clipmax(values: np.ndarray, clip: np.ndarray, a: np.ndarray, b: np.ndarray
-            ) -> tuple[int, float, float] | None:
-    """Where values are finite and ``clip`` is not NaN: how many, and the largest of ``a`` and of
-    ``b`` there (NaN wins); None where it does not run here."""
-    v = _values(np.asarray(values)) if _on else None
-    if v is None or v.ndim != 1:
-        return None
-    assert _kernels is not None  # _on
-    return _kernels.clipmax(v, *(np.ascontiguousarray(x, _F64) for x in (clip, a, b)))
-
-
 def subnormals(a: np.ndarray) -> bool | None:
     """Whether a float32 or float64 array holds a subnormal value (one compiled pass); None where
     that is not asked here (not built or turned off, another dtype, not contiguous)."""

@@ -22,7 +22,6 @@ import numpy as np
 from bce_audit import (
     backends,
     cache,
-    compiled,
     dtypes,
     fastref,
     formulas,
@@ -463,8 +462,9 @@ def block(c: Column, s: Settings, dtype: str, xs: np.ndarray, xd: np.ndarray, wh
 
 
 def _worst_of(c: Measured) -> tuple[int, int, int, float, float]:
-    """`compiled.worst` in numpy: the finite values' count, the first non-finite one's index, the
-    argmax of the finite ULP errors, the largest finite relative and absolute errors."""
+    """What a running worst takes from a column: the finite values' count, the first non-finite
+    one's index (-1: none), the argmax of the finite ULP errors (numpy's: the first NaN, else
+    the first largest), the largest finite relative and absolute errors (NaN wins)."""
     finite = np.isfinite(c.values)
     n_finite = int(np.count_nonzero(finite))
     every = n_finite == len(finite)  # then the masks below would change nothing
@@ -478,8 +478,8 @@ def _worst_of(c: Measured) -> tuple[int, int, int, float, float]:
 
 
 def _clip_of(c: Measured) -> tuple[int, float, float]:
-    """`compiled.clipmax` in numpy: where values are finite with a clipped-exact value, how many,
-    the largest clipped-exact relative distance and rounding ULPs."""
+    """Where values are finite with a clipped-exact value: how many, and the largest
+    clipped-exact relative distance and rounding ULPs there."""
     assert c.clip is not None
     has = np.isfinite(c.values) & ~np.isnan(c.clip[0])
     count = int(np.count_nonzero(has))
@@ -507,11 +507,7 @@ class _WorstAcc:
 
     def update(self, c: Column | Measured, xs: np.ndarray, xd: np.ndarray) -> None:
         n = len(c.values)
-        fused = compiled.worst(c.values, c.ulp_err, c.rel_err, c.abs_err)
-        if fused is not None:
-            n_finite, j, i, rel, ab = fused
-        else:
-            n_finite, j, i, rel, ab = _worst_of(c)
+        n_finite, j, i, rel, ab = _worst_of(c)
         self.points += n
         if n_finite < n and not self.nonfinite:  # j: the first non-finite result
             self.first_nonfinite = (float(xd[j]), float(c.values[j]), float(c.exact[j]))
@@ -524,8 +520,7 @@ class _WorstAcc:
             self.rel = max(self.rel, rel)
             self.abs = max(self.abs, ab)
             if c.clip is not None:
-                fused_clip = compiled.clipmax(c.values, *c.clip)
-                count, cr, ru = _clip_of(c) if fused_clip is None else fused_clip
+                count, cr, ru = _clip_of(c)
                 if count:
                     self._clip(cr, ru)
 

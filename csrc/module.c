@@ -6,7 +6,7 @@
 #include <Python.h>
 
 #include "kernels.h"
-#include "measure.h"
+#include "ftz.h"
 
 extern const struct kernel glibc_kernels[], eigen_kernels[], xla_kernels[], sleef_kernels[];
 static const struct kernel *const TABLES[] = {glibc_kernels, eigen_kernels, xla_kernels, sleef_kernels};
@@ -77,8 +77,8 @@ done:
     return result;
 }
 
-/* A C-contiguous buffer of float32 ("f") or float64 ("d") values, or of float64 only; None where
- * `optional`. Sets *f32 (when not NULL) to whether it holds float32. */
+/* A C-contiguous buffer of float32 ("f") or float64 ("d") values (or of float64 only), of `*n`
+ * elements where that is set; sets *f32 (when not NULL) to whether it holds float32. */
 static int get(PyObject *obj, Py_buffer *v, int writable, int any_float, int *f32, Py_ssize_t *n) {
     if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
         return -1;
@@ -94,81 +94,6 @@ static int get(PyObject *obj, Py_buffer *v, int writable, int any_float, int *f3
     if (f32) *f32 = is32;
     *n = len;
     return 0;
-}
-
-/* Gets buffers in order; on failure releases those already got. */
-static int get_all(PyObject *const *objs, Py_buffer *views, const int *writable, int count, int *f32,
-                   Py_ssize_t *n) {
-    for (int i = 0; i < count; i++) {
-        if (objs[i] == Py_None) { views[i].obj = NULL; views[i].buf = NULL; continue; }
-        if (get(objs[i], &views[i], writable[i], i == 0, i == 0 ? f32 : NULL, n) < 0) {
-            for (int j = 0; j < i; j++) if (views[j].obj) PyBuffer_Release(&views[j]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static void release_all(Py_buffer *views, int count) {
-    for (int i = 0; i < count; i++) if (views[i].obj) PyBuffer_Release(&views[i]);
-}
-
-/* measure(computed, exact, inv_ulp, mag, complement|None, ulps, rels|None, diff) */
-static PyObject *measure(PyObject *self, PyObject *args) {
-    PyObject *o[8];
-    if (!PyArg_UnpackTuple(args, "measure", 8, 8, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7]))
-        return NULL;
-    if (o[0] == Py_None || o[1] == Py_None || o[2] == Py_None || o[3] == Py_None || o[5] == Py_None ||
-        o[7] == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "measure: only complement and rels may be None");
-        return NULL;
-    }
-    static const int writable[8] = {0, 0, 0, 0, 0, 1, 1, 1};
-    Py_buffer v[8];
-    int f32 = 0;
-    Py_ssize_t n = -1;
-    if (get_all(o, v, writable, 8, &f32, &n) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    measure64(v[0].buf, f32, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf, n);
-    Py_END_ALLOW_THREADS
-    release_all(v, 8);
-    Py_RETURN_NONE;
-}
-
-/* worst(values, ulp, rel, abs) -> (finite, first_nonfinite, argmax, max_rel, max_abs) */
-static PyObject *worst(PyObject *self, PyObject *args) {
-    PyObject *o[4];
-    if (!PyArg_UnpackTuple(args, "worst", 4, 4, &o[0], &o[1], &o[2], &o[3])) return NULL;
-    static const int writable[4] = {0, 0, 0, 0};
-    Py_buffer v[4];
-    int f32 = 0;
-    Py_ssize_t n = -1;
-    for (int i = 0; i < 4; i++) if (o[i] == Py_None) { PyErr_SetString(PyExc_TypeError, "worst: buffers"); return NULL; }
-    if (get_all(o, v, writable, 4, &f32, &n) < 0) return NULL;
-    struct worst w;
-    Py_BEGIN_ALLOW_THREADS
-    w = worst64(v[0].buf, f32, v[1].buf, v[2].buf, v[3].buf, n);
-    Py_END_ALLOW_THREADS
-    release_all(v, 4);
-    return Py_BuildValue("(nnndd)", w.finite, w.first_nonfinite, w.argmax, w.rel, w.abs);
-}
-
-/* clipmax(values, clip, a, b) -> (count, max a, max b) where values are finite and clip is not NaN */
-static PyObject *clipmax(PyObject *self, PyObject *args) {
-    PyObject *o[4];
-    if (!PyArg_UnpackTuple(args, "clipmax", 4, 4, &o[0], &o[1], &o[2], &o[3])) return NULL;
-    static const int writable[4] = {0, 0, 0, 0};
-    Py_buffer v[4];
-    int f32 = 0;
-    Py_ssize_t n = -1;
-    for (int i = 0; i < 4; i++) if (o[i] == Py_None) { PyErr_SetString(PyExc_TypeError, "clipmax: buffers"); return NULL; }
-    if (get_all(o, v, writable, 4, &f32, &n) < 0) return NULL;
-    struct clipmax m;
-    Py_BEGIN_ALLOW_THREADS
-    m = clipmax64(v[0].buf, f32, v[1].buf, v[2].buf, v[3].buf, n);
-    Py_END_ALLOW_THREADS
-    release_all(v, 4);
-    return Py_BuildValue("(ndd)", m.count, m.a, m.b);
 }
 
 /* subnormals(buffer) -> whether a float32 or float64 buffer holds a subnormal value */
@@ -203,9 +128,6 @@ static PyObject *names(PyObject *self, PyObject *unused) {
 
 static PyMethodDef METHODS[] = {
     {"apply", apply, METH_VARARGS, "apply(name, *buffers): outputs first, then inputs (float32)."},
-    {"measure", measure, METH_VARARGS, "measure(c, exact, inv_ulp, mag, complement, ulps, rels, diff)."},
-    {"worst", worst, METH_VARARGS, "worst(values, ulp, rel, abs) -> (finite, first_nonfinite, argmax, rel, abs)."},
-    {"clipmax", clipmax, METH_VARARGS, "clipmax(values, clip, a, b) -> (count, max a, max b)."},
     {"subnormals", subnormals, METH_O, "subnormals(buffer) -> whether a float32/float64 buffer holds one."},
     {"names", names, METH_NOARGS, "names() -> [(name, inputs, outputs)]: every compiled kernel."},
     {NULL, NULL, 0, NULL},
