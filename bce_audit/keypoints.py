@@ -18,13 +18,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpmath import mp, mpf
 
 from bce_audit import causes, dtypes, formulas, ftz, gradients, heap, impl, metrics, records, reference
 from bce_audit.formulas import Evaluator, Formula
 from bce_audit.records import KeyPoint, Label
+
+if TYPE_CHECKING:
+    from mpmath import mpf
 
 NAMES = (
     "roundtrip_overflow",
@@ -207,8 +210,13 @@ def predicted_zero(info: dtypes.DtypeInfo, mode: str = "per-op") -> float:
     return float(-ctx.log(ctx.expm1(least)))
 
 
-_LIMIT_HI = reference.Exact(mp.inf, mpf(1), mpf(0), mpf(0), mp.inf)   # x -> +inf
-_LIMIT_LO = reference.Exact(-mp.inf, mpf(0), mpf(1), mp.inf, mpf(0))  # x -> -inf
+def _limit(toward_hi: bool) -> reference.Exact:
+    """The exact values as x -> +inf (``toward_hi``) or -inf, in this thread's context."""
+    ctx = reference.context()
+    one, zero, inf = ctx.mpf(1), ctx.mpf(0), ctx.inf
+    if toward_hi:
+        return reference.Exact(inf, one, zero, zero, inf)
+    return reference.Exact(-inf, zero, one, inf, zero)
 
 
 def clip_args(formula: Formula, eps: float | None, ev: Evaluator):
@@ -228,8 +236,7 @@ def predicted_limit(formula: Formula, eps: float | None, label: Label, ev: Evalu
 
     def one(lab: int) -> mpf:
         toward_hi = (lab == 1) == good  # label 1 improves as x -> +inf
-        limit = _LIMIT_HI if toward_hi else _LIMIT_LO
-        return reference.clipped_exact(limit, lab, clip, lo, hi, shift)
+        return reference.clipped_exact(_limit(toward_hi), lab, clip, lo, hi, shift)
 
     return float((one(0) + one(1)) / 2 if isinstance(label, str) else one(label))  # str: "pair"
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpmath import mpf
 
 from bce_audit.dtypes import DtypeInfo
 from bce_audit.reference import PREC, context, to_mpf
+
+if TYPE_CHECKING:
+    from mpmath import mpf
 
 
 @dataclass(frozen=True)

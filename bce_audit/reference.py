@@ -19,32 +19,50 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpmath import MPContext, mpf
-from mpmath.libmp import ln2_fixed, pi_fixed
 
 from bce_audit import dtypes
 from bce_audit.formulas import Clip
 
+if TYPE_CHECKING:  # mpmath is imported by the first computation, not by the package (0.1 s)
+    from mpmath import MPContext, mpf
+
 PREC = 128  # bits; at least twice the widest audited significand (longdouble: 64)
 
-# mpmath caches ln 2 and pi process-wide, and extends the cache in two steps that another
-# thread can see half done. Filled once here, past any precision the baseline asks for (exp of
-# the largest longdouble works at about PREC + 16400 bits), it is only ever read afterwards.
-ln2_fixed(1 << 15)
-pi_fixed(1 << 15)
-
 _THREAD = threading.local()
+_WARM = threading.Lock()
+_warmed = False
 
 
 def context() -> MPContext:
     """This thread's mpmath context, at ``PREC`` bits (functions here scope other precisions)."""
     ctx = getattr(_THREAD, "ctx", None)
     if ctx is None:
+        _warm()
+        from mpmath import MPContext
+
         ctx = _THREAD.ctx = MPContext()
         ctx.prec = PREC
     return ctx
+
+
+def _warm() -> None:
+    """mpmath caches ln 2 and pi process-wide, and extends the cache in two steps that another
+    thread can see half done. Filled once, by the first thread to ask and before any other
+    computes, past any precision the baseline asks for (exp of the largest longdouble works at
+    about PREC + 16400 bits), it is only ever read afterwards."""
+    global _warmed
+    if _warmed:
+        return
+    with _WARM:
+        if not _warmed:
+            from mpmath.libmp import ln2_fixed, pi_fixed
+
+            ln2_fixed(1 << 15)
+            pi_fixed(1 << 15)
+            _warmed = True
 
 
 def to_mpf(v) -> mpf:
