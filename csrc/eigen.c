@@ -337,17 +337,69 @@ INLINE float preciprocal(float a, const uint16_t *rcp_table) {
     return isnan(tmp) ? x : ftz_add(ftz_mul(x, tmp), x);
 }
 
-static void k_rcpps(const float *const *in, float *const *out, ptrdiff_t n) {
-    uint16_t t[4096];
-    rcp_fill(t);
-    for (ptrdiff_t i = 0; i < n; i++) out[0][i] = rcpps(in[0][i], t);
+/* rcpps on the bits, branch-free: `frac` is rcp_table's fractions at the float32 mantissa's top
+ * (<< 11). est = (1 + f/4096) 2^(126 - expo) is exact in float32 where normal (biased exponent
+ * 253 - expo >= 1); for expo 253 and 254 it is below the smallest normal, so 0. */
+INLINE float rcpps_v(float a, const uint32_t *frac) {
+    uint32_t bits = f2u(a), expo = (bits >> 23) & 0xFF;
+    uint32_t normal = ((253u - expo) << 23) | frac[(bits >> 11) & 0xFFF];
+    uint32_t out = expo == 0 ? 0x7F800000u : expo >= 253 ? 0u : normal;
+    out |= bits & 0x80000000u;
+    return u2f(isnan(a) ? bits | 0x00400000u : out);
 }
 
-static void k_preciprocal(const float *const *in, float *const *out, ptrdiff_t n) {
+/* Whether an FTZ op's result r differs from the plain one's (nonzero, at or below the smallest
+ * normal): where none of a core's results does, its FTZ and plain code give the same bits. */
+INLINE int flushes(float r) { return (r != 0.0f) & (fabsf(r) <= TINY32); }
+
+static void frac_fill(uint32_t *frac) {
     uint16_t t[4096];
     rcp_fill(t);
-    for (ptrdiff_t i = 0; i < n; i++) out[0][i] = preciprocal(in[0][i], t);
+    for (int i = 0; i < 4096; i++) frac[i] = (uint32_t)t[i] << 11;
 }
+
+VECTOR static void k_rcpps(const float *const *in, float *const *out, ptrdiff_t n) {
+    uint32_t frac[4096];
+    frac_fill(frac);
+    const float *x = in[0];
+    float *y = out[0];
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = rcpps_v(x[i], frac);
+}
+
+/* preciprocal: plain float32 ops with each result tested (`flushes`), then the FTZ core on the
+ * elements where one was, BLOCK at a time as MAP_FTZ. */
+VECTOR static void k_preciprocal(const float *const *in, float *const *out, ptrdiff_t n) {
+    uint32_t frac[4096];
+    uint16_t t[4096];
+    frac_fill(frac);
+    rcp_fill(t);
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
+        ptrdiff_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+        float xb[BLOCK];
+        float *y = out[0] + i0;
+        memcpy(xb, in[0] + i0, (size_t)m * sizeof(float));
+        int any = 0;
+        for (ptrdiff_t i = 0; i < m; i++) {
+            float a = xb[i];
+            float x = rcpps_v(a, frac);
+            float ax = a * x;
+            float tmp = 1.0f - ax;
+            float xt = x * tmp;
+            float r = xt + x;
+            y[i] = sel(isnan(tmp), x, r);
+            any |= flushes(ax) | flushes(tmp) | flushes(xt) | flushes(r);
+        }
+        if (any)
+            for (ptrdiff_t i = 0; i < m; i++) {
+                float a = xb[i];
+                float x = rcpps_v(a, frac);
+                float ax = a * x, tmp = 1.0f - ax, xt = x * tmp, r = xt + x;
+                if (flushes(ax) | flushes(tmp) | flushes(xt) | flushes(r)) y[i] = preciprocal(a, t);
+            }
+    }
+}
+
+#undef BLOCK
 
 const struct kernel eigen_kernels[] = {
     {"eigen_pexp", 1, 1, k_pexp},
