@@ -155,42 +155,52 @@ INLINE float xlogf_u1(float d) {
 }
 
 /* log1p: xlog1pf; past 1e38 (and at NaN) the log. Both share the log's end (`log_tail`): the
- * log's exponent and quotient replace log1p's there. `big` (a constant) is 0 where the caller
- * knows d is at most 1e38 or NaN: then the log's part is its NaN alone. */
-INLINE float xlog1pf_(float d, int big) {
-    int past = big && !(d <= LOG1P_BOUND);
+ * log's exponent and quotient replace log1p's there. */
+INLINE float xlog1pf(float d) {
+    int past = !(d <= LOG1P_BOUND);
     float e = getexp((past ? d : d + 1.0f) * C43);
     e = e == INFINITY ? 128.0f : e;
     float t = ldexp3(1.0f, 0u - (uint32_t)rint32(e));
     float nh = fmaf(d, t, t - 1.0f), nl = 0.0f;
     float dl, dh = dfadd_ff(2.0f, nh, &dl);
-    if (big) { /* xlogf_u1's quotient, where past */
-        float m = getmant(d);
-        float nl2, nh2 = dfadd2_ff(-1.0f, m, &nl2);
-        float dl2, dh2 = dfadd2_ff(1.0f, m, &dl2);
-        nh = past ? nh2 : nh;
-        nl = past ? nl2 : nl;
-        dh = past ? dh2 : dh;
-        dl = past ? dl2 : dl;
-    }
+    /* xlogf_u1's quotient, where past */
+    float m = getmant(d);
+    float nl2, nh2 = dfadd2_ff(-1.0f, m, &nl2);
+    float dl2, dh2 = dfadd2_ff(1.0f, m, &dl2);
+    nh = past ? nh2 : nh;
+    nl = past ? nl2 : nl;
+    dh = past ? dh2 : dh;
+    dl = past ? dl2 : dl;
     float xl, xh = dfdiv(nh, nl, dh, dl, &xl);
     float r = log_tail(e, xh, xl);
-    if (big) r = d == INFINITY ? INFINITY : r; /* xlogf_u1's fix-ups that apply past 1e38 */
+    r = d == INFINITY ? INFINITY : r; /* xlogf_u1's fix-ups that apply past 1e38 */
     r = isnan(d) ? NAN32 : r;
     r = d < -1 ? NAN32 : r;
     r = d == -1 ? -INFINITY : r;
     return bits(d) == 0x80000000u ? -0.0f : r;
 }
-INLINE float xlog1pf(float d) { return xlog1pf_(d, 1); }
+
+/* xlog1pf for a d in [0, 2) or NaN (log_sigmoid's): (d + 1) / 0.75 is then a positive normal
+ * float, its getexp its exponent field, and no fix-up but the NaN's applies. */
+INLINE float xlog1pf_unit(float d) {
+    int32_t k = (int32_t)(bits((d + 1.0f) * C43) >> 23) - 127;
+    float e = (float)k;
+    float t = ldexp3(1.0f, 0u - (uint32_t)k);
+    float m = fmaf(d, t, t - 1.0f);
+    float dl, dh = dfadd_ff(2.0f, m, &dl);
+    float xl, xh = dfdiv(m, 0.0f, dh, dl, &xl);
+    float r = log_tail(e, xh, xl);
+    return isnan(d) ? NAN32 : r;
+}
 
 /* sigmoid: 1 / (exp(0 - x) + 1). */
 INLINE float sigmoid(float x) { return 1.0f / (xexpf(0.0f - x) + 1.0f); }
 
-/* log_sigmoid: min(x, 0) - log1p(exp(-|x|)). exp of a non-positive float is below 2 (0 under
- * -104, else a polynomial under 2 scaled by 2**q, q <= 0) or NaN: log1p never takes its log. */
+/* log_sigmoid: min(x, 0) - log1p(exp(-|x|)). exp of a non-positive float is in [0, 2) (0 under
+ * -104, else a polynomial in (0.7, 1.5) scaled by 2**q, q <= 0) or NaN: `xlog1pf_unit`. */
 INLINE float log_sigmoid(float x) {
     float lo = isnan(x) | (x < 0) ? x : 0.0f; /* np.minimum */
-    return lo - xlog1pf_(xexpf(-fabsf(x)), 0);
+    return lo - xlog1pf_unit(xexpf(-fabsf(x)));
 }
 
 /* The loops, cloned for x86-64-v4 (AVX512) and x86-64-v3 (AVX2) CPUs, both with FMA: vectorised,
@@ -201,7 +211,9 @@ INLINE float log_sigmoid(float x) {
  * operations that could trap); no value changes, -ffp-contract=off and -fno-fast-math still hold.
  * -O0 builds keep the loops unoptimised. */
 #if !defined(CLONES) && defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && defined(__clang__) /* its own names: FMA only */
+#define CLONES __attribute__((target_clones("fma", "default")))
+#elif __has_attribute(target_clones)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #endif
