@@ -3,9 +3,13 @@
  * not flush: plain float ops, fmaf where SLEEF has `vmla`. */
 #include "kernels.h"
 
-/* Inlined everywhere, into each clone of the loops (below) with its instruction set. */
+/* Inlined everywhere, into each clone of the loops (below) with its instruction set. Branch-free
+ * (selects on values computed either way, integer bit logic) so that the loops vectorise. */
 #define INLINE static inline __attribute__((always_inline))
-#define NAN32 u2f(0x7FC00000u) /* numpy's np.nan as float32 (the models' fixed-up NaNs) */
+/* kernels.h's f2u/u2f, inlined into the loops whatever their options (below) */
+INLINE uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+INLINE float from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+#define NAN32 from_bits(0x7FC00000u) /* numpy's np.nan as float32 (the models' fixed-up NaNs) */
 
 /* Constants as numpy makes them: float64 values rounded to float32. */
 static const float R_LN2 = 1.442695040888963407359924681001892137426645954152985934135449406931;
@@ -21,11 +25,13 @@ static const float LOG_POLY[3] = {0.3027294874, 0.3996108174, 0.6666694880};
 /* _rint: _mm512_cvtps_epi32, to nearest even; NaN and out of range give INT_MIN. */
 INLINE int32_t rint32(float a) {
     float r = rintf(a);
-    return isfinite(r) && fabsf(r) < 0x1p31f ? (int32_t)r : INT32_MIN;
+    int ok = fabsf(r) < 0x1p31f; /* false for inf and NaN */
+    int32_t q = (int32_t)(ok ? r : 0.0f);
+    return ok ? q : INT32_MIN;
 }
 
 /* _pow2i: the float whose bits are (q + 127) << 23, wrapping. */
-INLINE float pow2i(int32_t q) { return u2f(((uint32_t)q + 0x7Fu) << 23); }
+INLINE float pow2i(int32_t q) { return from_bits(((uint32_t)q + 0x7Fu) << 23); }
 
 /* _ldexp2: d * 2**(e >> 1) * 2**(e - (e >> 1)), two roundings. */
 INLINE float ldexp2(float d, int32_t e) {
@@ -34,32 +40,34 @@ INLINE float ldexp2(float d, int32_t e) {
 }
 
 /* _ldexp3: q added to d's exponent field. */
-INLINE float ldexp3(float d, uint32_t q) { return u2f(f2u(d) + (q << 23)); }
+INLINE float ldexp3(float d, uint32_t q) { return from_bits(bits(d) + (q << 23)); }
 
 /* _getexp: floor(log2|a|) as a float (frexp's exponent less one); -inf for 0, +inf for inf,
  * NaN for NaN. */
 INLINE float getexp(float a) {
-    uint32_t u = f2u(a) & 0x7FFFFFFFu;
-    if (u >= 0x7F800000u) return u == 0x7F800000u ? INFINITY : NAN32;
-    if (u == 0) return -INFINITY;
-    if (u < 0x00800000u) return (float)(-118 - __builtin_clz(u)); /* subnormal: u * 2**-149 */
-    return (float)((int)(u >> 23) - 127);
+    int32_t u = (int32_t)(bits(a) & 0x7FFFFFFFu);
+    /* a subnormal is u * 2**-149, and u (< 2**23) converts exactly: its exponent is u's */
+    int32_t s = (int32_t)bits((float)u);
+    int32_t e = u < 0x00800000 ? (s >> 23) - 127 - 149 : (u >> 23) - 127;
+    float r = (float)e;
+    r = u == 0 ? -INFINITY : r;
+    r = u == 0x7F800000 ? INFINITY : r;
+    return u > 0x7F800000 ? NAN32 : r;
 }
 
 /* _getmant: |a|'s significand in [0.75, 1.5) (frexp's fraction doubled, halved from 1.5); NaN
  * for a negative a. */
 INLINE float getmant(float a) {
-    uint32_t u = f2u(a) & 0x7FFFFFFFu;
-    float sig;
-    if (u == 0 || u >= 0x7F800000u) { /* 0, inf, NaN: frexp's own */
-        int k;
-        sig = frexpf(fabsf(a), &k) * 2.0f;
-    } else {
-        if (u < 0x00800000u) u <<= __builtin_clz(u) - 8; /* subnormal: normalised */
-        sig = u2f((u & 0x007FFFFFu) | 0x3F800000u);
-    }
-    if (sig >= 1.5f) sig = sig * 0.5f;
-    return signbit(a) && a != 0 ? NAN32 : sig;
+    int32_t u = (int32_t)(bits(a) & 0x7FFFFFFFu);
+    /* a subnormal normalised: u (< 2**23) converted exactly has u's significand */
+    uint32_t n = u < 0x00800000 ? bits((float)u) : (uint32_t)u;
+    float sig = from_bits((n & 0x007FFFFFu) | 0x3F800000u);
+    /* 0, inf, NaN: frexp's own fraction (x + x, a NaN quietened), doubled */
+    float fa = fabsf(a);
+    float special = (fa + fa) * 2.0f;
+    sig = (u == 0) | (u >= 0x7F800000) ? special : sig;
+    sig = sig >= 1.5f ? sig * 0.5f : sig;
+    return ((int32_t)bits(a) < 0) & (a != 0) ? NAN32 : sig;
 }
 
 /* The double-float helpers, a pair (h, l) returned as h with l through *l. */
@@ -119,75 +127,107 @@ INLINE float xexpf(float d) {
     float qf = (float)q;
     float s = fmaf(qf, -L2U, d);
     s = fmaf(qf, -L2L, s);
-    float u = EXP_POLY[0];
-    for (int i = 1; i < 6; i++) u = fmaf(u, s, EXP_POLY[i]);
+    float u = fmaf(EXP_POLY[0], s, EXP_POLY[1]);
+    u = fmaf(u, s, EXP_POLY[2]);
+    u = fmaf(u, s, EXP_POLY[3]);
+    u = fmaf(u, s, EXP_POLY[4]);
+    u = fmaf(u, s, EXP_POLY[5]);
     u = 1.0f + fmaf(s * s, u, s);
     u = ldexp2(u, q);
-    if (d < -104) u = 0.0f;
-    if (d > 100) u = INFINITY;
-    return u;
+    u = d < -104 ? 0.0f : u;
+    return d > 100 ? INFINITY : u;
 }
 
 /* log: xlogf_u1, exponent and mantissa by getexp/getmant, specials by vfixupimm. */
 INLINE float xlogf_u1(float d) {
-    /* a NaN: np.nan, as the model fixes it up (its sums meet two different NaNs) */
-    if (isnan(d)) return NAN32;
     float e = getexp(d * C43);
-    if (e == INFINITY) e = 128.0f;
+    e = e == INFINITY ? 128.0f : e;
     float m = getmant(d);
     float nl, nh = dfadd2_ff(-1.0f, m, &nl);
     float dl, dh = dfadd2_ff(1.0f, m, &dl);
     float xl, xh = dfdiv(nh, nl, dh, dl, &xl);
     float r = log_tail(e, xh, xl);
-    if (d == 0) r = -INFINITY;
-    if (d < 0) r = NAN32;
-    if (d == INFINITY) r = INFINITY;
-    return r;
+    r = d == 0 ? -INFINITY : r;
+    r = d < 0 ? NAN32 : r;
+    r = d == INFINITY ? INFINITY : r;
+    /* a NaN: np.nan, as the model fixes it up (its sums meet two different NaNs) */
+    return isnan(d) ? NAN32 : r;
 }
 
-/* log1p: xlog1pf; past 1e38 (and at NaN) the log. */
+/* log1p: xlog1pf; past 1e38 (and at NaN) the log. Both share the log's end (`log_tail`): the
+ * log's exponent and quotient replace log1p's there. */
 INLINE float xlog1pf(float d) {
-    float r;
-    if (!(d <= LOG1P_BOUND)) {
-        r = xlogf_u1(d);
-    } else {
-        float dp1 = d + 1.0f;
-        float e = getexp(dp1 * C43);
-        if (e == INFINITY) e = 128.0f;
-        float t = ldexp3(1.0f, 0u - (uint32_t)rint32(e));
-        float m = fmaf(d, t, t - 1.0f);
-        float dl, dh = dfadd_ff(2.0f, m, &dl);
-        float xl, xh = dfdiv(m, 0.0f, dh, dl, &xl);
-        r = log_tail(e, xh, xl);
-    }
-    if (d < -1) r = NAN32;
-    if (d == -1) r = -INFINITY;
-    if (d == 0 && signbit(d)) r = -0.0f;
-    return r;
+    int past = !(d <= LOG1P_BOUND);
+    float e = getexp((past ? d : d + 1.0f) * C43);
+    e = e == INFINITY ? 128.0f : e;
+    float t = ldexp3(1.0f, 0u - (uint32_t)rint32(e));
+    float nh = fmaf(d, t, t - 1.0f), nl = 0.0f;
+    float dl, dh = dfadd_ff(2.0f, nh, &dl);
+    /* xlogf_u1's quotient, where past */
+    float m = getmant(d);
+    float nl2, nh2 = dfadd2_ff(-1.0f, m, &nl2);
+    float dl2, dh2 = dfadd2_ff(1.0f, m, &dl2);
+    nh = past ? nh2 : nh;
+    nl = past ? nl2 : nl;
+    dh = past ? dh2 : dh;
+    dl = past ? dl2 : dl;
+    float xl, xh = dfdiv(nh, nl, dh, dl, &xl);
+    float r = log_tail(e, xh, xl);
+    r = d == INFINITY ? INFINITY : r; /* xlogf_u1's fix-ups that apply past 1e38 */
+    r = isnan(d) ? NAN32 : r;
+    r = d < -1 ? NAN32 : r;
+    r = d == -1 ? -INFINITY : r;
+    return bits(d) == 0x80000000u ? -0.0f : r;
+}
+
+/* xlog1pf for a d in [0, 2) or NaN (log_sigmoid's): (d + 1) / 0.75 is then a positive normal
+ * float, its getexp its exponent field, and no fix-up but the NaN's applies. */
+INLINE float xlog1pf_unit(float d) {
+    int32_t k = (int32_t)(bits((d + 1.0f) * C43) >> 23) - 127;
+    float e = (float)k;
+    float t = ldexp3(1.0f, 0u - (uint32_t)k);
+    float m = fmaf(d, t, t - 1.0f);
+    float dl, dh = dfadd_ff(2.0f, m, &dl);
+    float xl, xh = dfdiv(m, 0.0f, dh, dl, &xl);
+    float r = log_tail(e, xh, xl);
+    return isnan(d) ? NAN32 : r;
 }
 
 /* sigmoid: 1 / (exp(0 - x) + 1). */
 INLINE float sigmoid(float x) { return 1.0f / (xexpf(0.0f - x) + 1.0f); }
 
-/* log_sigmoid: min(x, 0) - log1p(exp(-|x|)). */
+/* log_sigmoid: min(x, 0) - log1p(exp(-|x|)). exp of a non-positive float is in [0, 2) (0 under
+ * -104, else a polynomial in (0.7, 1.5) scaled by 2**q, q <= 0) or NaN: `xlog1pf_unit`. */
 INLINE float log_sigmoid(float x) {
-    float lo = isnan(x) || x < 0 ? x : 0.0f; /* np.minimum */
-    return lo - xlog1pf(xexpf(-fabsf(x)));
+    float lo = isnan(x) | (x < 0) ? x : 0.0f; /* np.minimum */
+    return lo - xlog1pf_unit(xexpf(-fabsf(x)));
 }
 
-/* The loops, cloned for CPUs with FMA (fmaf then one instruction, not a libm call): the same
- * bits, fmaf being correctly rounded either way (-DCLONES= builds the one default loop). */
+/* The loops, cloned for x86-64-v4 (AVX512) and x86-64-v3 (AVX2) CPUs, both with FMA: vectorised,
+ * fmaf one instruction, not a libm call. The same bits, fmaf being correctly rounded either way
+ * (-DCLONES= builds the one default loop, scalar: fmaf a libm call). Optimised builds vectorise
+ * at O3 (-O2's cost model leaves the loops scalar) without trapping math: GCC then evaluates both
+ * sides of a select (it sinks float operations into branches otherwise, and does not if-convert
+ * operations that could trap); no value changes, -ffp-contract=off and -fno-fast-math still hold.
+ * -O0 builds keep the loops unoptimised. */
 #if !defined(CLONES) && defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && defined(__clang__) /* its own names: FMA only */
 #define CLONES __attribute__((target_clones("fma", "default")))
+#elif __has_attribute(target_clones)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #endif
 #ifndef CLONES
 #define CLONES
 #endif
+#if defined(__OPTIMIZE__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR __attribute__((optimize("O3", "no-trapping-math")))
+#else
+#define VECTOR
+#endif
 
 #define UNARY(name, fn)                                                                 \
-    CLONES static void name(const float *const *in, float *const *out, ptrdiff_t n) { \
+    CLONES VECTOR static void name(const float *const *in, float *const *out, ptrdiff_t n) { \
         const float *x = in[0];                                                         \
         float *y = out[0];                                                              \
         for (ptrdiff_t i = 0; i < n; i++) y[i] = fn(x[i]);                              \
