@@ -69,6 +69,24 @@ def run(name: str, *inputs: Any) -> Any:
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def measure(computed: np.ndarray, exact: np.ndarray, inv_ulp: np.ndarray, mag: np.ndarray,
+            complement: np.ndarray | None, rel: bool
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+    """`fastref.Scale.measure`'s arithmetic on float32 values in one compiled pass: (ULPs,
+    relative errors or None, absolute errors) before its corrections at zeros and underflows;
+    None where it does not run here (not built or turned off, values not float32 or not 1-d)."""
+    c = np.asarray(computed)
+    if not _on or c.dtype != _F32 or c.ndim != 1:
+        return None
+    ulps, diff = np.empty(c.shape), np.empty(c.shape)
+    rels = np.empty(c.shape) if rel else None
+    f64 = [np.ascontiguousarray(a, _F64) for a in (exact, inv_ulp, mag)]
+    comp = None if complement is None else np.ascontiguousarray(complement, _F64)
+    assert _kernels is not None  # _on
+    _kernels.measure(np.ascontiguousarray(c), *f64, comp, ulps, rels, diff)
+    return ulps, rels, diff
+
+
 def subnormals(a: np.ndarray) -> bool | None:
     """Whether a float32 or float64 array holds a subnormal value (one compiled pass); None where
     that is not asked here (not built or turned off, another dtype, not contiguous)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bce_audit import compiled
 from bce_audit.dtypes import DtypeInfo
 
 BOUND = 2.0 ** -49   # 1.8e-15: relative error bound of every normal value returned
@@ -166,21 +167,25 @@ class Scale:
         errors."""
         e, mag = self.exact, self.mag
         with np.errstate(all="ignore"):
-            c = np.asarray(computed).astype(np.float64)
-            diff = np.subtract(c, e)
-            np.abs(diff, out=diff)
-            if self.complement is not None:
-                near_one = mag >= 0.5
-                diff = np.where(near_one, np.abs((c * np.sign(e) - 1.0) + self.complement), diff)
-            ulps = diff * self.inv_ulp  # = diff / ULP: scaling by a power of two rounds once
-            rels = None
-            if rel:
-                rels = np.divide(diff, mag)
-                if self.zero.size:
-                    rels[self.zero] = np.where(diff[self.zero] == 0, 0.0, np.inf)
+            fused = compiled.measure(computed, e, self.inv_ulp, mag, self.complement, rel)
+            if fused is not None:
+                ulps, rels, diff = fused
+            else:
+                c = np.asarray(computed).astype(np.float64)
+                diff = np.subtract(c, e)
+                np.abs(diff, out=diff)
+                if self.complement is not None:
+                    near_one = mag >= 0.5
+                    diff = np.where(near_one, np.abs((c * np.sign(e) - 1.0) + self.complement), diff)
+                ulps = diff * self.inv_ulp  # = diff / ULP: scaling by a power of two rounds once
+                rels = np.divide(diff, mag) if rel else None
+            if rels is not None and self.zero.size:
+                rels[self.zero] = np.where(diff[self.zero] == 0, 0.0, np.inf)
             if self.log_exact is not None and self.under.size:
-                i = self.under[np.isfinite(c[self.under])]
-                ci, le = c[i], self.log_exact[i]
+                cu = np.asarray(computed)[self.under].astype(np.float64)
+                finite = np.isfinite(cu)
+                i, ci = self.under[finite], cu[finite]
+                le = self.log_exact[i]
                 zero = ci == 0
                 ulps[i] = np.where(zero, np.exp(le - np.log(self.sub)), np.abs(ci) / self.sub)
                 diff[i] = np.where(zero, np.exp(le), np.abs(ci))  # exp(le): what float(mpf) gives

@@ -7,6 +7,7 @@
 
 #include "kernels.h"
 #include "ftz.h"
+#include "measure.h"
 
 extern const struct kernel glibc_kernels[], eigen_kernels[], xla_kernels[], sleef_kernels[];
 static const struct kernel *const TABLES[] = {glibc_kernels, eigen_kernels, xla_kernels, sleef_kernels};
@@ -96,6 +97,39 @@ static int get(PyObject *obj, Py_buffer *v, int writable, int any_float, int *f3
     return 0;
 }
 
+/* measure(computed, exact, inv_ulp, mag, complement|None, ulps, rels|None, diff): float32
+ * computed values, the rest float64, all of one length. */
+static PyObject *measure(PyObject *self, PyObject *args) {
+    PyObject *o[8];
+    if (!PyArg_UnpackTuple(args, "measure", 8, 8, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7]))
+        return NULL;
+    static const int writable[8] = {0, 0, 0, 0, 0, 1, 1, 1};
+    Py_buffer v[8];
+    int got = 0, f32 = 0;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    for (; got < 8; got++) {
+        v[got].obj = NULL;
+        v[got].buf = NULL;
+        if (o[got] == Py_None && (got == 4 || got == 6)) continue;
+        if (get(o[got], &v[got], writable[got], got == 0, got == 0 ? &f32 : NULL, &n) < 0) goto done;
+        if (got == 0 && !f32) {
+            got++;
+            PyErr_SetString(PyExc_TypeError, "measure: float32 computed values");
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    measure32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf, n);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++)
+        if (v[i].obj) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 /* subnormals(buffer) -> whether a float32 or float64 buffer holds a subnormal value */
 static PyObject *subnormals(PyObject *self, PyObject *arg) {
     Py_buffer v;
@@ -128,6 +162,7 @@ static PyObject *names(PyObject *self, PyObject *unused) {
 
 static PyMethodDef METHODS[] = {
     {"apply", apply, METH_VARARGS, "apply(name, *buffers): outputs first, then inputs (float32)."},
+    {"measure", measure, METH_VARARGS, "measure(c, exact, inv_ulp, mag, complement, ulps, rels, diff)."},
     {"subnormals", subnormals, METH_O, "subnormals(buffer) -> whether a float32/float64 buffer holds one."},
     {"names", names, METH_NOARGS, "names() -> [(name, inputs, outputs)]: every compiled kernel."},
     {NULL, NULL, 0, NULL},

@@ -159,3 +159,40 @@ def test_subnormals_is_flushs_test(dtype):
         assert compiled.subnormals(b) is want, b[:4]
     assert compiled.subnormals(values[::2]) is None  # not contiguous: numpy decides
     assert compiled.subnormals(np.zeros(4, np.float16)) is None
+
+
+# ---------------------------------------------------------------- the fast baseline's measuring
+
+
+def _columns(n: int = 50_000):
+    """A chunk's exact columns (a sigmoid with its complement, a BCE with its log, a round trip)
+    and float32 values near them: rounded, nudged by a few parts in 2^10, some infinite, NaN or 0."""
+    from bce_audit import dtypes, fastref
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-120, 120, n), [0.0, -0.0, 1e-30, 16.6, -800.0]]).astype(np.float32)
+    e = fastref.exact(x.astype(np.float64))
+    info = dtypes.get("float32")
+    for exact, log_exact, comp in ((e.p, None, e.q), (e.bce(0), e.log_bce(0), None), (e.x, None, None)):
+        c = (exact * (1 + rng.integers(-3, 4, exact.size) * 2.0**-10)).astype(np.float32)
+        for special in (np.inf, -np.inf, np.nan, 0.0):
+            c[rng.integers(0, c.size, 50)] = special
+        yield fastref.scale(exact, log_exact, info, comp), c
+
+
+@pytest.mark.parametrize("rel", [True, False])
+def test_measure_equals_numpy(rel):
+    """`fastref.Scale.measure` compiled and as numpy code: the same ULPs, relative and absolute
+    errors, bit for bit (NaNs compared as NaNs), near 1 through the complement too."""
+    for sc, c in _columns():
+        with np.errstate(all="ignore"):
+            got = sc.measure(c, rel)
+            with compiled.pure():
+                want = sc.measure(c, rel)
+        assert (got[1] is None) == (want[1] is None) == (not rel)
+        for g, w in zip(got, want, strict=True):
+            if g is not None:
+                nan = np.isnan(w)
+                assert np.array_equal(np.isnan(g), nan)
+                assert np.array_equal(g[~nan].view(np.uint64), w[~nan].view(np.uint64))
+    assert compiled.measure(c.astype(np.float64), sc.exact, sc.inv_ulp, sc.mag, None, True) is None
