@@ -237,16 +237,23 @@ class Parquet:
                 elif name in CLIP_FLOATS:
                     cols[name] = pa.nulls(n, type=pa.float64())
                 elif name == "eps":
-                    cols[name] = pa.array([b.eps] * n, type=pa.float64())
+                    cols[name] = pa.array(np.full(n, np.nan if b.eps is None else b.eps),
+                                          mask=np.full(n, b.eps is None))
                 else:
-                    v = getattr(b, name)
-                    cols[name] = pa.array([None if v is None else str(v)] * n, type=pa.string())
+                    cols[name] = _repeated(pa, getattr(b, name), n)
             parts.append(pa.table(cols, schema=self.schema))
         if parts:
             self.w.write_table(pa.concat_tables(parts))
 
     def close(self) -> None:
         self.w.close()
+
+
+def _repeated(pa, v, n: int):
+    """A string column of one value (null for None) n times, built by Arrow (no list of n)."""
+    if v is None:
+        return pa.nulls(n, type=pa.string())
+    return pa.DictionaryArray.from_arrays(np.zeros(n, np.int8), pa.array([str(v)])).cast(pa.string())
 
 
 class ParquetMissing(RuntimeError):
