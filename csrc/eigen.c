@@ -250,16 +250,9 @@ INLINE float plog1p_log_nan_v(float x) { return plog1p_v(x, 0); }
 #endif
 
 /* A core over an array, all plain: `plain` is exact everywhere. */
-#define MAP(name, plain)                                                       \
-    VECTOR static void name(const float *const *in, float *const *out, ptrdiff_t n) { \
-        const float *x = in[0];                                                \
-        float *y = out[0];                                                     \
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = plain(x[i]);                  \
-    }
-MAP(k_plog, plog_v)
-MAP(k_plog1p, plog1p_x_nan_v)
-MAP(k_plog1p_f16, plog1p_log_nan_v)
-#undef MAP
+MAP_KERNEL(VECTOR, k_plog, plog_v)
+MAP_KERNEL(VECTOR, k_plog1p, plog1p_x_nan_v)
+MAP_KERNEL(VECTOR, k_plog1p_f16, plog1p_log_nan_v)
 
 /* A core over an array, BLOCK elements at a time: the vectorised plain code on each (its input
  * copied first, as the output may be the input), then the FTZ core on the ones `slow` marks. */

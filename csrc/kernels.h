@@ -23,6 +23,15 @@ struct kernel {
 
 #define TINY32 0x1p-126f /* float32's smallest normal */
 
+/* A kernel that maps `fn` over one input, element by element; `attrs`: the loop's attributes
+ * (its target clones and optimisation, as each file builds them). */
+#define MAP_KERNEL(attrs, name, fn)                                          \
+    attrs static void name(const float *const *in, float *const *out, ptrdiff_t n) { \
+        const float *x = in[0];                                              \
+        float *y = out[0];                                                   \
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = fn(x[i]);                   \
+    }
+
 static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint64_t d2u(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }

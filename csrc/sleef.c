@@ -226,18 +226,11 @@ INLINE float log_sigmoid(float x) {
 #define VECTOR
 #endif
 
-#define UNARY(name, fn)                                                                 \
-    CLONES VECTOR static void name(const float *const *in, float *const *out, ptrdiff_t n) { \
-        const float *x = in[0];                                                         \
-        float *y = out[0];                                                              \
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = fn(x[i]);                              \
-    }
-UNARY(sleef_exp, xexpf)
-UNARY(sleef_log, xlogf_u1)
-UNARY(sleef_log1p, xlog1pf)
-UNARY(sleef_sigmoid, sigmoid)
-UNARY(sleef_log_sigmoid, log_sigmoid)
-#undef UNARY
+MAP_KERNEL(CLONES VECTOR, sleef_exp, xexpf)
+MAP_KERNEL(CLONES VECTOR, sleef_log, xlogf_u1)
+MAP_KERNEL(CLONES VECTOR, sleef_log1p, xlog1pf)
+MAP_KERNEL(CLONES VECTOR, sleef_sigmoid, sigmoid)
+MAP_KERNEL(CLONES VECTOR, sleef_log_sigmoid, log_sigmoid)
 
 const struct kernel sleef_kernels[] = {
     {"sleef_exp", 1, 1, sleef_exp},

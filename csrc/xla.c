@@ -202,19 +202,12 @@ INLINE float optax_bce_grad32(float x, float y) {
     return fma_np(z32(1.0f - b), slope32(a, t), -mul_np(b, slope32(-a, t)));
 }
 
-#define MAP1(name, f)                                                                  \
-    CLONES static void name(const float *const *in, float *const *out, ptrdiff_t n) { \
-        const float *x = in[0];                                                        \
-        float *y = out[0];                                                             \
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = f(x[i]);                              \
-    }
-MAP1(k_exp32, exp32)
-MAP1(k_log32, log32)
-MAP1(k_log1p32, log1p32)
-MAP1(k_log1p_small, log1p_small)
-MAP1(k_softplus32, softplus32)
-MAP1(k_logistic32, logistic32)
-#undef MAP1
+MAP_KERNEL(CLONES, k_exp32, exp32)
+MAP_KERNEL(CLONES, k_log32, log32)
+MAP_KERNEL(CLONES, k_log1p32, log1p32)
+MAP_KERNEL(CLONES, k_log1p_small, log1p_small)
+MAP_KERNEL(CLONES, k_softplus32, softplus32)
+MAP_KERNEL(CLONES, k_logistic32, logistic32)
 
 CLONES static void k_exp_parts(const float *const *in, float *const *out, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) exp_parts(in[0][i], &out[0][i], &out[1][i]);
