@@ -50,23 +50,28 @@ def names() -> tuple[str, ...]:
 
 
 def run(name: str, *inputs: Any) -> Any:
-    """The compiled kernel ``name`` on float32 arrays (broadcast to one shape): its output, or a
-    tuple of its outputs; None where it does not run here (not built, turned off, or an input
-    that is not float32: the numpy code decides what that means)."""
+    """The compiled kernel ``name`` on float32 arrays of one shape: its output, or a tuple of its
+    outputs; None where it does not run here (not built, turned off, an input that is not a
+    plain float32 array or scalar, or inputs of different shapes: the numpy code decides what
+    those mean, and its choice between two NaNs may follow how numpy broadcasts)."""
     shape = _SHAPES.get(name) if _on else None
     if shape is None or len(inputs) != shape[0]:
         return None
-    arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in inputs]
-    if any(a.dtype != _F32 or not isinstance(inp, np.ndarray | np.float32)
-           for a, inp in zip(arrays, inputs, strict=True)):
+    if any(type(a) is not np.ndarray and type(a) is not np.float32 for a in inputs):
+        return None  # (a subclass, a masked array say, keeps what numpy gives it)
+    arrays = [np.asarray(a) for a in inputs]
+    if any(a.dtype != _F32 for a in arrays) or len({a.shape for a in arrays}) > 1:
         return None
-    if len({a.shape for a in arrays}) > 1:
-        arrays = list(np.broadcast_arrays(*arrays))
     outs = [np.empty(arrays[0].shape, _F32) for _ in range(shape[1])]
-    arrays = [np.ascontiguousarray(a) for a in arrays]  # (a 0-d array comes out 1-d: shape first)
+    arrays = [_plain(a) for a in arrays]  # (a 0-d array comes out 1-d: the shape is taken first)
     assert _kernels is not None  # _on
     _kernels.apply(name, *outs, *arrays)
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _plain(a: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """``a`` as the C reads it: C-contiguous and aligned (a copy where it is not)."""
+    return np.require(a, dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def measure(computed: np.ndarray, exact: np.ndarray, inv_ulp: np.ndarray, mag: np.ndarray,
@@ -80,17 +85,17 @@ def measure(computed: np.ndarray, exact: np.ndarray, inv_ulp: np.ndarray, mag: n
         return None
     ulps, diff = np.empty(c.shape), np.empty(c.shape)
     rels = np.empty(c.shape) if rel else None
-    f64 = [np.ascontiguousarray(a, _F64) for a in (exact, inv_ulp, mag)]
-    comp = None if complement is None else np.ascontiguousarray(complement, _F64)
+    f64 = [_plain(a, _F64) for a in (exact, inv_ulp, mag)]
+    comp = None if complement is None else _plain(complement, _F64)
     assert _kernels is not None  # _on
-    _kernels.measure(np.ascontiguousarray(c), *f64, comp, ulps, rels, diff)
+    _kernels.measure(_plain(c), *f64, comp, ulps, rels, diff)
     return ulps, rels, diff
 
 
 def subnormals(a: np.ndarray) -> bool | None:
     """Whether a float32 or float64 array holds a subnormal value (one compiled pass); None where
-    that is not asked here (not built or turned off, another dtype, not contiguous)."""
-    if not _on or (a.dtype != _F32 and a.dtype != _F64) or not a.flags.c_contiguous:
+    that is not asked here (not built or turned off, another dtype, not contiguous or aligned)."""
+    if not _on or (a.dtype != _F32 and a.dtype != _F64) or not (a.flags.c_contiguous and a.flags.aligned):
         return None
     assert _kernels is not None  # _on
     return bool(_kernels.subnormals(a))

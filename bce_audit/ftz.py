@@ -125,7 +125,7 @@ def fma(a, b, c, ftz: bool = False) -> np.ndarray:
             s = np.asarray(np.add(s, c, dtype=_F64))
         bits = s.view(np.uint64)
         risky = (bits & _LOW29) == _HALF29
-        out = s.astype(_F32)
+        out = s.astype(_F32, order="C")  # (C order: the fixes below go in through a flat view)
         tiny = np.abs(out) <= _TINY32_F32  # every sum below float32's smallest normal, and a few more
         if _count(tiny):
             risky |= tiny & (s != 0)  # a float64 sum of 0 is exact

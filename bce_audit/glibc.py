@@ -180,10 +180,10 @@ def libm(name: str, a) -> np.ndarray:
     in numpy for arrays of `SMALL` values or more (`_agrees` first), the libm through ctypes for
     the rest; the correctly rounded value where there is no libm."""
     a = np.asarray(a, _F32)
-    out = compiled.run(name, a)  # the libm itself, called from C
+    fn = _functions().get(name)
+    out = None if fn is None else compiled.run(name, a)  # the libm itself, called from C
     if out is not None:
         return out
-    fn = _functions().get(name)
     if fn is None:
         with np.errstate(all="ignore"):
             return _CR[name](a.astype(_F64)).astype(_F32)

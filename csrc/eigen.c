@@ -238,7 +238,7 @@ INLINE float plog1p_log_nan_v(float x) { return plog1p_v(x, 0); }
 /* The loops, cloned for AVX2/FMA CPUs (x86-64-v3) and any other (-DEIGEN_NO_CLONES: the latter
  * only), and vectorised (-O3) where the build optimises at all. No FMA is formed: the build's
  * -ffp-contract=off holds in the clones too, and nothing here calls fmaf. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EIGEN_NO_CLONES)
+#if BCE_CLONES && !defined(EIGEN_NO_CLONES)
 #define CLONES target_clones("arch=x86-64-v3", "default"),
 #else
 #define CLONES

@@ -1,9 +1,10 @@
 /* `bce_audit/ftz.py`'s test of whether an array needs flushing, compiled (`compiled.subnormals`). */
 #include "ftz.h"
+#include "kernels.h"
 
 /* Whether any value is subnormal (0 < |x| < the smallest normal): `ftz.flush`'s test, one pass
  * that the compiler vectorises (on integer bits: |x| - 1 wraps zeros out of range). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if BCE_CLONES
 #define VECTOR __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3")))
 #else
 #define VECTOR

@@ -21,6 +21,16 @@ struct kernel {
     kernel_fn fn;
 };
 
+/* Whether loops may be built twice or more for the CPU to pick at load time (target_clones):
+ * GCC 11 or later (for the x86-64-v3 and -v4 names) on x86-64 with glibc (its ifunc picks).
+ * -DBCE_NO_CLONES builds the plain loops only, to test them where the CPU would pick others. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    defined(__GLIBC__) && !defined(BCE_NO_CLONES)
+#define BCE_CLONES 1
+#else
+#define BCE_CLONES 0
+#endif
+
 #define TINY32 0x1p-126f /* float32's smallest normal */
 
 /* A kernel that maps `fn` over one input, element by element; `attrs`: the loop's attributes

@@ -1,12 +1,13 @@
 /* `bce_audit/fastref.py` Scale.measure's arithmetic on float32 values, in one vectorised pass
  * (`compiled.measure`): the same float64 operations element by element, so the same bits. */
 #include "measure.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if BCE_CLONES
 #define VECTOR __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3", "no-trapping-math")))
 #else
 #define VECTOR

@@ -35,6 +35,10 @@ static PyObject *apply(PyObject *self, PyObject *args) {
         return NULL;
     }
     int total = k->nin + k->nout;
+    if (total > MAXARGS) {
+        PyErr_Format(PyExc_SystemError, "kernel %s has more than %d buffers", name, MAXARGS);
+        return NULL;
+    }
     if (nargs - 1 != total) {
         PyErr_Format(PyExc_TypeError, "kernel %s takes %d buffers (outputs, then inputs), not %zd",
                      name, total, nargs - 1);
@@ -86,10 +90,14 @@ static int get(PyObject *obj, Py_buffer *v, int writable, int any_float, int *f3
     int is32 = v->itemsize == 4 && v->format && strcmp(v->format, "f") == 0;
     int is64 = v->itemsize == 8 && v->format && strcmp(v->format, "d") == 0;
     Py_ssize_t len = v->len / (v->itemsize ? v->itemsize : 1);
-    if (!(is64 || (any_float && is32)) || (*n >= 0 && len != *n)) {
+    if (!(is64 || (any_float && is32))) {
         PyBuffer_Release(v);
-        PyErr_SetString(PyExc_TypeError, any_float ? "float32 or float64 buffers of one length"
-                                                   : "float64 buffers of one length");
+        PyErr_SetString(PyExc_TypeError, any_float ? "float32 or float64 buffers" : "float64 buffers");
+        return -1;
+    }
+    if (*n >= 0 && len != *n) {
+        PyBuffer_Release(v);
+        PyErr_Format(PyExc_ValueError, "buffers of %zd and %zd elements", *n, len);
         return -1;
     }
     if (f32) *f32 = is32;

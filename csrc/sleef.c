@@ -210,10 +210,11 @@ INLINE float log_sigmoid(float x) {
  * sides of a select (it sinks float operations into branches otherwise, and does not if-convert
  * operations that could trap); no value changes, -ffp-contract=off and -fno-fast-math still hold.
  * -O0 builds keep the loops unoptimised. */
-#if !defined(CLONES) && defined(__x86_64__) && defined(__ELF__) && defined(__has_attribute)
+#if !defined(CLONES) && defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && \
+    defined(__has_attribute) && !defined(BCE_NO_CLONES)
 #if __has_attribute(target_clones) && defined(__clang__) /* its own names: FMA only */
 #define CLONES __attribute__((target_clones("fma", "default")))
-#elif __has_attribute(target_clones)
+#elif BCE_CLONES
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #endif

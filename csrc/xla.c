@@ -21,7 +21,7 @@
 #else
 #define LOOP
 #endif
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(XLA_NO_CLONES)
+#if BCE_CLONES && !defined(XLA_NO_CLONES)
 #define CLONES __attribute__((target_clones("arch=x86-64-v3", "default"))) LOOP
 #define INLINE static inline __attribute__((always_inline)) /* into each clone */
 #else
