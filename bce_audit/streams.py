@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -89,10 +90,16 @@ class JsonLines:
 
     KEYS = tuple(sorted(FIELDS))
 
+    IN_FLIGHT = 48  # blocks (about a chunk's series and a few more) formatting or waiting their turn
+
     def __init__(self, f: IO[str]):
         self.f = f
         self._pool: ThreadPoolExecutor | None = None
-        self._memo: dict = {}  # a chunk's column texts, by the column's bytes
+        self._room = threading.Semaphore(self.IN_FLIGHT)
+        self._lock = threading.Lock()  # over the write order, and the file
+        self._ready: dict[int, object] = {}  # formatted blocks (or their errors) by their place
+        self._submitted = self._written = 0
+        self._error: BaseException | None = None
         try:
             import pyarrow as pa
             import pyarrow.compute as pc
@@ -115,25 +122,62 @@ class JsonLines:
             self.f.write("".join(map(template.format, *varying)))
 
     def _write_arrow(self, blocks: Sequence[Block], pa, pc) -> None:
-        # Arrow's kernels let go of the GIL: the blocks are formatted on every core, written in order
+        # Arrow's kernels let go of the GIL: the blocks are formatted on every core while this
+        # thread computes the next chunk, and written in order by the thread that formats the
+        # block whose turn it is. At most IN_FLIGHT blocks are held: memory stays per chunk.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        self._memo = {}  # one chunk's: memory stays bounded by the chunk
+        memo: dict = {}  # one chunk's column texts, by the column's bytes
+        for b in blocks:
+            if not len(b):
+                continue
+            self._room.acquire()
+            self._raise()
+            self._pool.submit(self._format, self._submitted, b, pa, pc, memo)
+            self._submitted += 1
+
+    def _format(self, place: int, b: Block, pa, pc, memo: dict) -> None:
+        """Format a block, then write every formatted block whose turn has come."""
+        try:
+            done: object = self._lines(b, pa, pc, memo)
+        except BaseException as e:  # told by the next write or by close
+            done = e
+        with self._lock:
+            self._ready[place] = done
+            while self._written in self._ready:
+                data = self._ready.pop(self._written)
+                self._written += 1
+                self._room.release()
+                if self._error is not None:
+                    continue
+                if isinstance(data, BaseException):
+                    self._error = data
+                    continue
+                try:
+                    self._emit(data)
+                except BaseException as e:
+                    self._error = e
+
+    def _emit(self, data) -> None:
         raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
         encoding = str(getattr(self.f, "encoding", None) or "").lower().replace("-", "")
-        for data in self._pool.map(lambda b: self._lines(b, pa, pc), [b for b in blocks if len(b)]):
-            if raw is not None and encoding == "utf8":
-                self.f.flush()
-                raw.write(memoryview(data))
-            else:
-                self.f.write(data.to_pybytes().decode())
+        if raw is not None and encoding == "utf8":
+            self.f.flush()
+            raw.write(memoryview(data))
+        else:
+            self.f.write(data.to_pybytes().decode())
 
-    def _text(self, a: np.ndarray, pa, pc, absent: np.ndarray | None = None):
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _text(self, a: np.ndarray, pa, pc, memo: dict, absent: np.ndarray | None = None):
         """One column as JSON texts (shortest round-trip floats, quoted inf/nan, null where absent);
-        columns that repeat across a chunk's series are formatted once."""
+        columns that repeat across a chunk's series are formatted once (``memo``)."""
         key = bits_key(a) if absent is None else None
-        if key is not None and key in self._memo:
-            return self._memo[key]
+        if key is not None and key in memo:
+            return memo[key]
         out = pc.cast(pa.array(a), pa.string())  # shortest text that reads back the same
         # the few texts that differ go in by mask (if_else would rebuild every text)
         bad = ~np.isfinite(a)
@@ -144,23 +188,23 @@ class JsonLines:
         if absent is not None and absent.any():
             out = pc.replace_with_mask(out, pa.array(absent), pa.repeat(pa.scalar("null"), int(absent.sum())))
         if key is not None:
-            self._memo[key] = out
+            memo[key] = out
         return out
 
-    def _repeated(self, text: str, n: int, pa):
+    def _repeated(self, text: str, n: int, pa, memo: dict):
         """``text`` n times as an Arrow string array (its bytes tiled, equal offsets)."""
         key = (text, n)
-        if key not in self._memo:
+        if key not in memo:
             unit = np.frombuffer(text.encode(), np.uint8)
             if n * unit.size >= 2**31:  # past a string array's int32 offsets (a block is a chunk's)
                 raise OverflowError(f"{n} lines of {unit.size} bytes overflow an Arrow string array")
             offsets = np.arange(0, (n + 1) * unit.size, unit.size, dtype=np.int32)
             data = np.tile(unit, n)
-            self._memo[key] = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
-                                                                      pa.py_buffer(data)])
-        return self._memo[key]
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+            memo[key] = pa.Array.from_buffers(pa.string(), n, buffers)
+        return memo[key]
 
-    def _lines(self, b: Block, pa, pc):
+    def _lines(self, b: Block, pa, pc, memo: dict):
         """The block's lines, as one Arrow buffer of UTF-8."""
         absent = np.isnan(b.floats["clipped_exact"]) if "clipped_exact" in b.floats else None
         pieces: list = []
@@ -168,20 +212,22 @@ class JsonLines:
         for i, k in enumerate(self.KEYS):
             literal += ("," if i else "") + f'"{k}":'
             if k in b.floats:
-                pieces += [literal, self._text(b.floats[k], pa, pc, absent if k in CLIP_FLOATS else None)]
+                clip_absent = absent if k in CLIP_FLOATS else None
+                pieces += [literal, self._text(b.floats[k], pa, pc, memo, clip_absent)]
                 literal = ""
             else:
                 literal += _constant(None if k in CLIP_FLOATS else getattr(b, k), "json")
         pieces.append(literal + "}\n")
         # Arrow broadcasts a scalar piece slowly (3x the join): each literal becomes an array
-        pieces = [self._repeated(p, len(b), pa) if isinstance(p, str) else p for p in pieces if p != ""]
+        pieces = [self._repeated(p, len(b), pa, memo) if isinstance(p, str) else p for p in pieces if p != ""]
         lines = pc.binary_join_element_wise(*pieces, "")
         offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
         return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown()  # every block formatted and written
+        self._raise()
         self.f.flush()
 
 

@@ -106,6 +106,42 @@ def test_issue_10_jsonl_rows_equal_the_in_memory_rows():
 
 
 @pytest.mark.slow
+def test_jsonl_written_in_order_and_a_formatting_error_told(monkeypatch):
+    """Blocks are formatted on several threads and written in their order; one that fails to
+    format stops the writing (nothing after it is written) and is raised by the next write or
+    by close."""
+    import io
+
+    pytest.importorskip("pyarrow")
+    from bce_audit import streams
+
+    s = Settings(dtypes=("float16",), formulas=("naive", "keras3"), points=301, keep=None)
+    blocks = [b for r in sweep.run_chunks(s, "float16", None) for b in r.blocks]
+    f = io.StringIO()
+    w = streams.writer("jsonl", f)
+    w.write(blocks)
+    w.close()
+    lines = f.getvalue().splitlines()
+    assert len(lines) == sum(len(b) for b in blocks)
+    want = [(b.formula, b.label) for b in blocks for _ in range(len(b))]
+    assert [(json.loads(x)["formula"], json.loads(x)["label"]) for x in lines] == want
+
+    real = streams.JsonLines._lines
+
+    def fails_third(self, b, pa, pc, memo):
+        if b is blocks[2]:
+            raise RuntimeError("formatting failed")
+        return real(self, b, pa, pc, memo)
+
+    monkeypatch.setattr(streams.JsonLines, "_lines", fails_third)
+    f = io.StringIO()
+    w = streams.writer("jsonl", f)
+    w.write(blocks)
+    with pytest.raises(RuntimeError, match="formatting failed"):
+        w.close()
+    assert len(f.getvalue().splitlines()) == len(blocks[0]) + len(blocks[1])
+
+
 def test_issue_10_csv_rows_equal_the_in_memory_rows(tmp_path):
     out = tmp_path / "rows.csv"
     ok(*STREAM, "-o", str(out))  # the format is inferred from the extension
