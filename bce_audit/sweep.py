@@ -231,13 +231,23 @@ class _FastRefs:
                               _MpRefs.complement_of(e, kind, label), _MpRefs.below_of(e, kind, label))
 
     def errors(self, kind: str, label, values: np.ndarray):
-        exact, log_exact, comp = self._of(kind, label)
-        # An exact value that float64 rounds onto a power of two may lie just below it, in the
-        # binade under it: decided where the formulas tell, by the mpmath baseline elsewhere.
-        below, undecided = fastref.ties(kind, label, self.e.x, exact, comp)
-        cols = [np.array(a, dtype=np.float64)
-                for a in fastref.errors(values, exact, log_exact, self.info, comp, below)]
-        for i in np.flatnonzero(undecided & self.finite):
+        """`fastref.errors` of a column: its exact values, and the abs, rel, ULP and bits of error
+        at every point (non-finite values: inf or nan), the ties decided as `measure` decides them.
+        Computed through the column's `fastref.Scale` (shared by every series of the column),
+        which gives `fastref.errors`' numbers wherever values are finite."""
+        exact = self._of(kind, label)[0]
+        sc, undecided = self._scale(kind, label)
+        ulps, rels, diffs = sc.measure(values)
+        assert rels is not None  # asked for
+        with np.errstate(all="ignore"):
+            c = np.asarray(values).astype(np.float64)  # (ml_dtypes' own isinf aside)
+            bad_inf, bad_nan = np.isinf(c), np.isnan(c)
+            if bad_inf.any() or bad_nan.any():
+                diffs, rels, ulps = (np.where(bad_inf, np.inf, np.where(bad_nan, np.nan, a))
+                                     for a in (diffs, rels, ulps))
+            bits = np.log2(1.0 + ulps)
+        cols = [diffs, rels, ulps, bits]
+        for i in undecided.tolist():
             err = self._mp_errors(int(i), kind, label, values[i])
             for col, v in zip(cols, (err.abs, err.rel, err.ulp, err.bits), strict=True):
                 col[i] = v

@@ -129,13 +129,16 @@ def test_equal_columns_are_measured_once_and_reduce_alike(monkeypatch):
     real = fastref.Scale.measure
 
     def counted(self, computed, rel=True):
-        calls.append(rel)
+        calls.append(len(computed))
         return real(self, computed, rel)
 
     monkeypatch.setattr(fastref.Scale, "measure", counted)
     s = Settings(points=3001, range=(16.0, 40.0), keep=7, formulas=("logits-stable", "keras-sigmoid-logits"))
     r = sweep.audit_chunk(s, "float32", 0, 3001, [0, 1500])
-    assert len(calls) == 2 + 3  # the sigmoid, the round trip, and one per label (not two)
+    # over the whole chunk: the sigmoid, the round trip, and one per label (not two); the kept
+    # rows' errors (2 points a column) go through the scale too, as alike
+    assert calls.count(3001) == 2 + 3
+    assert calls.count(2) == 2 + 3
     by = {(w.formula, w.label): w for w in r.worst}
     for label in (1, 0, "pair"):
         a, b = by["logits-stable", label], by["keras-sigmoid-logits", label]
