@@ -410,19 +410,18 @@ def optax_bce_of(softplus: np.ndarray, y: np.ndarray, dtype) -> np.ndarray:
     """`optax_bce` at labels ``y`` from `optax_softplus` of the logits (of ``dtype``)."""
     o = _Ops(_dtype(np.empty(0, dtype)))
     sp_neg, sp_pos = softplus[0], softplus[1]
-    if o.f32 and np.shape(y) == np.shape(sp_neg):  # broadcast, numpy keeps another of two NaNs
+    if o.f32:
         return o.out(_optax_bce32(np.asarray(y).astype(_F32), sp_neg, sp_pos))
     b = o.inp(np.asarray(y).astype(dtype))
     with np.errstate(all="ignore"):
         one_minus_y = o.r(_F32(1) - b)
-        if o.f32:
-            return o.out(fma(b, sp_neg, _z(sp_pos * one_minus_y)))
         return o.out(o.r(o.r(b * sp_neg) + o.r(one_minus_y * sp_pos)))
 
 
 @compiled.twin("xla_optax_bce32")
 def _optax_bce32(y: np.ndarray, sp_neg: np.ndarray, sp_pos: np.ndarray) -> np.ndarray:
-    """`optax_bce_of` in float32 (labels ``y`` and the softplus rows of one shape)."""
+    """`optax_bce_of` in float32: ``fma(b, sp_neg, sp_pos * (1 - b))``, ``b`` the labels after
+    DAZ (compiled where the three have one shape: a broadcast is numpy's)."""
     b = _z(y)
     with np.errstate(all="ignore"):
         return fma(b, sp_neg, _z(sp_pos * _z(_F32(1) - b)))
@@ -438,14 +437,15 @@ def optax_bce_grad(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """
     o = _Ops(_dtype(x))
     y = np.asarray(y).astype(np.asarray(x).dtype)
-    if o.f32 and np.shape(x) == y.shape:  # broadcast, numpy keeps another of two NaNs
+    if o.f32:
         return o.out(_optax_bce_grad32(np.asarray(x), y))
     return o.out(_optax_bce_grad_of(o, o.inp(x), o.inp(y)))
 
 
 @compiled.twin("xla_optax_bce_grad32")
 def _optax_bce_grad32(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """`optax_bce_grad` in float32 (``x`` and ``y`` of one shape)."""
+    """`optax_bce_grad` in float32 (compiled where ``x`` and ``y`` have one shape: a broadcast
+    is numpy's)."""
     o = _Ops(np.dtype(_F32))
     return _optax_bce_grad_of(o, o.inp(x), o.inp(y))
 

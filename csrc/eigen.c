@@ -23,9 +23,6 @@ INLINE float madd(float a, float b, float c, int ftz) { return add(mul(a, b, ftz
 INLINE float pmin(float a, float b) { return b < a ? b : a; }
 INLINE float pmax(float a, float b) { return b > a ? b : a; }
 
-/* `_quiet`: a NaN with its quiet bit set, as x86 arithmetic passes it on. */
-INLINE float quiet(float x) { return u2f(f2u(x) | 0x00400000u); }
-
 /* `_ldexp_fast`: biased exponent clamped to [0, 255]; a NaN exponent gives the factor 0. */
 INLINE float ldexp_fast(float a, float m, int ftz) {
     float biased = pmin(pmax(add(m, 127.0f, ftz), 0.0f), 255.0f);
@@ -129,12 +126,8 @@ INLINE int slow_exp(float x) { /* !exact_exp(x) && !(x < -104), without branches
 
 /* The plain (ftz 0) cores again, branch-free for the vectoriser: every early `return` a select
  * made last, both sides computed; the same bits as the cores above with ftz 0. Float -> int
- * conversions see no NaN (it is selected away first), so each is defined. `sel` is c ? a : b on
- * the bits (an integer mask), which GCC's if-conversion takes where chains of float ?: defeat it. */
-INLINE float sel(int c, float a, float b) {
-    uint32_t m = -(uint32_t)(c != 0);
-    return u2f((f2u(a) & m) | (f2u(b) & ~m));
-}
+ * conversions see no NaN (it is selected away first), so each is defined. Choices are kernels.h's
+ * `sel`, which GCC's if-conversion takes where chains of float ?: defeat it. */
 
 /* floorf without the call (which GCC vectorises only with -fno-trapping-math): truncated where
  * |v| < 2^23, one down if that went up, the sign of a zero kept; v itself elsewhere (NaN too). */

@@ -42,10 +42,26 @@ struct kernel {
         for (ptrdiff_t i = 0; i < n; i++) y[i] = fn(x[i]);                   \
     }
 
-static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint64_t d2u(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
-static inline double u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+/* Inlined into every caller, whatever its own target and optimisation attributes (a call left
+ * in a loop stops GCC vectorising it). */
+#if defined(__GNUC__)
+#define ALWAYS static inline __attribute__((always_inline))
+#else
+#define ALWAYS static inline
+#endif
+
+ALWAYS uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+ALWAYS float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* A NaN as x86 arithmetic (and numpy's float32 ops) pass it on: quieted, payload kept. */
+ALWAYS float quiet(float a) { return u2f(f2u(a) | 0x00400000u); }
+
+/* `c ? a : b` on the bits (an integer mask): GCC if-converts it, where a float `?:` whose sides
+ * hold float ops is sunk into branches (ops that may trap) and stops the loop vectorising. */
+ALWAYS float sel(int c, float a, float b) {
+    uint32_t m = -(uint32_t)(c != 0);
+    return u2f((f2u(a) & m) | (f2u(b) & ~m));
+}
 
 /* ftz.flush for float32: a subnormal as a zero of its sign (a * 0, as numpy's model does). */
 static inline float flush32(float a) { return fabsf(a) < TINY32 ? a * 0.0f : a; }

@@ -14,7 +14,7 @@
 #endif
 
 /* c ? a : b by bit masks (GCC if-converts these, where it leaves a float ?: as a branch). */
-static inline __attribute__((always_inline)) double sel(int64_t c, double a, double b) {
+static inline __attribute__((always_inline)) double sel64(int64_t c, double a, double b) {
     uint64_t m = (uint64_t)-c, ua, ub;
     memcpy(&ua, &a, 8);
     memcpy(&ub, &b, 8);
@@ -34,9 +34,9 @@ static inline __attribute__((always_inline)) void one(
     double d = fabs(ci - e[i]);
     if (with_comp) {
         double ei = e[i];
-        double sign = sel(ei != ei, ei, sel(ei > 0, 1.0, 0.0) - sel(ei < 0, 1.0, 0.0)); /* np.sign */
+        double sign = sel64(ei != ei, ei, sel64(ei > 0, 1.0, 0.0) - sel64(ei < 0, 1.0, 0.0)); /* np.sign */
         double near = fabs((ci * sign - 1.0) + comp[i]);
-        d = sel(mag[i] >= 0.5, near, d);
+        d = sel64(mag[i] >= 0.5, near, d);
     }
     diff[i] = d;
     ulps[i] = d * inv_ulp[i];

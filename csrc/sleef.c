@@ -6,10 +6,7 @@
 /* Inlined everywhere, into each clone of the loops (below) with its instruction set. Branch-free
  * (selects on values computed either way, integer bit logic) so that the loops vectorise. */
 #define INLINE static inline __attribute__((always_inline))
-/* kernels.h's f2u/u2f, inlined into the loops whatever their options (below) */
-INLINE uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-INLINE float from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-#define NAN32 from_bits(0x7FC00000u) /* numpy's np.nan as float32 (the models' fixed-up NaNs) */
+#define NAN32 u2f(0x7FC00000u) /* numpy's np.nan as float32 (the models' fixed-up NaNs) */
 
 /* Constants as numpy makes them: float64 values rounded to float32. */
 static const float R_LN2 = 1.442695040888963407359924681001892137426645954152985934135449406931;
@@ -31,7 +28,7 @@ INLINE int32_t rint32(float a) {
 }
 
 /* _pow2i: the float whose bits are (q + 127) << 23, wrapping. */
-INLINE float pow2i(int32_t q) { return from_bits(((uint32_t)q + 0x7Fu) << 23); }
+INLINE float pow2i(int32_t q) { return u2f(((uint32_t)q + 0x7Fu) << 23); }
 
 /* _ldexp2: d * 2**(e >> 1) * 2**(e - (e >> 1)), two roundings. */
 INLINE float ldexp2(float d, int32_t e) {
@@ -40,14 +37,14 @@ INLINE float ldexp2(float d, int32_t e) {
 }
 
 /* _ldexp3: q added to d's exponent field. */
-INLINE float ldexp3(float d, uint32_t q) { return from_bits(bits(d) + (q << 23)); }
+INLINE float ldexp3(float d, uint32_t q) { return u2f(f2u(d) + (q << 23)); }
 
 /* _getexp: floor(log2|a|) as a float (frexp's exponent less one); -inf for 0, +inf for inf,
  * NaN for NaN. */
 INLINE float getexp(float a) {
-    int32_t u = (int32_t)(bits(a) & 0x7FFFFFFFu);
+    int32_t u = (int32_t)(f2u(a) & 0x7FFFFFFFu);
     /* a subnormal is u * 2**-149, and u (< 2**23) converts exactly: its exponent is u's */
-    int32_t s = (int32_t)bits((float)u);
+    int32_t s = (int32_t)f2u((float)u);
     int32_t e = u < 0x00800000 ? (s >> 23) - 127 - 149 : (u >> 23) - 127;
     float r = (float)e;
     r = u == 0 ? -INFINITY : r;
@@ -58,16 +55,16 @@ INLINE float getexp(float a) {
 /* _getmant: |a|'s significand in [0.75, 1.5) (frexp's fraction doubled, halved from 1.5); NaN
  * for a negative a. */
 INLINE float getmant(float a) {
-    int32_t u = (int32_t)(bits(a) & 0x7FFFFFFFu);
+    int32_t u = (int32_t)(f2u(a) & 0x7FFFFFFFu);
     /* a subnormal normalised: u (< 2**23) converted exactly has u's significand */
-    uint32_t n = u < 0x00800000 ? bits((float)u) : (uint32_t)u;
-    float sig = from_bits((n & 0x007FFFFFu) | 0x3F800000u);
+    uint32_t n = u < 0x00800000 ? f2u((float)u) : (uint32_t)u;
+    float sig = u2f((n & 0x007FFFFFu) | 0x3F800000u);
     /* 0, inf, NaN: frexp's own fraction (x + x, a NaN quietened), doubled */
     float fa = fabsf(a);
     float special = (fa + fa) * 2.0f;
     sig = (u == 0) | (u >= 0x7F800000) ? special : sig;
     sig = sig >= 1.5f ? sig * 0.5f : sig;
-    return ((int32_t)bits(a) < 0) & (a != 0) ? NAN32 : sig;
+    return ((int32_t)f2u(a) < 0) & (a != 0) ? NAN32 : sig;
 }
 
 /* The double-float helpers, a pair (h, l) returned as h with l through *l. */
@@ -177,13 +174,13 @@ INLINE float xlog1pf(float d) {
     r = isnan(d) ? NAN32 : r;
     r = d < -1 ? NAN32 : r;
     r = d == -1 ? -INFINITY : r;
-    return bits(d) == 0x80000000u ? -0.0f : r;
+    return f2u(d) == 0x80000000u ? -0.0f : r;
 }
 
 /* xlog1pf for a d in [0, 2) or NaN (log_sigmoid's): (d + 1) / 0.75 is then a positive normal
  * float, its getexp its exponent field, and no fix-up but the NaN's applies. */
 INLINE float xlog1pf_unit(float d) {
-    int32_t k = (int32_t)(bits((d + 1.0f) * C43) >> 23) - 127;
+    int32_t k = (int32_t)(f2u((d + 1.0f) * C43) >> 23) - 127;
     float e = (float)k;
     float t = ldexp3(1.0f, 0u - (uint32_t)k);
     float m = fmaf(d, t, t - 1.0f);

@@ -29,19 +29,9 @@
 #define CLONES LOOP
 #endif
 
-/* A NaN as numpy's float32 ops return it: quieted, payload kept. */
-INLINE float quiet(float a) { return u2f(f2u(a) | 0x00400000u); }
-
 /* isnan and isinf as selects take them (no calls, no branches). */
 INLINE int isnan32(float a) { return a != a; }
 INLINE int isinf32(float a) { return fabsf(a) == INFINITY; }
-
-/* `c ? a : b` on bits, for an `a` or `b` computed with float ops: as a plain `?:`, GCC sinks the
- * ops into the branch that uses them, and then (ops that may trap) will not if-convert it. */
-INLINE float sel(int c, float a, float b) {
-    uint32_t m = -(uint32_t)(c != 0);
-    return u2f((f2u(a) & m) | (f2u(b) & ~m));
-}
 
 /* flush32 on bits: a subnormal (or zero) to the zero of its sign by masking all but the sign,
  * which is flush32's a * 0 there; other values (NaNs too) kept. No branch for GCC to thread the
