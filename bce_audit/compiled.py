@@ -101,6 +101,27 @@ def subnormals(a: np.ndarray) -> bool | None:
     return bool(_kernels.subnormals(a))
 
 
+Texts = tuple[bytes, bytes]  # a column's texts one after another, and where each ends (uint32)
+
+
+def texts(values: np.ndarray, absent: np.ndarray | None = None) -> Texts | None:
+    """float64 values as JSON texts, in one compiled pass that lets go of the GIL: ``null`` where
+    ``absent``, ``"nan"``, ``"inf"`` or ``"-inf"`` where not finite, else the shortest text that
+    reads back the same, as Arrow writes it (``1e-7``, ``0.000001``, ``1e+10``). None where it
+    does not run here (not built or turned off)."""
+    if not _on:
+        return None
+    assert _kernels is not None  # _on
+    return _kernels.texts(_plain(values, _F64), None if absent is None else _plain(absent, np.bool_))
+
+
+def jsonl(literals: list[bytes], columns: list[Texts]) -> bytes:
+    """Lines of ``literals[0]``, a text of ``columns[0]`` (from `texts`), ``literals[1]``, ...,
+    ``literals[-1]``, joined in compiled code that lets go of the GIL."""
+    assert _kernels is not None  # `texts` gave the columns
+    return _kernels.jsonl(tuple(literals), tuple(columns))
+
+
 def twin(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Marks a numpy function of float32 arrays as having the compiled twin ``name``: called with
     float32 arrays (and no keywords), the twin runs where it can. The numpy code stays reachable

@@ -8,17 +8,19 @@ an absent clipped-exact value as null (CSV: empty).
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from typing import IO, Protocol
 
 import numpy as np
 
+from bce_audit import compiled
 from bce_audit.dtypes import bits_key
 from bce_audit.records import CLIP_FLOATS, ROW_FLOATS, Block, Row, clean
 
@@ -84,9 +86,10 @@ def _escape(text: str) -> str:
 
 
 class JsonLines:
-    """One JSON object a line, keys sorted (as the JSON document's rows). With pyarrow installed
-    the lines are formatted by Arrow's vectorised shortest round-trip float formatting (``1e-7``
-    where Python writes ``1e-07``: the same number); without it, by Python's ``repr``."""
+    """One JSON object a line, keys sorted (as the JSON document's rows). Floats are written as
+    Arrow writes them, the shortest text that reads back the same (``1e-7`` where Python writes
+    ``1e-07``: the same number): by the compiled formatter (`compiled.jsonl`) where it is built,
+    else by Arrow's cast where pyarrow is installed; with neither, by Python's ``repr``."""
 
     KEYS = tuple(sorted(FIELDS))
 
@@ -100,17 +103,19 @@ class JsonLines:
         self._ready: dict[int, object] = {}  # formatted blocks (or their errors) by their place
         self._submitted = self._written = 0
         self._error: BaseException | None = None
-        try:
-            import pyarrow as pa
-            import pyarrow.compute as pc
-            self.arrow: tuple | None = (pa, pc)
-        except ImportError:
-            self.arrow = None
-        self.every_core = self.arrow is not None  # (`_write_arrow`)
+        self.arrow: tuple | None = None
+        if not compiled.active():
+            try:
+                import pyarrow as pa
+                import pyarrow.compute as pc
+                self.arrow = (pa, pc)
+            except ImportError:
+                pass
+        self.every_core = compiled.active() or self.arrow is not None  # (`_write_threads`)
 
     def write(self, blocks: Sequence[Block]) -> None:
-        if self.arrow is not None:
-            self._write_arrow(blocks, *self.arrow)
+        if self.every_core:
+            self._write_threads(blocks)
             return
         memo: dict = {}
         for b in blocks:
@@ -121,25 +126,26 @@ class JsonLines:
             varying = [v for k in self.KEYS if not isinstance(v := cols[k], str)]
             self.f.write("".join(map(template.format, *varying)))
 
-    def _write_arrow(self, blocks: Sequence[Block], pa, pc) -> None:
-        # Arrow's kernels let go of the GIL: the blocks are formatted on every core while this
-        # thread computes the next chunk, and written in order by the thread that formats the
-        # block whose turn it is. At most IN_FLIGHT blocks are held: memory stays per chunk.
+    def _write_threads(self, blocks: Sequence[Block]) -> None:
+        # The compiled formatter and Arrow's kernels let go of the GIL: the blocks are formatted
+        # on every core while this thread computes the next chunk, and written in order by the
+        # thread that formats the block whose turn it is. At most IN_FLIGHT blocks are held:
+        # memory stays per chunk.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        memo: dict = {}  # one chunk's column texts, by the column's bytes
+        memo: dict = {}  # one chunk's column texts, by the column's bytes (Arrow's)
         for b in blocks:
             if not len(b):
                 continue
             self._room.acquire()
             self._raise()
-            self._pool.submit(self._format, self._submitted, b, pa, pc, memo)
+            self._pool.submit(self._format, self._submitted, b, memo)
             self._submitted += 1
 
-    def _format(self, place: int, b: Block, pa, pc, memo: dict) -> None:
+    def _format(self, place: int, b: Block, memo: dict) -> None:
         """Format a block, then write every formatted block whose turn has come."""
         try:
-            done: object = self._lines(b, pa, pc, memo)
+            done: object = self._lines(b, memo)
         except BaseException as e:  # told by the next write or by close
             done = e
         with self._lock:
@@ -159,18 +165,47 @@ class JsonLines:
                     self._error = e
 
     def _emit(self, data) -> None:
+        """A block's UTF-8 lines (bytes, or an Arrow buffer) into the file."""
         raw = getattr(self.f, "buffer", None)  # UTF-8 already: straight to the bytes under the text
         encoding = str(getattr(self.f, "encoding", None) or "").lower().replace("-", "")
         if raw is not None and encoding == "utf8":
             self.f.flush()
             raw.write(memoryview(data))
         else:
-            self.f.write(data.to_pybytes().decode())
+            self.f.write(bytes(memoryview(data)).decode())
 
     def _raise(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def _lines(self, b: Block, memo: dict):
+        """The block's lines as UTF-8: the literal texts between the float columns' values."""
+        absent = np.isnan(b.floats["clipped_exact"]) if "clipped_exact" in b.floats else None
+        literals: list[str] = []
+        columns: list[tuple[np.ndarray, np.ndarray | None]] = []
+        literal = "{"
+        for i, k in enumerate(self.KEYS):
+            literal += ("," if i else "") + f'"{k}":'
+            if k in b.floats:
+                literals.append(literal)
+                columns.append((b.floats[k], absent if k in CLIP_FLOATS else None))
+                literal = ""
+            else:
+                literal += _constant(None if k in CLIP_FLOATS else getattr(b, k), "json")
+        literals.append(literal + "}\n")
+        if self.arrow is not None:
+            return self._arrow_lines(literals, columns, len(b), memo, *self.arrow)
+        return compiled.jsonl([t.encode() for t in literals], [self._texts(a, absent, memo) for a, absent in columns])
+
+    @staticmethod
+    def _texts(a: np.ndarray, absent: np.ndarray | None, memo: dict) -> compiled.Texts:
+        """A column's texts, formatted once a chunk (the inputs and exact values repeat across
+        its series)."""
+        key = (bits_key(a), None if absent is None else bits_key(absent))
+        if key not in memo:
+            memo[key] = compiled.texts(a, absent)
+        return memo[key]
 
     def _text(self, a: np.ndarray, pa, pc, memo: dict, absent: np.ndarray | None = None):
         """One column as JSON texts (shortest round-trip floats, quoted inf/nan, null where absent);
@@ -204,22 +239,14 @@ class JsonLines:
             memo[key] = pa.Array.from_buffers(pa.string(), n, buffers)
         return memo[key]
 
-    def _lines(self, b: Block, pa, pc, memo: dict):
-        """The block's lines, as one Arrow buffer of UTF-8."""
-        absent = np.isnan(b.floats["clipped_exact"]) if "clipped_exact" in b.floats else None
+    def _arrow_lines(self, literals: list[str], columns: list, n: int, memo: dict, pa, pc):
+        """The lines joined by Arrow, as one Arrow buffer."""
         pieces: list = []
-        literal = "{"
-        for i, k in enumerate(self.KEYS):
-            literal += ("," if i else "") + f'"{k}":'
-            if k in b.floats:
-                clip_absent = absent if k in CLIP_FLOATS else None
-                pieces += [literal, self._text(b.floats[k], pa, pc, memo, clip_absent)]
-                literal = ""
-            else:
-                literal += _constant(None if k in CLIP_FLOATS else getattr(b, k), "json")
-        pieces.append(literal + "}\n")
+        for literal, (a, absent) in zip(literals, columns, strict=False):
+            pieces += [literal, self._text(a, pa, pc, memo, absent)]
+        pieces.append(literals[-1])
         # Arrow broadcasts a scalar piece slowly (3x the join): each literal becomes an array
-        pieces = [self._repeated(p, len(b), pa, memo) if isinstance(p, str) else p for p in pieces if p != ""]
+        pieces = [self._repeated(p, n, pa, memo) if isinstance(p, str) else p for p in pieces if p != ""]
         lines = pc.binary_join_element_wise(*pieces, "")
         offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
         return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
@@ -254,9 +281,13 @@ class Csv:
 
 
 class Parquet:
-    """Row groups of a chunk each; floats stay floats (inf/nan included), absent values null."""
+    """Row groups of a chunk each; floats stay floats (inf/nan included), absent values null.
+    Arrow encodes a chunk on a thread of its own (it lets go of the GIL) while this process
+    computes the next: at most `IN_FLIGHT` chunks are held."""
 
-    every_core = False
+    every_core = True  # the chunks are best computed here, beside the encoding thread
+
+    IN_FLIGHT = 2
 
     def __init__(self, f: IO[bytes]):
         try:
@@ -268,10 +299,21 @@ class Parquet:
         floats = (*ROW_FLOATS, *CLIP_FLOATS, "eps")
         self.schema = pa.schema([(n, pa.float64() if n in floats else pa.string()) for n in FIELDS])
         self.w = pq.ParquetWriter(f, self.schema)
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one: the row groups go in grid order
+        self._pending: collections.deque[Future] = collections.deque()
 
     def write(self, blocks: Sequence[Block]) -> None:
+        table = self._table(blocks)
+        if table is None:
+            return
+        while len(self._pending) >= self.IN_FLIGHT:
+            self._pending.popleft().result()  # (an encoding's error is raised here)
+        self._pending.append(self._pool.submit(self.w.write_table, table))
+
+    def _table(self, blocks: Sequence[Block]):
         pa = self.pa
         parts = []
+        memo: dict = {}  # the chunk's constant columns, by value and length (its blocks share both)
         for b in blocks:
             n = len(b)
             cols = {}
@@ -286,12 +328,20 @@ class Parquet:
                     cols[name] = pa.array(np.full(n, np.nan if b.eps is None else b.eps),
                                           mask=np.full(n, b.eps is None))
                 else:
-                    cols[name] = _repeated(pa, getattr(b, name), n)
+                    v = getattr(b, name)
+                    key = (type(v), v, n)
+                    if key not in memo:
+                        memo[key] = _repeated(pa, v, n)
+                    cols[name] = memo[key]
             parts.append(pa.table(cols, schema=self.schema))
-        if parts:
-            self.w.write_table(pa.concat_tables(parts))
+        return pa.concat_tables(parts) if parts else None
 
     def close(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown()
         self.w.close()
 
 

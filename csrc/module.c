@@ -8,6 +8,7 @@
 #include "kernels.h"
 #include "ftz.h"
 #include "measure.h"
+#include "lines.h"
 
 extern const struct kernel glibc_kernels[], eigen_kernels[], xla_kernels[], sleef_kernels[];
 static const struct kernel *const TABLES[] = {glibc_kernels, eigen_kernels, xla_kernels, sleef_kernels};
@@ -152,6 +153,113 @@ static PyObject *subnormals(PyObject *self, PyObject *arg) {
     return PyBool_FromLong(found);
 }
 
+/* texts(values, absent) -> (texts, ends): a float64 buffer's values as JSON texts, one after
+ * another (and SLACK bytes more), and the end of each (native uint32). absent: None or a buffer of one byte a value
+ * (nonzero: null). */
+static PyObject *texts_of(PyObject *self, PyObject *args) {
+    PyObject *values, *gone;
+    if (!PyArg_ParseTuple(args, "OO:texts", &values, &gone)) return NULL;
+    Py_buffer v, a;
+    Py_ssize_t n = -1;
+    if (get(values, &v, 0, 0, NULL, &n) < 0) return NULL;
+    a.obj = NULL;
+    PyObject *data = NULL, *ends = NULL, *result = NULL;
+    if (gone != Py_None) {
+        if (PyObject_GetBuffer(gone, &a, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        if (a.len != n) {
+            PyErr_Format(PyExc_ValueError, "texts: %zd absent flags for %zd values", a.len, n);
+            goto done;
+        }
+    }
+    if (n > PY_SSIZE_T_MAX / TEXT_MAX || (uint64_t)n * TEXT_MAX > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "texts: too many values for 32-bit ends");
+        goto done;
+    }
+    data = PyBytes_FromStringAndSize(NULL, n * TEXT_MAX + SLACK);
+    ends = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint32_t));
+    if (!data || !ends) goto done;
+    char *start = PyBytes_AS_STRING(data), *end;
+    Py_BEGIN_ALLOW_THREADS
+    end = texts(v.buf, a.obj ? a.buf : NULL, n, start, (uint32_t *)PyBytes_AS_STRING(ends));
+    Py_END_ALLOW_THREADS
+    memset(end, 0, SLACK);  /* read by `lines`' 32-byte moves, never written out */
+    if (_PyBytes_Resize(&data, end - start + SLACK) < 0) goto done;
+    result = PyTuple_Pack(2, data, ends);
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(ends);
+    if (a.obj) PyBuffer_Release(&a);
+    PyBuffer_Release(&v);
+    return result;
+}
+
+#define MAXCOLS 64
+
+/* jsonl(literals, columns) -> bytes: n lines, each literals[0], a text of columns[0],
+ * literals[1], ..., literals[-1]. literals: bytes, one more than the columns; columns: pairs
+ * (texts, ends) of n values each, as `texts` gives them. */
+static PyObject *jsonl(PyObject *self, PyObject *args) {
+    PyObject *lits, *cols;
+    if (!PyArg_ParseTuple(args, "O!O!:jsonl", &PyTuple_Type, &lits, &PyTuple_Type, &cols)) return NULL;
+    Py_ssize_t ncol = PyTuple_GET_SIZE(cols), n = -1;
+    if (ncol > MAXCOLS || PyTuple_GET_SIZE(lits) != ncol + 1) {
+        PyErr_Format(PyExc_ValueError, "jsonl: up to %d columns, and one literal more", MAXCOLS);
+        return NULL;
+    }
+    struct piece pieces[MAXCOLS + 1];
+    struct column columns[MAXCOLS];
+    Py_ssize_t per_line = 0, text = 0;
+    for (Py_ssize_t c = 0; c <= ncol; c++) {
+        PyObject *t = PyTuple_GET_ITEM(lits, c);
+        if (!PyBytes_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "jsonl: literals must be bytes");
+            return NULL;
+        }
+        pieces[c].len = (size_t)PyBytes_GET_SIZE(t);
+        per_line += PyBytes_GET_SIZE(t);
+        if (c == ncol) break;
+        PyObject *pair = PyTuple_GET_ITEM(cols, c), *data, *ends;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(data = PyTuple_GET_ITEM(pair, 0))
+            || !PyBytes_Check(ends = PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "jsonl: columns must be (texts, ends) pairs of bytes");
+            return NULL;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(ends) / (Py_ssize_t)sizeof(uint32_t), size = PyBytes_GET_SIZE(data) - SLACK;
+        const uint32_t *e = (const uint32_t *)PyBytes_AS_STRING(ends);
+        if ((n >= 0 && len != n) || size < 0 || (len ? e[len - 1] : 0) != (uint64_t)size) {
+            PyErr_SetString(PyExc_ValueError, "jsonl: columns of different lengths, or not as texts() gave them");
+            return NULL;
+        }
+        n = len;
+        text += size;
+        columns[c].texts = PyBytes_AS_STRING(data);
+        columns[c].ends = e;
+    }
+    if (n < 0) n = 0;
+    if (n && per_line > (PY_SSIZE_T_MAX - text - SLACK) / n) return PyErr_NoMemory();
+    /* the literals, each with SLACK bytes after it */
+    char *arena = PyMem_Malloc((size_t)per_line + (size_t)(ncol + 1) * SLACK);
+    if (!arena) return PyErr_NoMemory();
+    char *at = arena;
+    for (Py_ssize_t c = 0; c <= ncol; c++) {
+        memcpy(at, PyBytes_AS_STRING(PyTuple_GET_ITEM(lits, c)), pieces[c].len);
+        memset(at + pieces[c].len, 0, SLACK);
+        pieces[c].text = at;
+        at += pieces[c].len + SLACK;
+    }
+    Py_ssize_t size = n * per_line + text;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size + SLACK);
+    if (result) {
+        char *start = PyBytes_AS_STRING(result);
+        Py_BEGIN_ALLOW_THREADS
+        lines(pieces, columns, (int)ncol, n, start);
+        Py_END_ALLOW_THREADS
+        if (_PyBytes_Resize(&result, size) < 0) result = NULL;
+    }
+    PyMem_Free(arena);
+    return result;
+}
+
 static PyObject *names(PyObject *self, PyObject *unused) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
@@ -172,6 +280,8 @@ static PyMethodDef METHODS[] = {
     {"apply", apply, METH_VARARGS, "apply(name, *buffers): outputs first, then inputs (float32)."},
     {"measure", measure, METH_VARARGS, "measure(c, exact, inv_ulp, mag, complement, ulps, rels, diff)."},
     {"subnormals", subnormals, METH_O, "subnormals(buffer) -> whether a float32/float64 buffer holds one."},
+    {"texts", texts_of, METH_VARARGS, "texts(values, absent) -> (texts, ends): float64 values as JSON texts."},
+    {"jsonl", jsonl, METH_VARARGS, "jsonl(literals, columns) -> bytes: lines of literals and (texts, ends)."},
     {"names", names, METH_NOARGS, "names() -> [(name, inputs, outputs)]: every compiled kernel."},
     {NULL, NULL, 0, NULL},
 };
