@@ -196,7 +196,8 @@ class JsonLines:
         literals.append(literal + "}\n")
         if self.arrow is not None:
             return self._arrow_lines(literals, columns, len(b), memo, *self.arrow)
-        return compiled.jsonl([t.encode() for t in literals], [self._texts(a, absent, memo) for a, absent in columns])
+        texts = [self._texts(a, absent, memo) for a, absent in columns]
+        return compiled.jsonl([t.encode() for t in literals], texts)
 
     @staticmethod
     def _texts(a: np.ndarray, absent: np.ndarray | None, memo: dict) -> compiled.Texts:

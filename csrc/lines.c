@@ -12,7 +12,6 @@ static char *put(char *p, const char *s, size_t n) {
 }
 
 char *texts(const double *values, const unsigned char *absent, ptrdiff_t n, char *p, uint32_t *ends) {
-    shortest_init();
     char *start = p;
     for (ptrdiff_t i = 0; i < n; i++) {
         double v = values[i];

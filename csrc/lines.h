@@ -9,7 +9,8 @@
 
 /* n values' texts one after another into p (room for n * TEXT_MAX bytes), and where each ends
  * (from p) into ends: null where `absent` (when not NULL) is set, "nan", "inf" or "-inf" (quoted)
- * where not finite, else the shortest text (shortest.c). Returns the end of what was written. */
+ * where not finite, else the shortest text (shortest.c; `shortest_init` first). Returns the end
+ * of what was written. */
 char *texts(const double *values, const unsigned char *absent, ptrdiff_t n, char *p, uint32_t *ends);
 
 struct piece { const char *text; size_t len; };

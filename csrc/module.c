@@ -9,6 +9,7 @@
 #include "ftz.h"
 #include "measure.h"
 #include "lines.h"
+#include "shortest.h"
 
 extern const struct kernel glibc_kernels[], eigen_kernels[], xla_kernels[], sleef_kernels[];
 static const struct kernel *const TABLES[] = {glibc_kernels, eigen_kernels, xla_kernels, sleef_kernels};
@@ -179,6 +180,7 @@ static PyObject *texts_of(PyObject *self, PyObject *args) {
     ends = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint32_t));
     if (!data || !ends) goto done;
     char *start = PyBytes_AS_STRING(data), *end;
+    shortest_init();  /* while the GIL is held: one thread computes the tables */
     Py_BEGIN_ALLOW_THREADS
     end = texts(v.buf, a.obj ? a.buf : NULL, n, start, (uint32_t *)PyBytes_AS_STRING(ends));
     Py_END_ALLOW_THREADS

@@ -11,7 +11,6 @@
  * exponents -6 to 9): 0, -0, 0.000001, 1e-7, 1000000000, 1e+10, 1.5e-308. */
 #include "shortest.h"
 
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -22,7 +21,7 @@ typedef unsigned __int128 u128;
 #define INV5 342        /* 2^k / 5^q for q < INV5 */
 
 static uint64_t pow5[POW5][2], inv5[INV5][2];  /* [low 64 bits, high 64 bits] */
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int ready;
 
 /* A number of up to 30 32-bit limbs, least significant first (5^341 has 792 bits). */
 #define LIMBS 30
@@ -102,7 +101,10 @@ static void tables(void) {
     }
 }
 
-void shortest_init(void) { pthread_once(&once, tables); }
+void shortest_init(void) {
+    if (!ready) tables();
+    ready = 1;
+}
 
 static inline int pow5bits(int e) { return (int)(((uint32_t)e * 1217359) >> 19) + 1; }
 static inline int log10pow2(int e) { return (int)(((uint32_t)e * 78913) >> 18); }

@@ -41,10 +41,10 @@ def _values() -> np.ndarray:
     subnormal = rng.integers(1, 1 << 52, 20_000, dtype=np.uint64).view(np.float64)
     half = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)
     bf16 = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32).astype(np.float64)
-    f32 = rng.integers(0, 1 << 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32).astype(np.float64)
-    short = np.array([float(f"{m}e{e}") for m, e in zip(rng.integers(1, 10**6, 5000), rng.integers(-320, 300, 5000),
-                                                        strict=True)])
-    a = np.concatenate([patterns, scaled, edges, ints, subnormal, half, bf16, f32, short])
+    f32 = rng.integers(0, 1 << 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    mantissas, exponents = rng.integers(1, 10**6, 5000), rng.integers(-320, 300, 5000)
+    short = np.array([float(f"{m}e{e}") for m, e in zip(mantissas, exponents, strict=True)])
+    a = np.concatenate([patterns, scaled, edges, ints, subnormal, half, bf16, f32.astype(np.float64), short])
     return np.concatenate([a, -a])[np.isfinite(np.concatenate([a, -a]))]
 
 
@@ -94,7 +94,8 @@ def test_texts_read_back_with_the_shortest_nearest_digits():
     (0.0, "0"), (-0.0, "-0"), (1.0, "1"), (-2.5, "-2.5"), (0.1, "0.1"), (123.456, "123.456"),
     (1e-6, "0.000001"), (1.5e-6, "0.0000015"), (9.99e-7, "9.99e-7"), (1e-7, "1e-7"),
     (999999999.0, "999999999"), (1e9, "1000000000"), (1e10, "1e+10"), (12345678901.0, "1.2345678901e+10"),
-    (2.0**53, "9.007199254740992e+15"), (5e-324, "5e-324"), (2.2250738585072014e-308, "2.2250738585072014e-308"),
+    (2.0**53, "9.007199254740992e+15"), (5e-324, "5e-324"),
+    (2.2250738585072014e-308, "2.2250738585072014e-308"),
     (1.7976931348623157e308, "1.7976931348623157e+308"), (1 / 3, "0.3333333333333333"), (1e100, "1e+100"),
 ])
 def test_layout(value, text):
@@ -115,8 +116,8 @@ def test_lines_splice_literals_and_texts():
     assert a is not None and b is not None
     long = b"," + b"x" * 70 + b":"  # a literal longer than the copies' 32 bytes
     out = compiled.jsonl([b'{"a":', long, b"}\n"], [a, b])
-    assert out == b'{"a":1,' + b"x" * 70 + b':"nan"}\n{"a":0.5,' + b"x" * 70 + b':2}\n{"a":-1e-9,' + b"x" * 70 \
-        + b":3}\n"
+    x = b"x" * 70
+    assert out == b'{"a":1,' + x + b':"nan"}\n{"a":0.5,' + x + b':2}\n{"a":-1e-9,' + x + b":3}\n"
     assert compiled.jsonl([b"[]\n"], []) == b""
 
 
