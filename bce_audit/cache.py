@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -49,6 +48,8 @@ def code_digest() -> str:
 
 
 def _version(dist: str) -> str | None:
+    import importlib.metadata  # (here: its import takes 10 ms of every start, and most runs never ask)
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
