@@ -421,7 +421,11 @@ def _stream(out: dict, run: Callable[[sweep.Sink], object]) -> None:
                 contextlib.nullcontext(sys.stdout)
             with target as f:
                 w = streams.writer(fmt, f)
-                run(w)
+                try:
+                    run(w)
+                except BaseException:
+                    w.abort()  # its threads stopped before the file is closed and discarded
+                    raise
                 w.close()
     except streams.ParquetMissing as e:
         _fail(str(e))

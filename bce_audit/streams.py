@@ -9,6 +9,7 @@ an absent clipped-exact value as null (CSV: empty).
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import json
 import os
@@ -31,7 +32,9 @@ class Writer(Protocol):
     every_core: bool  # formats on every core itself: the grid's chunks are then best computed here
 
     def write(self, blocks: Sequence[Block]) -> None: ...
-    def close(self) -> None: ...
+    def pause(self) -> None: ...  # everything given so far written, and no thread left running
+    def close(self) -> None: ...  # everything written (raises the first error met)
+    def abort(self) -> None: ...  # the run failed: what is queued dropped, no thread left running
 
 
 def _floats(a: np.ndarray, style: str, absent: np.ndarray | None = None, memo: dict | None = None
@@ -103,6 +106,7 @@ class JsonLines:
         self._ready: dict[int, object] = {}  # formatted blocks (or their errors) by their place
         self._submitted = self._written = 0
         self._error: BaseException | None = None
+        self._aborted = False
         self.arrow: tuple | None = None
         if not compiled.active():
             try:
@@ -154,7 +158,7 @@ class JsonLines:
                 data = self._ready.pop(self._written)
                 self._written += 1
                 self._room.release()
-                if self._error is not None:
+                if self._error is not None or self._aborted:
                     continue
                 if isinstance(data, BaseException):
                     self._error = data
@@ -172,7 +176,7 @@ class JsonLines:
             self.f.flush()
             raw.write(memoryview(data))
         else:
-            self.f.write(bytes(memoryview(data)).decode())
+            self.f.write((data if isinstance(data, bytes) else bytes(memoryview(data))).decode())
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -252,11 +256,21 @@ class JsonLines:
         offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
         return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
-    def close(self) -> None:
+    def pause(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()  # every block formatted and written
+            self._pool.shutdown()  # every block formatted and written; a pool anew at the next write
+            self._pool = None
         self._raise()
+
+    def close(self) -> None:
+        self.pause()
         self.f.flush()
+
+    def abort(self) -> None:
+        self._aborted = True  # (blocks still formatting are not written)
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 class Csv:
@@ -277,8 +291,14 @@ class Csv:
             rows = zip(*([v] * n if isinstance(v := cols[k], str) else v for k in FIELDS), strict=True)
             self.w.writerows(rows)
 
+    def pause(self) -> None:
+        pass
+
     def close(self) -> None:
         self.f.flush()
+
+    def abort(self) -> None:
+        pass
 
 
 class Parquet:
@@ -300,16 +320,34 @@ class Parquet:
         floats = (*ROW_FLOATS, *CLIP_FLOATS, "eps")
         self.schema = pa.schema([(n, pa.float64() if n in floats else pa.string()) for n in FIELDS])
         self.w = pq.ParquetWriter(f, self.schema)
-        self._pool = ThreadPoolExecutor(max_workers=1)  # one: the row groups go in grid order
+        self._pool: ThreadPoolExecutor | None = None  # one thread: the row groups go in grid order
         self._pending: collections.deque[Future] = collections.deque()
 
     def write(self, blocks: Sequence[Block]) -> None:
+        self._wait(self.IN_FLIGHT - 1)  # room for this chunk first (an encoding's error is raised here)
         table = self._table(blocks)
         if table is None:
             return
-        while len(self._pending) >= self.IN_FLIGHT:
-            self._pending.popleft().result()  # (an encoding's error is raised here)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending.append(self._pool.submit(self.w.write_table, table))
+
+    def _wait(self, held: int) -> None:
+        """Until at most ``held`` chunks are waiting or encoding; a failed one drops the rest."""
+        while len(self._pending) > held:
+            try:
+                self._pending.popleft().result()
+            except BaseException:
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def _table(self, blocks: Sequence[Block]):
         pa = self.pa
@@ -337,13 +375,20 @@ class Parquet:
             parts.append(pa.table(cols, schema=self.schema))
         return pa.concat_tables(parts) if parts else None
 
+    def pause(self) -> None:
+        self._wait(0)
+        self._drop()  # (nothing left to drop: the thread let go)
+
     def close(self) -> None:
         try:
-            while self._pending:
-                self._pending.popleft().result()
+            self.pause()
         finally:
-            self._pool.shutdown()
-        self.w.close()
+            self.w.close()
+
+    def abort(self) -> None:
+        self._drop()
+        with contextlib.suppress(Exception):  # (the file is discarded: its footer does not matter)
+            self.w.close()
 
 
 def _repeated(pa, v, n: int):

@@ -772,6 +772,7 @@ class Sink(Protocol):
     every_core: bool  # it formats on every core itself: the chunks are computed here, not in a pool
 
     def write(self, blocks: Sequence[Block]) -> None: ...
+    def pause(self) -> None: ...  # all written, its threads let go: this process may fork again
 
 
 def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, scheduler: str | None = None,
@@ -795,6 +796,8 @@ def audit_grid(s: Settings, dtype: str, keep: set[int] | None, jobs: int = 1, sc
             continue
         for rows, b in zip(kept, r.blocks, strict=True):
             rows.extend(b.rows())
+    if sink is not None:
+        sink.pause()  # (a thread left running would keep the next dtype's workers from being forked)
     return [a.worst() for a in accs], [row for rows in kept for row in rows]
 
 

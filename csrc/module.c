@@ -228,7 +228,11 @@ static PyObject *jsonl(PyObject *self, PyObject *args) {
         }
         Py_ssize_t len = PyBytes_GET_SIZE(ends) / (Py_ssize_t)sizeof(uint32_t), size = PyBytes_GET_SIZE(data) - SLACK;
         const uint32_t *e = (const uint32_t *)PyBytes_AS_STRING(ends);
-        if ((n >= 0 && len != n) || size < 0 || (len ? e[len - 1] : 0) != (uint64_t)size) {
+        int fits = PyBytes_GET_SIZE(ends) % (Py_ssize_t)sizeof(uint32_t) == 0 && size >= 0
+                   && (len ? e[len - 1] : 0) == (uint64_t)size;
+        for (Py_ssize_t i = 0; fits && i < len; i++)  /* each text of 0 to TEXT_MAX bytes, in order */
+            fits = e[i] - (i ? e[i - 1] : 0) <= TEXT_MAX && e[i] >= (i ? e[i - 1] : 0);
+        if ((n >= 0 && len != n) || !fits) {
             PyErr_SetString(PyExc_ValueError, "jsonl: columns of different lengths, or not as texts() gave them");
             return NULL;
         }

@@ -144,6 +144,66 @@ def test_jsonl_written_in_order_and_a_formatting_error_told(monkeypatch):
     assert len(f.getvalue().splitlines()) == len(blocks[0]) + len(blocks[1])
 
 
+def _blocks_of_chunks(chunks: int) -> list[list]:
+    s = Settings(dtypes=("float16",), formulas=("naive",), points=chunks * sweep.chunk_size(Settings(keep=None)),
+                 keep=None)
+    return [r.blocks for r in sweep.run_chunks(s, "float16", None)]
+
+
+def test_parquet_encoding_error_told_and_no_thread_left(tmp_path, monkeypatch):
+    """Chunks are encoded on a thread of their own: one that fails is raised by a later write or
+    by close, what was queued after it is dropped, and no thread is left running either way."""
+    pytest.importorskip("pyarrow")
+    import threading
+
+    from bce_audit import streams
+
+    chunks = _blocks_of_chunks(4)
+    before = threading.active_count()
+    with (tmp_path / "rows.parquet").open("wb") as f:
+        w = streams.writer("parquet", f)
+        real, calls = w.w.write_table, []
+
+        def fails_second(table):
+            calls.append(len(table))
+            if len(calls) == 2:
+                raise OSError("disk full")
+            return real(table)
+
+        monkeypatch.setattr(w.w, "write_table", fails_second)
+        with pytest.raises(OSError, match="disk full"):
+            for blocks in chunks:
+                w.write(blocks)
+            w.close()
+        assert threading.active_count() == before
+        assert len(calls) == 2  # (nothing encoded after the failure)
+        w.abort()  # (as the CLI does when the run fails: safe after the error)
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv"])
+def test_writers_let_go_of_their_threads_after_each_dtype(tmp_path, fmt):
+    """A writer's threads would keep the next dtype's grid workers from being forked
+    (`heap.can_fork`): each dtype's grid ends with its writer paused, every row written."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    import threading
+
+    from bce_audit import streams
+
+    s = Settings(dtypes=("float16",), formulas=("naive",), points=3000, keep=None)
+    before = threading.active_count()
+    with (tmp_path / f"rows.{fmt}").open("wb" if fmt == "parquet" else "w") as f:
+        w = streams.writer(fmt, f)
+        sweep.audit_grid(s, "float16", None, sink=w)
+        assert threading.active_count() == before
+        sweep.audit_grid(s, "float16", None, sink=w)
+        w.close()
+    assert threading.active_count() == before
+    if fmt == "jsonl":
+        assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2 * 3000 * 5  # 5 series
+
+
 def test_issue_10_csv_rows_equal_the_in_memory_rows(tmp_path):
     out = tmp_path / "rows.csv"
     ok(*STREAM, "-o", str(out))  # the format is inferred from the extension

@@ -138,6 +138,15 @@ def test_lines_refuse_columns_of_other_lengths():
         compiled.jsonl([b"", b""], [(b"1", 2)])
 
 
+@pytest.mark.parametrize("ends", [[200, 100], [40, 100], [1, 2, 3]])
+def test_lines_refuse_texts_they_did_not_make(ends):
+    """Ends out of order, a text longer than the 32-byte moves or a stray byte are refused
+    before any copying (they would read or write out of bounds)."""
+    raw = np.asarray(ends, np.uint32).tobytes()
+    with pytest.raises(ValueError, match="not as texts"):
+        compiled.jsonl([b"", b"\n"], [(b"1" * ends[-1] + bytes(32), raw + (b"x" if len(ends) == 3 else b""))])
+
+
 def test_every_way_of_writing_json_lines_gives_the_same_records(monkeypatch):
     """Compiled, through Arrow, through Python's repr: the compiled lines are Arrow's bytes, and
     repr's lines (``1e-07`` for Arrow's ``1e-7``) the same records."""
