@@ -145,8 +145,8 @@ def test_jsonl_written_in_order_and_a_formatting_error_told(monkeypatch):
 
 
 def _blocks_of_chunks(chunks: int) -> list[list]:
-    s = Settings(dtypes=("float16",), formulas=("naive",), points=chunks * sweep.chunk_size(Settings(keep=None)),
-                 keep=None)
+    points = chunks * sweep.chunk_size(Settings(keep=None))
+    s = Settings(dtypes=("float16",), formulas=("naive",), points=points, keep=None)
     return [r.blocks for r in sweep.run_chunks(s, "float16", None)]
 
 
