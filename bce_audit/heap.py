@@ -20,12 +20,13 @@ import contextlib
 import ctypes
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -81,12 +82,55 @@ def can_fork() -> bool:
             and not any(m in sys.modules for m in FORK_UNSAFE))
 
 
+class Later(Generic[T]):
+    """A result `forked` computes: called, it waits for it (or raises the exception it ended
+    with); `raise_early` raises that exception as soon as it is known, without waiting."""
+
+    def __init__(self, fn: Callable[[], T], reader: IO[bytes] | None = None, pid: int = 0):
+        self._fn, self._reader, self._pid = fn, reader, pid
+        self._outcome: tuple[bool, Any, str | None] | None = None
+
+    def __call__(self) -> T:
+        if self._reader is None:  # no child: done here, now
+            return self._fn()
+        if self._outcome is None:
+            self._outcome = self._collect()
+        ok, value, trace = self._outcome
+        if not ok:
+            raise value from ChildTraceback(trace)
+        return value
+
+    def raise_early(self) -> None:
+        """If the child has ended with an exception, raise it now (else return at once)."""
+        if self._reader is None or self._outcome is not None:
+            return
+        if select.select([self._reader], [], [], 0)[0]:  # its payload, or its end, is there
+            self._outcome = self._collect()
+            if not self._outcome[0]:
+                self()
+
+    @property
+    def collected(self) -> bool:
+        return self._outcome is not None
+
+    def _collect(self) -> tuple[bool, Any, str | None]:
+        assert self._reader is not None
+        data = self._reader.read()
+        os.waitpid(self._pid, 0)
+        if not data:
+            return False, RuntimeError("a forked worker died before it gave its result"), None
+        try:
+            return pickle.loads(data)
+        except Exception as e:  # an exception that pickles but will not unpickle
+            return False, RuntimeError(f"a forked worker's result could not be read: {e}"), None
+
+
 @contextlib.contextmanager
-def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
+def forked(fn: Callable[[], T]) -> Iterator[Later[T]]:
     """``fn()`` run in a forked child (only where `can_fork`) while this process goes on; yields
-    a function that waits for its result (or raises its exception, with the child's traceback
+    a `Later` that waits for its result (or raises its exception, with the child's traceback
     as its cause). A child whose result is not collected is killed on leaving the block. Where
-    no child can be made, ``fn`` itself is yielded: it runs here when its result is asked for.
+    no child can be made, the `Later` runs ``fn`` here when its result is asked for.
 
     The output buffers are flushed before the fork, and the child ends with `os._exit`: nothing
     this process has written or will write is written twice (a child that forks workers of its
@@ -104,7 +148,7 @@ def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
     except OSError:  # no process to be had (a limit on processes): done here, when asked for
         os.close(r)
         os.close(w)
-        yield fn
+        yield Later(fn)
         return
     if pid == 0:  # the child
         try:
@@ -120,28 +164,12 @@ def forked(fn: Callable[[], T]) -> Iterator[Callable[[], T]]:
             os._exit(0)
     os.close(w)
     reader = os.fdopen(r, "rb")
-    done = False
-
-    def result() -> T:
-        nonlocal done
-        data = reader.read()
-        os.waitpid(pid, 0)
-        done = True
-        if not data:
-            raise RuntimeError("a forked worker died before it gave its result")
-        try:
-            ok, value, trace = pickle.loads(data)
-        except Exception as e:  # an exception that pickles but will not unpickle
-            raise RuntimeError(f"a forked worker's result could not be read: {e}") from None
-        if not ok:
-            raise value from ChildTraceback(trace)
-        return value
-
+    later = Later(fn, reader, pid)
     try:
-        yield result
+        yield later
     finally:
         reader.close()
-        if not done:
+        if not later.collected:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
 

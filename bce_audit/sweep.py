@@ -858,10 +858,11 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     with contextlib.ExitStack() as stack:
         later = stack.enter_context(heap.forked(search)) if overlap else None
         kps, kp_notes, warned = search() if later is None else ([], [], [])
+        tick = progress if later is None else _watching(later, progress)
         for d in s.dtypes if with_rows else ():
             keep = None if s.keep is None else set(sample_indices(grid_size(s, d), s.keep))
             try:
-                worst, rows = audit_grid(s, d, keep, jobs, scheduler, progress, sink)
+                worst, rows = audit_grid(s, d, keep, jobs, scheduler, tick, sink)
                 result.worst += worst
                 result.rows += rows
             except backends.Unsupported as e:
@@ -875,6 +876,16 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     result.keypoints = kps
     result.notes = list(dict.fromkeys(notes + kp_notes + grid_notes))
     return result
+
+
+def _watching(later: heap.Later, progress):
+    """``progress``, and after each chunk the key-point search's failure raised at once (not
+    after a grid that may take hours)."""
+    def tick(n: int) -> None:
+        if progress is not None:
+            progress(n)
+        later.raise_early()
+    return tick
 
 
 def check_rows(xs: Sequence[float], s: Settings) -> tuple[list[Row], dict[tuple, float]]:

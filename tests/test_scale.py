@@ -622,6 +622,34 @@ print(json.dumps({"ours": ours, "raised": raised, "died": died, "unread": unread
 """
 
 
+EARLY = r"""
+import json
+from bce_audit import keypoints, records, sweep
+
+def fails(*args, **kw):
+    raise ValueError("the key-point search failed")
+keypoints.keypoints = fails  # (the forked child runs it)
+chunks = []
+s = records.Settings(points=12 * sweep.CHUNK, range=(-60.0, 60.0), keep=11, dtypes=("float32",))
+try:
+    sweep.run_sweep(s, jobs=2, progress=chunks.append)
+    told = None
+except ValueError as e:
+    told = str(e)
+print(json.dumps({"told": told, "chunks": len(chunks)}))
+"""
+
+
+def test_a_failed_key_point_search_is_told_before_the_grid_ends():
+    """The key points are searched by a forked child beside the grid: its failure is raised
+    after the next chunk, not after a grid that may take hours."""
+    r = subprocess.run([sys.executable, "-c", EARLY], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["told"] == "the key-point search failed"
+    assert 1 <= out["chunks"] < 12
+
+
 def test_forked_gives_the_childs_result_or_its_exception():
     """`heap.forked`: the value, the exception, a child killed mid-way (one line), and a child
     left behind killed on leaving the block (the script would wait a minute otherwise)."""
