@@ -137,7 +137,7 @@ class JsonLines:
         # memory stays per chunk.
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        memo: dict = {}  # one chunk's column texts, by the column's bytes (Arrow's)
+        memo: dict = {}  # one chunk's column texts, by the column's bits
         for b in blocks:
             if not len(b):
                 continue
@@ -231,19 +231,6 @@ class JsonLines:
             memo[key] = out
         return out
 
-    def _repeated(self, text: str, n: int, pa, memo: dict):
-        """``text`` n times as an Arrow string array (its bytes tiled, equal offsets)."""
-        key = (text, n)
-        if key not in memo:
-            unit = np.frombuffer(text.encode(), np.uint8)
-            if n * unit.size >= 2**31:  # past a string array's int32 offsets (a block is a chunk's)
-                raise OverflowError(f"{n} lines of {unit.size} bytes overflow an Arrow string array")
-            offsets = np.arange(0, (n + 1) * unit.size, unit.size, dtype=np.int32)
-            data = np.tile(unit, n)
-            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-            memo[key] = pa.Array.from_buffers(pa.string(), n, buffers)
-        return memo[key]
-
     def _arrow_lines(self, literals: list[str], columns: list, n: int, memo: dict, pa, pc):
         """The lines joined by Arrow, as one Arrow buffer."""
         pieces: list = []
@@ -251,7 +238,7 @@ class JsonLines:
             pieces += [literal, self._text(a, pa, pc, memo, absent)]
         pieces.append(literals[-1])
         # Arrow broadcasts a scalar piece slowly (3x the join): each literal becomes an array
-        pieces = [self._repeated(p, n, pa, memo) if isinstance(p, str) else p for p in pieces if p != ""]
+        pieces = [_repeated(pa, p, n, memo) if isinstance(p, str) else p for p in pieces if p != ""]
         lines = pc.binary_join_element_wise(*pieces, "")
         offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
         return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
@@ -342,9 +329,7 @@ class Parquet:
                 raise
 
     def _drop(self) -> None:
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
+        self._pending.clear()  # (the pool's shutdown cancels those not started)
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
@@ -352,7 +337,7 @@ class Parquet:
     def _table(self, blocks: Sequence[Block]):
         pa = self.pa
         parts = []
-        memo: dict = {}  # the chunk's constant columns, by value and length (its blocks share both)
+        memo: dict = {}  # the chunk's constant columns (`_repeated`)
         for b in blocks:
             n = len(b)
             cols = {}
@@ -367,11 +352,7 @@ class Parquet:
                     cols[name] = pa.array(np.full(n, np.nan if b.eps is None else b.eps),
                                           mask=np.full(n, b.eps is None))
                 else:
-                    v = getattr(b, name)
-                    key = (type(v), v, n)
-                    if key not in memo:
-                        memo[key] = _repeated(pa, v, n)
-                    cols[name] = memo[key]
+                    cols[name] = _repeated(pa, getattr(b, name), n, memo)
             parts.append(pa.table(cols, schema=self.schema))
         return pa.concat_tables(parts) if parts else None
 
@@ -391,11 +372,20 @@ class Parquet:
             self.w.close()
 
 
-def _repeated(pa, v, n: int):
-    """A string column of one value (null for None) n times, built by Arrow (no list of n)."""
-    if v is None:
-        return pa.nulls(n, type=pa.string())
-    return pa.DictionaryArray.from_arrays(np.zeros(n, np.int8), pa.array([str(v)])).cast(pa.string())
+def _repeated(pa, v, n: int, memo: dict):
+    """A string column of one value (null for None) n times, built by Arrow (no list of n), once
+    per value and length in ``memo`` (a chunk's blocks share both)."""
+    key = (type(v), v, n)
+    if key not in memo:
+        if v is None:
+            memo[key] = pa.nulls(n, type=pa.string())
+        else:
+            size = len(str(v).encode())
+            if n * size >= 2**31:  # past a string array's int32 offsets
+                raise OverflowError(f"{n} texts of {size} bytes overflow an Arrow string array")
+            one = pa.array([str(v)])
+            memo[key] = pa.DictionaryArray.from_arrays(np.zeros(n, np.int8), one).cast(pa.string())
+    return memo[key]
 
 
 class ParquetMissing(RuntimeError):

@@ -162,6 +162,20 @@ static inline void write_digits(uint64_t d, char *buf, int n) {  /* d's n digits
     if (i) buf[0] = (char)('0' + v);
 }
 
+/* The scaled value and the ends of its rounding interval as digits are dropped: the last digit
+ * dropped, how many, and whether every digit dropped so far was 0 (from vr, and from vm). */
+struct ends { uint64_t vr, vp, vm; int last, removed, vr_zeros, vm_zeros; };
+
+static inline void drop_digit(struct ends *c) {
+    c->vm_zeros &= c->vm % 10 == 0;
+    c->vr_zeros &= c->last == 0;
+    c->last = (int)(c->vr % 10);
+    c->vr /= 10;
+    c->vp /= 10;
+    c->vm /= 10;
+    c->removed++;
+}
+
 /* The shortest nearest digits of a finite double > 0 given by its fields: *out * 10^(*e10). */
 static void decimal(uint64_t mant, int bexp, uint64_t *out, int *e10) {
     int e2;
@@ -227,48 +241,27 @@ static void decimal(uint64_t mant, int bexp, uint64_t *out, int *e10) {
             vr_zeros = (mv & ((1ull << q) - 1)) == 0;
         }
     }
-    int removed = 0, last = 0;
+    struct ends c = {vr, vp, vm, 0, 0, vr_zeros, vm_zeros};
     uint64_t result;
     if (vm_zeros || vr_zeros) {  /* exact ends: ties and the lower end's inclusion matter */
-        while (vp / 10 > vm / 10) {
-            vm_zeros &= vm % 10 == 0;
-            vr_zeros &= last == 0;
-            last = (int)(vr % 10);
-            vr /= 10;
-            vp /= 10;
-            vm /= 10;
-            removed++;
-        }
-        if (vm_zeros)
-            while (vm % 10 == 0) {
-                vr_zeros &= last == 0;
-                last = (int)(vr % 10);
-                vr /= 10;
-                vp /= 10;
-                vm /= 10;
-                removed++;
-            }
-        if (vr_zeros && last == 5 && vr % 2 == 0) last = 4;  /* a tie: to even */
-        result = vr + ((vr == vm && (!even || !vm_zeros)) || last >= 5);
+        while (c.vp / 10 > c.vm / 10) drop_digit(&c);
+        if (c.vm_zeros)
+            while (c.vm % 10 == 0) drop_digit(&c);
+        if (c.vr_zeros && c.last == 5 && c.vr % 2 == 0) c.last = 4;  /* a tie: to even */
+        result = c.vr + ((c.vr == c.vm && (!even || !c.vm_zeros)) || c.last >= 5);
     } else {  /* the common case: only the last digit removed decides the rounding */
-        if (vp / 100 > vm / 100) {  /* two digits at once, most of the time */
-            last = (int)(vr % 100) / 10;
-            vr /= 100;
-            vp /= 100;
-            vm /= 100;
-            removed += 2;
+        if (c.vp / 100 > c.vm / 100) {  /* two digits at once, most of the time */
+            c.last = (int)(c.vr % 100) / 10;
+            c.vr /= 100;
+            c.vp /= 100;
+            c.vm /= 100;
+            c.removed += 2;
         }
-        while (vp / 10 > vm / 10) {
-            last = (int)(vr % 10);
-            vr /= 10;
-            vp /= 10;
-            vm /= 10;
-            removed++;
-        }
-        result = vr + (vr == vm || last >= 5);
+        while (c.vp / 10 > c.vm / 10) drop_digit(&c);
+        result = c.vr + (c.vr == c.vm || c.last >= 5);
     }
     *out = result;
-    *e10 = base + removed;
+    *e10 = base + c.removed;
 }
 
 int shortest(double v, char *out) {
