@@ -263,13 +263,17 @@ def _functions() -> dict:
 def _load() -> dict:
     """``expf``, ``logf`` and ``log1pf`` of the process's libm through ctypes (float -> float)."""
     import ctypes
-    import ctypes.util
 
-    path = ctypes.util.find_library("m")
-    try:
-        lib = ctypes.CDLL(path) if path else None
+    try:  # glibc's soname: no `ldconfig -p` run per process (find_library's way on Linux)
+        lib = ctypes.CDLL("libm.so.6")
     except OSError:
-        lib = None
+        import ctypes.util
+
+        path = ctypes.util.find_library("m")
+        try:
+            lib = ctypes.CDLL(path) if path else None
+        except OSError:
+            lib = None
     out = {}
     for name in ("expf", "logf", "log1pf"):
         fn = getattr(lib, name, None)
