@@ -264,6 +264,7 @@ def _load() -> dict:
     """``expf``, ``logf`` and ``log1pf`` of the process's libm through ctypes (float -> float)."""
     import ctypes
 
+    lib: ctypes.CDLL | None
     try:  # glibc's soname: no `ldconfig -p` run per process (find_library's way on Linux)
         lib = ctypes.CDLL("libm.so.6")
     except OSError:
