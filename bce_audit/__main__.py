@@ -1,6 +1,18 @@
-"""``python -m bce_audit``: the same as the ``bce-audit`` command."""
+"""``python -m bce_audit`` and the ``bce-audit`` command: the CLI in a process of its own."""
 
-from bce_audit.cli import main
+import os
+
+# numpy's OpenBLAS starts a thread per core that spins for about 0.1 s of CPU waiting for
+# linear algebra this tool never asks for (and is stopped and restarted around every fork):
+# one thread, none started. Set before numpy is loaded; a value the user set stands.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def main() -> None:
+    from bce_audit.cli import main as cli_main
+
+    cli_main()
+
 
 if __name__ == "__main__":
     main()

@@ -342,3 +342,28 @@ def test_alias_in_the_python_api():
 
     kps = api.points(dtype="BF16", formula="keras3", label="1")
     assert kps and {k.dtype for k in kps} == {"bfloat16"}
+
+
+THREADS = ("import os, sys\n"
+           "{setup}\n"
+           "import numpy\n"
+           "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2,
+                    reason="counts a process's threads in /proc, on more than one core")
+@pytest.mark.parametrize(("user", "threads"), [(None, 1), ("2", 2)])
+def test_the_command_starts_no_blas_thread(user, threads):
+    """The command's entry (``bce_audit.__main__``) asks numpy's OpenBLAS for one thread before
+    numpy loads, so none spins beside the audit; a value the user set stands. (Without the entry,
+    OpenBLAS starts a thread per core: the count below tells the two apart.)"""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user is not None:
+        env["OPENBLAS_NUM_THREADS"] = user
+    def count(setup: str) -> list[str]:
+        code = THREADS.format(setup=setup)
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.split()
+    assert count("import bce_audit.__main__") == [str(threads), user or "1"]
+    if user is None:  # what the entry changes: OpenBLAS's own default
+        assert int(count("")[0]) > 1
