@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from mpmath import mp
@@ -99,7 +100,13 @@ def line(name: str, value: str, ratio: str, target: str, ok: bool | None) -> Non
 
 
 def main() -> int:
+    import compileall
+
     import mpmath.libmp
+
+    # the package's bytecode, as an install writes it: a run where PYTHONDONTWRITEBYTECODE is set
+    # (this machine's default) would otherwise compile every module changed since, each time
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "bce_audit"), quiet=1)
 
     py = sys.executable
     cli = [py, "-m", "bce_audit"]
