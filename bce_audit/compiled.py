@@ -101,6 +101,45 @@ def subnormals(a: np.ndarray) -> bool | None:
     return bool(_kernels.subnormals(a))
 
 
+# count, first non-finite, first NaN, at, its ULPs, rel, abs, clip count, clip rel, round ULPs
+Worst = tuple[Any, ...]
+
+
+def measure_worst(computed: np.ndarray, exact: np.ndarray, inv_ulp: np.ndarray, mag: np.ndarray,
+                  complement: np.ndarray | None, skip: np.ndarray,
+                  clip: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None) -> Worst | None:
+    """`measure`'s arithmetic on float32 values reduced as it goes, nothing written: (finite
+    values, the first non-finite one or -1, the first NaN ULP error or -1, else the first largest
+    ULP error's position or -1, that error, the largest relative and absolute errors), where the
+    values are finite and ``skip`` (one byte a value) is 0; NaN wins each largest, as in numpy.
+    With ``clip`` (the clipped-exact values, their relative distance from the exact ones, and
+    the clipped-exact scale's exact values and inverse ULPs): the finite values with a clipped-
+    exact value (not NaN), and the largest distance and rounding ULPs there. None where it does
+    not run here (not built or turned off, values not float32 or not 1-d)."""
+    c = np.asarray(computed)
+    if not _on or c.dtype != _F32 or c.ndim != 1:
+        return None
+    assert _kernels is not None  # _on
+    f64 = [_plain(a, _F64) for a in (exact, inv_ulp, mag)]
+    comp = None if complement is None else _plain(complement, _F64)
+    cols = (None,) * 4 if clip is None else tuple(_plain(a, _F64) for a in clip)
+    return _kernels.measure_worst(_plain(c), *f64, comp, _plain(skip, np.uint8), *cols)
+
+
+def scale(exact: np.ndarray, complement: bool, below: np.ndarray | None, minexp: int, nmant: int
+          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """`fastref.scale`'s |exact| and inverse ULPs in one compiled pass (float64, 1-d), for a dtype
+    of ``minexp`` and ``nmant``; None where it does not run here (not built or turned off)."""
+    e = np.asarray(exact)
+    if not _on or e.dtype != _F64 or e.ndim != 1:
+        return None
+    assert _kernels is not None  # _on
+    mag, inv_ulp = np.empty(e.shape), np.empty(e.shape)
+    _kernels.scale(_plain(e), complement, None if below is None else _plain(below, np.uint8), minexp, nmant,
+                   mag, inv_ulp)
+    return mag, inv_ulp
+
+
 Texts = tuple[bytes, bytes]  # a column's texts one after another, and where each ends (uint32)
 
 

@@ -194,10 +194,40 @@ class Scale:
         return ulps, rels, diff
 
 
+    def special(self) -> np.ndarray:
+        """Where `measure` corrects the arithmetic it shares with every position (sorted): the
+        zeros, and the underflows where ``log_exact`` carries them."""
+        if self.log_exact is None or not self.under.size:
+            return self.zero
+        return np.union1d(self.zero, self.under)
+
+    def at(self, idx: np.ndarray) -> Scale:
+        """This scale at the positions ``idx`` only: its `measure` of the values there gives
+        what `measure` of every value gives there (each measure is elementwise)."""
+        mag = self.mag[idx]
+        log_exact = None if self.log_exact is None else self.log_exact[idx]
+        complement = None if self.complement is None else self.complement[idx]
+        return Scale(self.exact[idx], mag, self.inv_ulp[idx], log_exact, complement,
+                     np.flatnonzero(~(mag > 0)), np.flatnonzero(mag < TINY), self.sub)
+
+
 def scale(exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
           complement: np.ndarray | None = None, below: np.ndarray | None = None) -> Scale:
     """The `Scale` of an exact column (arguments as for `errors`)."""
     e = np.asarray(exact_, dtype=np.float64)
+    fused = compiled.scale(e, complement is not None, below, info.minexp, info.nmant)
+    if fused is not None:  # (the arithmetic below, in one pass)
+        mag, inv_ulp = fused
+    else:
+        mag, inv_ulp = _scale(e, info, complement, below)
+    le = None if log_exact is None else np.asarray(log_exact, dtype=np.float64)
+    return Scale(e, mag, inv_ulp, le, complement, np.flatnonzero(~(mag > 0)), np.flatnonzero(mag < TINY),
+                 float(info.smallest_subnormal))
+
+
+def _scale(e: np.ndarray, info: DtypeInfo, complement: np.ndarray | None, below: np.ndarray | None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """`scale`'s |exact| and inverse ULPs, in numpy."""
     mag = np.abs(e)
     _, k = np.frexp(mag)
     if complement is not None:
@@ -208,10 +238,7 @@ def scale(exact_: np.ndarray, log_exact: np.ndarray | None, info: DtypeInfo,
     if zero.size:  # where |exact| is 0 (not NaN): the subnormal spacing
         k = np.array(k)  # frexp's or where's own array (a copy of a 0-d one): set in place
         k.reshape(-1)[zero[mag.reshape(-1)[zero] == 0]] = info.minexp + 1
-    inv_ulp = np.ldexp(1.0, -info.ulp_exponent(k - 1))
-    le = None if log_exact is None else np.asarray(log_exact, dtype=np.float64)
-    return Scale(e, mag, inv_ulp, le, complement, zero, np.flatnonzero(mag < TINY),
-                 float(info.smallest_subnormal))
+    return mag, np.ldexp(1.0, -info.ulp_exponent(k - 1))
 
 
 def on_power_of_two(values: np.ndarray) -> np.ndarray:

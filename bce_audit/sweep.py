@@ -22,6 +22,7 @@ import numpy as np
 from bce_audit import (
     backends,
     cache,
+    compiled,
     dtypes,
     fastref,
     formulas,
@@ -209,6 +210,7 @@ class _FastRefs:
         self._clip_scales: dict[tuple, fastref.Scale] = {}  # by the bits of the clipped-exact column
         self._clipped_memo: dict[tuple, np.ndarray] = {}
         self._mp: dict[int, reference.Exact] = {}
+        self._specials: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def _of(self, kind: str, label):
         """The exact values, their log where they underflow, and their complement to 1."""
@@ -264,6 +266,41 @@ class _FastRefs:
                                  np.flatnonzero(undecided & self.finite))
         return self._scales[key]
 
+    def special(self, kind: str, label) -> tuple[np.ndarray, np.ndarray]:
+        """Where `measure` corrects the arithmetic it shares with every position (the scale's
+        zeros and underflows, the ties mpmath decides, the inputs with no exact value), sorted,
+        and the same as one byte a position (1: there)."""
+        key = (kind, 1 if label == "pair" else label)
+        if key not in self._specials:
+            sc, undecided = self._scale(kind, label)
+            idx = np.union1d(np.union1d(sc.special(), undecided), self.nan).astype(np.intp)
+            mask = np.zeros(len(self.finite), np.uint8)
+            mask[idx] = 1
+            self._specials[key] = idx, mask
+        return self._specials[key]
+
+    def exact_of(self, kind: str, label) -> np.ndarray:
+        """The exact column as `measure` gives it (NaN at inputs with no exact value)."""
+        exact = self._of(kind, label)[0]
+        return np.where(self.finite, exact, np.nan) if self.nan.size else exact
+
+    def measure_at(self, kind: str, label, values: np.ndarray, idx: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
+        """`measure` at the positions ``idx`` only (sorted): ULPs, relative and absolute errors
+        there, and the bits where mpmath decided (by position in the chunk)."""
+        sc, undecided = self._scale(kind, label)
+        at = np.asarray(values)[idx]
+        ulps, rels, diffs = sc.at(idx).measure(at)
+        assert rels is not None  # asked for
+        bits = {}
+        for p in np.flatnonzero(np.isin(idx, undecided)).tolist():
+            i = int(idx[p])
+            err = self._mp_errors(i, kind, label, at[p])
+            ulps[p], rels[p], diffs[p], bits[i] = err.ulp, err.rel, err.abs, err.bits
+        gone = np.flatnonzero(~self.finite[idx])
+        ulps[gone] = rels[gone] = diffs[gone] = np.nan
+        return ulps, rels, diffs, bits
+
     def measure(self, kind: str, label, values: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
         """The exact column, and ULPs, relative and absolute errors as `errors` gives them
@@ -316,6 +353,14 @@ class _FastRefs:
     def measure_clipped(self, label, f: formulas.Formula, clip_args, values: np.ndarray):
         """`clipped`, with the rounding ULPs only as `measure` gives them (finite values); the
         clipped-exact columns are shared by the formulas that clip alike."""
+        clip, rel, sc = self.clip_columns(label, f, clip_args)
+        return clip, rel, sc.measure(values, rel=False)[0]
+
+    def clip_columns(self, label, f: formulas.Formula, clip_args
+                     ) -> tuple[np.ndarray, np.ndarray, fastref.Scale]:
+        """The clipped-exact column and its relative distance from the exact one (NaN at inputs
+        with no exact value), and the scale of its rounding ULPs; once per chunk for the formulas
+        that clip alike."""
         key = (label, *_clip_key(f, clip_args))
         if key not in self._clips:
             clip, rel = self._clip_exact(label, f, clip_args)
@@ -327,8 +372,7 @@ class _FastRefs:
                 clip, rel = clip.copy(), rel.copy()
                 clip[self.nan] = rel[self.nan] = np.nan
             self._clips[key] = clip, rel, sc
-        clip, rel, sc = self._clips[key]
-        return clip, rel, sc.measure(values, rel=False)[0]
+        return self._clips[key]
 
 
 def _clip_key(f: formulas.Formula, clip_args) -> tuple:
@@ -358,8 +402,23 @@ class Measured:
     def bits_at(self, i: int) -> float:
         if i in self.mp_bits:
             return self.mp_bits[i]
-        with np.errstate(all="ignore"):
-            return float(np.log2(1.0 + self.ulp_err[i:i + 1])[0])  # as `fastref.errors` computes them
+        return _bits(self.ulp_err[i:i + 1])
+
+    def summary(self) -> tuple[int, int, int, float, float]:
+        return _worst_of(self)
+
+    def ulp_at(self, i: int) -> float:
+        """The ULP error at i, where the value is finite (else -inf: a masked argmax's)."""
+        return self.ulp_err[i] if np.isfinite(self.values[i]) else -np.inf
+
+    def clip_summary(self) -> tuple[int, float, float] | None:
+        return None if self.clip is None else _clip_of(self)
+
+
+def _bits(ulps: np.ndarray) -> float:
+    """The bits of error of one ULP error (an array of one), as `fastref.errors` computes them."""
+    with np.errstate(all="ignore"):
+        return float(np.log2(1.0 + ulps)[0])
 
 
 @dataclass
@@ -370,6 +429,79 @@ class Column(Measured):
 
     def bits_at(self, i: int) -> float:
         return float(self.bits[i])
+
+
+@dataclass
+class Reduced:
+    """One series' worst over a chunk, reduced as it was measured (`_reduced`): what
+    `_WorstAcc.update` takes from a `Measured`, without its error columns."""
+
+    quantity: str
+    formula: str | None
+    eps: float | None
+    label: int | str | None
+    values: np.ndarray
+    exact: np.ndarray
+    worst: tuple[int, int, int, float, float]  # as `_worst_of` gives it
+    ulp: float                                 # the ULP error at the worst position
+    bits: float                                # and its bits of error
+    clip: tuple[int, float, float] | None      # as `_clip_of` gives it
+
+    def summary(self) -> tuple[int, int, int, float, float]:
+        return self.worst
+
+    def ulp_at(self, i: int) -> float:
+        return self.ulp
+
+    def bits_at(self, i: int) -> float:
+        return self.bits
+
+    def clip_summary(self) -> tuple[int, float, float] | None:
+        return self.clip
+
+
+def _reduced(refs: _FastRefs, quantity, formula, eps, label, values, clip=None) -> Reduced | None:
+    """`_measured` and `_worst_of` (and `_clip_of`) in one compiled pass over float32 values;
+    the few positions `measure` corrects are measured apart and folded in. The same numbers;
+    None where the compiled pass does not run."""
+    values = np.asarray(values)
+    sc, _ = refs._scale(quantity, label)
+    idx, mask = refs.special(quantity, label)
+    cols = None
+    if clip is not None:
+        clip_exact, clip_rel, csc = refs.clip_columns(label, clip[0], clip[1])
+        cols = (clip_exact, clip_rel, csc.exact, csc.inv_ulp)
+    out = compiled.measure_worst(values, sc.exact, sc.inv_ulp, sc.mag, sc.complement, mask, cols)
+    if out is None:
+        return None
+    n_finite, first, nan_at, at, best, rel, ab, clip_count, clip_rel_max, round_ulp = out
+    bits: dict[int, float] = {}
+    if idx.size:  # fold in the positions measured apart, as numpy's argmax and max would see them
+        ulps, rels, diffs, bits = refs.measure_at(quantity, label, values, idx)
+        fin = np.isfinite(values[idx])
+        where, ulps, rels, diffs = idx[fin], ulps[fin], rels[fin], diffs[fin]
+        if where.size:
+            nans = np.flatnonzero(np.isnan(ulps))
+            if nans.size and (nan_at < 0 or where[nans[0]] < nan_at):
+                nan_at = int(where[nans[0]])
+            k = int(np.argmax(ulps))
+            if nan_at < 0 and (at < 0 or ulps[k] > best or (ulps[k] == best and where[k] < at)):
+                at, best = int(where[k]), float(ulps[k])
+            rel, ab = _nan_max(rel, float(np.max(rels))), _nan_max(ab, float(np.max(diffs)))
+    if nan_at >= 0:
+        at, best = nan_at, math.nan
+    if not n_finite:
+        at, rel, ab = 0, -math.inf, -math.inf
+    ulp_bits = bits[at] if at in bits else _bits(np.array([best]))
+    clipped = None if clip is None else (clip_count, clip_rel_max, round_ulp) if clip_count \
+        else (0, -math.inf, -math.inf)
+    return Reduced(quantity, formula, eps, label, values, refs.exact_of(quantity, label),
+                   (n_finite, first, at, rel, ab), best, ulp_bits, clipped)
+
+
+def _nan_max(a: float, b: float) -> float:
+    """numpy's max of two: NaN wins."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
 def _arrays(cols) -> list[np.ndarray]:
@@ -515,24 +647,23 @@ class _WorstAcc:
         self.nonfinite = self.points = 0
         self.clip_rel = self.round_ulp = None
 
-    def update(self, c: Column | Measured, xs: np.ndarray, xd: np.ndarray) -> None:
+    def update(self, c: Column | Measured | Reduced, xs: np.ndarray, xd: np.ndarray) -> None:
         n = len(c.values)
-        n_finite, j, i, rel, ab = _worst_of(c)
+        n_finite, j, i, rel, ab = c.summary()
         self.points += n
         if n_finite < n and not self.nonfinite:  # j: the first non-finite result
             self.first_nonfinite = (float(xd[j]), float(c.values[j]), float(c.exact[j]))
         self.nonfinite += n - n_finite
         if n_finite:
-            ulp = c.ulp_err[i] if np.isfinite(c.values[i]) else -np.inf  # (a masked argmax: every one -inf)
+            ulp = c.ulp_at(i)  # (a masked argmax: every one -inf)
             if ulp > self.ulp:
                 self.ulp, self.bits, self.x = float(ulp), c.bits_at(i), float(xs[i])
                 self.at = (float(xd[i]), float(c.values[i]), float(c.exact[i]))
             self.rel = max(self.rel, rel)
             self.abs = max(self.abs, ab)
-            if c.clip is not None:
-                count, cr, ru = _clip_of(c)
-                if count:
-                    self._clip(cr, ru)
+            clip = c.clip_summary()
+            if clip is not None and clip[0]:
+                self._clip(clip[1], clip[2])
 
     def _clip(self, cr: float | None, ru: float | None) -> None:
         if cr is not None:
@@ -590,7 +721,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     worst: list[Worst] = []
     blocks: list[Block] = []
 
-    def reduce(c: Column | Measured) -> None:
+    def reduce(c: Column | Measured | Reduced) -> None:
         acc = _WorstAcc((dtype, s.mode, c.quantity, c.formula, c.eps, c.label))
         acc.update(c, xs, xd)
         worst.append(acc.worst())
@@ -616,7 +747,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
         alike_key = (quantity, label, dtypes.bits_key(np.asarray(values)), clip_key)
         alike = reduced.get(alike_key)
         if alike is None:
-            reduce(_measured(refs, *series))
+            reduce(_reduced(refs, *series) or _measured(refs, *series))
             reduced[alike_key] = worst[-1]
         else:
             worst.append(replace(alike, formula=formula, eps=eps))

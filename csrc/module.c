@@ -140,6 +140,102 @@ done:
     return result;
 }
 
+/* measure_worst(computed, exact, inv_ulp, mag, complement|None, skip|None, clip|None, clip_rel,
+ * clip_exact, clip_inv_ulp) -> (count, first, nan_at, at, best, rel, abs, clip_count, clip_rel,
+ * round_ulp): `struct measured`. computed: float32; skip: one byte a value (nonzero: not measured
+ * here); the rest float64; all of one length. With clip None, the last three are None too. */
+static PyObject *measure_worst(PyObject *self, PyObject *args) {
+    PyObject *o[10];
+    if (!PyArg_UnpackTuple(args, "measure_worst", 10, 10, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                           &o[8], &o[9]))
+        return NULL;
+    Py_buffer v[10];
+    int got = 0, f32 = 0;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    int clipped = o[6] != Py_None;
+    for (; got < 10; got++) {
+        v[got].obj = NULL;
+        v[got].buf = NULL;
+        if (o[got] == Py_None && (got == 4 || got == 5 || (got >= 6 && !clipped))) continue;
+        if (got == 5) {  /* the skip mask: bytes */
+            if (PyObject_GetBuffer(o[5], &v[5], PyBUF_C_CONTIGUOUS) < 0) goto done;
+            if (v[5].itemsize != 1 || v[5].len != n) {
+                got++;
+                PyErr_SetString(PyExc_ValueError, "measure_worst: one skip byte a value");
+                goto done;
+            }
+            continue;
+        }
+        if (get(o[got], &v[got], 0, got == 0, got == 0 ? &f32 : NULL, &n) < 0) goto done;
+        if (got == 0 && !f32) {
+            got++;
+            PyErr_SetString(PyExc_TypeError, "measure_worst: float32 computed values");
+            goto done;
+        }
+    }
+    struct measured m;
+    Py_BEGIN_ALLOW_THREADS
+    measure_worst32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf, v[8].buf,
+                    v[9].buf, n, &m);
+    Py_END_ALLOW_THREADS
+    if (clipped)
+        result = Py_BuildValue("(nnnndddndd)", m.count, m.first, m.nan_at, m.at, m.best, m.rel, m.abs, m.clip_count,
+                               m.clip_rel, m.round_ulp);
+    else
+        result = Py_BuildValue("(nnnndddOOO)", m.count, m.first, m.nan_at, m.at, m.best, m.rel, m.abs, Py_None,
+                               Py_None, Py_None);
+done:
+    for (int i = 0; i < got; i++)
+        if (v[i].obj) PyBuffer_Release(&v[i]);
+    return result;
+}
+
+/* scale(exact, complement, below|None, minexp, nmant, mag, inv_ulp): `fastref.scale`'s |exact| and
+ * inverse ULPs into mag and inv_ulp (float64, like exact); complement: whether there is one; below:
+ * one byte a value. */
+static PyObject *scale(PyObject *self, PyObject *args) {
+    PyObject *o[5];
+    int comp, minexp, nmant;
+    if (!PyArg_ParseTuple(args, "OpOiiOO:scale", &o[0], &comp, &o[1], &minexp, &nmant, &o[2], &o[3])) return NULL;
+    Py_buffer v[4];
+    int got = 0;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    if (minexp < -1000 || nmant < 1 || nmant > 60) {
+        PyErr_SetString(PyExc_ValueError, "scale: a dtype of 32 bits or fewer");
+        return NULL;
+    }
+    static const int order[4] = {0, 2, 3, 1}; /* exact, mag, inv_ulp, then below */
+    for (; got < 4; got++) {
+        int k = order[got];
+        v[got].obj = NULL;
+        v[got].buf = NULL;
+        if (k == 1) {
+            if (o[1] == Py_None) continue;
+            if (PyObject_GetBuffer(o[1], &v[got], PyBUF_C_CONTIGUOUS) < 0) goto done;
+            if (v[got].itemsize != 1 || v[got].len != n) {
+                got++;
+                PyErr_SetString(PyExc_ValueError, "scale: one below byte a value");
+                goto done;
+            }
+            continue;
+        }
+        if (get(o[k], &v[got], k >= 2, 0, NULL, &n) < 0) goto done;
+    }
+    int sub;
+    Py_BEGIN_ALLOW_THREADS
+    sub = scale64(v[0].buf, comp, v[3].buf, minexp, nmant, v[1].buf, v[2].buf, n);
+    if (sub) scale64_subnormals(v[0].buf, comp, v[3].buf, minexp, nmant, v[2].buf, n);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++)
+        if (v[i].obj) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 /* subnormals(buffer) -> whether a float32 or float64 buffer holds a subnormal value */
 static PyObject *subnormals(PyObject *self, PyObject *arg) {
     Py_buffer v;
@@ -285,6 +381,9 @@ static PyObject *names(PyObject *self, PyObject *unused) {
 static PyMethodDef METHODS[] = {
     {"apply", apply, METH_VARARGS, "apply(name, *buffers): outputs first, then inputs (float32)."},
     {"measure", measure, METH_VARARGS, "measure(c, exact, inv_ulp, mag, complement, ulps, rels, diff)."},
+    {"measure_worst", measure_worst, METH_VARARGS,
+     "measure_worst(c, exact, inv_ulp, mag, complement, skip, clip, clip_rel, clip_exact, clip_inv_ulp)."},
+    {"scale", scale, METH_VARARGS, "scale(exact, complement, below, minexp, nmant, mag, inv_ulp)."},
     {"subnormals", subnormals, METH_O, "subnormals(buffer) -> whether a float32/float64 buffer holds one."},
     {"texts", texts_of, METH_VARARGS, "texts(values, absent) -> (texts, ends): float64 values as JSON texts."},
     {"jsonl", jsonl, METH_VARARGS, "jsonl(literals, columns) -> bytes: lines of literals and (texts, ends)."},

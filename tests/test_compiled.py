@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
+import math
 import os
 import shutil
 import subprocess
@@ -306,3 +307,112 @@ def test_plain_loops_give_the_same_bits(tmp_path):
                         "twin or measure", str(Path(__file__))], env=env, capture_output=True, text=True,
                        timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+@needs_kernels
+def test_measure_scale_equals_numpy():
+    """`fastref.scale`'s |exact| and inverse ULPs compiled and as numpy code, bit for bit: every
+    binade of float64 (random bit patterns), subnormals, zeros, infinities and NaN, with and
+    without a complement and values known below a power of two, for each dtype it serves."""
+    from bce_audit import dtypes, fastref
+
+    rng = np.random.default_rng(11)
+    e = rng.integers(0, 2**64, 100_003, dtype=np.uint64).view(np.float64)
+    edges = [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e-310, 2.0**-1022, 2.0**-1023, 0.5,
+             np.nextafter(0.5, 0), 1.0, 1.7976931348623157e308]
+    e = np.concatenate([edges, rng.random(1000), e])
+    below = rng.random(e.size) < 0.3
+    with np.errstate(all="ignore"):
+        complement = 1.0 - e
+    for name in ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        info = dtypes.get(name)
+        for comp in (None, complement):
+            for b in (None, below):
+                with np.errstate(all="ignore"):
+                    want = fastref._scale(e, info, comp, b)
+                got = compiled.scale(e, comp is not None, b, info.minexp, info.nmant)
+                assert got is not None
+                for g, w in zip(got, want, strict=True):
+                    assert np.array_equal(g.view(np.uint64), w.view(np.uint64)), (name, comp, b)
+    assert compiled.scale(np.float32([1.0, 2.0]), False, None, -126, 23) is None  # float64 only
+
+
+def _reductions(c, e, inv_ulp, mag, comp, skip, clip):
+    """What `compiled.measure_worst` gives, from numpy: the compiled `measure` arithmetic, then
+    numpy's count, argmax and max where the values are finite and not skipped."""
+    n = c.size
+    ulps, rels, diffs = np.empty(n), np.empty(n), np.empty(n)
+    if n:
+        from bce_audit import _kernels  # type: ignore[attr-defined]
+
+        _kernels.measure(c, e, inv_ulp, mag, comp, ulps, rels, diffs)
+    finite = np.isfinite(c)
+    where = finite & (skip == 0)
+    first = int(np.argmin(finite)) if not finite.all() else -1
+    u = np.where(where, ulps, -np.inf)
+    nans = np.flatnonzero(np.isnan(u))
+    measured = where.any()
+    at = int(nans[0]) if nans.size else int(np.argmax(u)) if measured else -1
+    best = float(u[at]) if at >= 0 else -math.inf
+    rel = float(np.max(np.where(where, rels, -np.inf))) if n else -math.inf
+    ab = float(np.max(np.where(where, diffs, -np.inf))) if n else -math.inf
+    out = [int(finite.sum()), first, int(nans[0]) if nans.size else -1, at, best, rel, ab]
+    if clip is None:
+        return (*out, None, None, None)
+    clip_exact, clip_rel, clip_e, clip_inv = clip
+    has = finite & ~np.isnan(clip_exact)
+    with np.errstate(all="ignore"):
+        round_ulps = np.abs(c.astype(np.float64) - clip_e) * clip_inv
+    cr = float(np.max(np.where(has, clip_rel, -np.inf))) if n else -math.inf
+    ru = float(np.max(np.where(has, round_ulps, -np.inf))) if n else -math.inf
+    return (*out, int(has.sum()), cr, ru)
+
+
+def _same_numbers(got, want) -> bool:
+    return len(got) == len(want) and all(
+        (g is None and w is None) or (g is not None and w is not None and
+                                      (g == w or (math.isnan(g) and math.isnan(w))) and
+                                      repr(g) == repr(w))
+        for g, w in zip(got, want, strict=True))
+
+
+@needs_kernels
+def test_measure_worst_equals_numpy_reductions():
+    """`compiled.measure_worst` is `measure`'s arithmetic reduced as numpy reduces it: finite
+    values counted, the first non-finite one, the first NaN ULP error or else the first largest,
+    the largest relative and absolute errors (NaN wins), where values are finite and not skipped;
+    and the clipped-exact distance and rounding ULPs where a clipped-exact value exists. On the
+    chunk columns of `test_measure_equals_numpy`, lengths that are not a multiple of four, skips,
+    NaN exact values (NaN errors) and zero ones (0/0 relative errors)."""
+    rng = np.random.default_rng(5)
+    for k, (sc, c) in enumerate(_columns(20_000)):
+        e, mag = sc.exact.copy(), sc.mag.copy()
+        e[rng.integers(0, e.size, 5)] = np.nan  # NaN errors where measured
+        zero = rng.integers(0, e.size, 5)
+        e[zero], mag[zero] = 0.0, 0.0
+        clip_exact = e * 1.5
+        clip_exact[rng.integers(0, e.size, 40)] = np.nan
+        inv = np.ldexp(1.0, rng.integers(0, 40, e.size))
+        clip = (clip_exact, rng.random(e.size), np.abs(clip_exact), inv)
+        for n in (0, 1, 3, 5, 4099, c.size):
+            for skip in (np.zeros(n, np.uint8), (rng.random(n) < 0.2).astype(np.uint8)):
+                for cl in (None, tuple(a[:n] for a in clip)):
+                    args = (c[:n], e[:n], sc.inv_ulp[:n], mag[:n], None if sc.complement is None else
+                            sc.complement[:n], skip, cl)
+                    with np.errstate(all="ignore"):
+                        want = _reductions(*args)
+                    got = compiled.measure_worst(*args)
+                    assert _same_numbers(got, want), (k, n, got, want)
+    # ties: every error 0, then one largest error at several positions (numpy takes the first)
+    n = 1001
+    x = np.arange(n, dtype=np.float32)
+    e, inv, mag = x.astype(np.float64), np.ones(n), np.abs(x.astype(np.float64)) + 1
+    for top in ([], [7, 8, 13, 100, 999], [998, 999, 1000]):
+        e2 = e.copy()
+        e2[top] += 0.5
+        for skip in (np.zeros(n, np.uint8), (np.arange(n) % 3 == 0).astype(np.uint8)):
+            args = (x, e2, inv, mag, None, skip, None)
+            with np.errstate(all="ignore"):
+                want = _reductions(*args)
+            assert _same_numbers(compiled.measure_worst(*args), want), (top, want)
+    assert compiled.measure_worst(c.astype(np.float64), *args[1:]) is None  # float32 values only

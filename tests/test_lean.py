@@ -8,12 +8,14 @@ kept rows in full from the kept points alone; built-in formulas share one sigmoi
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
-from bce_audit import dtypes, fastref, formulas, sweep
+from bce_audit import compiled, dtypes, fastref, formulas, sweep
 from bce_audit.formulas import Evaluator
 from bce_audit.sweep import Settings
 
@@ -103,6 +105,10 @@ CASES = [
     (Settings(points=5001, range=(-40.0, 40.0), keep=7, spacing="log", label="0"), "float32"),
     (Settings(points=3001, range=(16.0, 40.0), keep=7), "float32"),  # saturated: many equal columns
     (Settings(dtypes=("float8_e4m3fn",), exhaustive=True, keep=5, grad=True), "float8_e4m3fn"),
+    # inputs with no exact value, infinite losses, underflows and zeros among measured ones
+    (Settings(values=(math.nan, math.inf, -math.inf, 0.0, -0.0, 745.2, -745.2, 16.6, 1e-45, 88.7, -88.7,
+                      3e38, -3e38, 0.5, -0.5, 1e-30, 17.0, -17.0, 104.0, -104.0, 1e4), keep=5, grad=True,
+              eps=(1e-7, 0.5)), "float32"),
 ]
 
 
@@ -122,19 +128,31 @@ def test_sampled_chunks_equal_the_full_computation(s, dtype, monkeypatch):
     _same(lean, full)
 
 
-def test_equal_columns_are_measured_once_and_reduce_alike(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False])
+def test_equal_columns_are_measured_once_and_reduce_alike(fused, monkeypatch):
     """Series whose values are equal bit for bit (keras-sigmoid-logits is logits-stable) share one
-    measurement and one reduction: the same worst errors under their own names."""
+    measurement and one reduction: the same worst errors under their own names; measured and
+    reduced in one compiled pass (``fused``, where the extension is built) or in numpy."""
+    if fused and not compiled.active():
+        pytest.skip("the compiled extension is not built")
     calls = []
-    real = fastref.Scale.measure
+    real, real_fused = fastref.Scale.measure, compiled.measure_worst
 
     def counted(self, computed, rel=True):
         calls.append(len(computed))
         return real(self, computed, rel)
 
+    def counted_fused(computed, *args):
+        out = real_fused(computed, *args)
+        if out is not None:
+            calls.append(len(computed))
+        return out
+
     monkeypatch.setattr(fastref.Scale, "measure", counted)
+    monkeypatch.setattr(compiled, "measure_worst", counted_fused)
     s = Settings(points=3001, range=(16.0, 40.0), keep=7, formulas=("logits-stable", "keras-sigmoid-logits"))
-    r = sweep.audit_chunk(s, "float32", 0, 3001, [0, 1500])
+    with contextlib.nullcontext() if fused else compiled.pure():
+        r = sweep.audit_chunk(s, "float32", 0, 3001, [0, 1500])
     # over the whole chunk: the sigmoid, the round trip, and one per label (not two); the kept
     # rows' errors (2 points a column) go through the scale too, as alike
     assert calls.count(3001) == 2 + 3
