@@ -64,6 +64,8 @@ typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4i __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef unsigned char v4b __attribute__((vector_size(4)));
+typedef float v4f_u __attribute__((vector_size(16), aligned(4)));        /* (unaligned loads) */
+typedef unsigned char v4b_u __attribute__((vector_size(4), aligned(1)));
 
 static inline __attribute__((always_inline)) v4d blend(v4i c, v4d a, v4d b) {
     return (v4d)(((v4i)a & c) | ((v4i)b & ~c));
@@ -114,8 +116,8 @@ static inline __attribute__((always_inline)) void four(
     v4f cf;
     v4b sk;
     v4d ev, iv, mv;
-    memcpy(&cf, c + i, sizeof cf);
-    memcpy(&sk, skip + i, sizeof sk);
+    cf = *(const v4f_u *)(c + i);
+    sk = *(const v4b_u *)(skip + i);
     memcpy(&ev, e + i, sizeof ev);
     memcpy(&iv, inv_ulp + i, sizeof iv);
     memcpy(&mv, mag + i, sizeof mv);
