@@ -5,8 +5,8 @@ measured in the same run (the bare import of the package; a plain per-point mpma
 the same inputs). "Cold" runs start from an empty cache directory, "warm" ones reuse it;
 start-up times are the best of REPEAT runs (the cold runs of targets 1 and 2 are single ones:
 they fill the cache that the warm runs read). Target 6 times numpy's reference and the sweep
-by turns, PAIRS of each, so that a slow phase of the machine slows both. The package's bytecode
-is compiled first, as an install writes it.
+by turns, PAIRS of each, so that a slow phase of the machine slows both. (`make bench` compiles
+the package's bytecode first, as an install writes it.)
 Targets are printed beside the figures; the script reports, it does not fail.
 """
 
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from mpmath import mp
@@ -104,13 +103,7 @@ def line(name: str, value: str, ratio: str, target: str, ok: bool | None) -> Non
 
 
 def main() -> int:
-    import compileall
-
     import mpmath.libmp
-
-    # the package's bytecode, as an install writes it: a run where PYTHONDONTWRITEBYTECODE is set
-    # (this machine's default) would otherwise compile every module changed since, each time
-    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "bce_audit"), quiet=1)
 
     py = sys.executable
     cli = [py, "-m", "bce_audit"]
