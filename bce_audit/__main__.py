@@ -9,6 +9,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["sweep"]:  # its key points are searched beside its grid: readied now
+        from bce_audit import keypoints, standby
+
+        standby.start(keypoints.ready)
     from bce_audit.cli import main as cli_main
 
     cli_main()

@@ -617,6 +617,17 @@ def _evaluator(dtype: str, mode: str, ops: formulas.Ops | None = None, formula: 
     return Evaluator(dtype, mode, ops, memo=shared)
 
 
+def ready() -> None:
+    """What a search does once per process before it finds anything, done ahead (by the
+    command's standby, `standby`): the modules it imports when first asked (the kernel models,
+    mpmath), the mpmath context's constants, the C library's functions, the cache's stamp."""
+    from bce_audit import cache, causes, eigen, glibc, gradients, sleef, xla  # noqa: F401
+
+    reference.context()
+    glibc._functions()
+    cache.stamp()
+
+
 def dtype_points(d: str, sel: Selection, backend=None) -> tuple[list[KeyPoint], list[str]]:
     """The key points of one dtype, and the notes on what could not be audited there."""
     parts = _dtype_part(d, sel, (None, *sel.formulas), backend)

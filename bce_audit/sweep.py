@@ -33,6 +33,7 @@ from bce_audit import (
     metrics,
     records,
     reference,
+    standby,
 )
 from bce_audit.dtypes import exhaustive_bounds
 from bce_audit.formulas import Evaluator
@@ -982,12 +983,15 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
         store = cache.active()
         return kps, found, list(store.warnings) if store else []
 
-    # Where it may, a forked child searches the key points while the grid is audited here.
+    # Where it may, a forked child searches the key points while the grid is audited here: the
+    # command's standby where it has one (readied as the command started), else one forked now.
     overlap = with_rows and _forks(s, jobs, scheduler)
     result = SweepResult(s, [])
     grid_notes: list[str] = []
     with contextlib.ExitStack() as stack:
-        later = stack.enter_context(heap.forked(search)) if overlap else None
+        later = stack.enter_context(standby.running(_search, s, jobs, cache.active())) if overlap else None
+        if overlap and later is None:
+            later = stack.enter_context(heap.forked(search))
         kps, kp_notes, warned = search() if later is None else ([], [], [])
         tick = progress if later is None else _watching(later, progress)
         for d in s.dtypes if with_rows else ():
@@ -1007,6 +1011,16 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     result.keypoints = kps
     result.notes = list(dict.fromkeys(notes + kp_notes + grid_notes))
     return result
+
+
+def _search(s: Settings, jobs: int, store: cache.Cache | None) -> tuple[list[KeyPoint], list[str], list[str]]:
+    """`run_sweep`'s search of the key points on numpy's models (a forked run's: `_forks`), for a
+    standby (`standby.running`): the cache, the settings and the jobs travel with the request."""
+    cache.use(store)
+    found: list[str] = []
+    kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, None, found,
+                              s.grad, jobs=jobs)
+    return kps, found, list(store.warnings) if store else []
 
 
 def _watching(later: heap.Later, progress):
