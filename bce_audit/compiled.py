@@ -140,6 +140,35 @@ def scale(exact: np.ndarray, complement: bool, below: np.ndarray | None, minexp:
     return mag, inv_ulp
 
 
+def clipped(src: np.ndarray, negate: bool, p: np.ndarray, bounds: tuple[float, float, float, float] | None,
+            floor: float | None) -> np.ndarray | None:
+    """`fastref.clipped`'s arithmetic after its logs, in one compiled pass: the log (``src``, or
+    ``-src`` where ``negate``), set to the bounds' logs (``bounds``: lo, hi, and their logs) where
+    p is below lo or above hi, raised to ``floor`` (NaN stays), negated. None where it does not
+    run here (not built or turned off, not float64 or not 1-d)."""
+    s = np.asarray(src)
+    if not _on or s.dtype != _F64 or s.ndim != 1:
+        return None
+    assert _kernels is not None  # _on
+    out = np.empty(s.shape)
+    lo, hi, at_lo, at_hi = bounds if bounds is not None else (0.0, 0.0, 0.0, 0.0)
+    _kernels.clip(_plain(s), negate, None if bounds is None else _plain(p, _F64), lo, hi, at_lo, at_hi,
+                  None if floor is None else float(floor), out)
+    return out
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """``|a - b| / b`` of float64 arrays of one shape, in one compiled pass; None where it does
+    not run here (not built or turned off, not float64 or not 1-d)."""
+    x, y = np.asarray(a), np.asarray(b)
+    if not _on or x.dtype != _F64 or y.dtype != _F64 or x.ndim != 1 or x.shape != y.shape:
+        return None
+    assert _kernels is not None  # _on
+    out = np.empty(x.shape)
+    _kernels.relative(_plain(x), _plain(y), out)
+    return out
+
+
 Texts = tuple[bytes, bytes]  # a column's texts one after another, and where each ends (uint32)
 
 

@@ -288,13 +288,23 @@ def clipped(e: Exact64, label: int, clip, lo, hi, shift) -> np.ndarray:
     s = float(shift) if shift is not None else 0.0
     t, other = (p, q) if label == 1 else (q, p)
     with np.errstate(all="ignore"):
-        log_t = np.negative(e.bce(label)) if s == 0 else _log_shifted(t, other, s)
+        src = e.bce(label) if s == 0 else _log_shifted(t, other, s)
+        bounds = None
         if lo is not None:
             lo_f, hi_f = float(lo), float(hi)  # dtype values: exact in float64, and so are 1 - them
-            for bound, where in ((lo_f, p < lo_f), (hi_f, p > hi_f)):
+            at = []  # log(t) where p is clipped to a bound: t and 1 - t are the bound and its complement
+            for b in (lo_f, hi_f):
+                pair = (b, 1.0 - b) if label == 1 else (1.0 - b, b)
+                at.append(float(_log_shifted(np.array([pair[0]]), np.array([pair[1]]), s)[0]))
+            bounds = (lo_f, hi_f, at[0], at[1])
+        fused = compiled.clipped(src, s == 0, p, bounds, clip.log_floor)  # (what follows, in one pass)
+        if fused is not None:
+            return fused
+        log_t = np.negative(src) if s == 0 else src
+        if bounds is not None:
+            for value, where in ((bounds[2], p < bounds[0]), (bounds[3], p > bounds[1])):
                 if where.any():
-                    pair = (bound, 1.0 - bound) if label == 1 else (1.0 - bound, bound)
-                    log_t[where] = _log_shifted(np.array([pair[0]]), np.array([pair[1]]), s)[0]
+                    log_t[where] = value
         if clip.log_floor is not None:
             log_t = np.maximum(log_t, clip.log_floor)
         if isinstance(log_t, np.ndarray):  # this call's own array

@@ -339,8 +339,10 @@ class _FastRefs:
             clip = self._clipped(False, label, f, clip_args)
         exact, log_exact, _ = self._of("bce", label)
         with np.errstate(all="ignore"):
-            rel = np.subtract(clip, exact)
-            np.divide(np.abs(rel, out=rel), exact, out=rel)
+            rel = compiled.relative(clip, exact)  # (the next two lines, in one pass)
+            if rel is None:
+                rel = np.subtract(clip, exact)
+                np.divide(np.abs(rel, out=rel), exact, out=rel)
             under = np.flatnonzero(~(exact >= fastref.TINY))  # there: relative to exp(log_exact)
             rel[under] = np.exp(np.log(np.abs(clip[under])) - log_exact[under])
         return clip, rel

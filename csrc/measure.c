@@ -339,3 +339,24 @@ void scale64_subnormals(const double *e, int with_comp, const unsigned char *bel
         inv_ulp[i] = pow2(-ue);
     }
 }
+
+/* ---- clip64, relative64: `fastref.clipped`'s arithmetic after its logs, and `_clip_exact`'s ----
+ * distance, each in one pass: selections, a maximum, negations and one division, all exact. */
+
+VECTOR void clip64(const double *restrict src, int negate, const double *restrict p, int bounded, double lo,
+                   double hi, double at_lo, double at_hi, int floored, double floor, double *restrict out,
+                   ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double v = negate ? -src[i] : src[i];
+        if (bounded) {
+            v = p[i] < lo ? at_lo : v;
+            v = p[i] > hi ? at_hi : v;
+        }
+        if (floored) v = v != v ? v : (v > floor ? v : floor); /* np.maximum: NaN wins */
+        out[i] = -v;
+    }
+}
+
+VECTOR void relative64(const double *restrict a, const double *restrict b, double *restrict out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = fabs(a[i] - b[i]) / b[i];
+}

@@ -30,4 +30,10 @@ int scale64(const double *e, int with_comp, const unsigned char *below, int mine
             double *inv_ulp, ptrdiff_t n);
 void scale64_subnormals(const double *e, int with_comp, const unsigned char *below, int minexp, int nmant,
                         double *inv_ulp, ptrdiff_t n);
+
+/* fastref.clipped after its logs: -(max(the log, or the bounds' where p is past them), floor)). */
+void clip64(const double *src, int negate, const double *p, int bounded, double lo, double hi, double at_lo,
+            double at_hi, int floored, double floor, double *out, ptrdiff_t n);
+/* |a - b| / b */
+void relative64(const double *a, const double *b, double *out, ptrdiff_t n);
 #endif

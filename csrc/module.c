@@ -236,6 +236,59 @@ done:
     return result;
 }
 
+/* clip(src, negate, p|None, lo, hi, at_lo, at_hi, floor|None, out): `clip64` (float64 buffers of one
+ * length; p None: no bounds) */
+static PyObject *clip(PyObject *self, PyObject *args) {
+    PyObject *src, *p, *flo, *out;
+    int negate;
+    double lo, hi, at_lo, at_hi;
+    if (!PyArg_ParseTuple(args, "OpOddddOO:clip", &src, &negate, &p, &lo, &hi, &at_lo, &at_hi, &flo, &out))
+        return NULL;
+    double floor = 0.0;
+    int floored = flo != Py_None;
+    if (floored && (floor = PyFloat_AsDouble(flo)) == -1.0 && PyErr_Occurred()) return NULL;
+    Py_buffer v[3];
+    PyObject *o[3] = {src, out, p};
+    int got = 0;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    for (; got < 3; got++) {
+        v[got].obj = NULL;
+        v[got].buf = NULL;
+        if (o[got] == Py_None) continue;
+        if (get(o[got], &v[got], got == 1, 0, NULL, &n) < 0) goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    clip64(v[0].buf, negate, v[2].buf, p != Py_None, lo, hi, at_lo, at_hi, floored, floor, v[1].buf, n);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++)
+        if (v[i].obj) PyBuffer_Release(&v[i]);
+    return result;
+}
+
+/* relative(a, b, out): |a - b| / b, float64 buffers of one length */
+static PyObject *relative(PyObject *self, PyObject *args) {
+    PyObject *o[3];
+    if (!PyArg_ParseTuple(args, "OOO:relative", &o[0], &o[1], &o[2])) return NULL;
+    Py_buffer v[3];
+    int got = 0;
+    Py_ssize_t n = -1;
+    PyObject *result = NULL;
+    for (; got < 3; got++)
+        if (get(o[got], &v[got], got == 2, 0, NULL, &n) < 0) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    relative64(v[0].buf, v[1].buf, v[2].buf, n);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 /* subnormals(buffer) -> whether a float32 or float64 buffer holds a subnormal value */
 static PyObject *subnormals(PyObject *self, PyObject *arg) {
     Py_buffer v;
@@ -384,6 +437,8 @@ static PyMethodDef METHODS[] = {
     {"measure_worst", measure_worst, METH_VARARGS,
      "measure_worst(c, exact, inv_ulp, mag, complement, skip, clip, clip_rel, clip_exact, clip_inv_ulp)."},
     {"scale", scale, METH_VARARGS, "scale(exact, complement, below, minexp, nmant, mag, inv_ulp)."},
+    {"clip", clip, METH_VARARGS, "clip(src, negate, p, lo, hi, at_lo, at_hi, floor, out): fastref.clipped's tail."},
+    {"relative", relative, METH_VARARGS, "relative(a, b, out): |a - b| / b."},
     {"subnormals", subnormals, METH_O, "subnormals(buffer) -> whether a float32/float64 buffer holds one."},
     {"texts", texts_of, METH_VARARGS, "texts(values, absent) -> (texts, ends): float64 values as JSON texts."},
     {"jsonl", jsonl, METH_VARARGS, "jsonl(literals, columns) -> bytes: lines of literals and (texts, ends)."},

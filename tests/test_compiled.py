@@ -416,3 +416,45 @@ def test_measure_worst_equals_numpy_reductions():
                 want = _reductions(*args)
             assert _same_numbers(compiled.measure_worst(*args), want), (top, want)
     assert compiled.measure_worst(c.astype(np.float64), *args[1:]) is None  # float32 values only
+
+
+@needs_kernels
+def test_measure_clipped_and_relative_equal_numpy():
+    """`fastref.clipped`'s tail (the bounds' logs where p is past them, the log floor, the
+    negation) and `_clip_exact`'s relative distance compiled and as numpy code: the same bits,
+    NaN included, for every clipping formula, bounds, shift and label, on both tails, the
+    underflows, zeros, infinities and NaN."""
+    from bce_audit import fastref, formulas
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-800, 800, 20_000), rng.uniform(-20, 20, 20_000),
+                        [0.0, -0.0, np.nan, np.inf, -np.inf, 16.6, -16.6, 745.2, -745.2]])
+    finite = np.isfinite(x)
+    e = fastref.exact(np.where(finite, x, 0.0))
+    e = fastref.Exact64(*(np.where(finite, a, np.nan) for a in (e.x, e.sp_neg, e.sp_pos, e.p, e.q)))
+    on_bounds = [1e-7, 1 - 1e-7, 0.25, 0.75, float(np.float32(1e-7)), float(np.float32(1 - 1e-7))]
+    e.p[:len(on_bounds)] = on_bounds  # p on a bound: not past it
+    cases = 0
+    for name in formulas.FORMULAS:
+        f = formulas.get(name)
+        if f.clip is None:
+            continue
+        bounds = ((None, None), (1e-7, 1 - 1e-7), (0.25, 0.75), (np.float32(1e-7), np.float32(1 - 1e-7)))
+        for lo, hi in bounds:
+            for shift in (None, 1e-7, 0.1):
+                for label in (0, 1):
+                    with np.errstate(all="ignore"):
+                        got = fastref.clipped(e, label, f.clip, lo, hi, shift)
+                        with compiled.pure():
+                            want = fastref.clipped(e, label, f.clip, lo, hi, shift)
+                    assert np.array_equal(got.view(np.uint64), want.view(np.uint64)), (name, lo, shift, label)
+                    cases += 1
+    assert cases >= 48
+    a, b = e.sp_neg * 1.5, e.sp_neg
+    b[:3] = 0.0
+    with np.errstate(all="ignore"):
+        got = compiled.relative(a, b)
+        want = np.abs(a - b) / b
+    assert got is not None and np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    assert compiled.relative(a.astype(np.float32), b) is None
+    assert compiled.clipped(a[:1].reshape(1, 1), True, a, None, None) is None
