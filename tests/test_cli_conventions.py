@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -367,3 +368,30 @@ def test_the_command_starts_no_blas_thread(user, threads):
     assert count("import bce_audit.__main__") == [str(threads), user or "1"]
     if user is None:  # what the entry changes: OpenBLAS's own default
         assert int(count("")[0]) > 1
+
+
+END = ("import atexit, sys\n"
+       "marker = sys.argv[1]\n"
+       "atexit.register(lambda: open(marker, 'w').write('ran'))\n"
+       "sys.argv = ['bce-audit', *sys.argv[2:]]\n"
+       "import runpy\n"
+       "runpy.run_module('bce_audit', run_name='__main__')\n"
+       "print('NOT REACHED')\n")
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["check", "0.5", "--dtype", "float16", "--format", "json"], 0),
+                                            (["sweep", "--dtype", "bogus"], 2)])
+def test_the_command_ends_with_its_code_its_handlers_run_and_its_output_whole(tmp_path, argv, code):
+    """The command ends without the interpreter's teardown (`__main__._end`), as `sys.exit` would
+    end it otherwise: its exit code, its exit handlers run (here one that writes a file), and
+    every byte of its output flushed; nothing after the command runs."""
+    marker = tmp_path / "ran"
+    r = subprocess.run([sys.executable, "-c", END, str(marker), *argv], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == code, r.stderr
+    assert marker.read_text() == "ran"
+    assert "NOT REACHED" not in r.stdout
+    if code == 0:
+        assert json.loads(r.stdout)["schema"]
+    else:
+        assert r.stderr.startswith("bce-audit: error: --dtype 'bogus'")

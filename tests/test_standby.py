@@ -170,11 +170,11 @@ def test_a_sweep_hands_its_search_to_the_standby_and_hears_of_its_failure():
 
 def test_only_sweep_starts_a_standby():
     """Other commands (here `check`) fork no standby: nothing readies a search they do not make."""
-    code = ("import sys\nfrom bce_audit import standby\nreal = standby.start\ncalls = []\n"
+    code = ("import atexit, sys\nfrom bce_audit import standby\nreal = standby.start\ncalls = []\n"
             "standby.start = lambda ready: calls.append(1) or real(ready)\n"
+            "atexit.register(lambda: print('STARTS', len(calls), file=sys.stderr))\n"
             "sys.argv = ['bce-audit', *sys.argv[1:]]\nimport runpy\n"
-            "try:\n    runpy.run_module('bce_audit', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('STARTS', len(calls), file=sys.stderr)\n")
+            "runpy.run_module('bce_audit', run_name='__main__')\n")
     for argv, starts in ((["check", "0.5", "--dtype", "float16"], 0),
                          (["sweep", "--dtype", "float16", "--points", "11", "--no-cache"], 1)):
         r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
