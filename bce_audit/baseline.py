@@ -18,7 +18,7 @@ from bce_audit.records import CheckResult
 
 SCHEMA = "bce-audit-baseline/1"
 # Schema history: bce-audit-baseline/1 (0.1.0): checks -> {kind, figures}.
-DEFAULT_TOLERANCE = 0.1  # a figure may worsen by 10% of its baseline before it counts
+DEFAULT_TOLERANCE = records.BASELINE_TOLERANCE  # a figure may worsen by 10% of its baseline before it counts
 SLACK = {"max_ulp": 0.5, "max_bits": 0.1}  # and by these absolute amounts (rounding noise)
 GRID_FIGURES = ("max_ulp", "max_rel", "max_abs", "max_bits", "nonfinite")
 

@@ -20,18 +20,15 @@ from click.core import ParameterSource
 from bce_audit import (
     __version__,
     backends,
-    baseline,
     cache,
     compiled,
     config,
     dtypes,
     files,
     formulas,
-    gate,
     heap,
     impl,
     keypoints,
-    plot,
     records,
     report,
     sweep,
@@ -634,7 +631,7 @@ def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str
       bce-audit reproduce --backend tf-keras
       bce-audit reproduce --backend keras --keras-backend torch --plot floor.png
     """
-    from bce_audit import reproduce
+    from bce_audit import plot, reproduce  # (only this command needs them)
 
     if framework == "tf-keras" and keras_backend not in (None, "tensorflow"):
         _fail(f"--keras-backend {keras_backend} applies to --backend keras; tf-keras runs on tensorflow")
@@ -666,14 +663,14 @@ def reproduce_cmd(framework: str, keras_backend: str | None, policies: tuple[str
 @cli.command("plot")
 @_selection
 @_grid
-@click.option("--kind", "plot_kind", type=_Choice(plot.KINDS), default="roundtrip", show_default=True,
+@click.option("--kind", "plot_kind", type=_Choice(records.PLOT_KINDS), default="roundtrip", show_default=True,
               help="roundtrip: relative error of logit(sigmoid(x)); bce: each formula's BCE beside the "
                    "exact one; error: bits of error; grad: |dBCE/dx| beside the exact |sigmoid(x) - y|.")
 @click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write a .png, .svg or .pdf picture (matplotlib) instead of drawing in the terminal.")
 @click.option("--size", default=None, metavar="WxH",
               help="Picture size in pixels for --output (default {}x{}, taller with --facet; at {} dpi; "
-                   "SVG and PDF get the same size in inches).".format(*plot.DEFAULT_SIZE, plot.DPI))
+                   "SVG and PDF get the same size in inches).".format(*records.PLOT_SIZE, records.PLOT_DPI))
 @click.option("--facet", is_flag=True, default=False,
               help="One panel per dtype, each with its own key points (in the terminal, one chart each).")
 def plot_cmd(plot_kind: str, output: str | None, size: str | None, facet: bool, **kw) -> int:
@@ -689,6 +686,8 @@ def plot_cmd(plot_kind: str, output: str | None, size: str | None, facet: bool, 
       bce-audit plot --dtype all --facet -o roundtrip.png
       bce-audit plot --config configs/seed-article.toml --kind bce -o docs/seed-bce.png
     """
+    from bce_audit import plot  # (only this command needs it)
+
     try:
         if output is not None:
             plot.check_path(output)
@@ -766,7 +765,7 @@ def advise_cmd(tolerance: float | None, **kw) -> int:
       bce-audit advise --config my-gate.toml          # advice for every failing check
       bce-audit advise --formula impl:mypkg.losses:bce --impl-kind bce-probs --dtype bfloat16
     """
-    from bce_audit import advise, advise_view
+    from bce_audit import advise, advise_view, gate  # (only this command needs them)
 
     tol = advise.TOLERANCE_ULP if tolerance is None else tolerance
     if not (math.isfinite(tol) and tol >= 0):
@@ -823,7 +822,7 @@ def advise_cmd(tolerance: float | None, **kw) -> int:
               help="Also fail any check whose figures got worse than this baseline.")
 @click.option("--tolerance", type=float, default=None, metavar="REL",
               help="How much worse than the baseline a figure may get, relative "
-                   f"(default: the baseline's own, {baseline.DEFAULT_TOLERANCE:g}).")
+                   f"(default: the baseline's own, {records.BASELINE_TOLERANCE:g}).")
 @click.option("--junit", "junit_path", default=None, metavar="FILE", help="Write JUnit XML for CI.")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the results as JSON.")
 @click.option("--markdown", "markdown_path", default=None, metavar="FILE",
@@ -841,6 +840,8 @@ def gate_cmd(configs, baseline_path, tolerance, junit_path, json_path, markdown_
     import, raises, returns garbage, hangs) is reported as ERROR with its message, and the others
     still run. With GITHUB_ACTIONS=true each failure is also printed as an ::error annotation.
     """
+    from bce_audit import baseline, gate  # (only this command needs them)
+
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
     try:
@@ -897,10 +898,12 @@ def baseline_group() -> None:
 @baseline_group.command("save")
 @click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
 @click.option("--output", "-o", "output", required=True, metavar="FILE", help="Baseline file to write.")
-@click.option("--tolerance", type=float, default=baseline.DEFAULT_TOLERANCE, show_default=True,
+@click.option("--tolerance", type=float, default=records.BASELINE_TOLERANCE, show_default=True,
               metavar="REL", help="Relative worsening allowed by later gates (stored in the file).")
 def baseline_save(configs, output, tolerance) -> int:
     """Run the checks of gate configs and save every measured figure to FILE (atomically)."""
+    from bce_audit import baseline, gate  # (only this command needs them)
+
     if not (math.isfinite(tolerance) and tolerance >= 0):
         _fail(f"--tolerance {tolerance!r} must be a number >= 0")
     try:
@@ -970,6 +973,8 @@ def _writable(path: str, flag: str, inputs: tuple[str, ...] = ()) -> None:
 
 
 def _write(path: str, text: str) -> None:
+    from bce_audit import baseline  # (only this command needs it)
+
     try:
         baseline.write_atomic(path, text)
     except config.ConfigError as e:

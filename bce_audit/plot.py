@@ -34,13 +34,22 @@ from typing import Any
 import numpy as np
 
 from bce_audit import dtypes, files
-from bce_audit.records import DEFAULT_RANGE, ReproCase, Row, Settings, SweepResult
+from bce_audit.records import (
+    DEFAULT_RANGE,
+    PLOT_DPI,
+    PLOT_KINDS,
+    PLOT_SIZE,
+    ReproCase,
+    Row,
+    Settings,
+    SweepResult,
+)
 from bce_audit.report import fmt, fmt_x
 
-KINDS = ("roundtrip", "bce", "error", "grad")
+KINDS = PLOT_KINDS
 SUFFIXES = (".png", ".svg", ".pdf")
-DEFAULT_SIZE = (1200, 700)  # pixels, at DPI
-DPI = 100
+DEFAULT_SIZE = PLOT_SIZE  # pixels, at DPI
+DPI = PLOT_DPI
 MIN_PIXELS, MAX_PIXELS = 200, 10_000  # per side
 INSTALL = "pip install 'bce-audit[plot]'"
 GRAD_QUANTITY = "grad"  # the Row.quantity of gradient rows (a sweep with --grad)

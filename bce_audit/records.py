@@ -33,6 +33,12 @@ DEFAULT_POINTS = 161
 DEFAULT_EPS = (1e-7,)
 DEFAULT_THRESHOLDS = (1e-3, 1e-2)
 MAX_POINTS = 100_000_000  # beyond this a grid is a mistake; --exhaustive covers the 16-bit dtypes
+# the choices and defaults of plot's and the gate's options (here: the command line reads them
+# without loading plot, gate and baseline, which only their commands need)
+PLOT_KINDS = ("roundtrip", "bce", "error", "grad")
+PLOT_SIZE = (1200, 700)  # pixels, at PLOT_DPI
+PLOT_DPI = 100
+BASELINE_TOLERANCE = 0.1  # a figure may worsen by 10% of its baseline before it counts
 
 
 def step_count(lo: float, hi: float, step: float) -> int:
