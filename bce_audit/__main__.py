@@ -44,9 +44,12 @@ def _end(code: str | int | None) -> None:
         print(code, file=sys.stderr)
         code = 1
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a reader gone, a stream closed
-            stream.flush()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # as the interpreter's own exit: its output lost, status 120
+        code = 120
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code)
 
 

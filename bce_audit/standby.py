@@ -94,12 +94,12 @@ def running(fn: Callable[..., Any], *args: Any) -> Iterator[heap.Later | None]:
     pid, req_w, res_r = _WAITING
     _WAITING = None
     atexit.unregister(_dismiss)
-    with os.fdopen(req_w, "wb") as f:
-        try:
-            f.write(len(request).to_bytes(8, "little") + request)
-            f.flush()
-        except BrokenPipeError:  # it has ended (killed): its end is read as a death below
-            pass
+    if not _send(req_w, len(request).to_bytes(8, "little") + request):  # it has died (killed):
+        os.close(res_r)                                                  # the caller forks its own
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        yield None
+        return
     reader = os.fdopen(res_r, "rb")
     later = heap.Later(lambda: fn(*args), reader, pid)
     try:
@@ -110,6 +110,19 @@ def running(fn: Callable[..., Any], *args: Any) -> Iterator[heap.Later | None]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+def _send(fd: int, data: bytes) -> bool:
+    """Write all of ``data`` to the pipe ``fd`` and close it; False if its reader has gone."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return True
+    except OSError:  # BrokenPipeError: no reader left
+        return False
+    finally:
+        os.close(fd)
 
 
 def _dismiss() -> None:

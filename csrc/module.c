@@ -140,7 +140,7 @@ done:
     return result;
 }
 
-/* measure_worst(computed, exact, inv_ulp, mag, complement|None, skip|None, clip|None, clip_rel,
+/* measure_worst(computed, exact, inv_ulp, mag, complement|None, skip, clip|None, clip_rel,
  * clip_exact, clip_inv_ulp) -> (count, first, nan_at, at, best, rel, abs, clip_count, clip_rel,
  * round_ulp): `struct measured`. computed: float32; skip: one byte a value (nonzero: not measured
  * here); the rest float64; all of one length. With clip None, the last three are None too. */
@@ -157,7 +157,7 @@ static PyObject *measure_worst(PyObject *self, PyObject *args) {
     for (; got < 10; got++) {
         v[got].obj = NULL;
         v[got].buf = NULL;
-        if (o[got] == Py_None && (got == 4 || got == 5 || (got >= 6 && !clipped))) continue;
+        if (o[got] == Py_None && (got == 4 || (got >= 6 && !clipped))) continue;
         if (got == 5) {  /* the skip mask: bytes */
             if (PyObject_GetBuffer(o[5], &v[5], PyBUF_C_CONTIGUOUS) < 0) goto done;
             if (v[5].itemsize != 1 || v[5].len != n) {
@@ -202,7 +202,7 @@ static PyObject *scale(PyObject *self, PyObject *args) {
     int got = 0;
     Py_ssize_t n = -1;
     PyObject *result = NULL;
-    if (minexp < -1000 || nmant < 1 || nmant > 60) {
+    if (nmant < 1 || nmant - minexp > 1023) { /* (every inverse ULP then a normal power of two) */
         PyErr_SetString(PyExc_ValueError, "scale: a dtype of 32 bits or fewer");
         return NULL;
     }
@@ -255,7 +255,7 @@ static PyObject *clip(PyObject *self, PyObject *args) {
     for (; got < 3; got++) {
         v[got].obj = NULL;
         v[got].buf = NULL;
-        if (o[got] == Py_None) continue;
+        if (o[got] == Py_None && got == 2) continue; /* no bounds */
         if (get(o[got], &v[got], got == 1, 0, NULL, &n) < 0) goto done;
     }
     Py_BEGIN_ALLOW_THREADS

@@ -458,3 +458,20 @@ def test_measure_clipped_and_relative_equal_numpy():
     assert got is not None and np.array_equal(got.view(np.uint64), want.view(np.uint64))
     assert compiled.relative(a.astype(np.float32), b) is None
     assert compiled.clipped(a[:1].reshape(1, 1), True, a, None, None) is None
+
+
+@needs_kernels
+def test_measure_kernels_refuse_what_they_cannot_read():
+    """The measuring kernels called directly: a buffer they need given as None, or a dtype whose
+    inverse ULPs are not all normal powers of two, is a TypeError or ValueError, not a crash."""
+    from bce_audit import _kernels  # type: ignore[attr-defined]
+
+    f, d = np.ones(4, np.float32), np.ones(4)
+    calls = [lambda: _kernels.measure_worst(f, d, d, d, None, None, None, None, None, None),  # no skip
+             lambda: _kernels.clip(None, True, None, 0.0, 0.0, 0.0, 0.0, None, d.copy()),
+             lambda: _kernels.clip(d, True, None, 0.0, 0.0, 0.0, 0.0, None, None),
+             lambda: _kernels.scale(d, False, None, -1000, 60, d.copy(), d.copy()),
+             lambda: _kernels.measure_worst(f, d, d, d[:3], None, np.zeros(4, np.uint8), *[None] * 4)]
+    for call in calls:
+        with pytest.raises((TypeError, ValueError)):
+            call()

@@ -72,6 +72,19 @@ try:
 except ProcessLookupError:
     out["killed"] = True
 
+for size in (1, 1 << 20):  # a standby that died (killed) before its request: the caller forks its own
+    standby.start(ready)
+    pid = standby._WAITING[0]
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    with standby.running(pid_of, "x" * size) as later:
+        out.setdefault("died", []).append(later is None)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+        out.setdefault("reaped", []).append(False)
+    except ChildProcessError:
+        out.setdefault("reaped", []).append(True)
+
 standby.start(ready)
 pid = standby._WAITING[0]
 standby._dismiss()  # what exit does with a standby never asked
@@ -88,15 +101,17 @@ def test_a_standby_runs_one_function_in_a_child_of_its_own(tmp_path):
     """The standby readies itself (``ready``, in its own process), runs the one function it is
     given and hands back its value or its exception (with the child's traceback as the cause),
     even where a process forked after it holds its pipes; it is taken once; a request that does
-    not pickle leaves the caller to fork its own; one left uncollected is killed, and one never
-    asked is dismissed at exit."""
+    not pickle, or a standby that died before its request (a small one, or one larger than a
+    pipe holds), leaves the caller to fork its own, the dead one reaped; one left uncollected is
+    killed, and one never asked is dismissed at exit."""
     env = {**os.environ, "READY_FILE": str(tmp_path / "ready")}
     r = subprocess.run([sys.executable, "-c", CALLS], capture_output=True, text=True, timeout=120, env=env,
                        cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"elsewhere": True, "value": 42, "readied": True, "taken": True,
                                     "raised": "no such dtype", "cause": True, "unpicklable": True,
-                                    "killed": True, "dismissed": True}
+                                    "killed": True, "dismissed": True, "died": [True, True],
+                                    "reaped": [True, True]}
 
 
 PLAIN = "import sys\nfrom bce_audit.cli import main\nmain()\n"  # the command without its standby
