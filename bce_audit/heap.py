@@ -154,10 +154,7 @@ def forked(fn: Callable[[], T]) -> Iterator[Later[T]]:
         try:
             os.close(r)
             die_with_parent(parent)
-            try:
-                payload = pickle.dumps((True, fn(), None))
-            except BaseException as e:  # all of it goes to the parent
-                payload = _pickled_error(e)
+            payload = outcome(fn)
             with os.fdopen(w, "wb") as f:
                 f.write(payload)
         finally:
@@ -176,6 +173,15 @@ def forked(fn: Callable[[], T]) -> Iterator[Later[T]]:
 
 class ChildTraceback(Exception):
     """Where a forked child's exception was raised (its traceback, as text)."""
+
+
+def outcome(fn: Callable[[], T]) -> bytes:
+    """``fn()``'s result, or the exception it ended with and its traceback, pickled as a `Later`
+    reads them (all of it goes to the parent)."""
+    try:
+        return pickle.dumps((True, fn(), None))
+    except BaseException as e:
+        return _pickled_error(e)
 
 
 def _pickled_error(e: BaseException) -> bytes:

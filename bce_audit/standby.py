@@ -67,13 +67,14 @@ def _serve(parent: int, req_r: int, res_w: int, ready: Callable[[], object]) -> 
         request = f.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
     if not request:
         return
-    try:
+
+    def call() -> object:
         fn, args = pickle.loads(request)
-        payload = pickle.dumps((True, fn(*args), None))
-    except BaseException as e:  # all of it goes to the main process, as `forked` sends it
-        payload = heap._pickled_error(e)
-    with os.fdopen(res_w, "wb") as f:
-        f.write(payload)
+        return fn(*args)
+
+    payload = heap.outcome(call)  # as `forked` sends it
+    with os.fdopen(res_w, "wb") as out:
+        out.write(payload)
 
 
 @contextlib.contextmanager

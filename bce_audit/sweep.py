@@ -289,35 +289,40 @@ class _FastRefs:
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
         """`measure` at the positions ``idx`` only (sorted): ULPs, relative and absolute errors
         there, and the bits where mpmath decided (by position in the chunk)."""
-        sc, undecided = self._scale(kind, label)
+        sc, _ = self._scale(kind, label)
         at = np.asarray(values)[idx]
         ulps, rels, diffs = sc.at(idx).measure(at)
         assert rels is not None  # asked for
+        return ulps, rels, diffs, self._corrected(kind, label, at, ulps, rels, diffs, idx)
+
+    def _corrected(self, kind: str, label, values: np.ndarray, ulps: np.ndarray, rels: np.ndarray,
+                   diffs: np.ndarray, idx: np.ndarray | None = None) -> dict[int, float]:
+        """`measure`'s last corrections, in place: the ties mpmath decides, and NaN at inputs with
+        no exact value; the bits where mpmath decided, by position in the chunk. The arrays
+        hold every position, or those of ``idx`` (sorted)."""
+        _, undecided = self._scale(kind, label)
+        if idx is None:
+            ties, gone = undecided, self.nan
+        else:
+            ties, gone = np.flatnonzero(np.isin(idx, undecided)), np.flatnonzero(~self.finite[idx])
         bits = {}
-        for p in np.flatnonzero(np.isin(idx, undecided)).tolist():
-            i = int(idx[p])
-            err = self._mp_errors(i, kind, label, at[p])
+        for p in ties.tolist():
+            i = p if idx is None else int(idx[p])
+            err = self._mp_errors(i, kind, label, values[p])
             ulps[p], rels[p], diffs[p], bits[i] = err.ulp, err.rel, err.abs, err.bits
-        gone = np.flatnonzero(~self.finite[idx])
         ulps[gone] = rels[gone] = diffs[gone] = np.nan
-        return ulps, rels, diffs, bits
+        return bits
 
     def measure(self, kind: str, label, values: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
         """The exact column, and ULPs, relative and absolute errors as `errors` gives them
         wherever values are finite; the bits of error where the mpmath baseline decided
         (elsewhere they are log2(1 + ULPs))."""
-        sc, undecided = self._scale(kind, label)
+        sc, _ = self._scale(kind, label)
         ulps, rels, diffs = sc.measure(values)
         assert rels is not None  # asked for
-        bits = {}
-        for i in undecided.tolist():
-            err = self._mp_errors(i, kind, label, values[i])
-            ulps[i], rels[i], diffs[i], bits[i] = err.ulp, err.rel, err.abs, err.bits
-        exact = self._of(kind, label)[0]
-        if self.nan.size:
-            ulps[self.nan] = rels[self.nan] = diffs[self.nan] = np.nan
-            exact = np.where(self.finite, exact, np.nan)
+        bits = self._corrected(kind, label, values, ulps, rels, diffs)
+        exact = self.exact_of(kind, label)
         return exact, ulps, rels, diffs, bits
 
     def _clipped(self, mirrored: bool, label: int, f: formulas.Formula, clip_args) -> np.ndarray:
@@ -385,10 +390,9 @@ def _clip_key(f: formulas.Formula, clip_args) -> tuple:
 
 
 @dataclass
-class Measured:
+class Series:
     """One audited series (a quantity, formula, eps and label) over a chunk of the grid: its
-    values, exact values and errors at every point, and the bits of error at any one point
-    (from the ULPs, or where the mpmath baseline decided a tie, from it)."""
+    values and exact values. `Measured` adds its errors, `Reduced` only their worst."""
 
     quantity: str
     formula: str | None
@@ -396,6 +400,13 @@ class Measured:
     label: int | str | None
     values: np.ndarray
     exact: np.ndarray
+
+
+@dataclass
+class Measured(Series):
+    """A series' errors at every point, and the bits of error at any one point (from the ULPs,
+    or where the mpmath baseline decided a tie, from it)."""
+
     abs_err: np.ndarray
     rel_err: np.ndarray
     ulp_err: np.ndarray
@@ -435,16 +446,10 @@ class Column(Measured):
 
 
 @dataclass
-class Reduced:
-    """One series' worst over a chunk, reduced as it was measured (`_reduced`): what
+class Reduced(Series):
+    """A series' worst over a chunk, reduced as it was measured (`_reduced`): what
     `_WorstAcc.update` takes from a `Measured`, without its error columns."""
 
-    quantity: str
-    formula: str | None
-    eps: float | None
-    label: int | str | None
-    values: np.ndarray
-    exact: np.ndarray
     worst: tuple[int, int, int, float, float]  # as `_worst_of` gives it
     ulp: float                                 # the ULP error at the worst position
     bits: float                                # and its bits of error
@@ -496,8 +501,7 @@ def _reduced(refs: _FastRefs, quantity, formula, eps, label, values, clip=None) 
     if not n_finite:
         at, rel, ab = 0, -math.inf, -math.inf
     ulp_bits = bits[at] if at in bits else _bits(np.array([best]))
-    clipped = None if clip is None else (clip_count, clip_rel_max, round_ulp) if clip_count \
-        else (0, -math.inf, -math.inf)
+    clipped = None if clip is None else (clip_count, clip_rel_max, round_ulp)  # (-inf where none)
     return Reduced(quantity, formula, eps, label, values, refs.exact_of(quantity, label),
                    (n_finite, first, at, rel, ab), best, ulp_bits, clipped)
 
@@ -650,7 +654,7 @@ class _WorstAcc:
         self.nonfinite = self.points = 0
         self.clip_rel = self.round_ulp = None
 
-    def update(self, c: Column | Measured | Reduced, xs: np.ndarray, xd: np.ndarray) -> None:
+    def update(self, c: Measured | Reduced, xs: np.ndarray, xd: np.ndarray) -> None:
         n = len(c.values)
         n_finite, j, i, rel, ab = c.summary()
         self.points += n
@@ -724,7 +728,7 @@ def audit_chunk(s: Settings, dtype: str, start: int, stop: int, index: list[int]
     worst: list[Worst] = []
     blocks: list[Block] = []
 
-    def reduce(c: Column | Measured | Reduced) -> None:
+    def reduce(c: Measured | Reduced) -> None:
         acc = _WorstAcc((dtype, s.mode, c.quantity, c.formula, c.eps, c.label))
         acc.update(c, xs, xd)
         worst.append(acc.worst())
@@ -979,11 +983,7 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
                          f"with --backend {backend.name}")
 
     def search() -> tuple[list[KeyPoint], list[str], list[str]]:
-        found: list[str] = []
-        kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, found,
-                                  s.grad, jobs=1 if scheduler else jobs)
-        store = cache.active()
-        return kps, found, list(store.warnings) if store else []
+        return _search(s, backend, 1 if scheduler else jobs, cache.active())
 
     # Where it may, a forked child searches the key points while the grid is audited here: the
     # command's standby where it has one (readied as the command started), else one forked now.
@@ -991,9 +991,10 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     result = SweepResult(s, [])
     grid_notes: list[str] = []
     with contextlib.ExitStack() as stack:
-        later = stack.enter_context(standby.running(_search, s, jobs, cache.active())) if overlap else None
-        if overlap and later is None:
-            later = stack.enter_context(heap.forked(search))
+        later = None
+        if overlap:
+            later = stack.enter_context(standby.running(_search, s, None, jobs, cache.active())) \
+                or stack.enter_context(heap.forked(search))
         kps, kp_notes, warned = search() if later is None else ([], [], [])
         tick = progress if later is None else _watching(later, progress)
         for d in s.dtypes if with_rows else ():
@@ -1015,12 +1016,14 @@ def run_sweep(s: Settings, with_rows: bool = True, progress=None, jobs: int = 1,
     return result
 
 
-def _search(s: Settings, jobs: int, store: cache.Cache | None) -> tuple[list[KeyPoint], list[str], list[str]]:
-    """`run_sweep`'s search of the key points on numpy's models (a forked run's: `_forks`), for a
-    standby (`standby.running`): the cache, the settings and the jobs travel with the request."""
+def _search(s: Settings, backend, jobs: int, store: cache.Cache | None
+            ) -> tuple[list[KeyPoint], list[str], list[str]]:
+    """`run_sweep`'s search of the key points, with the notes it found and the cache's warnings;
+    here, in a forked child, or in the command's standby (`standby.running`: the settings, the
+    jobs and the cache travel with the request; the backend is numpy's, None)."""
     cache.use(store)
     found: list[str] = []
-    kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, None, found,
+    kps = keypoints.keypoints(s.dtypes, s.mode, s.formulas, s.eps, s.labels, s.thresholds, backend, found,
                               s.grad, jobs=jobs)
     return kps, found, list(store.warnings) if store else []
 

@@ -107,6 +107,24 @@ static int get(PyObject *obj, Py_buffer *v, int writable, int any_float, int *f3
     return 0;
 }
 
+/* A C-contiguous buffer of one byte a value, `n` of them (`what` names it in the error). */
+static int get_bytes(PyObject *obj, Py_buffer *v, Py_ssize_t n, const char *what) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (v->itemsize != 1 || v->len != n) {
+        PyBuffer_Release(v);
+        PyErr_Format(PyExc_ValueError, "%s a value", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Release the buffers taken (those of v[0..got) not skipped: obj NULL), and return `result`. */
+static PyObject *released(Py_buffer *v, int got, PyObject *result) {
+    for (int i = 0; i < got; i++)
+        if (v[i].obj) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 /* measure(computed, exact, inv_ulp, mag, complement|None, ulps, rels|None, diff): float32
  * computed values, the rest float64, all of one length. */
 static PyObject *measure(PyObject *self, PyObject *args) {
@@ -135,9 +153,7 @@ static PyObject *measure(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    for (int i = 0; i < got; i++)
-        if (v[i].obj) PyBuffer_Release(&v[i]);
-    return result;
+    return released(v, got, result);
 }
 
 /* measure_worst(computed, exact, inv_ulp, mag, complement|None, skip, clip|None, clip_rel,
@@ -158,13 +174,8 @@ static PyObject *measure_worst(PyObject *self, PyObject *args) {
         v[got].obj = NULL;
         v[got].buf = NULL;
         if (o[got] == Py_None && (got == 4 || (got >= 6 && !clipped))) continue;
-        if (got == 5) {  /* the skip mask: bytes */
-            if (PyObject_GetBuffer(o[5], &v[5], PyBUF_C_CONTIGUOUS) < 0) goto done;
-            if (v[5].itemsize != 1 || v[5].len != n) {
-                got++;
-                PyErr_SetString(PyExc_ValueError, "measure_worst: one skip byte a value");
-                goto done;
-            }
+        if (got == 5) {  /* the skip mask */
+            if (get_bytes(o[5], &v[5], n, "measure_worst: one skip byte") < 0) goto done;
             continue;
         }
         if (get(o[got], &v[got], 0, got == 0, got == 0 ? &f32 : NULL, &n) < 0) goto done;
@@ -186,9 +197,7 @@ static PyObject *measure_worst(PyObject *self, PyObject *args) {
         result = Py_BuildValue("(nnnndddOOO)", m.count, m.first, m.nan_at, m.at, m.best, m.rel, m.abs, Py_None,
                                Py_None, Py_None);
 done:
-    for (int i = 0; i < got; i++)
-        if (v[i].obj) PyBuffer_Release(&v[i]);
-    return result;
+    return released(v, got, result);
 }
 
 /* scale(exact, complement, below|None, minexp, nmant, mag, inv_ulp): `fastref.scale`'s |exact| and
@@ -212,13 +221,7 @@ static PyObject *scale(PyObject *self, PyObject *args) {
         v[got].obj = NULL;
         v[got].buf = NULL;
         if (k == 1) {
-            if (o[1] == Py_None) continue;
-            if (PyObject_GetBuffer(o[1], &v[got], PyBUF_C_CONTIGUOUS) < 0) goto done;
-            if (v[got].itemsize != 1 || v[got].len != n) {
-                got++;
-                PyErr_SetString(PyExc_ValueError, "scale: one below byte a value");
-                goto done;
-            }
+            if (o[1] != Py_None && get_bytes(o[1], &v[got], n, "scale: one below byte") < 0) goto done;
             continue;
         }
         if (get(o[k], &v[got], k >= 2, 0, NULL, &n) < 0) goto done;
@@ -231,9 +234,7 @@ static PyObject *scale(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    for (int i = 0; i < got; i++)
-        if (v[i].obj) PyBuffer_Release(&v[i]);
-    return result;
+    return released(v, got, result);
 }
 
 /* clip(src, negate, p|None, lo, hi, at_lo, at_hi, floor|None, out): `clip64` (float64 buffers of one
@@ -264,9 +265,7 @@ static PyObject *clip(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    for (int i = 0; i < got; i++)
-        if (v[i].obj) PyBuffer_Release(&v[i]);
-    return result;
+    return released(v, got, result);
 }
 
 /* relative(a, b, out): |a - b| / b, float64 buffers of one length */
@@ -285,8 +284,7 @@ static PyObject *relative(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-    return result;
+    return released(v, got, result);
 }
 
 /* subnormals(buffer) -> whether a float32 or float64 buffer holds a subnormal value */
